@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Start, check and stop a single-node Apache Kafka (KRaft) and a Redis server on loopback, no Docker.
+#
+#   deploy/local/services.sh up|down|status|logs [all|kafka|redis]
+#
+# Kafka is the real broker: its jars come from Maven Central (deploy/local/kafka-pom.xml, resolved
+# once with `mvn dependency:copy-dependencies` into $STREAMER_CACHE, outside the repository) and run
+# on the installed JDK (17+). Redis is Debian's redis-server, installed with apt-get when missing,
+# run without persistence. `up` is idempotent and returns only once each service answers.
+#
+# Settings (environment):
+#   STREAMER_CACHE          jar and tool cache                 (~/.cache/streamer)
+#   STREAMER_SERVICES_DIR   data dirs, pid files and logs      ($STREAMER_CACHE/services)
+#   KAFKA_PORT              broker listener                    (9092)
+#   KAFKA_CONTROLLER_PORT   KRaft controller listener          (9093)
+#   KAFKA_HEAP              JVM heap                           (-Xmx1g -Xms256m)
+#   REDIS_PORT              Redis port                         (6379)
+#   REDIS_PASSWORD          if set, Redis requires it          (unset)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${STREAMER_CACHE:-$HOME/.cache/streamer}"
+RUN_DIR="${STREAMER_SERVICES_DIR:-$CACHE/services}"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_HEAP="${KAFKA_HEAP:--Xmx1g -Xms256m}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/kafka-pom.xml")"
+KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
+KAFKA_DIR="$RUN_DIR/kafka-$KAFKA_PORT"
+REDIS_DIR="$RUN_DIR/redis-$REDIS_PORT"
+WAIT_S="${SERVICES_WAIT_S:-90}"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------- Kafka --
+
+kafka_install() {
+    [[ -f "$KAFKA_LIBS/.complete" ]] && return 0
+    command -v java >/dev/null || die "java not found: install a JDK 17+ (apt-get install openjdk-17-jre-headless)"
+    local major
+    major="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/ *java.specification.version = //p')"
+    [[ "${major%%.*}" -ge 17 ]] || die "Kafka $KAFKA_VERSION needs Java 17+, found $major"
+    command -v mvn >/dev/null || { log "installing maven"; apt_install maven; }
+    log "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS"
+    rm -rf "$KAFKA_LIBS" && mkdir -p "$KAFKA_LIBS"
+    mvn -q -B -f "$HERE/kafka-pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >"$CACHE/kafka-mvn.log" 2>&1 \
+        || { tail -20 "$CACHE/kafka-mvn.log" >&2; die "maven could not resolve the Kafka jars"; }
+    touch "$KAFKA_LIBS/.complete"
+}
+
+kafka_java() { java -cp "$KAFKA_LIBS/*" "$@"; }
+
+kafka_up() {
+    if pid_alive "$KAFKA_DIR/kafka.pid" && port_open "$KAFKA_PORT"; then
+        log "kafka already up on 127.0.0.1:$KAFKA_PORT"; return 0
+    fi
+    port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set KAFKA_PORT)"
+    kafka_install
+    mkdir -p "$KAFKA_DIR/data"
+    cat >"$KAFKA_DIR/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+num.partitions=4
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+group.initial.rebalance.delay.ms=0
+group.consumer.min.session.timeout.ms=1000
+group.classic.min.session.timeout.ms=1000
+log.retention.hours=168
+log.segment.bytes=67108864
+EOF
+    cat >"$KAFKA_DIR/log4j2.yaml" <<EOF
+Configuration:
+  Appenders:
+    File:
+      name: file
+      fileName: "$KAFKA_DIR/server.log"
+      PatternLayout: { pattern: "[%d] %p %m (%c)%n" }
+  Loggers:
+    Root: { level: INFO, AppenderRef: [ { ref: file } ] }
+    Logger:
+      - { name: kafka, level: INFO }
+      - { name: org.apache.kafka, level: WARN }
+      - { name: kafka.request.logger, level: WARN }
+EOF
+    if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
+        local cluster_id
+        cluster_id="$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
+        kafka_java -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.yaml" kafka.tools.StorageTool format \
+            -t "$cluster_id" -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/format.log" 2>&1 \
+            || { cat "$KAFKA_DIR/format.log" >&2; die "kafka storage format failed"; }
+    fi
+    log "starting kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (logs: $KAFKA_DIR)"
+    # shellcheck disable=SC2086
+    nohup java $KAFKA_HEAP -XX:+UseG1GC -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.yaml" \
+        -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
+        >"$KAFKA_DIR/stdout.log" 2>&1 </dev/null &
+    echo $! >"$KAFKA_DIR/kafka.pid"
+    local i
+    for ((i = 0; i < WAIT_S * 4; i++)); do
+        pid_alive "$KAFKA_DIR/kafka.pid" || { tail -30 "$KAFKA_DIR/stdout.log" "$KAFKA_DIR/server.log" >&2 || true; die "kafka exited during start"; }
+        if port_open "$KAFKA_PORT" && grep -q "Kafka Server started" "$KAFKA_DIR/server.log" 2>/dev/null; then
+            log "kafka up on 127.0.0.1:$KAFKA_PORT"; return 0
+        fi
+        sleep 0.25
+    done
+    die "kafka did not answer on 127.0.0.1:$KAFKA_PORT within ${WAIT_S}s (see $KAFKA_DIR/server.log)"
+}
+
+kafka_down() {
+    stop_pid "$KAFKA_DIR/kafka.pid" kafka 30
+}
+
+# ---------------------------------------------------------------------------------------- Redis --
+
+apt_install() {
+    [[ "$(id -u)" == 0 ]] || die "$1 is missing; install it: sudo apt-get install -y $1"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    fi
+}
+
+redis_bin() { command -v redis-server || echo /usr/bin/redis-server; }
+
+redis_ping() {
+    local auth=()
+    [[ -n "${REDIS_PASSWORD:-}" ]] && auth=(--no-auth-warning -a "$REDIS_PASSWORD")
+    [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "${auth[@]}" ping 2>/dev/null)" == PONG ]]
+}
+
+redis_up() {
+    if pid_alive "$REDIS_DIR/redis.pid" && redis_ping; then
+        log "redis already up on 127.0.0.1:$REDIS_PORT"; return 0
+    fi
+    port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by another process (set REDIS_PORT)"
+    [[ -x "$(redis_bin)" ]] || { log "installing redis-server from Debian"; apt_install redis-server; }
+    mkdir -p "$REDIS_DIR"
+    local args=(--bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --save "" --appendonly no
+        --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
+        --maxmemory-policy noeviction)
+    [[ -n "${REDIS_PASSWORD:-}" ]] && args+=(--requirepass "$REDIS_PASSWORD")
+    log "starting redis on 127.0.0.1:$REDIS_PORT (logs: $REDIS_DIR)"
+    "$(redis_bin)" "${args[@]}"
+    local i
+    for ((i = 0; i < WAIT_S * 4; i++)); do
+        redis_ping && { log "redis up on 127.0.0.1:$REDIS_PORT"; return 0; }
+        sleep 0.25
+    done
+    die "redis did not answer on 127.0.0.1:$REDIS_PORT within ${WAIT_S}s (see $REDIS_DIR/redis.log)"
+}
+
+redis_down() {
+    stop_pid "$REDIS_DIR/redis.pid" redis 10
+}
+
+# --------------------------------------------------------------------------------------- common --
+
+stop_pid() {
+    local pidfile="$1" name="$2" grace="$3" pid i
+    if ! pid_alive "$pidfile"; then
+        log "$name is not running"; rm -f "$pidfile"; return 0
+    fi
+    pid="$(cat "$pidfile")"
+    kill "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 4; i++)); do
+        kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; log "$name stopped"; return 0; }
+        sleep 0.25
+    done
+    log "$name did not stop within ${grace}s, killing it"
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+}
+
+status() {
+    if pid_alive "$KAFKA_DIR/kafka.pid" && port_open "$KAFKA_PORT"; then
+        echo "kafka  up    127.0.0.1:$KAFKA_PORT  pid $(cat "$KAFKA_DIR/kafka.pid")  $KAFKA_DIR"
+    else
+        echo "kafka  down  127.0.0.1:$KAFKA_PORT"; rc=1
+    fi
+    if redis_ping; then
+        echo "redis  up    127.0.0.1:$REDIS_PORT  $REDIS_DIR"
+    else
+        echo "redis  down  127.0.0.1:$REDIS_PORT"; rc=1
+    fi
+}
+
+cmd="${1:-}"
+what="${2:-all}"
+case "$what" in all | kafka | redis) ;; *) die "unknown service '$what' (all, kafka, redis)" ;; esac
+mkdir -p "$RUN_DIR"
+rc=0
+case "$cmd" in
+up)
+    [[ "$what" == kafka ]] || redis_up
+    [[ "$what" == redis ]] || kafka_up
+    ;;
+down)
+    [[ "$what" == redis ]] || kafka_down
+    [[ "$what" == kafka ]] || redis_down
+    ;;
+status) status ;;
+logs)
+    [[ "$what" == redis ]] || { echo "== $KAFKA_DIR/server.log"; tail -n 50 "$KAFKA_DIR/server.log" 2>/dev/null || true; }
+    [[ "$what" == kafka ]] || { echo "== $REDIS_DIR/redis.log"; tail -n 50 "$REDIS_DIR/redis.log" 2>/dev/null || true; }
+    ;;
+install) kafka_install; [[ -x "$(redis_bin)" ]] || apt_install redis-server ;;
+*) die "usage: $0 up|down|status|logs|install [all|kafka|redis]" ;;
+esac
+exit "$rc"

@@ -1,0 +1,79 @@
+"""Model artifacts: a directory with the weights (safetensors) and a JSON spec.
+
+    model/
+      model.safetensors   the Forecaster's state_dict (the LSTM part is nn.LSTM's, unchanged)
+      spec.json           {"format": 1, "version": ..., "spec": {...}, "training": {...}}
+
+The version is a content hash of the weights and the spec: the same model always has the same
+version, and a state records the version that wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from streamer.errors import ArtifactError
+from streamer.model import Forecaster, ModelSpec
+
+__all__ = ["Artifact", "load_artifact", "save_artifact"]
+
+WEIGHTS = "model.safetensors"
+SPEC = "spec.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Artifact:
+    model: Forecaster
+    spec: ModelSpec
+    version: str
+    training: dict[str, Any]
+
+
+def _version(weights: bytes, spec: dict[str, Any]) -> str:
+    h = hashlib.sha256(weights)
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def save_artifact(model: Forecaster, out: Path, training: dict[str, Any] | None = None) -> str:
+    """Write the artifact into ``out`` (created if needed) and return its version."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(out / WEIGHTS))
+    spec = model.spec.to_dict()
+    version = _version((out / WEIGHTS).read_bytes(), spec)
+    doc = {"format": FORMAT, "version": version, "spec": spec, "training": training or {}}
+    (out / SPEC).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return version
+
+
+def load_artifact(path: Path, device: torch.device | str = "cpu") -> Artifact:
+    """Load an artifact; :class:`ArtifactError` with the reason if it cannot be used."""
+    spec_path, weights_path = path / SPEC, path / WEIGHTS
+    if not spec_path.is_file() or not weights_path.is_file():
+        raise ArtifactError(f"{path} is not a model artifact (needs {SPEC} and {WEIGHTS})")
+    try:
+        doc = json.loads(spec_path.read_text())
+        spec = ModelSpec.from_dict(doc["spec"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{spec_path}: unreadable spec ({exc})") from exc
+    if doc.get("format") != FORMAT:
+        raise ArtifactError(f"{spec_path}: artifact format {doc.get('format')} is not {FORMAT}")
+    version = _version(weights_path.read_bytes(), doc["spec"])
+    if version != doc.get("version"):
+        raise ArtifactError(f"{path}: weights do not match the spec's version {doc.get('version')}")
+    try:
+        model = Forecaster(spec)
+        model.load_state_dict(load_file(str(weights_path)))
+    except (ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"{path}: weights do not fit the spec ({exc})") from exc
+    model.eval().to(device)
+    return Artifact(model, spec, version, dict(doc.get("training", {})))

@@ -1,0 +1,121 @@
+"""Plain aiokafka helpers for the CLI: topics, replaying history as events, reading predictions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from streamer.errors import ConfigError
+from streamer.settings import Settings
+
+__all__ = ["ensure_topics", "read_topic", "replay_events"]
+
+
+async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
+    """Create the input, prediction and dead-letter topics if they do not exist."""
+    t = settings.topics
+    wanted = list(names or (t.events, t.predictions, t.dead_letter))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise ConfigError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, t.partitions, 1) for n in wanted if n not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+async def replay_events(
+    settings: Settings,
+    rows: Iterable[dict[str, object]],
+    *,
+    rate: float | None = None,
+    on_sent: Callable[[int], None] | None = None,
+) -> int:
+    """Send rows as events keyed by ``unique_id``, in the order given; at most ``rate`` per second.
+
+    Returns the number sent once every send is acknowledged by the broker.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=5, acks="all"
+    )
+    try:
+        await producer.start()
+    except KafkaConnectionError as exc:
+        raise ConfigError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+    sent = 0
+    start = time.monotonic()
+    pending: list[asyncio.Future[object]] = []
+    try:
+        for row in rows:
+            key = str(row["unique_id"]).encode()
+            pending.append(await producer.send(settings.topics.events, orjson.dumps(row), key=key))
+            sent += 1
+            if len(pending) >= 1000:
+                await asyncio.gather(*pending)
+                pending.clear()
+                if on_sent:
+                    on_sent(sent)
+            if rate:
+                ahead = sent / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await asyncio.gather(*pending)
+        if on_sent:
+            on_sent(sent)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    from_beginning: bool = False,
+    idle_timeout_s: float | None = None,
+) -> AsyncIterator[tuple[bytes | None, bytes | None, int, int, list[tuple[str, bytes]]]]:
+    """Yield ``(key, value, partition, offset, headers)`` from a topic without joining a group.
+
+    Stops after ``idle_timeout_s`` seconds without a message, or never when it is None.
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    try:
+        await consumer.start()
+    except KafkaConnectionError as exc:
+        raise ConfigError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+    try:
+        last = time.monotonic()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+            got = False
+            for records in batches.values():
+                for r in records:
+                    got = True
+                    yield r.key, r.value, r.partition, r.offset, list(r.headers or ())
+            now = time.monotonic()
+            if got:
+                last = now
+            elif idle_timeout_s is not None and now - last > idle_timeout_s:
+                return
+    finally:
+        await consumer.stop()

@@ -1,0 +1,78 @@
+"""One batch of raw Kafka messages through validation and the predictor; no Kafka client here.
+
+The Faust agent (``workers/app.py``) takes messages off the topic, calls :meth:`BatchHandler.handle`
+and sends what it returns. Bad input becomes dead letters; an unreachable Redis makes ``handle``
+wait and retry the batch, with backoff, for as long as it takes: a batch is never dropped, and the
+offset fence makes the retry safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from streamer.errors import StoreUnavailable
+from streamer.predictor import BatchReport, Predictor
+from streamer.schemas import DeadLetter, Event, Prediction, decode_event
+
+__all__ = ["BatchHandler", "Outcome", "RawMessage"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+@dataclass
+class Outcome:
+    predictions: list[Prediction] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    report: BatchReport = field(default_factory=BatchReport)
+    retries: int = 0
+
+
+class BatchHandler:
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        max_event_bytes: int = 64 * 1024,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 5.0,
+    ):
+        self.predictor = predictor
+        self.max_event_bytes = max_event_bytes
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+
+    def decode(self, messages: Sequence[RawMessage]) -> tuple[list[Event], list[DeadLetter]]:
+        good: list[Event] = []
+        bad: list[DeadLetter] = []
+        features = self.predictor.features
+        for m in messages:
+            r = decode_event(m.key, m.value, m.partition, m.offset, features, self.max_event_bytes)
+            (good if isinstance(r, Event) else bad).append(r)  # type: ignore[arg-type]
+        return good, bad
+
+    async def handle(self, messages: Sequence[RawMessage]) -> Outcome:
+        good, bad = self.decode(messages)
+        outcome = Outcome(dead_letters=bad)
+        delay = self.retry_initial_s
+        while True:
+            try:
+                outcome.report = await self.predictor.process(good)
+                break
+            except StoreUnavailable as exc:
+                outcome.retries += 1
+                log.warning("state store unavailable (%s); retrying the batch in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+        outcome.predictions = outcome.report.predictions
+        return outcome

@@ -1,0 +1,276 @@
+"""The predictor: a batch of events in, one prediction per newly applied event out.
+
+Plain Python and torch; no Kafka. For one batch:
+
+1. group the events by entity (waves keep each entity's order, see :mod:`streamer.batching`);
+2. load the states of all its entities in one store round trip;
+3. fence: drop events whose (partition, offset) the stored state already applied;
+4. scale, then step each wave with one batched cell call on the device;
+5. save all touched states in one conditional round trip (a newer stored state always wins);
+6. return the predictions of the saved events, in batch order.
+
+Model/state mismatch policy: a stored state whose layers or hidden size differ from the model's, or
+whose bytes cannot be decoded, is reset to zeros (counted in ``resets``). A state written by another
+model version with the same shape is kept and continues under the current model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from streamer import scaling
+from streamer.batching import plan_waves
+from streamer.errors import ConfigError, StateCodecError
+from streamer.model import Forecaster
+from streamer.schemas import Event, Prediction
+from streamer.state import Dtype, StateRecord, StateStore, decode, encode, now_ms
+
+__all__ = ["BatchReport", "Predictor", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when there is one, else CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass
+class BatchReport:
+    """What happened to one batch, for logs and metrics."""
+
+    events: int = 0
+    applied: int = 0
+    #: Events at or below the stored offset: already applied before (a replay).
+    skipped: int = 0
+    #: Entities whose save was refused because a newer state was stored meanwhile.
+    rejected: int = 0
+    #: Entities whose stored state did not fit the model and was reset.
+    resets: int = 0
+    predictions: list[Prediction] = field(default_factory=list)
+
+
+class Predictor:
+    """Steps batches of events through a model, with state kept in a :class:`StateStore`."""
+
+    def __init__(
+        self,
+        model: Forecaster,
+        version: str,
+        store: StateStore,
+        *,
+        device: torch.device | str = "cpu",
+        state_dtype: Dtype = "float32",
+    ):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.version = version
+        self.store = store
+        self.state_dtype: Dtype = state_dtype
+        spec = model.spec
+        self._layers, self._hidden, self._horizon = spec.num_layers, spec.hidden_size, spec.horizon
+        self._features = spec.features
+        self._fmean = np.asarray(spec.feature_mean or [0.0] * len(spec.features), np.float64)
+        self._fstd = np.asarray(spec.feature_std or [1.0] * len(spec.features), np.float64)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self._features
+
+    async def step_many(self, events: Sequence[Event]) -> list[Prediction]:
+        """Apply the events and return the predictions of those newly applied, in batch order."""
+        return (await self.process(events)).predictions
+
+    async def process(self, events: Sequence[Event]) -> BatchReport:
+        report = BatchReport(events=len(events))
+        if not events:
+            return report
+        entities = list(dict.fromkeys(e.unique_id for e in events))
+        raws = await self.store.get_many(entities)
+        loaded = self._load(raws, report)
+
+        # Fence: an event at or below the stored offset of its partition was applied before.
+        where = {e: i for i, e in enumerate(entities)}
+        part, off = loaded.partition, loaded.offset
+        applied = [
+            ev
+            for ev in events
+            if not (part[where[ev.unique_id]] == ev.partition and ev.offset <= off[where[ev.unique_id]])
+        ]
+        report.skipped = len(events) - len(applied)
+        if not applied:
+            return report
+
+        plan = plan_waves([e.unique_id for e in applied])
+        rows = np.fromiter((where[e] for e in plan.entities), np.int64, len(plan.entities))
+        st = loaded.take(rows)
+        forecasts, steps = self._step(applied, plan.slot, plan.waves, st)
+
+        # Save every touched state in one conditional write.
+        stamp = now_ms()
+        items = [
+            (
+                entity,
+                encode(
+                    StateRecord(
+                        h=st.h[:, j],
+                        c=st.c[:, j],
+                        model_version=self.version,
+                        step=int(st.step[j]),
+                        partition=int(st.partition[j]),
+                        offset=int(st.offset[j]),
+                        updated_ms=stamp,
+                        count=float(st.count[j]),
+                        mean=float(st.mean[j]),
+                        var=float(st.var[j]),
+                        dtype=self.state_dtype,
+                    )
+                ),
+            )
+            for j, entity in enumerate(plan.entities)
+        ]
+        saved = await self.store.put_many(items)
+        report.rejected = saved.count(False)
+        if report.rejected:
+            log.warning("%d states were newer in the store; their events were not applied here", report.rejected)
+
+        out: list[Prediction] = []
+        for i, ev in enumerate(applied):
+            j = int(plan.slot[i])
+            if not saved[j]:
+                continue
+            out.append(
+                Prediction(
+                    unique_id=ev.unique_id,
+                    ds=ev.ds,
+                    y=ev.y,
+                    partition=ev.partition,
+                    offset=ev.offset,
+                    model_version=self.version,
+                    step=int(steps[i]),
+                    forecast=tuple(forecasts[i].tolist()),
+                )
+            )
+        report.applied = len(out)
+        report.predictions = out
+        return report
+
+    def _load(self, raws: Sequence[bytes | None], report: BatchReport) -> _States:
+        st = _States.zeros(len(raws), self._layers, self._hidden)
+        for j, raw in enumerate(raws):
+            if raw is None:
+                continue
+            try:
+                rec = decode(raw)
+            except StateCodecError as exc:
+                log.warning("resetting an undecodable state: %s", exc)
+                report.resets += 1
+                continue
+            if rec.layers != self._layers or rec.hidden_size != self._hidden:
+                report.resets += 1
+                continue
+            st.h[:, j], st.c[:, j] = rec.h, rec.c
+            st.step[j], st.partition[j], st.offset[j] = rec.step, rec.partition, rec.offset
+            st.count[j], st.mean[j], st.var[j] = rec.count, rec.mean, rec.var
+        return st
+
+    def _step(
+        self,
+        events: Sequence[Event],
+        slot: npt.NDArray[np.int64],
+        waves: list[npt.NDArray[np.int64]],
+        st: _States,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """Advance the states ``st`` (in place) through the events; return forecasts and steps."""
+        n = len(events)
+        y = np.fromiter((e.y for e in events), np.float64, n)
+        mean_e, scale_e = np.empty(n), np.empty(n)
+        steps = np.empty(n, np.int64)
+        ev_part = np.fromiter((e.partition for e in events), np.int64, n)
+        ev_off = np.fromiter((e.offset for e in events), np.int64, n)
+        for w in waves:  # scaling statistics advance in event order, per entity
+            s = slot[w]
+            stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w])
+            st.count[s], st.mean[s], st.var[s] = stats
+            mean_e[w], scale_e[w] = stats[1], scaling.scale_of(stats)
+            st.step[s] += 1
+            steps[w] = st.step[s]
+            st.partition[s], st.offset[s] = ev_part[w], ev_off[w]
+
+        x_host = np.empty((n, 1 + len(self._features)), np.float32)  # (N, I)
+        x_host[:, 0] = (y - mean_e) / scale_e
+        if self._features:
+            feats = np.asarray([e.features for e in events], np.float64)
+            x_host[:, 1:] = (feats - self._fmean) / self._fstd
+
+        order = np.concatenate(waves)
+        bounds = np.cumsum([0, *(len(w) for w in waves)]).tolist()
+        dev = self.device
+        # One transfer in: inputs, states and the wave layout; one transfer out at the end.
+        x = torch.from_numpy(x_host).to(dev, non_blocking=True)
+        h = torch.from_numpy(st.h).to(dev, non_blocking=True)  # (L, U, H)
+        c = torch.from_numpy(st.c).to(dev, non_blocking=True)
+        order_d = torch.from_numpy(order).to(dev, non_blocking=True)
+        slot_d = torch.from_numpy(slot[order]).to(dev, non_blocking=True)
+        out = torch.empty((n, self._horizon), device=dev)
+        with torch.inference_mode():
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                e, s = order_d[a:b], slot_d[a:b]
+                yk, (hk, ck) = self.model.step(x[e], (h[:, s], c[:, s]))  # (B, K), (L, B, H)
+                h[:, s], c[:, s], out[e] = hk, ck, yk
+        st.h[...] = h.cpu().numpy()
+        st.c[...] = c.cpu().numpy()
+        forecasts = out.cpu().numpy().astype(np.float64) * scale_e[:, None] + mean_e[:, None]
+        return forecasts, steps
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+@dataclass
+class _States:
+    """States of U entities as arrays: h, c ``(L, U, H)`` float32; the rest ``(U,)``."""
+
+    h: npt.NDArray[np.float32]
+    c: npt.NDArray[np.float32]
+    step: npt.NDArray[np.int64]
+    partition: npt.NDArray[np.int64]
+    offset: npt.NDArray[np.int64]
+    count: npt.NDArray[np.float64]
+    mean: npt.NDArray[np.float64]
+    var: npt.NDArray[np.float64]
+
+    @classmethod
+    def zeros(cls, u: int, layers: int, hidden: int) -> _States:
+        return cls(
+            h=np.zeros((layers, u, hidden), np.float32),
+            c=np.zeros((layers, u, hidden), np.float32),
+            step=np.zeros(u, np.int64),
+            partition=np.full(u, -1, np.int64),
+            offset=np.full(u, -1, np.int64),
+            count=np.zeros(u),
+            mean=np.zeros(u),
+            var=np.zeros(u),
+        )
+
+    def take(self, rows: npt.NDArray[np.int64]) -> _States:
+        return _States(
+            h=np.ascontiguousarray(self.h[:, rows]),
+            c=np.ascontiguousarray(self.c[:, rows]),
+            step=self.step[rows].copy(),
+            partition=self.partition[rows].copy(),
+            offset=self.offset[rows].copy(),
+            count=self.count[rows].copy(),
+            mean=self.mean[rows].copy(),
+            var=self.var[rows].copy(),
+        )

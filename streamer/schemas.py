@@ -1,0 +1,198 @@
+"""Events in, predictions and dead letters out.
+
+An event is a JSON object on the input topic, keyed by its entity id::
+
+    {"unique_id": "store-7", "ds": "2024-03-01", "y": 12.5, "temp": 3.1}
+
+``unique_id`` (non-empty text, equal to the message key), ``ds`` (the event's time, text), ``y`` (the
+observed value, a finite number) and exactly the model's feature columns (finite numbers). Anything
+else is bad input: :func:`decode_event` returns a :class:`DeadLetter` with a machine-readable reason
+instead of raising, and the worker sends it to the dead-letter topic with the original bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "DeadLetter",
+    "Event",
+    "EventBody",
+    "Prediction",
+    "Reason",
+    "decode_event",
+]
+
+#: Why an event was dead-lettered. Stable strings: consumers of the DLQ may switch on them.
+Reason = Literal[
+    "too_large",
+    "invalid_json",
+    "not_an_object",
+    "empty_key",
+    "key_mismatch",
+    "missing_field",
+    "wrong_type",
+    "non_finite",
+    "wrong_feature_count",
+]
+
+
+class EventBody(BaseModel):
+    """The JSON schema of an event; feature columns are the extra fields."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    unique_id: str = Field(min_length=1, max_length=512)
+    ds: str = Field(min_length=1, max_length=64)
+    y: float = Field(allow_inf_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A valid event and where it came from: the unit the predictor steps."""
+
+    unique_id: str
+    ds: str
+    y: float
+    features: tuple[float, ...]
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A bad event: its original bytes and why it was refused."""
+
+    key: bytes | None
+    value: bytes | None
+    reason: Reason
+    detail: str
+    partition: int
+    offset: int
+
+    def headers(self, source_topic: str) -> dict[str, bytes]:
+        return {
+            "streamer-reason": self.reason.encode(),
+            "streamer-detail": self.detail[:1000].encode(),
+            "streamer-source": f"{source_topic}/{self.partition}/{self.offset}".encode(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The model's output for one event, after the state it came from was saved."""
+
+    unique_id: str
+    ds: str
+    y: float
+    partition: int
+    offset: int
+    model_version: str
+    step: int
+    forecast: tuple[float, ...]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "unique_id": self.unique_id,
+                "ds": self.ds,
+                "y": self.y,
+                "partition": self.partition,
+                "offset": self.offset,
+                "model_version": self.model_version,
+                "step": self.step,
+                "forecast": self.forecast,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Prediction:
+        d = orjson.loads(raw)
+        return cls(
+            unique_id=d["unique_id"],
+            ds=d["ds"],
+            y=d["y"],
+            partition=d["partition"],
+            offset=d["offset"],
+            model_version=d["model_version"],
+            step=d["step"],
+            forecast=tuple(d["forecast"]),
+        )
+
+
+_PYDANTIC_REASONS: dict[str, Reason] = {
+    "missing": "missing_field",
+    "finite_number": "non_finite",
+}
+
+
+def _reason_of(err: ValidationError) -> tuple[Reason, str]:
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "event"
+    reason = _PYDANTIC_REASONS.get(first["type"], "wrong_type")
+    return reason, f"{where}: {first['msg']}"
+
+
+def decode_event(
+    key: bytes | None,
+    value: bytes | None,
+    partition: int,
+    offset: int,
+    features: Sequence[str] = (),
+    max_bytes: int = 64 * 1024,
+) -> Event | DeadLetter:
+    """Validate one raw message. Never raises on bad input: returns a :class:`DeadLetter`.
+
+    >>> decode_event(b"a", b'{"unique_id": "a", "ds": "2024-01", "y": 1}', 0, 5)
+    Event(unique_id='a', ds='2024-01', y=1.0, features=(), partition=0, offset=5)
+    >>> decode_event(b"a", b'{"unique_id": "a", "ds": "2024-01", "y": NaN}', 0, 6).reason
+    'non_finite'
+    """
+
+    def dead(reason: Reason, detail: str) -> DeadLetter:
+        return DeadLetter(key, value, reason, detail, partition, offset)
+
+    if value is None:
+        return dead("invalid_json", "empty message (tombstone)")
+    if len(value) > max_bytes:
+        return dead("too_large", f"{len(value)} bytes, limit {max_bytes}")
+    try:
+        data: Any = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        # orjson refuses NaN and Infinity; tell those apart from text that is not JSON at all.
+        try:
+            data = json.loads(value)
+        except (ValueError, UnicodeDecodeError):
+            return dead("invalid_json", str(exc))
+    if not isinstance(data, dict):
+        return dead("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        body = EventBody.model_validate(data)
+    except ValidationError as exc:
+        return dead(*_reason_of(exc))
+    if not key:
+        return dead("empty_key", "the message key must be the entity id")
+    if key != body.unique_id.encode():
+        return dead("key_mismatch", f"key {key[:100]!r} != unique_id {body.unique_id[:100]!r}")
+    extra = body.model_extra or {}
+    if len(extra) != len(features) or any(f not in extra for f in features):
+        return dead(
+            "wrong_feature_count",
+            f"expected features {sorted(features)}, got {sorted(extra)[:50]}",
+        )
+    values: list[float] = []
+    for name in features:
+        v = extra[name]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return dead("wrong_type", f"{name}: expected a number, got {type(v).__name__}")
+        if not math.isfinite(v):
+            return dead("non_finite", f"{name}: {v}")
+        values.append(float(v))
+    return Event(body.unique_id, body.ds, body.y, tuple(values), partition, offset)

@@ -1,0 +1,280 @@
+"""Per-entity state: the binary record, its one codec, and the store that keeps it in Redis.
+
+One Redis value per (model name, entity), under the readable key ``streamer:{model}:{entity}``::
+
+    offset  size  field
+    0       4     magic b"STRM"
+    4       1     format version (1)
+    5       1     dtype of h and c: 0 float32, 1 float16, 2 bfloat16
+    6       2     layers L
+    8       4     hidden size H
+    12      16    model version (ASCII, NUL padded)
+    28      8     step count: events applied to this entity
+    36      4     source partition of the last applied event   } the fence; these two fields keep
+    40      8     source offset of the last applied event      } their place in every format version
+    48      8     last update, Unix milliseconds
+    56      8     scaling: count   (float64 fields: running statistics of y,
+    64      8     scaling: mean     see streamer.scaling)
+    72      8     scaling: var
+    80      ...   h (L*H values of dtype), then c (L*H values)
+
+Little-endian throughout. :func:`encode` and :func:`decode` are the only code that touches the bytes;
+the Lua script of :class:`RedisStateStore` reads the fence fields at their fixed offsets.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streamer.errors import StateCodecError, StoreUnavailable
+
+__all__ = [
+    "HEADER",
+    "RedisStateStore",
+    "StateRecord",
+    "StateStore",
+    "decode",
+    "encode",
+    "state_key",
+]
+
+MAGIC = b"STRM"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sBBHI16sQiqQddd")
+assert HEADER.size == 80
+
+Dtype = Literal["float32", "float16", "bfloat16"]
+_DTYPE_CODES: dict[str, int] = {"float32": 0, "float16": 1, "bfloat16": 2}
+_DTYPE_NAMES: dict[int, Dtype] = {0: "float32", 1: "float16", 2: "bfloat16"}
+_DTYPE_BYTES = {0: 4, 1: 2, 2: 2}
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """The decoded state of one entity. h and c are float32 arrays of shape ``(L, H)``."""
+
+    h: F32
+    c: F32
+    model_version: str
+    step: int
+    partition: int
+    offset: int
+    updated_ms: int
+    count: float
+    mean: float
+    var: float
+    dtype: Dtype = "float32"
+
+    @property
+    def layers(self) -> int:
+        return int(self.h.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.h.shape[1])
+
+
+def state_key(model: str, entity: str) -> str:
+    """The Redis key of an entity's state.
+
+    >>> state_key("retail", "store-7")
+    'streamer:retail:store-7'
+    """
+    return f"streamer:{model}:{entity}"
+
+
+def _to_bytes(a: F32, dtype: int) -> bytes:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if dtype == 0:
+        return a.astype("<f4").tobytes()
+    if dtype == 1:
+        return a.astype("<f2").tobytes()
+    # bfloat16: the upper half of float32, rounded to nearest even.
+    u = a.view(np.uint32).astype(np.uint64)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return rounded.astype("<u2").tobytes()
+
+
+def _from_bytes(buf: bytes, offset: int, n: int, dtype: int) -> F32:
+    if dtype == 0:
+        return np.frombuffer(buf, "<f4", n, offset).astype(np.float32)
+    if dtype == 1:
+        return np.frombuffer(buf, "<f2", n, offset).astype(np.float32)
+    bits = np.frombuffer(buf, "<u2", n, offset).astype(np.uint32) << 16
+    return bits.view(np.float32)
+
+
+def encode(rec: StateRecord) -> bytes:
+    """The bytes of a state record."""
+    code = _DTYPE_CODES[rec.dtype]
+    layers, hidden = rec.h.shape
+    version = rec.model_version.encode("ascii")
+    if len(version) > 16:
+        raise StateCodecError(f"model version {rec.model_version!r} is longer than 16 bytes")
+    head = HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        code,
+        layers,
+        hidden,
+        version,
+        rec.step,
+        rec.partition,
+        rec.offset,
+        rec.updated_ms,
+        rec.count,
+        rec.mean,
+        rec.var,
+    )
+    return head + _to_bytes(rec.h, code) + _to_bytes(rec.c, code)
+
+
+def decode(buf: bytes) -> StateRecord:
+    """A state record from its bytes; :class:`StateCodecError` if they are not one."""
+    if len(buf) < HEADER.size:
+        raise StateCodecError(f"state record of {len(buf)} bytes is shorter than its header")
+    (magic, fmt, code, layers, hidden, version, step, partition, offset, updated, count, mean, var) = (
+        HEADER.unpack_from(buf)
+    )
+    if magic != MAGIC:
+        raise StateCodecError(f"not a streamer state record (magic {magic!r})")
+    if fmt != FORMAT_VERSION:
+        raise StateCodecError(f"state format version {fmt} is not supported (this reads {FORMAT_VERSION})")
+    if code not in _DTYPE_NAMES:
+        raise StateCodecError(f"unknown state dtype code {code}")
+    n = layers * hidden
+    expected = HEADER.size + 2 * n * _DTYPE_BYTES[code]
+    if len(buf) != expected:
+        raise StateCodecError(f"state record is {len(buf)} bytes, its header says {expected}")
+    h = _from_bytes(buf, HEADER.size, n, code).reshape(layers, hidden)
+    c = _from_bytes(buf, HEADER.size + n * _DTYPE_BYTES[code], n, code).reshape(layers, hidden)
+    return StateRecord(
+        h=h,
+        c=c,
+        model_version=version.rstrip(b"\0").decode("ascii"),
+        step=step,
+        partition=partition,
+        offset=offset,
+        updated_ms=updated,
+        count=count,
+        mean=mean,
+        var=var,
+        dtype=_DTYPE_NAMES[code],
+    )
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StateStore(Protocol):
+    """Where states live. Each call is one round trip, whatever the number of entities."""
+
+    async def get_many(self, entities: Sequence[str]) -> list[bytes | None]:
+        """The encoded records of the entities, ``None`` where an entity has none."""
+        ...
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Save records unless the stored one is as new or newer; True where saved."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# Compare-and-set on the fence (partition, offset) at bytes 36..47 of the header, for many keys in one
+# call. A record is written when there is no valid record yet, when the stored one came from another
+# partition (the topic was recreated or repartitioned: the new source wins), or when the stored
+# offset is lower. Otherwise the write is refused: a replay or a zombie worker cannot roll back state.
+_PUT_MANY_LUA = """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local new = ARGV[i + 1]
+  local cur = redis.call('GETRANGE', key, 0, 47)
+  local write = true
+  if #cur == 48 and string.sub(cur, 1, 4) == 'STRM' then
+    local cp, co = struct.unpack('<i4i8', string.sub(cur, 37, 48))
+    local np, no = struct.unpack('<i4i8', string.sub(new, 37, 48))
+    if cp == np and co >= no then write = false end
+  end
+  if write then
+    if ttl > 0 then
+      redis.call('SET', key, new, 'PX', ttl)
+    else
+      redis.call('SET', key, new)
+    end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
+class RedisStateStore:
+    """States in Redis: MGET to read, one Lua compare-and-set to write, a TTL per key."""
+
+    def __init__(self, client: aioredis.Redis, model: str, ttl_s: int = 0):
+        self._redis = client
+        self._model = model
+        self._ttl_ms = ttl_s * 1000
+        self._put_script = client.register_script(_PUT_MANY_LUA)
+
+    @classmethod
+    def from_url(
+        cls, url: str, model: str, ttl_s: int = 0, socket_timeout_s: float = 5.0
+    ) -> RedisStateStore:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            decode_responses=False,
+        )
+        return cls(client, model, ttl_s)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    def key(self, entity: str) -> str:
+        return state_key(self._model, entity)
+
+    async def get_many(self, entities: Sequence[str]) -> list[bytes | None]:
+        if not entities:
+            return []
+        try:
+            values: list[bytes | None] = await self._redis.mget([self.key(e) for e in entities])
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis read failed: {exc}") from exc
+        return values
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+        if not items:
+            return []
+        keys = [self.key(e) for e, _ in items]
+        args: list[bytes | int] = [self._ttl_ms, *(blob for _, blob in items)]
+        try:
+            result = await self._put_script(keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis write failed: {exc}") from exc
+        return [bool(r) for r in result]
+
+    async def get(self, entity: str) -> StateRecord | None:
+        (raw,) = await self.get_many([entity])
+        return None if raw is None else decode(raw)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
