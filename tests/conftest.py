@@ -1,0 +1,109 @@
+"""Shared fixtures: a small model artifact, synthetic panels, and the real Kafka and Redis servers.
+
+The servers are started by ``deploy/local/services.sh`` on test ports (Kafka 19092, Redis 16379) the
+first time a test asks for them; `make test` stops them afterwards. A service that cannot be started
+fails the tests that need it: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from streamer.artifact import save_artifact
+from streamer.model import Forecaster, ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ROOT / "deploy" / "local" / "services.sh"
+KAFKA_PORT = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
+REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "16379"))
+
+
+def services_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        KAFKA_PORT=str(KAFKA_PORT),
+        KAFKA_CONTROLLER_PORT=str(KAFKA_PORT + 1),
+        REDIS_PORT=str(REDIS_PORT),
+        STREAMER_SERVICES_DIR=str(Path.home() / ".cache" / "streamer" / "test-services"),
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def services() -> dict[str, str]:
+    """Start (or find running) the real Kafka and Redis; fail loudly if they cannot be started."""
+    proc = subprocess.run(
+        [str(SERVICES), "up"], env=services_env(), capture_output=True, text=True, timeout=600
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"could not start Kafka and Redis:\n{proc.stderr}\n{proc.stdout}", pytrace=False)
+    return {
+        "bootstrap": f"127.0.0.1:{KAFKA_PORT}",
+        "redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0",
+    }
+
+
+@pytest.fixture
+def ns() -> str:
+    """A fresh namespace per test: topic, group and key prefixes never collide."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def make_model(hidden: int = 16, layers: int = 2, horizon: int = 3, features: tuple[str, ...] = (), seed: int = 7) -> Forecaster:
+    torch.manual_seed(seed)
+    spec = ModelSpec(
+        hidden_size=hidden,
+        num_layers=layers,
+        horizon=horizon,
+        features=features,
+        feature_mean=tuple(0.5 for _ in features),
+        feature_std=tuple(2.0 for _ in features),
+    )
+    model = Forecaster(spec)
+    # Larger than default init weights, so states move far from zero and differences show.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    save_artifact(make_model(), out, {"note": "random weights for tests"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def feature_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fmodel")
+    save_artifact(make_model(features=("temp",)), out, {"note": "random weights for tests"})
+    return out
+
+
+def make_panel(n_entities: int, min_len: int, max_len: int, seed: int = 0, features: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Synthetic long-format panel: seasonal series of very different scales per entity."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n_entities):
+        t = int(rng.integers(min_len, max_len + 1))
+        level = float(10 ** rng.uniform(-1, 3))
+        idx = np.arange(t)
+        y = level * (1 + 0.3 * np.sin(idx * 2 * np.pi / 12 + rng.uniform(0, 6)) + 0.1 * rng.standard_normal(t))
+        d = {
+            "unique_id": f"e{i:04d}",
+            "ds": pd.date_range("2020-01-01", periods=t, freq="D"),
+            "y": y.round(6),
+        }
+        for f in features:
+            d[f] = rng.normal(0.5, 2.0, t).round(6)
+        frames.append(pd.DataFrame(d))
+    return pd.concat(frames, ignore_index=True)

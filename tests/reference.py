@@ -1,0 +1,57 @@
+"""Offline reference results and event builders shared by the integration tests."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from streamer.data import event_rows, split_series
+from streamer.model import Forecaster
+from streamer.schemas import Event, Prediction
+from streamer.training import offline_forecast
+
+
+@dataclass
+class Expected:
+    forecasts: npt.NDArray[np.float64]  # (T, K)
+    h: npt.NDArray[np.float32]  # (L, H)
+    c: npt.NDArray[np.float32]
+    ds: list[str]
+
+
+def expected_by_entity(model: Forecaster, df: pd.DataFrame) -> dict[str, Expected]:
+    features = list(model.spec.features)
+    out = {}
+    for s in split_series(df, features):
+        fc, h, c = offline_forecast(model, s)
+        out[s.unique_id] = Expected(fc, h, c, s.ds)
+    return out
+
+
+def synthetic_events(df: pd.DataFrame, partitions: int = 4) -> list[Event]:
+    """Events in time order, partitioned by a hash of the key, offsets counting per partition."""
+    next_offset = [0] * partitions
+    events = []
+    features = [c for c in df.columns if c not in ("unique_id", "ds", "y")]
+    for row in event_rows(df):
+        uid = str(row["unique_id"])
+        p = zlib.crc32(uid.encode()) % partitions
+        events.append(
+            Event(uid, str(row["ds"]), float(row["y"]), tuple(float(row[f]) for f in features), p, next_offset[p])  # type: ignore[arg-type]
+        )
+        next_offset[p] += 1
+    return events
+
+
+def check_predictions(preds: list[Prediction], expected: dict[str, Expected]) -> int:
+    """Every prediction equals the offline forecast at its step; returns the number checked."""
+    for p in preds:
+        exp = expected[p.unique_id]
+        i = p.step - 1
+        assert exp.ds[i] == p.ds, (p.unique_id, p.step, p.ds)
+        np.testing.assert_allclose(p.forecast, exp.forecasts[i], rtol=1e-5, atol=1e-5, err_msg=f"{p.unique_id} step {p.step}")
+    return len(preds)

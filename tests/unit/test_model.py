@@ -1,0 +1,68 @@
+"""The project's first test: serving one event at a time equals nn.LSTM over the whole sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from streamer.model import Forecaster, ModelSpec, StackedLSTM
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("hidden", [8, 32, 64])
+def test_step_by_step_equals_nn_lstm(layers: int, hidden: int) -> None:
+    torch.manual_seed(layers * 100 + hidden)
+    ref = nn.LSTM(input_size=3, hidden_size=hidden, num_layers=layers, batch_first=True)
+    cell = StackedLSTM(3, hidden, layers)
+    cell.load_state_dict(ref.state_dict(), strict=True)  # same names, same layout
+    x = torch.randn(5, 40, 3) * 2  # (B, T, I)
+    with torch.no_grad():
+        out_ref, (h_ref, c_ref) = ref(x)
+        state = cell.zero_state(5)
+        outs = []
+        for t in range(x.shape[1]):
+            y, state = cell.step(x[:, t], state)
+            outs.append(y)
+    out = torch.stack(outs, dim=1)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state[0], h_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state[1], c_ref, atol=1e-5, rtol=0)
+    assert h_ref.abs().max() > 0.1  # the comparison is not between two near-zero tensors
+
+
+def test_parameters_are_nn_lstm_parameters() -> None:
+    cell = StackedLSTM(4, 16, 2)
+    ref = nn.LSTM(4, 16, 2, batch_first=True)
+    assert list(cell.state_dict()) == list(ref.state_dict())
+    for (name, a), b in zip(cell.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert a.shape == b.shape, name
+    # gate order input, forget, cell, output: 4*H rows in weight_ih
+    assert cell.weight_ih_l0.shape == (4 * 16, 4)
+
+
+def test_step_from_a_nonzero_state_continues_the_sequence() -> None:
+    torch.manual_seed(1)
+    model = Forecaster(ModelSpec(hidden_size=12, num_layers=2, horizon=4)).eval()
+    x = torch.randn(3, 30, 1)
+    with torch.no_grad():
+        full, (h_full, c_full) = model(x)
+        _, state = model(x[:, :17])  # the first 17 steps through the fused kernel
+        outs = []
+        for t in range(17, 30):  # the rest one at a time, as after a restart
+            y, state = model.step(x[:, t], state)
+            outs.append(y)
+    torch.testing.assert_close(torch.stack(outs, 1), full[:, 17:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(state[0], h_full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state[1], c_full, atol=1e-5, rtol=0)
+
+
+def test_forecast_head_gives_horizon_values() -> None:
+    model = Forecaster(ModelSpec(hidden_size=8, num_layers=1, horizon=5, features=("a", "b")))
+    y, (h, c) = model.step(torch.zeros(7, 3), model.rnn.zero_state(7))
+    assert y.shape == (7, 5) and h.shape == (1, 7, 8) and c.shape == (1, 7, 8)
+
+
+def test_unknown_cell_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown cell"):
+        Forecaster(ModelSpec(cell="transformer"))
