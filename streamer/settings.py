@@ -88,3 +88,19 @@ class Settings(BaseSettings):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {v!r}")
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The ``STREAMER_*`` environment that rebuilds ``settings`` in another process.
+
+    >>> to_env(Settings(app_id="a"))["STREAMER_BATCH__MAX_SIZE"]
+    '256'
+    """
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                env[f"STREAMER_{name.upper()}__{sub.upper()}"] = str(v)
+        elif value is not None:
+            env[f"STREAMER_{name.upper()}"] = str(value)
+    return env

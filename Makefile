@@ -1,0 +1,51 @@
+# streamer: the README names these targets. `make demo` and `make test` install what is missing.
+#
+# The virtual env lives outside the repository (PyTorch is a large download: install it once and
+# reuse it from every clone); this checkout is installed into it in editable mode.
+
+VENV     ?= $(HOME)/.cache/streamer/venv
+PY       := $(VENV)/bin/python
+SERVICES := deploy/local/services.sh
+STAMP    := build/.installed
+PYTHON   ?= python3
+
+# The tests run against their own Kafka and Redis on other ports than the demo's.
+TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 REDIS_PORT=16379 \
+            STREAMER_SERVICES_DIR=$(HOME)/.cache/streamer/test-services
+
+.PHONY: install demo test unit lint services-up services-down services-status clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --progress-bar off -e ".[dev]"
+	@mkdir -p $(dir $@) && touch $@
+
+demo: install services-up
+	$(VENV)/bin/streamer demo
+
+test: install
+	$(TEST_ENV) $(SERVICES) up
+	$(PY) -m pytest; rc=$$?; $(TEST_ENV) $(SERVICES) down; exit $$rc
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check streamer workers tests bench
+	$(VENV)/bin/ruff format --check streamer workers tests bench
+	$(VENV)/bin/mypy
+
+services-up:
+	$(SERVICES) up
+
+services-down:
+	$(SERVICES) down
+
+services-status:
+	$(SERVICES) status
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""Running real worker processes and talking to the real broker in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streamer.schemas import Prediction
+
+
+def worker_env(services: dict[str, str], ns: str, model: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    env.update(
+        STREAMER_APP_ID=ns,
+        STREAMER_MODEL_NAME=ns,
+        STREAMER_MODEL_PATH=str(model),
+        STREAMER_TOPICS__EVENTS=f"{ns}.events",
+        STREAMER_TOPICS__PREDICTIONS=f"{ns}.predictions",
+        STREAMER_TOPICS__DEAD_LETTER=f"{ns}.dlq",
+        STREAMER_KAFKA__BOOTSTRAP_SERVERS=services["bootstrap"],
+        STREAMER_KAFKA__SESSION_TIMEOUT_S="6",
+        STREAMER_REDIS__URL=services["redis_url"],
+        STREAMER_BATCH__MAX_SIZE="64",
+        STREAMER_BATCH__MAX_WAIT_S="0.02",
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """``streamer worker`` in a child process, its output kept in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.log = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamer.cli", "worker", "-l", "info"],
+            env=env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._fh.close()
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    n = 0
+    try:
+        futs = [await producer.send(topic, value, key=key) for key, value in messages]
+        await asyncio.gather(*futs)
+        n = len(futs)
+    finally:
+        await producer.stop()
+    return n
+
+
+class TopicReader:
+    """Reads a whole topic from the beginning, without a consumer group."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+            enable_auto_commit=False, metadata_max_age_ms=1000,
+        )
+        self.records: list = []  # type: ignore[type-arg]
+
+    async def __aenter__(self) -> TopicReader:
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def read_until(self, count: int, timeout: float, proc: WorkerProcess | None = None) -> list:  # type: ignore[type-arg]
+        deadline = time.monotonic() + timeout
+        while len(self.records) < count and time.monotonic() < deadline:
+            if proc is not None and proc.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {proc.proc.returncode}:\n{proc.tail()}")
+            got = await self.consumer.getmany(timeout_ms=200)
+            for recs in got.values():
+                self.records.extend(recs)
+        return self.records
+
+    async def drain(self, quiet_s: float = 3.0) -> list:  # type: ignore[type-arg]
+        """Keep reading until nothing new arrives for ``quiet_s`` seconds."""
+        last = time.monotonic()
+        while time.monotonic() - last < quiet_s:
+            got = await self.consumer.getmany(timeout_ms=200)
+            for recs in got.values():
+                if recs:
+                    last = time.monotonic()
+                self.records.extend(recs)
+        return self.records
+
+
+def predictions_of(records: list) -> list[Prediction]:  # type: ignore[type-arg]
+    return [Prediction.from_json(r.value) for r in records]
+
+
+def event_message(ev: dict[str, object]) -> tuple[bytes, bytes]:
+    return str(ev["unique_id"]).encode(), orjson.dumps(ev)
