@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import orjson
 from pydantic import ValidationError
 
 from streamer.errors import StreamerError
@@ -71,8 +70,10 @@ def _positive(kind: type[int] | type[float]) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--bootstrap-servers", help="Kafka brokers (STREAMER_KAFKA__BOOTSTRAP_SERVERS)")
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--bootstrap-servers", help="Kafka brokers (STREAMER_KAFKA__BOOTSTRAP_SERVERS)"
+    )
     common.add_argument("--redis-url", help="Redis URL (STREAMER_REDIS__URL)")
     common.add_argument("--model-name", help="model name in state keys (STREAMER_MODEL_NAME)")
 
@@ -81,12 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", parents=[common], help="run a Faust worker")
     w.add_argument("--model", type=Path, help="model artifact directory (STREAMER_MODEL_PATH)")
-    w.add_argument("-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    w.add_argument(
+        "-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"]
+    )
 
     r = sub.add_parser("replay", parents=[common], help="send a long-format file as events")
     r.add_argument("file", type=Path)
-    r.add_argument("--rate", type=_positive(float), help="events per second (default: as fast as possible)")
-    r.add_argument("--limit", type=_positive(int), help="send only the first N events in time order")
+    r.add_argument(
+        "--rate", type=_positive(float), help="events per second (default: as fast as possible)"
+    )
+    r.add_argument(
+        "--limit", type=_positive(int), help="send only the first N events in time order"
+    )
 
     t = sub.add_parser("train", help="train a global model on a long-format file")
     t.add_argument("file", type=Path, help="CSV or Parquet: unique_id, ds, y[, features...]")
@@ -94,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--horizon", type=_positive(int), default=12)
     t.add_argument("--hidden-size", type=_positive(int), default=32)
     t.add_argument("--layers", type=_positive(int), default=2)
-    t.add_argument("--epochs", type=_positive(int), default=60)
+    t.add_argument("--epochs", type=_positive(int), default=100)
     t.add_argument("--holdout", type=int, default=0, help="points per series left out of training")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
@@ -114,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", parents=[common], help="train, stream and score the aus_retail demo")
     d.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "streamer" / "demo")
-    d.add_argument("--epochs", type=_positive(int), default=40)
-    d.add_argument("--rate", type=_positive(float), help="events per second (default: as fast as possible)")
+    d.add_argument("--epochs", type=_positive(int), default=100)
+    d.add_argument(
+        "--rate", type=_positive(float), help="events per second (default: as fast as possible)"
+    )
     return p
 
 
@@ -126,15 +135,21 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from workers.app import create_app
 
     settings = _settings(args)
+    app = create_app(settings)  # loads the model first: a bad model fails before Kafka is touched
     asyncio.run(ensure_topics(settings))
-    app = create_app(settings)
     worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from streamer.data import event_rows, read_long
     from streamer.kafka import ensure_topics, replay_events
@@ -149,8 +164,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     async def run() -> int:
         await ensure_topics(settings)
         with Progress(
-            TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            transient=False, disable=not sys.stderr.isatty(),
+            TextColumn("replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+            disable=not sys.stderr.isatty(),
         ) as prog:
             task = prog.add_task("events", total=total)
             return await replay_events(
@@ -187,12 +206,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         task = prog.add_task("", total=cfg.epochs)
 
         def on_epoch(epoch: int, tl: float, vl: float) -> None:
-            prog.update(task, completed=epoch, description=f"epoch {epoch} loss {tl:.4f} val {vl:.4f}")
+            prog.update(
+                task, completed=epoch, description=f"epoch {epoch} loss {tl:.4f} val {vl:.4f}"
+            )
 
         result = train(df, cfg, on_epoch)
     version = save_artifact(result.model, args.out, result.summary)
-    print(f"model {version} written to {args.out} ({result.summary['epochs_run']} epochs, "
-          f"val loss {result.summary['best_val_loss']:.4f})")
+    print(
+        f"model {version} written to {args.out} ({result.summary['epochs_run']} epochs, "
+        f"val loss {result.summary['best_val_loss']:.4f})"
+    )
     return 0
 
 
@@ -226,7 +249,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command != "worker":
+        # These commands report an unreachable broker in one line of their own.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     command = args.command if args.command != "state" else f"state_{args.state_command}"
     try:
         handler = globals()[f"_cmd_{command}"]

@@ -102,11 +102,19 @@ class Scoreboard:
         t.add_column("ratio", justify="right")
         t.add_column("sMAPE lstm", justify="right")
         t.add_column("sMAPE s-naive", justify="right")
-        for name, err in (("all months", self.overall), (f"last {HOLDOUT} (held out)", self.holdout)):
+        for name, err in (
+            ("all months", self.overall),
+            (f"last {HOLDOUT} (held out)", self.holdout),
+        ):
             r = err.row()
             t.add_row(
-                name, f"{r['points']:.0f}", f"{r['mae_model']:.3f}", f"{r['mae_seasonal_naive']:.3f}",
-                f"{r['mae_ratio']:.3f}", f"{r['smape_model']:.2f}%", f"{r['smape_seasonal_naive']:.2f}%",
+                name,
+                f"{r['points']:.0f}",
+                f"{r['mae_model']:.3f}",
+                f"{r['mae_seasonal_naive']:.3f}",
+                f"{r['mae_ratio']:.3f}",
+                f"{r['smape_model']:.2f}%",
+                f"{r['smape_seasonal_naive']:.2f}%",
             )
         return t
 
@@ -115,29 +123,45 @@ class Scoreboard:
         for col in ("entity", "month", "actual", "lstm said", "s-naive said"):
             t.add_column(col, justify="right")
         for uid, ds, y, f, n in self.recent:
-            t.add_row(uid, ds, f"{y:.1f}", "-" if f is None else f"{f:.1f}", "-" if n is None else f"{n:.1f}")
+            t.add_row(
+                uid,
+                ds,
+                f"{y:.1f}",
+                "-" if f is None else f"{f:.1f}",
+                "-" if n is None else f"{n:.1f}",
+            )
         return t
 
 
 def _demo_settings(base: Settings, run: str, model: Path) -> Settings:
     d = base.model_dump()
     d.update(app_id=f"streamer-{run}", model_name=run, model_path=model)
-    d["topics"] = {**d["topics"], "events": f"{run}.events", "predictions": f"{run}.predictions", "dead_letter": f"{run}.dlq"}
+    d["topics"] = {
+        **d["topics"],
+        "events": f"{run}.events",
+        "predictions": f"{run}.predictions",
+        "dead_letter": f"{run}.dlq",
+    }
     return Settings.model_validate(d)
 
 
-def run_demo(base: Settings, workdir: Path, *, epochs: int = 40, rate: float | None = None) -> int:
+def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | None = None) -> int:
     console = Console()
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     df = demo_panel()
     df.to_csv(workdir / "aus_retail.csv", index=False)
     n_ent = df["unique_id"].nunique()
-    console.print(f"[bold]aus_retail[/]: {len(df)} monthly values of {n_ent} series, "
-                  f"{format_ds(df['ds'].min())} to {format_ds(df['ds'].max())}")
+    console.print(
+        f"[bold]aus_retail[/]: {len(df)} monthly values of {n_ent} series, "
+        f"{format_ds(df['ds'].min())} to {format_ds(df['ds'].max())}"
+    )
 
     cfg = TrainConfig(horizon=12, hidden_size=32, num_layers=2, epochs=epochs, holdout=HOLDOUT)
-    with console.status("training the LSTM on all but the last 24 months of every series") as status:
+    with console.status(
+        "training the LSTM on all but the last 24 months of every series"
+    ) as status:
+
         def on_epoch(e: int, tl: float, vl: float) -> None:
             status.update(f"training: epoch {e}/{epochs}, loss {tl:.4f}, validation {vl:.4f}")
 
@@ -145,21 +169,32 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 40, rate: float | N
     model_dir = workdir / "model"
     version = save_artifact(result.model, model_dir, result.summary)
     train_s = time.monotonic() - started
-    console.print(f"model {version}: {result.summary['epochs_run']} epochs in {train_s:.0f}s, "
-                  f"written to {model_dir}")
+    console.print(
+        f"model {version}: {result.summary['epochs_run']} epochs in {train_s:.0f}s, "
+        f"written to {model_dir}"
+    )
 
     run = f"demo{int(time.time())}"
     settings = _demo_settings(base, run, model_dir)
     holdout_start = {
-        str(uid): format_ds(g["ds"].iloc[-HOLDOUT]) for uid, g in df.groupby("unique_id") if len(g) > HOLDOUT
+        str(uid): format_ds(g["ds"].iloc[-HOLDOUT])
+        for uid, g in df.groupby("unique_id")
+        if len(g) > HOLDOUT
     }
-    board = Scoreboard(holdout_start={u: holdout_start.get(u, "9999") for u in df["unique_id"].unique()})
+    board = Scoreboard(
+        holdout_start={u: holdout_start.get(u, "9999") for u in df["unique_id"].unique()}
+    )
     log_path = workdir / "worker.log"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}, **to_env(settings)}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")},
+        **to_env(settings),
+    }
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "streamer.cli", "worker", "-l", "info"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             stream_s = asyncio.run(_stream(settings, df, board, worker, rate, console))
@@ -187,7 +222,7 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 40, rate: float | N
         "topics": [settings.topics.events, settings.topics.predictions],
     }
     (workdir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    h = summary["holdout"]
+    h = board.holdout.row()
     console.print(
         f"streamed {len(df)} events in {stream_s:.1f}s ({summary['events_per_second']:.0f}/s), "
         f"demo wall time {total_s:.0f}s. On the held-out months the LSTM's MAE is "
@@ -199,8 +234,12 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 40, rate: float | N
 
 
 async def _stream(
-    settings: Settings, df: pd.DataFrame, board: Scoreboard, worker: subprocess.Popen[bytes],
-    rate: float | None, console: Console,
+    settings: Settings,
+    df: pd.DataFrame,
+    board: Scoreboard,
+    worker: subprocess.Popen[bytes],
+    rate: float | None,
+    console: Console,
 ) -> float:
     await ensure_topics(settings)
     total = len(df)
@@ -211,16 +250,22 @@ async def _stream(
         sent = n
 
     start = time.monotonic()
-    replay = asyncio.create_task(replay_events(settings, event_rows(df), rate=rate, on_sent=on_sent))
+    replay = asyncio.create_task(
+        replay_events(settings, event_rows(df), rate=rate, on_sent=on_sent)
+    )
 
     def view() -> Group:
         el = max(time.monotonic() - start, 1e-9)
-        head = (f"sent {sent}/{total} events, received {board.received} predictions "
-                f"({board.received / el:.0f}/s) after {el:.0f}s")
+        head = (
+            f"sent {sent}/{total} events, received {board.received} predictions "
+            f"({board.received / el:.0f}/s) after {el:.0f}s"
+        )
         return Group(head, board.table("running one-step error"), board.recent_table())
 
     async def consume() -> None:
-        async for _k, value, _p, _o, _h in read_topic(settings, settings.topics.predictions, from_beginning=True):
+        async for _k, value, _p, _o, _h in read_topic(
+            settings, settings.topics.predictions, from_beginning=True
+        ):
             if value is not None:
                 board.add(Prediction.from_json(value))
             if board.received >= total:
@@ -233,7 +278,9 @@ async def _stream(
                 await asyncio.wait({consumer}, timeout=0.25)
                 live.update(view())
                 if worker.poll() is not None:
-                    raise StreamerError(f"the worker exited with status {worker.returncode}; see its log")
+                    raise StreamerError(
+                        f"the worker exited with status {worker.returncode}; see its log"
+                    )
                 if replay.done() and replay.exception() is not None:
                     raise replay.exception()  # type: ignore[misc]
             consumer.result()

@@ -69,7 +69,9 @@ async def show_state(settings: Settings, entity: str, *, as_json: bool = False) 
         table.add_row(name, str(d[name]))
     sc = d["scaling"]
     assert isinstance(sc, dict)
-    table.add_row("scaling", f"mean {sc['mean']:.6g}  scale {sc['scale']:.6g}  count {sc['count']:.0f}")
+    table.add_row(
+        "scaling", f"mean {sc['mean']:.6g}  scale {sc['scale']:.6g}  count {sc['count']:.0f}"
+    )
     rec = decode(raw)
     for name, arr in (("h", rec.h), ("c", rec.c)):
         for layer in range(rec.layers):
@@ -92,10 +94,13 @@ async def tail(
     timeout_s: float | None,
     as_json: bool,
 ) -> int:
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     n = 0
     async for _k, value, _p, _o, _h in read_topic(
-        settings, settings.topics.predictions, from_beginning=from_beginning, idle_timeout_s=timeout_s
+        settings,
+        settings.topics.predictions,
+        from_beginning=from_beginning,
+        idle_timeout_s=timeout_s,
     ):
         if value is None:
             continue

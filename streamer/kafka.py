@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
@@ -25,15 +26,16 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
     try:
         await admin.start()
     except KafkaConnectionError as exc:
-        raise ConfigError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+        await admin.close()
+        raise ConfigError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+        ) from exc
     try:
         existing = set(await admin.list_topics())
         new = [NewTopic(n, t.partitions, 1) for n in wanted if n not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was faster
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 
@@ -55,7 +57,10 @@ async def replay_events(
     try:
         await producer.start()
     except KafkaConnectionError as exc:
-        raise ConfigError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+        await producer.stop()
+        raise ConfigError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+        ) from exc
     sent = 0
     start = time.monotonic()
     pending: list[asyncio.Future[object]] = []
@@ -102,7 +107,10 @@ async def read_topic(
     try:
         await consumer.start()
     except KafkaConnectionError as exc:
-        raise ConfigError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+        await consumer.stop()
+        raise ConfigError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+        ) from exc
     try:
         last = time.monotonic()
         while True:

@@ -70,7 +70,11 @@ class StackedLSTM(nn.LSTM):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0):
         super().__init__(
-            input_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+            input_size,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
         )
 
     def zero_state(self, batch: int, device: torch.device | None = None) -> State:

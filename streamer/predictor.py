@@ -16,6 +16,7 @@ model version with the same shape is kept and continues under the current model.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,7 +106,9 @@ class Predictor:
         applied = [
             ev
             for ev in events
-            if not (part[where[ev.unique_id]] == ev.partition and ev.offset <= off[where[ev.unique_id]])
+            if not (
+                part[where[ev.unique_id]] == ev.partition and ev.offset <= off[where[ev.unique_id]]
+            )
         ]
         report.skipped = len(events) - len(applied)
         if not applied:
@@ -142,7 +145,10 @@ class Predictor:
         saved = await self.store.put_many(items)
         report.rejected = saved.count(False)
         if report.rejected:
-            log.warning("%d states were newer in the store; their events were not applied here", report.rejected)
+            log.warning(
+                "%d states were newer in the store; their events were not applied here",
+                report.rejected,
+            )
 
         out: list[Prediction] = []
         for i, ev in enumerate(applied):
@@ -224,10 +230,10 @@ class Predictor:
         slot_d = torch.from_numpy(slot[order]).to(dev, non_blocking=True)
         out = torch.empty((n, self._horizon), device=dev)
         with torch.inference_mode():
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-                e, s = order_d[a:b], slot_d[a:b]
-                yk, (hk, ck) = self.model.step(x[e], (h[:, s], c[:, s]))  # (B, K), (L, B, H)
-                h[:, s], c[:, s], out[e] = hk, ck, yk
+            for a, b in itertools.pairwise(bounds):
+                ev, ent = order_d[a:b], slot_d[a:b]
+                yk, (hk, ck) = self.model.step(x[ev], (h[:, ent], c[:, ent]))  # (B, K), (L, B, H)
+                h[:, ent], c[:, ent], out[ev] = hk, ck, yk
         st.h[...] = h.cpu().numpy()
         st.c[...] = c.cpu().numpy()
         forecasts = out.cpu().numpy().astype(np.float64) * scale_e[:, None] + mean_e[:, None]

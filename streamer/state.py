@@ -28,7 +28,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -145,13 +145,27 @@ def decode(buf: bytes) -> StateRecord:
     """A state record from its bytes; :class:`StateCodecError` if they are not one."""
     if len(buf) < HEADER.size:
         raise StateCodecError(f"state record of {len(buf)} bytes is shorter than its header")
-    (magic, fmt, code, layers, hidden, version, step, partition, offset, updated, count, mean, var) = (
-        HEADER.unpack_from(buf)
-    )
+    (
+        magic,
+        fmt,
+        code,
+        layers,
+        hidden,
+        version,
+        step,
+        partition,
+        offset,
+        updated,
+        count,
+        mean,
+        var,
+    ) = HEADER.unpack_from(buf)
     if magic != MAGIC:
         raise StateCodecError(f"not a streamer state record (magic {magic!r})")
     if fmt != FORMAT_VERSION:
-        raise StateCodecError(f"state format version {fmt} is not supported (this reads {FORMAT_VERSION})")
+        raise StateCodecError(
+            f"state format version {fmt} is not supported (this reads {FORMAT_VERSION})"
+        )
     if code not in _DTYPE_NAMES:
         raise StateCodecError(f"unknown state dtype code {code}")
     n = layers * hidden
@@ -256,7 +270,7 @@ class RedisStateStore:
         if not entities:
             return []
         try:
-            values: list[bytes | None] = await self._redis.mget([self.key(e) for e in entities])
+            values = cast(list[bytes | None], await self._redis.mget([self.key(e) for e in entities]))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis read failed: {exc}") from exc
         return values

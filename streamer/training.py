@@ -34,10 +34,10 @@ class TrainConfig:
     hidden_size: int = 32
     num_layers: int = 2
     horizon: int = 12
-    epochs: int = 60
+    epochs: int = 100
     batch_series: int = 16
     lr: float = 3e-3
-    patience: int = 8
+    patience: int = 10
     #: Targets in the last ``val_points`` of each (training) series validate; default: horizon.
     val_points: int | None = None
     #: Points dropped from the end of every series before training.
@@ -85,7 +85,12 @@ def offline_forecast(
     return fc, h[:, 0].cpu().numpy(), c[:, 0].cpu().numpy()
 
 
-def _targets(y: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], scale: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.float32]:
+def _targets(
+    y: npt.NDArray[np.float64],
+    mean: npt.NDArray[np.float64],
+    scale: npt.NDArray[np.float64],
+    k: int,
+) -> npt.NDArray[np.float32]:
     """Scaled targets ``(T, K)``: y[t+j+1] in the units of step t; NaN past the end."""
     t = len(y)
     tg = np.full((t, k), np.nan)
@@ -148,7 +153,9 @@ def train(
     loss_fn = torch.nn.HuberLoss(reduction="sum")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
-    def batch_loss(idx: Sequence[int], masks: Sequence[npt.NDArray[np.bool_]]) -> tuple[Tensor, int]:
+    def batch_loss(
+        idx: Sequence[int], masks: Sequence[npt.NDArray[np.bool_]]
+    ) -> tuple[Tensor, int]:
         x = pad([xs[i] for i in idx], torch.float32)
         tg = pad([tgs[i] for i in idx], torch.float32)
         m = pad([masks[i] for i in idx], torch.bool)
@@ -168,7 +175,7 @@ def train(
             if n == 0:
                 continue
             opt.zero_grad()
-            (loss / n).backward()
+            (loss / n).backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total, count = total + loss.item(), count + n

@@ -44,7 +44,9 @@ def services() -> dict[str, str]:
         [str(SERVICES), "up"], env=services_env(), capture_output=True, text=True, timeout=600
     )
     if proc.returncode != 0:
-        pytest.fail(f"could not start Kafka and Redis:\n{proc.stderr}\n{proc.stdout}", pytrace=False)
+        pytest.fail(
+            f"could not start Kafka and Redis:\n{proc.stderr}\n{proc.stdout}", pytrace=False
+        )
     return {
         "bootstrap": f"127.0.0.1:{KAFKA_PORT}",
         "redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0",
@@ -57,7 +59,13 @@ def ns() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-def make_model(hidden: int = 16, layers: int = 2, horizon: int = 3, features: tuple[str, ...] = (), seed: int = 7) -> Forecaster:
+def make_model(
+    hidden: int = 16,
+    layers: int = 2,
+    horizon: int = 3,
+    features: tuple[str, ...] = (),
+    seed: int = 7,
+) -> Forecaster:
     torch.manual_seed(seed)
     spec = ModelSpec(
         hidden_size=hidden,
@@ -89,7 +97,9 @@ def feature_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def make_panel(n_entities: int, min_len: int, max_len: int, seed: int = 0, features: tuple[str, ...] = ()) -> pd.DataFrame:
+def make_panel(
+    n_entities: int, min_len: int, max_len: int, seed: int = 0, features: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Synthetic long-format panel: seasonal series of very different scales per entity."""
     rng = np.random.default_rng(seed)
     frames = []
@@ -97,7 +107,11 @@ def make_panel(n_entities: int, min_len: int, max_len: int, seed: int = 0, featu
         t = int(rng.integers(min_len, max_len + 1))
         level = float(10 ** rng.uniform(-1, 3))
         idx = np.arange(t)
-        y = level * (1 + 0.3 * np.sin(idx * 2 * np.pi / 12 + rng.uniform(0, 6)) + 0.1 * rng.standard_normal(t))
+        y = level * (
+            1
+            + 0.3 * np.sin(idx * 2 * np.pi / 12 + rng.uniform(0, 6))
+            + 0.1 * rng.standard_normal(t)
+        )
         d = {
             "unique_id": f"e{i:04d}",
             "ds": pd.date_range("2020-01-01", periods=t, freq="D"),

@@ -41,7 +41,14 @@ def synthetic_events(df: pd.DataFrame, partitions: int = 4) -> list[Event]:
         uid = str(row["unique_id"])
         p = zlib.crc32(uid.encode()) % partitions
         events.append(
-            Event(uid, str(row["ds"]), float(row["y"]), tuple(float(row[f]) for f in features), p, next_offset[p])  # type: ignore[arg-type]
+            Event(
+                uid,
+                str(row["ds"]),
+                float(row["y"]),
+                tuple(float(row[f]) for f in features),
+                p,
+                next_offset[p],
+            )  # type: ignore[arg-type]
         )
         next_offset[p] += 1
     return events
@@ -53,5 +60,11 @@ def check_predictions(preds: list[Prediction], expected: dict[str, Expected]) ->
         exp = expected[p.unique_id]
         i = p.step - 1
         assert exp.ds[i] == p.ds, (p.unique_id, p.step, p.ds)
-        np.testing.assert_allclose(p.forecast, exp.forecasts[i], rtol=1e-5, atol=1e-5, err_msg=f"{p.unique_id} step {p.step}")
+        np.testing.assert_allclose(
+            p.forecast,
+            exp.forecasts[i],
+            rtol=1e-5,
+            atol=1e-5,
+            err_msg=f"{p.unique_id} step {p.step}",
+        )
     return len(preds)

@@ -28,14 +28,21 @@ log = logging.getLogger("streamer.worker")
 
 def build_handler(settings: Settings) -> BatchHandler:
     if settings.model_path is None:
-        raise ConfigError("no model: set STREAMER_MODEL_PATH or pass --model (streamer train writes one)")
+        raise ConfigError(
+            "no model: set STREAMER_MODEL_PATH or pass --model (streamer train writes one)"
+        )
     torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     art = load_artifact(settings.model_path, device)
     store = RedisStateStore.from_url(
-        settings.redis.url, settings.model_name, settings.state_ttl_s, settings.redis.socket_timeout_s
+        settings.redis.url,
+        settings.model_name,
+        settings.state_ttl_s,
+        settings.redis.socket_timeout_s,
     )
-    predictor = Predictor(art.model, art.version, store, device=device, state_dtype=settings.state_dtype)
+    predictor = Predictor(
+        art.model, art.version, store, device=device, state_dtype=settings.state_dtype
+    )
     log.info("model %s (version %s) on %s", settings.model_path, art.version, device)
     return BatchHandler(predictor, max_event_bytes=settings.topics.max_event_bytes)
 
@@ -73,8 +80,10 @@ def create_app(settings: Settings) -> faust.App:
             await predictions.send(key=p.unique_id.encode(), value=p.to_json())
 
     @app.agent(events)
-    async def predict(stream: faust.StreamT) -> None:
-        async for batch in stream.noack_take(settings.batch.max_size, within=settings.batch.max_wait_s):
+    async def predict(stream: Any) -> None:  # a faust.Stream; noack_take is not on StreamT
+        async for batch in stream.noack_take(
+            settings.batch.max_size, within=settings.batch.max_wait_s
+        ):
             # A batch once started is finished even when the worker is stopping: its states may be
             # saved already, so its predictions must go out before its offsets are acknowledged.
             # A batch that fails is never acknowledged: it is consumed again after a restart.

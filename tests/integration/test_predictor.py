@@ -47,7 +47,9 @@ async def test_stepping_through_redis_equals_nn_lstm_per_entity(
     out += await run_in_batches(pred, events[half:], seed=3)
 
     assert len(out) == len(events)
-    assert sorted((p.partition, p.offset) for p in out) == sorted((e.partition, e.offset) for e in events)
+    assert sorted((p.partition, p.offset) for p in out) == sorted(
+        (e.partition, e.offset) for e in events
+    )
     assert check_predictions(out, expected) == len(events)
     assert all(p.model_version == art.version for p in out)
 
@@ -83,7 +85,9 @@ async def test_a_batch_with_many_events_of_one_entity_keeps_their_order(
     await pred.aclose()
 
 
-async def test_a_state_that_does_not_fit_the_model_is_reset(services: dict[str, str], ns: str, model_dir: Path) -> None:
+async def test_a_state_that_does_not_fit_the_model_is_reset(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
     art = load_artifact(model_dir)
     store = RedisStateStore.from_url(services["redis_url"], ns)
     await store.redis.set(store.key("e0000"), b"STRM" + b"\x00" * 100)  # undecodable

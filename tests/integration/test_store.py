@@ -63,7 +63,9 @@ async def test_a_new_source_partition_takes_over(store: RedisStateStore) -> None
 
 
 async def test_garbage_under_a_key_is_overwritten(store: RedisStateStore) -> None:
-    await store.redis.set(store.key("g"), b"not a state record at all, long enough to be read......")
+    await store.redis.set(
+        store.key("g"), b"not a state record at all, long enough to be read......"
+    )
     assert await store.put_many([("g", rec(0))]) == [True]
 
 

@@ -33,7 +33,11 @@ BAD = [
     (b"e0002", b'{"unique_id": "e0002", "ds": "2020-01-05", "y": "12.5"}', "wrong_type"),
     (b"e0003", b'{"unique_id": "e0003", "y": 1.0}', "missing_field"),
     (b"e0004", b'{"unique_id": "e0004", "ds": "2020-01-05", "y": NaN}', "non_finite"),
-    (b"e0005", b'{"unique_id": "e0005", "ds": "2020-01-05", "y": 1.0, "extra": 3}', "wrong_feature_count"),
+    (
+        b"e0005",
+        b'{"unique_id": "e0005", "ds": "2020-01-05", "y": 1.0, "extra": 3}',
+        "wrong_feature_count",
+    ),
     (b"e0006", b"[1, 2]", "not_an_object"),
     (None, b'{"unique_id": "e0007", "ds": "2020-01-05", "y": 1.0}', "empty_key"),
     (b"e0008", b'{"unique_id": "e0009", "ds": "2020-01-05", "y": 1.0}', "key_mismatch"),
@@ -44,7 +48,11 @@ def settings_for(services: dict[str, str], ns: str) -> Settings:
     return Settings.model_validate(
         {
             "kafka": {"bootstrap_servers": services["bootstrap"]},
-            "topics": {"events": f"{ns}.events", "predictions": f"{ns}.predictions", "dead_letter": f"{ns}.dlq"},
+            "topics": {
+                "events": f"{ns}.events",
+                "predictions": f"{ns}.predictions",
+                "dead_letter": f"{ns}.dlq",
+            },
         }
     )
 
@@ -112,7 +120,9 @@ async def test_every_event_gets_one_prediction_equal_to_nn_lstm(
 
 
 @pytest.mark.integration
-async def test_worker_refuses_to_start_without_a_model(services: dict[str, str], ns: str, tmp_path: Path) -> None:
+async def test_worker_refuses_to_start_without_a_model(
+    services: dict[str, str], ns: str, tmp_path: Path
+) -> None:
     env = worker_env(services, ns, tmp_path / "missing-model")
     worker = WorkerProcess(env, tmp_path / "w.log")
     code = await asyncio.to_thread(worker.proc.wait, 60)

@@ -62,7 +62,9 @@ class WorkerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+async def produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
+) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
     n = 0
@@ -80,8 +82,12 @@ class TopicReader:
 
     def __init__(self, bootstrap: str, topic: str):
         self.consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-            enable_auto_commit=False, metadata_max_age_ms=1000,
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            metadata_max_age_ms=1000,
         )
         self.records: list = []  # type: ignore[type-arg]
 
@@ -92,7 +98,9 @@ class TopicReader:
     async def __aexit__(self, *exc: object) -> None:
         await self.consumer.stop()
 
-    async def read_until(self, count: int, timeout: float, proc: WorkerProcess | None = None) -> list:  # type: ignore[type-arg]
+    async def read_until(
+        self, count: int, timeout: float, proc: WorkerProcess | None = None
+    ) -> list:  # type: ignore[type-arg]
         deadline = time.monotonic() + timeout
         while len(self.records) < count and time.monotonic() < deadline:
             if proc is not None and proc.proc.poll() is not None:

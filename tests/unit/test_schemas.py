@@ -8,7 +8,9 @@ from streamer.schemas import DeadLetter, Event, Prediction, decode_event
 GOOD = {"unique_id": "s1", "ds": "2024-01-01", "y": 1.5}
 
 
-def dec(value: bytes | None, key: bytes | None = b"s1", features: tuple[str, ...] = ()) -> Event | DeadLetter:
+def dec(
+    value: bytes | None, key: bytes | None = b"s1", features: tuple[str, ...] = ()
+) -> Event | DeadLetter:
     return decode_event(key, value, 2, 99, features, max_bytes=4096)
 
 
@@ -48,7 +50,9 @@ def test_good_event_decodes_with_features_in_model_order() -> None:
         (b" " * 5000, b"s1", (), "too_large"),
     ],
 )
-def test_bad_events_get_a_reason(value: bytes | None, key: bytes | None, features: tuple[str, ...], reason: str) -> None:
+def test_bad_events_get_a_reason(
+    value: bytes | None, key: bytes | None, features: tuple[str, ...], reason: str
+) -> None:
     r = dec(value, key, features)
     assert isinstance(r, DeadLetter), r
     assert r.reason == reason, r.detail

@@ -29,7 +29,17 @@ def test_float32_round_trip_is_exact() -> None:
     back = decode(encode(rec))
     np.testing.assert_array_equal(back.h, rec.h)
     np.testing.assert_array_equal(back.c, rec.c)
-    for f in ("model_version", "step", "partition", "offset", "updated_ms", "count", "mean", "var", "dtype"):
+    for f in (
+        "model_version",
+        "step",
+        "partition",
+        "offset",
+        "updated_ms",
+        "count",
+        "mean",
+        "var",
+        "dtype",
+    ):
         assert getattr(back, f) == getattr(rec, f), f
     assert len(encode(rec)) == HEADER.size + 2 * 2 * 16 * 4
 
