@@ -30,7 +30,26 @@ _EXPORTS = {
     "StreamerError": "streamer.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "BatchHandler",
+    "DeadLetter",
+    "Event",
+    "Forecaster",
+    "ModelSpec",
+    "Prediction",
+    "Predictor",
+    "RedisStateStore",
+    "Settings",
+    "StackedLSTM",
+    "StateRecord",
+    "StateStore",
+    "StreamerError",
+    "__version__",
+    "decode_event",
+    "load_artifact",
+    "save_artifact",
+]
+assert set(__all__) == {"__version__", *_EXPORTS}
 
 if TYPE_CHECKING:
     from streamer.artifact import load_artifact, save_artifact

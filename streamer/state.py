@@ -270,7 +270,9 @@ class RedisStateStore:
         if not entities:
             return []
         try:
-            values = cast(list[bytes | None], await self._redis.mget([self.key(e) for e in entities]))
+            values = cast(
+                list[bytes | None], await self._redis.mget([self.key(e) for e in entities])
+            )
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis read failed: {exc}") from exc
         return values
