@@ -15,13 +15,18 @@ TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 REDIS_PORT=16379 \
 
 .PHONY: install demo test unit lint services-up services-down services-status clean
 
-install: $(STAMP)
-
-$(STAMP): pyproject.toml
+# Installs into the shared env when it is missing, when pyproject.toml changed, or when the env's
+# editable install points at another checkout (CI clones the repository elsewhere).
+install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --progress-bar off -e ".[dev]"
-	@mkdir -p $(dir $@) && touch $@
+	@if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ] || ! (cd / && $(PY) -c \
+	    "import streamer, sys; sys.exit(streamer.__file__ != '$(CURDIR)/streamer/__init__.py')" \
+	    2>/dev/null); then \
+	  echo "installing streamer and its dependencies into $(VENV)"; \
+	  $(PY) -m pip install --quiet --upgrade pip && \
+	  $(PY) -m pip install --quiet --progress-bar off -e ".[dev]" && \
+	  mkdir -p $(dir $(STAMP)) && touch $(STAMP); \
+	fi
 
 demo: install services-up
 	$(VENV)/bin/streamer demo
