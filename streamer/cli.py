@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", parents=[common], help="run a Faust worker")
     w.add_argument("--model", type=Path, help="model artifact directory (STREAMER_MODEL_PATH)")
     w.add_argument(
-        "-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"]
+        "-l",
+        "--loglevel",
+        choices=["debug", "info", "warning", "error"],
+        help="default: STREAMER_LOG_LEVEL (info)",
     )
 
     r = sub.add_parser("replay", parents=[common], help="send a long-format file as events")
@@ -137,7 +140,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     app = create_app(settings)  # loads the model first: a bad model fails before Kafka is touched
     asyncio.run(ensure_topics(settings))
-    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel=args.loglevel or settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 

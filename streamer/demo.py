@@ -205,6 +205,7 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | 
             except subprocess.TimeoutExpired:
                 worker.kill()
     total_s = time.monotonic() - started
+    console.print()
     console.print(board.table(f"one-step error of {board.received} live predictions"))
     summary = {
         "data": "aus_retail",
