@@ -18,7 +18,8 @@ TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 REDIS_PORT=16379 \
 # Installs into the shared env when it is missing, when pyproject.toml changed, or when the env's
 # editable install points at another checkout (CI clones the repository elsewhere).
 install:
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } \
+	  || { echo "cannot create a virtual env: apt-get install python3-venv"; exit 1; }
 	@if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ] || ! (cd / && $(PY) -c \
 	    "import streamer, sys; sys.exit(streamer.__file__ != '$(CURDIR)/streamer/__init__.py')" \
 	    2>/dev/null); then \

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from streamer.errors import StoreUnavailable
 from streamer.predictor import BatchReport, Predictor
@@ -20,6 +21,7 @@ from streamer.schemas import DeadLetter, Event, Prediction, decode_event
 __all__ = ["BatchHandler", "Outcome", "RawMessage"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +59,46 @@ class BatchHandler:
         bad: list[DeadLetter] = []
         features = self.predictor.features
         for m in messages:
-            r = decode_event(m.key, m.value, m.partition, m.offset, features, self.max_event_bytes)
-            (good if isinstance(r, Event) else bad).append(r)  # type: ignore[arg-type]
+            try:
+                r = decode_event(
+                    m.key, m.value, m.partition, m.offset, features, self.max_event_bytes
+                )
+            except Exception as exc:  # the decoder must never take the worker down
+                log.exception("the event decoder failed on %s/%s", m.partition, m.offset)
+                r = DeadLetter(
+                    m.key,
+                    m.value,
+                    "wrong_type",
+                    f"undecodable: {exc!r}"[:500],
+                    m.partition,
+                    m.offset,
+                )
+            if isinstance(r, Event):
+                good.append(r)
+            else:
+                bad.append(r)
         return good, bad
 
     async def handle(self, messages: Sequence[RawMessage]) -> Outcome:
+        """Validate, step and save a batch. Waits out store outages; never drops the batch.
+
+        The states are computed once and the same bytes are written until the write goes
+        through, so a write whose reply was lost is not mistaken for a replay.
+        """
         good, bad = self.decode(messages)
         outcome = Outcome(dead_letters=bad)
+        pending = await self._retrying(outcome, lambda: self.predictor.prepare(good))
+        outcome.report = await self._retrying(outcome, lambda: self.predictor.commit(pending))
+        outcome.predictions = outcome.report.predictions
+        return outcome
+
+    async def _retrying(self, outcome: Outcome, attempt: Callable[[], Awaitable[T]]) -> T:
         delay = self.retry_initial_s
         while True:
             try:
-                outcome.report = await self.predictor.process(good)
-                break
+                return await attempt()
             except StoreUnavailable as exc:
                 outcome.retries += 1
-                log.warning("state store unavailable (%s); retrying the batch in %.1fs", exc, delay)
+                log.warning("state store unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
-        outcome.predictions = outcome.report.predictions
-        return outcome

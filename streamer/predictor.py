@@ -4,13 +4,14 @@ Plain Python and torch; no Kafka. For one batch:
 
 1. group the events by entity (waves keep each entity's order, see :mod:`streamer.batching`);
 2. load the states of all its entities in one store round trip;
-3. fence: drop events whose (partition, offset) the stored state already applied;
+3. fence: drop events whose (partition, offset) the stored state (or this batch) already applied;
 4. scale, then step each wave with one batched cell call on the device;
 5. save all touched states in one conditional round trip (a newer stored state always wins);
 6. return the predictions of the saved events, in batch order.
 
 Model/state mismatch policy: a stored state whose layers or hidden size differ from the model's, or
-whose bytes cannot be decoded, is reset to zeros (counted in ``resets``). A state written by another
+whose bytes cannot be decoded, is reset to zeros (counted in ``resets``); its fence is kept, so no
+event it applied is applied again. A state written by another
 model version with the same shape is kept and continues under the current model.
 """
 
@@ -30,9 +31,9 @@ from streamer.batching import plan_waves
 from streamer.errors import ConfigError, StateCodecError
 from streamer.model import Forecaster
 from streamer.schemas import Event, Prediction
-from streamer.state import Dtype, StateRecord, StateStore, decode, encode, now_ms
+from streamer.state import Dtype, StateRecord, StateStore, decode, encode, now_ms, read_fence
 
-__all__ = ["BatchReport", "Predictor", "resolve_device"]
+__all__ = ["BatchReport", "PendingBatch", "Predictor", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,19 @@ class BatchReport:
     #: Entities whose stored state did not fit the model and was reset.
     resets: int = 0
     predictions: list[Prediction] = field(default_factory=list)
+
+
+@dataclass
+class PendingBatch:
+    """A stepped batch whose states are not saved yet (see :meth:`Predictor.commit`)."""
+
+    report: BatchReport
+    applied: list[Event] = field(default_factory=list)
+    #: encoded states to save, one per entity of ``applied``
+    items: list[tuple[str, bytes]] = field(default_factory=list)
+    slot: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    forecasts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
+    steps: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 class Predictor:
@@ -93,35 +107,42 @@ class Predictor:
         return (await self.process(events)).predictions
 
     async def process(self, events: Sequence[Event]) -> BatchReport:
-        report = BatchReport(events=len(events))
+        """:meth:`prepare` then :meth:`commit`; callers that retry use the two steps directly."""
+        return await self.commit(await self.prepare(events))
+
+    async def prepare(self, events: Sequence[Event]) -> PendingBatch:
+        """Read the states (one round trip) and step the events; nothing is written yet.
+
+        Safe to call again after a failure: it has no effect outside this process.
+        """
+        pending = PendingBatch(report=BatchReport(events=len(events)))
         if not events:
-            return report
+            return pending
         entities = list(dict.fromkeys(e.unique_id for e in events))
         raws = await self.store.get_many(entities)
-        loaded = self._load(raws, report)
+        loaded = self._load(raws, pending.report)
 
-        # Fence: an event at or below the stored offset of its partition was applied before.
+        # Fence: skip an event at or below the last applied offset of its entity's partition:
+        # the stored one, or an earlier event of this batch (a rebalance can deliver one twice).
         where = {e: i for i, e in enumerate(entities)}
-        part, off = loaded.partition, loaded.offset
-        applied = [
-            ev
-            for ev in events
-            if not (
-                part[where[ev.unique_id]] == ev.partition and ev.offset <= off[where[ev.unique_id]]
-            )
-        ]
-        report.skipped = len(events) - len(applied)
+        last = {e: (int(loaded.partition[i]), int(loaded.offset[i])) for e, i in where.items()}
+        applied: list[Event] = []
+        for ev in events:
+            part, off = last[ev.unique_id]
+            if part == ev.partition and ev.offset <= off:
+                continue
+            last[ev.unique_id] = (ev.partition, ev.offset)
+            applied.append(ev)
+        pending.report.skipped = len(events) - len(applied)
         if not applied:
-            return report
+            return pending
 
         plan = plan_waves([e.unique_id for e in applied])
         rows = np.fromiter((where[e] for e in plan.entities), np.int64, len(plan.entities))
         st = loaded.take(rows)
         forecasts, steps = self._step(applied, plan.slot, plan.waves, st)
-
-        # Save every touched state in one conditional write.
         stamp = now_ms()
-        items = [
+        pending.items = [
             (
                 entity,
                 encode(
@@ -142,17 +163,32 @@ class Predictor:
             )
             for j, entity in enumerate(plan.entities)
         ]
-        saved = await self.store.put_many(items)
+        pending.applied, pending.slot, pending.forecasts, pending.steps = (
+            applied,
+            plan.slot,
+            forecasts,
+            steps,
+        )
+        return pending
+
+    async def commit(self, pending: PendingBatch) -> BatchReport:
+        """Save the stepped states in one conditional round trip; return the saved predictions.
+
+        Retrying a commit whose reply was lost is safe: a record already stored counts as saved.
+        """
+        report = pending.report
+        if not pending.items:
+            return report
+        saved = await self.store.put_many(pending.items)
         report.rejected = saved.count(False)
         if report.rejected:
             log.warning(
                 "%d states were newer in the store; their events were not applied here",
                 report.rejected,
             )
-
         out: list[Prediction] = []
-        for i, ev in enumerate(applied):
-            j = int(plan.slot[i])
+        for i, ev in enumerate(pending.applied):
+            j = int(pending.slot[i])
             if not saved[j]:
                 continue
             out.append(
@@ -163,8 +199,8 @@ class Predictor:
                     partition=ev.partition,
                     offset=ev.offset,
                     model_version=self.version,
-                    step=int(steps[i]),
-                    forecast=tuple(forecasts[i].tolist()),
+                    step=int(pending.steps[i]),
+                    forecast=tuple(pending.forecasts[i].tolist()),
                 )
             )
         report.applied = len(out)
@@ -181,12 +217,17 @@ class Predictor:
             except StateCodecError as exc:
                 log.warning("resetting an undecodable state: %s", exc)
                 report.resets += 1
+                # Keep its fence: the store still refuses writes at or below it.
+                fence = read_fence(raw)
+                if fence is not None:
+                    st.partition[j], st.offset[j] = fence
                 continue
+            st.partition[j], st.offset[j] = rec.partition, rec.offset
             if rec.layers != self._layers or rec.hidden_size != self._hidden:
-                report.resets += 1
+                report.resets += 1  # h, c, scaling and step start over; the fence stays
                 continue
             st.h[:, j], st.c[:, j] = rec.h, rec.c
-            st.step[j], st.partition[j], st.offset[j] = rec.step, rec.partition, rec.offset
+            st.step[j] = rec.step
             st.count[j], st.mean[j], st.var[j] = rec.count, rec.mean, rec.var
         return st
 

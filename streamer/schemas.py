@@ -40,8 +40,13 @@ Reason = Literal[
     "missing_field",
     "wrong_type",
     "non_finite",
+    "out_of_range",
     "wrong_feature_count",
 ]
+
+#: Largest magnitude accepted for ``y`` and features. Larger finite values would overflow the
+#: running statistics or float32 inputs and leave an entity's state NaN for good.
+MAX_ABS_VALUE = 1e30
 
 
 class EventBody(BaseModel):
@@ -187,12 +192,19 @@ def decode_event(
             "wrong_feature_count",
             f"expected features {sorted(features)}, got {sorted(extra)[:50]}",
         )
+    if abs(body.y) > MAX_ABS_VALUE:
+        return dead("out_of_range", f"y: |{body.y:.3g}| > {MAX_ABS_VALUE:g}")
     values: list[float] = []
     for name in features:
         v = extra[name]
         if isinstance(v, bool) or not isinstance(v, int | float):
             return dead("wrong_type", f"{name}: expected a number, got {type(v).__name__}")
-        if not math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v):
             return dead("non_finite", f"{name}: {v}")
+        if abs(v) > MAX_ABS_VALUE:
+            return dead(
+                "out_of_range",
+                f"{name}: |{float(v) if abs(v) < 1e300 else 'huge'}| > {MAX_ABS_VALUE:g}",
+            )
         values.append(float(v))
     return Event(body.unique_id, body.ds, body.y, tuple(values), partition, offset)

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     #: Torch intra-op threads for the cell; 1 leaves the other core to Kafka and Redis clients.
     torch_threads: int = Field(default=1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Where Faust keeps its per-app data directory.
+    worker_dir: Path = Path.home() / ".cache" / "streamer" / "workers"
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()

@@ -34,9 +34,10 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streamer.errors import StateCodecError, StoreUnavailable
+from streamer.errors import StateCodecError, StateError, StoreUnavailable
 
 __all__ = [
     "HEADER",
@@ -45,6 +46,7 @@ __all__ = [
     "StateStore",
     "decode",
     "encode",
+    "read_fence",
     "state_key",
 ]
 
@@ -177,7 +179,7 @@ def decode(buf: bytes) -> StateRecord:
     return StateRecord(
         h=h,
         c=c,
-        model_version=version.rstrip(b"\0").decode("ascii"),
+        model_version=version.rstrip(b"\0").decode("ascii", errors="replace"),
         step=step,
         partition=partition,
         offset=offset,
@@ -187,6 +189,16 @@ def decode(buf: bytes) -> StateRecord:
         var=var,
         dtype=_DTYPE_NAMES[code],
     )
+
+
+def read_fence(buf: bytes) -> tuple[int, int] | None:
+    """``(partition, offset)`` of a record's fence, read as the Lua script reads it: also from a
+    record whose body cannot be decoded, so the predictor and the store agree on what was applied.
+    """
+    if len(buf) < 48 or buf[:4] != MAGIC:
+        return None
+    partition, offset = struct.unpack_from("<iq", buf, 36)
+    return int(partition), int(offset)
 
 
 def now_ms() -> int:
@@ -211,31 +223,57 @@ class StateStore(Protocol):
 # call. A record is written when there is no valid record yet, when the stored one came from another
 # partition (the topic was recreated or repartitioned: the new source wins), or when the stored
 # offset is lower. Otherwise the write is refused: a replay or a zombie worker cannot roll back state.
+# A refused write whose bytes are already stored counts as saved: retrying a write whose reply was
+# lost (a timeout after Redis applied it) succeeds instead of dropping the batch's predictions.
 _PUT_MANY_LUA = """
 local ttl = tonumber(ARGV[1])
 local out = {}
 for i, key in ipairs(KEYS) do
   local new = ARGV[i + 1]
   local cur = redis.call('GETRANGE', key, 0, 47)
-  local write = true
+  local result = 1
   if #cur == 48 and string.sub(cur, 1, 4) == 'STRM' then
     local cp, co = struct.unpack('<i4i8', string.sub(cur, 37, 48))
     local np, no = struct.unpack('<i4i8', string.sub(new, 37, 48))
-    if cp == np and co >= no then write = false end
+    if cp == np and co >= no then
+      result = 0
+      if co == no and redis.call('GET', key) == new then result = 2 end
+    end
   end
-  if write then
+  if result == 1 then
     if ttl > 0 then
       redis.call('SET', key, new, 'PX', ttl)
     else
       redis.call('SET', key, new)
     end
-    out[i] = 1
-  else
-    out[i] = 0
   end
+  out[i] = result
 end
 return out
 """
+
+
+#: Redis replies that mean "not now" (out of memory, a replica, loading, a failover): wait and retry.
+_TRANSIENT = (
+    "OOM",
+    "READONLY",
+    "BUSY",
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+)
+
+
+def _classify(exc: BaseException, what: str) -> Exception:
+    """:class:`StoreUnavailable` for faults that pass; other Redis errors are bugs and propagate."""
+    transient = isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT)
+    )
+    if transient:
+        return StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}")
+    return StateError(f"redis {what} failed: {type(exc).__name__}: {exc}")
 
 
 class RedisStateStore:
@@ -273,8 +311,8 @@ class RedisStateStore:
             values = cast(
                 list[bytes | None], await self._redis.mget([self.key(e) for e in entities])
             )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"redis read failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise _classify(exc, "read") from exc
         return values
 
     async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
@@ -284,9 +322,9 @@ class RedisStateStore:
         args: list[bytes | int] = [self._ttl_ms, *(blob for _, blob in items)]
         try:
             result = await self._put_script(keys=keys, args=args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"redis write failed: {exc}") from exc
-        return [bool(r) for r in result]
+        except (RedisError, OSError) as exc:
+            raise _classify(exc, "write") from exc
+        return [r != 0 for r in result]  # 1 written, 2 already stored (a retried write), 0 refused
 
     async def get(self, entity: str) -> StateRecord | None:
         (raw,) = await self.get_many([entity])

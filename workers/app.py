@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 import torch
+from mode import CrashingSupervisor
 
 from streamer.artifact import load_artifact
 from streamer.errors import ConfigError
@@ -49,6 +50,7 @@ def build_handler(settings: Settings) -> BatchHandler:
 
 def create_app(settings: Settings) -> faust.App:
     handler = build_handler(settings)  # fail at start, not at the first event
+    settings.worker_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=settings.kafka.broker_url,
@@ -62,6 +64,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         autodiscover=False,
         store="memory://",
+        datadir=str(settings.worker_dir / "{conf.name}-data"),
     )
     topics = settings.topics
     events = app.topic(topics.events, partitions=topics.partitions)
@@ -79,7 +82,9 @@ def create_app(settings: Settings) -> faust.App:
         for p in out.predictions:
             await predictions.send(key=p.unique_id.encode(), value=p.to_json())
 
-    @app.agent(events)
+    # Any failure that is not an outage (those are retried inside the handler) stops the worker:
+    # restarting the agent in place would go on with later events and leave this batch behind.
+    @app.agent(events, supervisor_strategy=CrashingSupervisor)
     async def predict(stream: Any) -> None:  # a faust.Stream; noack_take is not on StreamT
         async for batch in stream.noack_take(
             settings.batch.max_size, within=settings.batch.max_wait_s
@@ -88,14 +93,18 @@ def create_app(settings: Settings) -> faust.App:
             # saved already, so its predictions must go out before its offsets are acknowledged.
             # A batch that fails is never acknowledged: it is consumed again after a restart.
             task = asyncio.ensure_future(run_batch(batch))
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                await task
-                for ev in batch:
-                    await stream.ack(ev)
-                raise
+            cancelled = False
+            while True:
+                try:
+                    await asyncio.shield(task)
+                    break
+                except asyncio.CancelledError:
+                    if task.done():
+                        raise
+                    cancelled = True  # finish the batch first, however often we are asked
             for ev in batch:
                 await stream.ack(ev)
+            if cancelled:
+                raise asyncio.CancelledError
 
     return app

@@ -36,13 +36,19 @@ die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file names a live process that is still the service (not a reused pid after a reboot).
+pid_alive() {
+    [[ -f "$1" ]] || return 1
+    local pid
+    pid="$(cat "$1")"
+    kill -0 "$pid" 2>/dev/null && grep -qaE "kafka\.Kafka|redis-server" "/proc/$pid/cmdline" 2>/dev/null
+}
 
 # ---------------------------------------------------------------------------------------- Kafka --
 
 kafka_install() {
     [[ -f "$KAFKA_LIBS/.complete" ]] && return 0
-    command -v java >/dev/null || die "java not found: install a JDK 17+ (apt-get install openjdk-17-jre-headless)"
+    command -v java >/dev/null || { log "installing a Java runtime from Debian"; apt_install default-jre-headless; }
     local major
     major="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/ *java.specification.version = //p')"
     [[ "${major%%.*}" -ge 17 ]] || die "Kafka $KAFKA_VERSION needs Java 17+, found $major"
@@ -108,12 +114,14 @@ EOF
             -t "$cluster_id" -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/format.log" 2>&1 \
             || { cat "$KAFKA_DIR/format.log" >&2; die "kafka storage format failed"; }
     fi
+    # Readiness is read from the log: start it afresh, keeping the previous run's for debugging.
+    [[ -f "$KAFKA_DIR/server.log" ]] && mv -f "$KAFKA_DIR/server.log" "$KAFKA_DIR/server.log.1"
     log "starting kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (logs: $KAFKA_DIR)"
     # shellcheck disable=SC2086
     nohup java $KAFKA_HEAP -XX:+UseG1GC -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.yaml" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-        >"$KAFKA_DIR/stdout.log" 2>&1 </dev/null &
+        >"$KAFKA_DIR/stdout.log" 2>&1 </dev/null 9>&- &
     echo $! >"$KAFKA_DIR/kafka.pid"
     local i
     for ((i = 0; i < WAIT_S * 4; i++)); do
@@ -160,7 +168,7 @@ redis_up() {
         --maxmemory-policy noeviction)
     [[ -n "${REDIS_PASSWORD:-}" ]] && args+=(--requirepass "$REDIS_PASSWORD")
     log "starting redis on 127.0.0.1:$REDIS_PORT (logs: $REDIS_DIR)"
-    "$(redis_bin)" "${args[@]}"
+    "$(redis_bin)" "${args[@]}" 9>&-  # the daemon must not inherit the lock
     local i
     for ((i = 0; i < WAIT_S * 4; i++)); do
         redis_ping && { log "redis up on 127.0.0.1:$REDIS_PORT"; return 0; }
@@ -208,6 +216,10 @@ cmd="${1:-}"
 what="${2:-all}"
 case "$what" in all | kafka | redis) ;; *) die "unknown service '$what' (all, kafka, redis)" ;; esac
 mkdir -p "$RUN_DIR"
+# One start or stop at a time per services directory: two `up`s racing would start two brokers.
+# (The servers are started with fd 9 closed, so they do not hold the lock after this script ends.)
+exec 9>"$RUN_DIR/.lock"
+flock -w 600 9 || die "another services.sh holds $RUN_DIR/.lock"
 rc=0
 case "$cmd" in
 up)

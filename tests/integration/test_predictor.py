@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from streamer.artifact import load_artifact
+from streamer.errors import StateError, StoreUnavailable
+from streamer.pipeline import BatchHandler, RawMessage
 from streamer.predictor import Predictor
 from streamer.schemas import Prediction
-from streamer.state import RedisStateStore, decode
+from streamer.state import RedisStateStore, StateRecord, decode, encode
 from tests.conftest import make_panel
 from tests.reference import check_predictions, expected_by_entity, synthetic_events
 
@@ -85,17 +89,113 @@ async def test_a_batch_with_many_events_of_one_entity_keeps_their_order(
     await pred.aclose()
 
 
-async def test_a_state_that_does_not_fit_the_model_is_reset(
+async def test_a_state_that_does_not_fit_the_model_is_reset_and_keeps_its_fence(
     services: dict[str, str], ns: str, model_dir: Path
 ) -> None:
     art = load_artifact(model_dir)
-    store = RedisStateStore.from_url(services["redis_url"], ns)
-    await store.redis.set(store.key("e0000"), b"STRM" + b"\x00" * 100)  # undecodable
-    df = make_panel(1, 5, 5, seed=5)
+    df = make_panel(2, 6, 6, seed=5)
     events = synthetic_events(df)
+    first = {e.unique_id: e for e in reversed(events)}  # first event of each entity
+    store = RedisStateStore.from_url(services["redis_url"], ns)
+    wrong_shape = StateRecord(
+        h=np.ones((3, 5), np.float32),
+        c=np.ones((3, 5), np.float32),
+        model_version="old",
+        step=40,
+        partition=first["e0000"].partition,
+        offset=first["e0000"].offset - 1,
+        updated_ms=0,
+        count=3.0,
+        mean=1.0,
+        var=1.0,
+    )
+    await store.redis.set(store.key("e0000"), encode(wrong_shape))
+    # e0001: right magic, body cut short, fence on its own partition at its 3rd event's offset
+    e1 = [e for e in events if e.unique_id == "e0001"]
+    cut = encode(dataclasses.replace(wrong_shape, partition=e1[2].partition, offset=e1[2].offset))[
+        :60
+    ]
+    await store.redis.set(store.key("e0001"), cut)
+
     pred = Predictor(art.model, art.version, store)
-    report = await pred.process(events[:1])
-    assert report.resets == 1 and len(report.predictions) == 1
-    out = report.predictions + await pred.step_many(events[1:])
-    check_predictions(out, expected_by_entity(art.model, df))
+    report = await pred.process(events)
+    assert report.resets == 2 and report.rejected == 0
+    assert report.skipped == 3, "events at or below the kept fence are not applied again"
+    out = report.predictions
+    assert sorted(p.offset for p in out if p.unique_id == "e0001") == sorted(
+        e.offset for e in e1[3:]
+    )
+    e0 = [p for p in out if p.unique_id == "e0000"]
+    assert [p.step for p in e0] == list(range(1, 7)), "the reset entity starts over from step 1"
+    check_predictions(e0, expected_by_entity(art.model, df[df.unique_id == "e0000"]))
     await pred.aclose()
+
+
+async def test_an_event_delivered_twice_in_one_batch_is_applied_once(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
+    art = load_artifact(model_dir)
+    df = make_panel(4, 10, 10, seed=6)
+    events = synthetic_events(df)
+    doubled = events[:20] + events[10:]  # a rebalance re-delivered events 10..19
+    pred = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
+    report = await pred.process(doubled)
+    assert report.skipped == 10 and len(report.predictions) == len(events)
+    check_predictions(report.predictions, expected_by_entity(art.model, df))
+    await pred.aclose()
+
+
+class LosesFirstReply:
+    """A real Redis store whose first write is applied but its reply lost (a timeout)."""
+
+    def __init__(self, inner: RedisStateStore):
+        self.inner = inner
+        self.lost = 0
+
+    async def get_many(self, entities):  # type: ignore[no-untyped-def]
+        return await self.inner.get_many(entities)
+
+    async def put_many(self, items):  # type: ignore[no-untyped-def]
+        result = await self.inner.put_many(items)
+        if not self.lost:
+            self.lost += 1
+            raise StoreUnavailable("reply lost after the write was applied")
+        return result
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_write_whose_reply_was_lost_is_retried_without_losing_predictions(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
+    art = load_artifact(model_dir)
+    df = make_panel(20, 5, 5, seed=8)
+    events = synthetic_events(df)
+    store = LosesFirstReply(RedisStateStore.from_url(services["redis_url"], ns))
+    handler = BatchHandler(Predictor(art.model, art.version, store), retry_initial_s=0.01)  # type: ignore[arg-type]
+    msgs = [
+        RawMessage(
+            e.unique_id.encode(),
+            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
+            e.partition,
+            e.offset,
+        )
+        for e in events
+    ]
+    out = await handler.handle(msgs)
+    assert out.retries == 1 and store.lost == 1
+    assert len(out.predictions) == len(events)
+    check_predictions(out.predictions, expected_by_entity(art.model, df))
+    await store.aclose()
+
+
+async def test_a_redis_error_that_is_not_an_outage_is_not_retried(
+    services: dict[str, str], ns: str
+) -> None:
+    store = RedisStateStore.from_url(services["redis_url"], ns)
+    await store.redis.rpush(store.key("x"), "a list, not a state")
+    with pytest.raises(StateError, match="WRONGTYPE") as info:
+        await store.put_many([("x", b"STRM" + b"\0" * 76)])
+    assert not isinstance(info.value, StoreUnavailable)
+    await store.aclose()

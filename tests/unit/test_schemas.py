@@ -48,6 +48,15 @@ def test_good_event_decodes_with_features_in_model_order() -> None:
         (orjson.dumps(GOOD), b"other", (), "key_mismatch"),
         (orjson.dumps({**GOOD, "unique_id": ""}), b"s1", (), "wrong_type"),
         (b" " * 5000, b"s1", (), "too_large"),
+        (orjson.dumps({**GOOD, "y": 1e300}), b"s1", (), "out_of_range"),
+        (orjson.dumps({**GOOD, "y": -2e30}), b"s1", (), "out_of_range"),
+        (
+            b'{"unique_id": "s1", "ds": "2024", "y": 1, "a": ' + b"9" * 400 + b"}",
+            b"s1",
+            ("a",),
+            "out_of_range",
+        ),
+        (b'{"unique_id": "s1", "ds": "2024", "y": ' + b"9" * 400 + b"}", b"s1", (), "wrong_type"),
     ],
 )
 def test_bad_events_get_a_reason(
