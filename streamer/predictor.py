@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +55,8 @@ class BatchReport:
     applied: int = 0
     #: Events at or below the stored offset: already applied before (a replay).
     skipped: int = 0
+    #: Skipped events whose kept prediction was sent again (their offsets were not committed).
+    reemitted: int = 0
     #: Entities whose save was refused because a newer state was stored meanwhile.
     rejected: int = 0
     #: Entities whose stored state did not fit the model and was reset.
@@ -67,12 +69,24 @@ class PendingBatch:
     """A stepped batch whose states are not saved yet (see :meth:`Predictor.commit`)."""
 
     report: BatchReport
-    applied: list[Event] = field(default_factory=list)
-    #: encoded states to save, one per entity of ``applied``
+    events: Sequence[Event] = ()
+    #: batch index -> prediction kept in the state and sent again
+    reemit: dict[int, Prediction] = field(default_factory=dict)
+    #: batch index -> (entity slot, prediction) of the newly applied events
+    fresh: dict[int, tuple[int, Prediction]] = field(default_factory=dict)
+    #: encoded states to save, one per entity slot
     items: list[tuple[str, bytes]] = field(default_factory=list)
-    slot: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
-    forecasts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
-    steps: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass
+class _Kept:
+    """Outputs kept in one stored state, for re-emission."""
+
+    version: str
+    partition: int
+    offsets: npt.NDArray[np.int64]
+    steps: npt.NDArray[np.int64]
+    forecasts: npt.NDArray[np.float64]
 
 
 class Predictor:
@@ -86,12 +100,15 @@ class Predictor:
         *,
         device: torch.device | str = "cpu",
         state_dtype: Dtype = "float32",
+        max_kept_outputs: int = 1024,
     ):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.version = version
         self.store = store
         self.state_dtype: Dtype = state_dtype
+        #: Most outputs kept per entity for re-emission (the newest ones).
+        self.max_kept_outputs = max_kept_outputs
         spec = model.spec
         self._layers, self._hidden, self._horizon = spec.num_layers, spec.hidden_size, spec.horizon
         self._features = spec.features
@@ -106,34 +123,49 @@ class Predictor:
         """Apply the events and return the predictions of those newly applied, in batch order."""
         return (await self.process(events)).predictions
 
-    async def process(self, events: Sequence[Event]) -> BatchReport:
+    async def process(
+        self, events: Sequence[Event], committed: Mapping[int, int] | None = None
+    ) -> BatchReport:
         """:meth:`prepare` then :meth:`commit`; callers that retry use the two steps directly."""
-        return await self.commit(await self.prepare(events))
+        return await self.commit(await self.prepare(events, committed))
 
-    async def prepare(self, events: Sequence[Event]) -> PendingBatch:
+    async def prepare(
+        self, events: Sequence[Event], committed: Mapping[int, int] | None = None
+    ) -> PendingBatch:
         """Read the states (one round trip) and step the events; nothing is written yet.
 
-        Safe to call again after a failure: it has no effect outside this process.
+        ``committed`` maps a partition to its committed offset (the next one a restarted consumer
+        reads): outputs of events below it were delivered and need not be kept any longer. Safe to
+        call again after a failure: it has no effect outside this process.
         """
-        pending = PendingBatch(report=BatchReport(events=len(events)))
+        pending = PendingBatch(report=BatchReport(events=len(events)), events=events)
         if not events:
             return pending
         entities = list(dict.fromkeys(e.unique_id for e in events))
         raws = await self.store.get_many(entities)
-        loaded = self._load(raws, pending.report)
+        loaded, kept = self._load(raws, pending.report)
 
         # Fence: skip an event at or below the last applied offset of its entity's partition:
         # the stored one, or an earlier event of this batch (a rebalance can deliver one twice).
+        # A skipped event whose prediction the state kept gets it sent again, identical.
         where = {e: i for i, e in enumerate(entities)}
         last = {e: (int(loaded.partition[i]), int(loaded.offset[i])) for e, i in where.items()}
         applied: list[Event] = []
-        for ev in events:
+        applied_at: list[int] = []
+        reemitted: set[tuple[int, int]] = set()
+        for i, ev in enumerate(events):
             part, off = last[ev.unique_id]
             if part == ev.partition and ev.offset <= off:
+                old = self._kept_prediction(kept.get(where[ev.unique_id]), ev)
+                if old is not None and (ev.partition, ev.offset) not in reemitted:
+                    reemitted.add((ev.partition, ev.offset))
+                    pending.reemit[i] = old
                 continue
             last[ev.unique_id] = (ev.partition, ev.offset)
             applied.append(ev)
+            applied_at.append(i)
         pending.report.skipped = len(events) - len(applied)
+        pending.report.reemitted = len(pending.reemit)
         if not applied:
             return pending
 
@@ -141,57 +173,13 @@ class Predictor:
         rows = np.fromiter((where[e] for e in plan.entities), np.int64, len(plan.entities))
         st = loaded.take(rows)
         forecasts, steps = self._step(applied, plan.slot, plan.waves, st)
-        stamp = now_ms()
-        pending.items = [
-            (
-                entity,
-                encode(
-                    StateRecord(
-                        h=st.h[:, j],
-                        c=st.c[:, j],
-                        model_version=self.version,
-                        step=int(st.step[j]),
-                        partition=int(st.partition[j]),
-                        offset=int(st.offset[j]),
-                        updated_ms=stamp,
-                        count=float(st.count[j]),
-                        mean=float(st.mean[j]),
-                        var=float(st.var[j]),
-                        dtype=self.state_dtype,
-                    )
-                ),
-            )
-            for j, entity in enumerate(plan.entities)
-        ]
-        pending.applied, pending.slot, pending.forecasts, pending.steps = (
-            applied,
-            plan.slot,
-            forecasts,
-            steps,
-        )
-        return pending
 
-    async def commit(self, pending: PendingBatch) -> BatchReport:
-        """Save the stepped states in one conditional round trip; return the saved predictions.
-
-        Retrying a commit whose reply was lost is safe: a record already stored counts as saved.
-        """
-        report = pending.report
-        if not pending.items:
-            return report
-        saved = await self.store.put_many(pending.items)
-        report.rejected = saved.count(False)
-        if report.rejected:
-            log.warning(
-                "%d states were newer in the store; their events were not applied here",
-                report.rejected,
-            )
-        out: list[Prediction] = []
-        for i, ev in enumerate(pending.applied):
-            j = int(pending.slot[i])
-            if not saved[j]:
-                continue
-            out.append(
+        new_out: dict[int, list[int]] = {}
+        for n, (i, ev) in enumerate(zip(applied_at, applied, strict=True)):
+            j = int(plan.slot[n])
+            new_out.setdefault(j, []).append(n)
+            pending.fresh[i] = (
+                j,
                 Prediction(
                     unique_id=ev.unique_id,
                     ds=ev.ds,
@@ -199,16 +187,99 @@ class Predictor:
                     partition=ev.partition,
                     offset=ev.offset,
                     model_version=self.version,
-                    step=int(pending.steps[i]),
-                    forecast=tuple(pending.forecasts[i].tolist()),
-                )
+                    step=int(steps[n]),
+                    forecast=tuple(forecasts[n].tolist()),
+                ),
             )
-        report.applied = len(out)
+        stamp = now_ms()
+        for j, entity in enumerate(plan.entities):
+            ns = np.asarray(new_out[j], np.int64)
+            offs = np.fromiter((applied[n].offset for n in ns), np.int64, len(ns))
+            out_offsets, out_steps, out_fc = offs, steps[ns], forecasts[ns]
+            prev = kept.get(int(rows[j]))
+            part = int(st.partition[j])
+            if (
+                prev is not None
+                and prev.partition == part
+                and len(prev.offsets)
+                and prev.forecasts.shape[1] == self._horizon
+            ):
+                floor = committed.get(part) if committed is not None else None
+                keep = prev.offsets < offs[0]
+                if floor is not None:
+                    keep &= prev.offsets >= floor
+                out_offsets = np.concatenate([prev.offsets[keep], offs])
+                out_steps = np.concatenate([prev.steps[keep], out_steps])
+                out_fc = np.concatenate([prev.forecasts[keep], out_fc])
+            cap = self.max_kept_outputs
+            rec = StateRecord(
+                h=st.h[:, j],
+                c=st.c[:, j],
+                model_version=self.version,
+                step=int(st.step[j]),
+                partition=part,
+                offset=int(st.offset[j]),
+                updated_ms=stamp,
+                count=float(st.count[j]),
+                mean=float(st.mean[j]),
+                var=float(st.var[j]),
+                dtype=self.state_dtype,
+                out_offsets=out_offsets[-cap:],
+                out_steps=out_steps[-cap:],
+                out_forecasts=out_fc[-cap:],
+            )
+            pending.items.append((entity, encode(rec)))
+        return pending
+
+    async def commit(self, pending: PendingBatch) -> BatchReport:
+        """Save the stepped states in one conditional round trip; return the predictions: those
+        of saved states and the re-emitted ones, in batch order.
+
+        Retrying a commit whose reply was lost is safe: a record already stored counts as saved.
+        """
+        report = pending.report
+        saved = await self.store.put_many(pending.items) if pending.items else []
+        report.rejected = saved.count(False)
+        if report.rejected:
+            log.warning(
+                "%d states were newer in the store; their events were not applied here",
+                report.rejected,
+            )
+        out: list[Prediction] = []
+        for i in range(len(pending.events)):
+            if i in pending.reemit:
+                out.append(pending.reemit[i])
+            elif i in pending.fresh:
+                j, pred = pending.fresh[i]
+                if saved[j]:
+                    out.append(pred)
+        report.applied = sum(1 for j, _ in pending.fresh.values() if saved[j])
         report.predictions = out
         return report
 
-    def _load(self, raws: Sequence[bytes | None], report: BatchReport) -> _States:
+    def _kept_prediction(self, kept: _Kept | None, ev: Event) -> Prediction | None:
+        if kept is None or kept.partition != ev.partition or not len(kept.offsets):
+            return None
+        hit = np.flatnonzero(kept.offsets == ev.offset)
+        if not len(hit):
+            return None
+        k = int(hit[-1])
+        return Prediction(
+            unique_id=ev.unique_id,
+            ds=ev.ds,
+            y=ev.y,
+            partition=ev.partition,
+            offset=ev.offset,
+            model_version=kept.version,
+            step=int(kept.steps[k]),
+            forecast=tuple(kept.forecasts[k].tolist()),
+        )
+
+    def _load(
+        self, raws: Sequence[bytes | None], report: BatchReport
+    ) -> tuple[_States, dict[int, _Kept]]:
         st = _States.zeros(len(raws), self._layers, self._hidden)
+        kept: dict[int, _Kept] = {}
         for j, raw in enumerate(raws):
             if raw is None:
                 continue
@@ -223,13 +294,16 @@ class Predictor:
                     st.partition[j], st.offset[j] = fence
                 continue
             st.partition[j], st.offset[j] = rec.partition, rec.offset
+            kept[j] = _Kept(
+                rec.model_version, rec.partition, rec.out_offsets, rec.out_steps, rec.out_forecasts
+            )
             if rec.layers != self._layers or rec.hidden_size != self._hidden:
                 report.resets += 1  # h, c, scaling and step start over; the fence stays
                 continue
             st.h[:, j], st.c[:, j] = rec.h, rec.c
             st.step[j] = rec.step
             st.count[j], st.mean[j], st.var[j] = rec.count, rec.mean, rec.var
-        return st
+        return st, kept
 
     def _step(
         self,

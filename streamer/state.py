@@ -17,6 +17,16 @@ One Redis value per (model name, entity), under the readable key ``streamer:{mod
     64      8     scaling: mean     see streamer.scaling)
     72      8     scaling: var
     80      ...   h (L*H values of dtype), then c (L*H values)
+    then    4     n: outputs kept for re-emission (format 2)
+            2     K: values per output (the horizon)
+            8n    their source offsets (int64)
+            8n    their step counts (uint64)
+            8nK   their forecasts (float64)
+
+The kept outputs are the predictions of events this state already applied whose offsets may not be
+committed yet: after a crash those events are consumed again, skipped by the fence, and their
+predictions re-emitted from here, identical to the first time. Format 1 records (no outputs) are
+still read.
 
 Little-endian throughout. :func:`encode` and :func:`decode` are the only code that touches the bytes;
 the Lua script of :class:`RedisStateStore` reads the fence fields at their fixed offsets.
@@ -27,7 +37,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
 
 import numpy as np
@@ -51,7 +61,9 @@ __all__ = [
 ]
 
 MAGIC = b"STRM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_FORMATS = (1, 2)
+_TAIL = struct.Struct("<IH")
 HEADER = struct.Struct("<4sBBHI16sQiqQddd")
 assert HEADER.size == 80
 
@@ -78,6 +90,10 @@ class StateRecord:
     mean: float
     var: float
     dtype: Dtype = "float32"
+    #: Outputs kept for re-emission: source offsets ``(n,)``, steps ``(n,)``, forecasts ``(n, K)``.
+    out_offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    out_steps: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    out_forecasts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def layers(self) -> int:
@@ -140,7 +156,15 @@ def encode(rec: StateRecord) -> bytes:
         rec.mean,
         rec.var,
     )
-    return head + _to_bytes(rec.h, code) + _to_bytes(rec.c, code)
+    n = len(rec.out_offsets)
+    k = rec.out_forecasts.shape[1] if n else 0
+    tail = (
+        _TAIL.pack(n, k)
+        + np.asarray(rec.out_offsets, "<i8").tobytes()
+        + np.asarray(rec.out_steps, "<u8").tobytes()
+        + np.asarray(rec.out_forecasts, "<f8").reshape(n, k).tobytes()
+    )
+    return head + _to_bytes(rec.h, code) + _to_bytes(rec.c, code) + tail
 
 
 def decode(buf: bytes) -> StateRecord:
@@ -164,14 +188,33 @@ def decode(buf: bytes) -> StateRecord:
     ) = HEADER.unpack_from(buf)
     if magic != MAGIC:
         raise StateCodecError(f"not a streamer state record (magic {magic!r})")
-    if fmt != FORMAT_VERSION:
+    if fmt not in _READABLE_FORMATS:
         raise StateCodecError(
             f"state format version {fmt} is not supported (this reads {FORMAT_VERSION})"
         )
     if code not in _DTYPE_NAMES:
         raise StateCodecError(f"unknown state dtype code {code}")
     n = layers * hidden
-    expected = HEADER.size + 2 * n * _DTYPE_BYTES[code]
+    body_end = HEADER.size + 2 * n * _DTYPE_BYTES[code]
+    out_offsets = np.zeros(0, np.int64)
+    out_steps = np.zeros(0, np.int64)
+    out_forecasts = np.zeros((0, 0))
+    if fmt == 1:
+        expected = body_end
+    elif len(buf) < body_end + _TAIL.size:
+        expected = body_end + _TAIL.size
+    else:
+        n_out, k = _TAIL.unpack_from(buf, body_end)
+        at = body_end + _TAIL.size
+        expected = at + n_out * (16 + 8 * k)
+        if len(buf) == expected:
+            out_offsets = np.frombuffer(buf, "<i8", n_out, at).astype(np.int64)
+            out_steps = np.frombuffer(buf, "<u8", n_out, at + 8 * n_out).astype(np.int64)
+            out_forecasts = (
+                np.frombuffer(buf, "<f8", n_out * k, at + 16 * n_out)
+                .astype(np.float64)
+                .reshape(n_out, k)
+            )
     if len(buf) != expected:
         raise StateCodecError(f"state record is {len(buf)} bytes, its header says {expected}")
     h = _from_bytes(buf, HEADER.size, n, code).reshape(layers, hidden)
@@ -188,6 +231,9 @@ def decode(buf: bytes) -> StateRecord:
         mean=mean,
         var=var,
         dtype=_DTYPE_NAMES[code],
+        out_offsets=out_offsets,
+        out_steps=out_steps,
+        out_forecasts=out_forecasts,
     )
 
 

@@ -66,11 +66,35 @@ async def test_stepping_through_redis_equals_nn_lstm_per_entity(
         np.testing.assert_allclose(rec.h, exp.h, atol=1e-5, rtol=0)
         np.testing.assert_allclose(rec.c, exp.c, atol=1e-5, rtol=0)
 
-    # Replaying everything (a consumer restarting from old offsets) applies nothing again.
+    # Replaying everything (a consumer restarting from old offsets) applies nothing again, and
+    # sends again, bit for bit, the predictions the states kept (no offset was committed here).
     before = await store.get_many(list(expected))
     report = await pred.process(events)
-    assert report.skipped == len(events) and report.predictions == []
+    assert report.skipped == len(events) and report.applied == 0
+    assert report.reemitted == len(events) and report.predictions == sorted(
+        out, key=lambda p: [(e.partition, e.offset) for e in events].index((p.partition, p.offset))
+    )
     assert await store.get_many(list(expected)) == before
+    await pred.aclose()
+
+
+async def test_outputs_below_the_committed_offset_are_not_kept(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
+    art = load_artifact(model_dir)
+    df = make_panel(10, 6, 6, seed=12)
+    events = synthetic_events(df)
+    pred = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
+    await pred.process(events[:30])
+    # The consumer committed everything it processed: the next batch drops those outputs.
+    committed = {p: max(e.offset for e in events[:30] if e.partition == p) + 1 for p in range(4)}
+    await pred.process(events[30:], committed)
+    report = await pred.process(events, committed)
+    assert report.skipped == len(events)
+    assert {(p.partition, p.offset) for p in report.predictions} == {
+        (e.partition, e.offset) for e in events[30:]
+    }
+    assert report.reemitted == len(events) - 30
     await pred.aclose()
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -41,14 +43,14 @@ def test_float32_round_trip_is_exact() -> None:
         "dtype",
     ):
         assert getattr(back, f) == getattr(rec, f), f
-    assert len(encode(rec)) == HEADER.size + 2 * 2 * 16 * 4
+    assert len(encode(rec)) == HEADER.size + 2 * 2 * 16 * 4 + 6  # + an empty outputs section
 
 
 @pytest.mark.parametrize(("dtype", "rtol"), [("float16", 1e-3), ("bfloat16", 8e-3)])
 def test_compact_dtypes_round_trip_within_their_precision(dtype: str, rtol: float) -> None:
     rec = record(dtype)
     raw = encode(rec)
-    assert len(raw) == HEADER.size + 2 * 2 * 16 * 2
+    assert len(raw) == HEADER.size + 2 * 2 * 16 * 2 + 6
     back = decode(raw)
     assert back.dtype == dtype
     np.testing.assert_allclose(back.h, rec.h, rtol=rtol, atol=1e-3)
@@ -82,3 +84,24 @@ def test_model_version_longer_than_16_bytes_is_refused() -> None:
     bad = StateRecord(**{**{f: getattr(rec, f) for f in rec.__slots__}, "model_version": "x" * 17})  # type: ignore[attr-defined]
     with pytest.raises(StateCodecError, match="longer than 16"):
         encode(bad)
+
+
+def test_kept_outputs_round_trip_exactly() -> None:
+    rng = np.random.default_rng(1)
+    rec = dataclasses.replace(
+        record(),
+        out_offsets=np.array([7, 9, 2**40], np.int64),
+        out_steps=np.array([3, 4, 5], np.int64),
+        out_forecasts=rng.standard_normal((3, 12)) * 1e3,
+    )
+    back = decode(encode(rec))
+    np.testing.assert_array_equal(back.out_offsets, rec.out_offsets)
+    np.testing.assert_array_equal(back.out_steps, rec.out_steps)
+    np.testing.assert_array_equal(back.out_forecasts, rec.out_forecasts)  # float64: bit for bit
+
+
+def test_format_1_records_are_still_read() -> None:
+    raw = bytearray(encode(record()))[:-6]  # format 1 had no outputs section
+    raw[4] = 1
+    back = decode(bytes(raw))
+    assert back.offset == 2**40 + 17 and len(back.out_offsets) == 0
