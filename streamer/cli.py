@@ -132,15 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    import faust
+    from mode import Worker
 
     from streamer.kafka import ensure_topics
-    from workers.app import create_app
+    from workers.app import StreamerService, build_handler
 
     settings = _settings(args)
-    app = create_app(settings)  # loads the model first: a bad model fails before Kafka is touched
+    handler = build_handler(settings)  # loads the model first: a bad model fails before Kafka
     asyncio.run(ensure_topics(settings))
-    worker = faust.Worker(app, loglevel=args.loglevel or settings.log_level, redirect_stdouts=False)
+    service = StreamerService(settings, handler)
+    worker = Worker(service, loglevel=args.loglevel or settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 

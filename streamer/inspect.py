@@ -47,7 +47,7 @@ def record_to_dict(entity: str, key: str, rec: StateRecord) -> dict[str, object]
 
 
 async def show_state(settings: Settings, entity: str, *, as_json: bool = False) -> int:
-    store = RedisStateStore.from_url(settings.redis.url, settings.model_name, socket_timeout_s=3.0)
+    store = RedisStateStore.from_settings(settings)
     try:
         try:
             raw = (await store.get_many([entity]))[0]

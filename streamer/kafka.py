@@ -22,7 +22,9 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
     """Create the input, prediction and dead-letter topics if they do not exist."""
     t = settings.topics
     wanted = list(names or (t.events, t.predictions, t.dead_letter))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_options()
+    )
     try:
         await admin.start()
     except KafkaConnectionError as exc:
@@ -52,7 +54,10 @@ async def replay_events(
     Returns the number sent once every send is acknowledged by the broker.
     """
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=5, acks="all"
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        linger_ms=5,
+        acks="all",
+        **settings.kafka.client_options(),
     )
     try:
         await producer.start()
@@ -103,6 +108,8 @@ async def read_topic(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
+        isolation_level="read_committed",
+        **settings.kafka.client_options(),
     )
     try:
         await consumer.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -79,7 +79,9 @@ class BatchHandler:
                 bad.append(r)
         return good, bad
 
-    async def handle(self, messages: Sequence[RawMessage]) -> Outcome:
+    async def handle(
+        self, messages: Sequence[RawMessage], committed: Mapping[int, int] | None = None
+    ) -> Outcome:
         """Validate, step and save a batch. Waits out store outages; never drops the batch.
 
         The states are computed once and the same bytes are written until the write goes
@@ -87,7 +89,7 @@ class BatchHandler:
         """
         good, bad = self.decode(messages)
         outcome = Outcome(dead_letters=bad)
-        pending = await self._retrying(outcome, lambda: self.predictor.prepare(good))
+        pending = await self._retrying(outcome, lambda: self.predictor.prepare(good, committed))
         outcome.report = await self._retrying(outcome, lambda: self.predictor.commit(pending))
         outcome.predictions = outcome.report.predictions
         return outcome

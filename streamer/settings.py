@@ -7,10 +7,12 @@ Library code never reads the environment; it takes a :class:`Settings`.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["BatchSettings", "KafkaSettings", "RedisSettings", "Settings", "TopicSettings"]
@@ -28,14 +30,48 @@ class KafkaSettings(_Group):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     #: How long the producer waits to fill a batch of output messages.
     producer_linger_ms: int = 5
+    #: Exactly-once mode: this worker's transactional id (prefixed with the app id). Keep it stable
+    #: across restarts of the same worker, distinct between workers: a restarted worker then fences
+    #: its dead predecessor's open transaction at once instead of waiting for it to time out.
+    transactional_id: str = Field(default_factory=socket.gethostname)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    #: CA bundle, and client certificate and key for mutual TLS (SSL and SASL_SSL).
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
-    @property
-    def broker_url(self) -> str:
-        return ",".join(f"kafka://{h.strip()}" for h in self.bootstrap_servers.split(","))
+    def client_options(self) -> dict[str, Any]:
+        """Security keyword arguments for aiokafka clients."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            ctx = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+            if self.ssl_certfile:
+                ctx.load_cert_chain(
+                    str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+                )
+            opts["ssl_context"] = ctx
+        if self.security_protocol.startswith("SASL"):
+            opts["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            opts["sasl_plain_username"] = self.sasl_username
+            opts["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return opts
 
 
 class RedisSettings(_Group):
+    #: ``redis://`` or ``rediss://`` (TLS). Put credentials in ``username``/``password``, not here.
     url: str = "redis://127.0.0.1:6379/0"
+    #: ACL user (Redis 6+); leave unset for the default user.
+    username: str | None = None
+    password: SecretStr | None = None
+    #: CA bundle to verify a ``rediss://`` server.
+    ssl_ca_certs: Path | None = None
     #: Seconds for one Redis command before it counts as a failure (and is retried).
     socket_timeout_s: float = 5.0
 
@@ -74,6 +110,12 @@ class Settings(BaseSettings):
     state_ttl_s: int = Field(default=30 * 24 * 3600, ge=0)
     #: Torch intra-op threads for the cell; 1 leaves the other core to Kafka and Redis clients.
     torch_threads: int = Field(default=1, ge=1)
+    #: ``at_least_once``: every event gets a prediction, a crash may repeat some (same values and
+    #: identity). ``exactly_once``: outputs and offsets commit in one Kafka transaction, so a
+    #: ``read_committed`` consumer sees exactly one prediction per event.
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: Most predictions kept per entity state for re-emission after a crash.
+    max_kept_outputs: int = Field(default=1024, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: Where Faust keeps its per-app data directory.
     worker_dir: Path = Path.home() / ".cache" / "streamer" / "workers"
@@ -98,11 +140,16 @@ def to_env(settings: Settings) -> dict[str, str]:
     >>> to_env(Settings(app_id="a"))["STREAMER_BATCH__MAX_SIZE"]
     '256'
     """
+
+    def text(v: object) -> str:
+        return v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+
     env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json").items():
+    for name, value in settings.model_dump().items():
         if isinstance(value, dict):
             for sub, v in value.items():
-                env[f"STREAMER_{name.upper()}__{sub.upper()}"] = str(v)
+                if v is not None:
+                    env[f"STREAMER_{name.upper()}__{sub.upper()}"] = text(v)
         elif value is not None:
-            env[f"STREAMER_{name.upper()}"] = str(value)
+            env[f"STREAMER_{name.upper()}"] = text(value)
     return env

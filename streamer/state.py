@@ -38,7 +38,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,9 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.errors import StateCodecError, StateError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from streamer.settings import Settings
 
 __all__ = [
     "HEADER",
@@ -333,15 +336,44 @@ class RedisStateStore:
 
     @classmethod
     def from_url(
-        cls, url: str, model: str, ttl_s: int = 0, socket_timeout_s: float = 5.0
+        cls,
+        url: str,
+        model: str,
+        ttl_s: int = 0,
+        socket_timeout_s: float = 5.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_ca_certs: str | None = None,
     ) -> RedisStateStore:
+        extra: dict[str, Any] = {}
+        if username:
+            extra["username"] = username
+        if password:
+            extra["password"] = password
+        if ssl_ca_certs and url.startswith("rediss://"):
+            extra["ssl_ca_certs"] = ssl_ca_certs
         client = aioredis.Redis.from_url(
             url,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             decode_responses=False,
+            **extra,
         )
         return cls(client, model, ttl_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStateStore:
+        r = settings.redis
+        return cls.from_url(
+            r.url,
+            settings.model_name,
+            settings.state_ttl_s,
+            r.socket_timeout_s,
+            username=r.username,
+            password=r.password.get_secret_value() if r.password else None,
+            ssl_ca_certs=str(r.ssl_ca_certs) if r.ssl_ca_certs else None,
+        )
 
     @property
     def redis(self) -> aioredis.Redis:

@@ -1,28 +1,27 @@
-"""The Faust app: topics, and one agent that hands batches to the predictor and sends the results.
+"""The worker: a Faust (mode) service around streamer's batch loop. Thin on purpose.
 
-Events are taken with ``stream.noack_take`` (``take`` with manual acks): an event is acknowledged,
-and so its offset becomes committable, only after its state is saved in Redis and its prediction or
-dead letter is handed to the producer. Faust flushes the producer before it commits offsets.
+``mode`` is the service and worker framework Faust is built on: it gives the process its lifecycle
+(start, signals, graceful stop on SIGTERM/SIGINT, logging), exactly as for a Faust app. The hot path
+itself is :class:`streamer.runner.Runner`, which moves whole batches through plain aiokafka clients
+because Faust streams pay their per-message cost on every event.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
-import faust
 import torch
-from mode import CrashingSupervisor
+from mode import Service
 
 from streamer.artifact import load_artifact
 from streamer.errors import ConfigError
-from streamer.pipeline import BatchHandler, RawMessage
+from streamer.pipeline import BatchHandler
 from streamer.predictor import Predictor, resolve_device
+from streamer.runner import Runner
 from streamer.settings import Settings
 from streamer.state import RedisStateStore
 
-__all__ = ["create_app"]
+__all__ = ["StreamerService", "build_handler"]
 
 log = logging.getLogger("streamer.worker")
 
@@ -35,76 +34,47 @@ def build_handler(settings: Settings) -> BatchHandler:
     torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     art = load_artifact(settings.model_path, device)
-    store = RedisStateStore.from_url(
-        settings.redis.url,
-        settings.model_name,
-        settings.state_ttl_s,
-        settings.redis.socket_timeout_s,
-    )
     predictor = Predictor(
-        art.model, art.version, store, device=device, state_dtype=settings.state_dtype
+        art.model,
+        art.version,
+        RedisStateStore.from_settings(settings),
+        device=device,
+        state_dtype=settings.state_dtype,
+        max_kept_outputs=settings.max_kept_outputs,
     )
     log.info("model %s (version %s) on %s", settings.model_path, art.version, device)
     return BatchHandler(predictor, max_event_bytes=settings.topics.max_event_bytes)
 
 
-def create_app(settings: Settings) -> faust.App:
-    handler = build_handler(settings)  # fail at start, not at the first event
-    settings.worker_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.app_id,
-        broker=settings.kafka.broker_url,
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=settings.topics.partitions,
-        broker_session_timeout=settings.kafka.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_s / 3),
-        consumer_auto_offset_reset=settings.kafka.auto_offset_reset,
-        producer_linger=settings.kafka.producer_linger_ms / 1000,
-        web_enabled=False,
-        autodiscover=False,
-        store="memory://",
-        datadir=str(settings.worker_dir / "{conf.name}-data"),
-    )
-    topics = settings.topics
-    events = app.topic(topics.events, partitions=topics.partitions)
-    predictions = app.topic(topics.predictions, partitions=topics.partitions)
-    dead_letters = app.topic(topics.dead_letter, partitions=topics.partitions)
+class StreamerService(Service):
+    """Runs the batch loop; stopping lets the batch in flight finish, deliver and commit."""
 
-    async def run_batch(batch: list[Any]) -> None:
-        msgs = [
-            RawMessage(ev.message.key, ev.message.value, ev.message.partition, ev.message.offset)
-            for ev in batch
-        ]
-        out = await handler.handle(msgs)
-        for d in out.dead_letters:
-            await dead_letters.send(key=d.key, value=d.value, headers=d.headers(topics.events))
-        for p in out.predictions:
-            await predictions.send(key=p.unique_id.encode(), value=p.to_json())
+    def __init__(self, settings: Settings, handler: BatchHandler):
+        super().__init__()
+        self.runner = Runner(settings, handler)
 
-    # Any failure that is not an outage (those are retried inside the handler) stops the worker:
-    # restarting the agent in place would go on with later events and leave this batch behind.
-    @app.agent(events, supervisor_strategy=CrashingSupervisor)
-    async def predict(stream: Any) -> None:  # a faust.Stream; noack_take is not on StreamT
-        async for batch in stream.noack_take(
-            settings.batch.max_size, within=settings.batch.max_wait_s
-        ):
-            # A batch once started is finished even when the worker is stopping: its states may be
-            # saved already, so its predictions must go out before its offsets are acknowledged.
-            # A batch that fails is never acknowledged: it is consumed again after a restart.
-            task = asyncio.ensure_future(run_batch(batch))
-            cancelled = False
-            while True:
-                try:
-                    await asyncio.shield(task)
-                    break
-                except asyncio.CancelledError:
-                    if task.done():
-                        raise
-                    cancelled = True  # finish the batch first, however often we are asked
-            for ev in batch:
-                await stream.ack(ev)
-            if cancelled:
-                raise asyncio.CancelledError
+    async def on_start(self) -> None:
+        await self.runner.start()
 
-    return app
+    @Service.task
+    async def _batches(self) -> None:
+        try:
+            await self.runner.run()
+        except Exception as exc:
+            # Anything that is not an outage (those are retried inside) stops the worker: its
+            # batch was not committed, so it is consumed again after a restart.
+            log.exception("the batch loop failed; stopping the worker")
+            await self.crash(exc)
+
+    async def on_stop(self) -> None:
+        await self.runner.stop()
+        await self.runner.handler.predictor.aclose()
+        s = self.runner.stats
+        log.info(
+            "stopped after %d batches, %d events, %d predictions (%d re-emitted), %d dead letters",
+            s.batches,
+            s.events,
+            s.predictions,
+            s.reemitted,
+            s.dead_letters,
+        )
