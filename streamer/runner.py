@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
+    KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     ProducerFenced,
     RebalanceInProgressError,
 )
@@ -41,6 +43,7 @@ from streamer.settings import Settings
 __all__ = ["Runner", "RunnerStats"]
 
 log = logging.getLogger("streamer.runner")
+C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
 
 
 class RunnerStats:
@@ -95,8 +98,13 @@ class Runner:
 
     async def start(self) -> None:
         s = self.settings
-        security = s.kafka.client_options()
-        self._producer = AIOKafkaProducer(
+        self._producer = await self._start_with_retry(self._new_producer, "producer")
+        self._consumer = await self._start_with_retry(self._new_consumer, "consumer")
+        log.info("consuming %s as group %s (%s)", s.topics.events, s.app_id, s.processing_guarantee)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        return AIOKafkaProducer(
             bootstrap_servers=s.kafka.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
@@ -104,9 +112,12 @@ class Runner:
             transactional_id=f"{s.app_id}-{s.kafka.transactional_id}"
             if self.exactly_once
             else None,
-            **security,
+            **s.kafka.client_options(),
         )
-        self._consumer = AIOKafkaConsumer(
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka.bootstrap_servers,
             group_id=s.app_id,
             enable_auto_commit=False,
@@ -115,22 +126,24 @@ class Runner:
             max_poll_records=s.batch.max_size,
             session_timeout_ms=int(s.kafka.session_timeout_s * 1000),
             heartbeat_interval_ms=max(100, int(s.kafka.session_timeout_s * 1000 / 3)),
-            **security,
+            **s.kafka.client_options(),
         )
-        self._consumer.subscribe([s.topics.events], listener=_Rebalance(self))
-        await self._retry_start(self._producer, "producer")
-        await self._retry_start(self._consumer, "consumer")
-        log.info("consuming %s as group %s (%s)", s.topics.events, s.app_id, s.processing_guarantee)
+        consumer.subscribe([s.topics.events], listener=_Rebalance(self))
+        self._consumer = consumer  # the rebalance listener reads it during start
+        return consumer
 
-    async def _retry_start(self, client: Any, what: str) -> None:
+    async def _start_with_retry(self, make: Callable[[], C], what: str) -> C:
+        """Start a client, waiting for an unreachable broker; a client that failed is rebuilt."""
         delay = 0.5
         while True:
+            client = make()
             try:
                 await client.start()
-                return
-            except KafkaError as exc:
+                return client
+            except (KafkaConnectionError, KafkaTimeoutError) as exc:
+                await client.stop()
                 self.stats.kafka_retries += 1
-                log.warning("kafka %s cannot start (%s); retrying in %.1fs", what, exc, delay)
+                log.warning("kafka %s cannot connect (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 

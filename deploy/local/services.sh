@@ -90,6 +90,7 @@ share.coordinator.state.topic.replication.factor=1
 group.initial.rebalance.delay.ms=0
 group.consumer.min.session.timeout.ms=1000
 group.classic.min.session.timeout.ms=1000
+group.min.session.timeout.ms=1000
 log.retention.hours=168
 log.segment.bytes=67108864
 EOF

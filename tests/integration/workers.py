@@ -50,13 +50,21 @@ class WorkerProcess:
             start_new_session=True,
         )
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._fh.close()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         finally:
-            self._fh.close()
+            if not self._fh.closed:
+                self._fh.close()
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -80,7 +88,7 @@ async def produce(
 class TopicReader:
     """Reads a whole topic from the beginning, without a consumer group."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, isolation_level: str = "read_uncommitted"):
         self.consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
@@ -88,6 +96,7 @@ class TopicReader:
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             metadata_max_age_ms=1000,
+            isolation_level=isolation_level,
         )
         self.records: list = []  # type: ignore[type-arg]
 

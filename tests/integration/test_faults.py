@@ -1,0 +1,202 @@
+"""Faults inflicted for real: kill -9, partitions moving between workers, Redis and Kafka restarts.
+
+Every test streams thousands of events of hundreds of entities through real worker processes and
+then checks the promise: every entity's state equals the offline nn.LSTM state over exactly its
+events, and every event has a prediction equal to the offline one (at least once; duplicates carry
+the same values and the same event identity). In exactly-once mode a read_committed consumer sees
+exactly one prediction per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from streamer.artifact import load_artifact
+from streamer.data import event_rows
+from streamer.kafka import ensure_topics
+from tests.conftest import SERVICES, make_panel, services_env
+from tests.integration.test_worker import check_states, settings_for
+from tests.integration.workers import (
+    TopicReader,
+    WorkerProcess,
+    event_message,
+    predictions_of,
+    produce,
+    worker_env,
+)
+from tests.reference import check_predictions, expected_by_entity
+
+pytestmark = pytest.mark.integration
+
+FAST = {"STREAMER_KAFKA__SESSION_TIMEOUT_S": "3", "STREAMER_BATCH__MAX_SIZE": "50"}
+
+
+async def stream_panel(services: dict[str, str], ns: str, entities: int, seed: int):  # type: ignore[no-untyped-def]
+    df = make_panel(entities, 10, 40, seed=seed)
+    settings = settings_for(services, ns)
+    await ensure_topics(settings)
+    await produce(
+        services["bootstrap"], settings.topics.events, [event_message(ev) for ev in event_rows(df)]
+    )
+    return df, settings
+
+
+async def verify(
+    services: dict[str, str], ns: str, model_dir: Path, df, records, *, exactly_once: bool
+) -> int:  # type: ignore[no-untyped-def]
+    expected = expected_by_entity(load_artifact(model_dir).model, df)
+    preds = predictions_of(records)
+    by_id = defaultdict(list)
+    for p in preds:
+        by_id[(p.partition, p.offset)].append(p)
+    assert len(by_id) == len(df), f"{len(by_id)} events with a prediction, {len(df)} events"
+    for dupes in by_id.values():
+        assert all(d == dupes[0] for d in dupes), f"a duplicate differs: {dupes}"
+    if exactly_once:
+        assert len(preds) == len(df), f"{len(preds) - len(df)} duplicates seen by read_committed"
+    check_predictions([d[0] for d in by_id.values()], expected)
+    await check_states(services, ns, expected)
+    return len(preds) - len(df)
+
+
+async def test_kill_9_at_random_points_then_restart(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    df, settings = await stream_panel(services, ns, 200, seed=21)
+    env = worker_env(services, ns, model_dir, **FAST)
+    rng = random.Random(5)
+    kill_points = sorted(rng.sample(range(300, len(df) - 300), 4))
+    async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+        for i, point in enumerate(kill_points):
+            w = WorkerProcess(env, tmp_path / f"w{i}.log")
+            await out.read_until(point, timeout=120, proc=w)
+            await asyncio.sleep(rng.uniform(0, 0.3))  # land anywhere inside a batch
+            w.kill()
+        w = WorkerProcess(env, tmp_path / "final.log")
+        try:
+            while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
+                await out.read_until(len(out.records) + 1, timeout=60, proc=w)
+            await out.drain(quiet_s=2)
+        finally:
+            assert w.stop() == 0, w.tail()
+        dupes = await verify(services, ns, model_dir, df, out.records, exactly_once=False)
+    entities = df.unique_id.nunique()
+    print(f"kill points {kill_points}: {len(df)} events, {entities} entities, {dupes} duplicates")
+
+
+async def test_two_workers_partitions_move_while_they_start_and_die(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    df, settings = await stream_panel(services, ns, 200, seed=22)
+    env = worker_env(services, ns, model_dir, **FAST)
+    n = len(df)
+    async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+        a = WorkerProcess(env, tmp_path / "a1.log")
+        await out.read_until(n // 6, timeout=120, proc=a)
+        b = WorkerProcess(env, tmp_path / "b1.log")  # joins: partitions move to it
+        await out.read_until(2 * n // 6, timeout=120, proc=a)
+        a.kill()  # b takes everything over
+        await out.read_until(3 * n // 6, timeout=120, proc=b)
+        a = WorkerProcess(env, tmp_path / "a2.log")  # rejoins
+        await out.read_until(4 * n // 6, timeout=120, proc=b)
+        assert b.stop(signal.SIGTERM) == 0, b.tail()  # leaves cleanly: a takes over again
+        try:
+            while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < n:
+                await out.read_until(len(out.records) + 1, timeout=120, proc=a)
+            await out.drain(quiet_s=2)
+        finally:
+            assert a.stop() == 0, a.tail()
+        await verify(services, ns, model_dir, df, out.records, exactly_once=False)
+
+
+def _services(*args: str) -> None:
+    subprocess.run(
+        [str(SERVICES), *args], env=services_env(), check=True, capture_output=True, timeout=300
+    )
+
+
+async def test_redis_restart_mid_stream_loses_nothing(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    df, settings = await stream_panel(services, ns, 150, seed=23)
+    env = worker_env(services, ns, model_dir, **FAST)
+    async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+        w = WorkerProcess(env, tmp_path / "w.log")
+        try:
+            await out.read_until(len(df) // 3, timeout=120, proc=w)
+            port = services["redis_url"].rsplit(":", 1)[1].split("/")[0]
+            # SHUTDOWN SAVE writes the data to disk; `up` starts Redis again, which loads it.
+            subprocess.run(
+                ["redis-cli", "-p", port, "shutdown", "save"], capture_output=True, timeout=30
+            )
+            stalled = len(out.records)
+            await asyncio.sleep(5)
+            await out.drain(quiet_s=0.5)
+            assert len(out.records) - stalled < 200, "predictions went on without Redis"
+            await asyncio.to_thread(_services, "up", "redis")
+            while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
+                await out.read_until(len(out.records) + 1, timeout=120, proc=w)
+            await out.drain(quiet_s=2)
+        finally:
+            assert w.stop() == 0, w.tail()
+        assert "state store unavailable" in w.log.read_text()
+        await verify(services, ns, model_dir, df, out.records, exactly_once=False)
+
+
+async def test_kafka_broker_restart_mid_stream_loses_nothing(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    df, settings = await stream_panel(services, ns, 150, seed=24)
+    env = worker_env(services, ns, model_dir, **FAST)
+    w = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+            await out.read_until(len(df) // 3, timeout=120, proc=w)
+        await asyncio.to_thread(_services, "down", "kafka")
+        await asyncio.sleep(3)
+        await asyncio.to_thread(_services, "up", "kafka")
+        async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+            while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
+                await out.read_until(len(out.records) + 1, timeout=180, proc=w)
+            await out.drain(quiet_s=2)
+    finally:
+        assert w.stop() == 0, w.tail()
+    await verify(services, ns, model_dir, df, out.records, exactly_once=False)
+
+
+async def test_exactly_once_read_committed_sees_one_prediction_per_event_across_kills(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    df, settings = await stream_panel(services, ns, 200, seed=25)
+    env = worker_env(
+        services,
+        ns,
+        model_dir,
+        **FAST,
+        STREAMER_PROCESSING_GUARANTEE="exactly_once",
+        STREAMER_KAFKA__TRANSACTIONAL_ID="worker-1",  # stable: a restart fences its dead self
+    )
+    rng = random.Random(9)
+    points = sorted(rng.sample(range(300, len(df) - 300), 3))
+    async with TopicReader(
+        services["bootstrap"], settings.topics.predictions, "read_committed"
+    ) as out:
+        for i, point in enumerate(points):
+            w = WorkerProcess(env, tmp_path / f"w{i}.log")
+            await out.read_until(point, timeout=120, proc=w)
+            await asyncio.sleep(rng.uniform(0, 0.3))
+            w.kill()
+        w = WorkerProcess(env, tmp_path / "final.log")
+        try:
+            await out.read_until(len(df), timeout=180, proc=w)
+            await out.drain(quiet_s=3)
+        finally:
+            assert w.stop() == 0, w.tail()
+        await verify(services, ns, model_dir, df, out.records, exactly_once=True)
