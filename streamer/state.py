@@ -43,8 +43,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.errors import StateCodecError, StateError, StoreUnavailable
@@ -317,6 +323,12 @@ _TRANSIENT = (
 
 def _classify(exc: BaseException, what: str) -> Exception:
     """:class:`StoreUnavailable` for faults that pass; other Redis errors are bugs and propagate."""
+    if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
+    ):
+        return StateError(
+            f"redis refused the credentials ({type(exc).__name__}); check STREAMER_REDIS__*"
+        )
     transient = isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError) or (
         isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT)
     )

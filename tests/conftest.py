@@ -121,3 +121,24 @@ def make_panel(
             d[f] = rng.normal(0.5, 2.0, t).round(6)
         frames.append(pd.DataFrame(d))
     return pd.concat(frames, ignore_index=True)
+
+
+SECURE_REDIS_PORT = REDIS_PORT + 1
+SECURE_REDIS_PASSWORD = "s3cret-pw-for-tests"
+
+
+@pytest.fixture(scope="session")
+def secure_redis(services: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A second real Redis that requires a password; stopped at the end of the session."""
+    env = {
+        **services_env(),
+        "REDIS_PORT": str(SECURE_REDIS_PORT),
+        "REDIS_PASSWORD": SECURE_REDIS_PASSWORD,
+    }
+    proc = subprocess.run(
+        [str(SERVICES), "up", "redis"], env=env, capture_output=True, text=True, timeout=120
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"could not start a Redis with a password:\n{proc.stderr}", pytrace=False)
+    yield {"url": f"redis://127.0.0.1:{SECURE_REDIS_PORT}/0", "password": SECURE_REDIS_PASSWORD}
+    subprocess.run([str(SERVICES), "down", "redis"], env=env, capture_output=True, timeout=60)

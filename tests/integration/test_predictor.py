@@ -10,13 +10,15 @@ import numpy as np
 import orjson
 import pytest
 
-from streamer.artifact import load_artifact
+from streamer.artifact import load_artifact, save_artifact
+from streamer.data import Series
 from streamer.errors import StateError, StoreUnavailable
 from streamer.pipeline import BatchHandler, RawMessage
 from streamer.predictor import Predictor
-from streamer.schemas import Prediction
+from streamer.schemas import Event, Prediction
 from streamer.state import RedisStateStore, StateRecord, decode, encode
-from tests.conftest import make_panel
+from streamer.training import offline_forecast
+from tests.conftest import make_model, make_panel
 from tests.reference import check_predictions, expected_by_entity, synthetic_events
 
 
@@ -222,4 +224,40 @@ async def test_a_redis_error_that_is_not_an_outage_is_not_retried(
     with pytest.raises(StateError, match="WRONGTYPE") as info:
         await store.put_many([("x", b"STRM" + b"\0" * 76)])
     assert not isinstance(info.value, StoreUnavailable)
+    await store.aclose()
+
+
+async def test_timestamps_going_backwards_are_applied_in_offset_order(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
+    """Policy: the order of an entity's events is their offset order; ``ds`` is carried, not sorted."""
+    art = load_artifact(model_dir)
+    ds = ["2020-01-05", "2020-01-03", "2020-01-04", "2019-12-31", "2020-01-06"]
+    ys = [3.0, 1.0, 2.0, 0.5, 4.0]
+    events = [Event("e", d, y, (), 0, i) for i, (d, y) in enumerate(zip(ds, ys, strict=True))]
+    pred = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
+    out = await pred.step_many(events)
+    assert [p.ds for p in out] == ds and [p.step for p in out] == [1, 2, 3, 4, 5]
+    series = Series("e", ds, np.array(ys), np.zeros((5, 0)))
+    fc, _, _ = offline_forecast(art.model, series)
+    np.testing.assert_allclose([p.forecast for p in out], fc, rtol=1e-5, atol=1e-5)
+    await pred.aclose()
+
+
+async def test_a_state_from_another_model_version_of_the_same_shape_is_kept(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    old_dir = tmp_path / "old"
+    save_artifact(make_model(seed=99), old_dir)
+    old, new = load_artifact(old_dir), load_artifact(model_dir)
+    assert old.version != new.version
+    df = make_panel(5, 8, 8, seed=13)
+    events = synthetic_events(df)
+    store = RedisStateStore.from_url(services["redis_url"], ns)
+    await Predictor(old.model, old.version, store).step_many(events[:20])
+    report = await Predictor(new.model, new.version, store).process(events[20:])
+    assert report.resets == 0 and report.applied == len(events) - 20
+    assert all(p.model_version == new.version and p.step > 1 for p in report.predictions)
+    rec = decode((await store.get_many(["e0000"]))[0])  # type: ignore[arg-type]
+    assert rec.model_version == new.version and rec.step == 8
     await store.aclose()
