@@ -117,8 +117,6 @@ class Settings(BaseSettings):
     #: Most predictions kept per entity state for re-emission after a crash.
     max_kept_outputs: int = Field(default=1024, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    #: Where Faust keeps its per-app data directory.
-    worker_dir: Path = Path.home() / ".cache" / "streamer" / "workers"
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
