@@ -18,6 +18,11 @@ from streamer.settings import Settings
 __all__ = ["ensure_topics", "read_topic", "replay_events"]
 
 
+def _hint(settings: Settings) -> str:
+    sasl = settings.kafka.security_protocol.startswith("SASL")
+    return " (or it refused the SASL credentials)" if sasl else ""
+
+
 async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
     """Create the input, prediction and dead-letter topics if they do not exist."""
     t = settings.topics
@@ -30,7 +35,7 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
     except KafkaConnectionError as exc:
         await admin.close()
         raise ConfigError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}{_hint(settings)}: {exc}"
         ) from exc
     try:
         existing = set(await admin.list_topics())
@@ -64,7 +69,7 @@ async def replay_events(
     except KafkaConnectionError as exc:
         await producer.stop()
         raise ConfigError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}{_hint(settings)}: {exc}"
         ) from exc
     sent = 0
     start = time.monotonic()
@@ -116,7 +121,7 @@ async def read_topic(
     except KafkaConnectionError as exc:
         await consumer.stop()
         raise ConfigError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}{_hint(settings)}: {exc}"
         ) from exc
     try:
         last = time.monotonic()

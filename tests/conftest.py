@@ -31,6 +31,7 @@ def services_env() -> dict[str, str]:
     env.update(
         KAFKA_PORT=str(KAFKA_PORT),
         KAFKA_CONTROLLER_PORT=str(KAFKA_PORT + 1),
+        KAFKA_SASL_PORT=str(KAFKA_PORT + 2),
         REDIS_PORT=str(REDIS_PORT),
         STREAMER_SERVICES_DIR=str(Path.home() / ".cache" / "streamer" / "test-services"),
     )
@@ -49,6 +50,7 @@ def services() -> dict[str, str]:
         )
     return {
         "bootstrap": f"127.0.0.1:{KAFKA_PORT}",
+        "sasl_bootstrap": f"127.0.0.1:{KAFKA_PORT + 2}",
         "redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0",
     }
 

@@ -14,6 +14,8 @@
 #   KAFKA_PORT              broker listener                    (9092)
 #   KAFKA_CONTROLLER_PORT   KRaft controller listener          (9093)
 #   KAFKA_HEAP              JVM heap                           (-Xmx1g -Xms256m)
+#   KAFKA_SASL_PORT         also listen with SASL/PLAIN here    (unset: no SASL listener)
+#   KAFKA_SASL_USERS        user:password list for SASL/PLAIN   (streamer:streamer-secret)
 #   REDIS_PORT              Redis port                         (6379)
 #   REDIS_PASSWORD          if set, Redis requires it          (unset)
 set -euo pipefail
@@ -24,6 +26,8 @@ RUN_DIR="${STREAMER_SERVICES_DIR:-$CACHE/services}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_HEAP="${KAFKA_HEAP:--Xmx1g -Xms256m}"
+KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"
+KAFKA_SASL_USERS="${KAFKA_SASL_USERS:-streamer:streamer-secret}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/kafka-pom.xml")"
 KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
@@ -70,14 +74,23 @@ kafka_up() {
     port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set KAFKA_PORT)"
     kafka_install
     mkdir -p "$KAFKA_DIR/data"
+    local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" protocols="PLAINTEXT:PLAINTEXT" sasl=""
+    if [[ -n "$KAFKA_SASL_PORT" ]]; then
+        local users="" pair
+        for pair in ${KAFKA_SASL_USERS//,/ }; do users+=" user_${pair%%:*}=\"${pair#*:}\""; done
+        listeners+=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+        protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        sasl="sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;"
+    fi
     cat >"$KAFKA_DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$KAFKA_DIR/data
 num.partitions=4
@@ -93,6 +106,7 @@ group.classic.min.session.timeout.ms=1000
 group.min.session.timeout.ms=1000
 log.retention.hours=168
 log.segment.bytes=67108864
+$sasl
 EOF
     cat >"$KAFKA_DIR/log4j2.yaml" <<EOF
 Configuration:

@@ -93,3 +93,45 @@ async def test_worker_and_cli_against_a_password_redis(
         and "refused the credentials" in r.stderr
         and len(r.stderr.splitlines()) == 1
     )
+
+
+async def test_worker_through_a_sasl_listener(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    df = make_panel(20, 5, 10, seed=42)
+    settings = settings_for(services, ns)
+    await ensure_topics(settings)
+    await produce(
+        services["bootstrap"], settings.topics.events, [event_message(ev) for ev in event_rows(df)]
+    )
+    secret = "streamer-secret"  # deploy/local/services.sh's default SASL/PLAIN user
+    env = worker_env(
+        {**services, "bootstrap": services["sasl_bootstrap"]},
+        ns,
+        model_dir,
+        STREAMER_KAFKA__SECURITY_PROTOCOL="SASL_PLAINTEXT",
+        STREAMER_KAFKA__SASL_MECHANISM="PLAIN",
+        STREAMER_KAFKA__SASL_USERNAME="streamer",
+        STREAMER_KAFKA__SASL_PASSWORD=secret,
+        STREAMER_LOG_LEVEL="debug",
+    )
+    w = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+            await out.read_until(len(df), timeout=120, proc=w)
+    finally:
+        assert w.stop() == 0, w.tail()
+    assert len(out.records) == len(df)
+    assert secret not in w.log.read_text()
+
+    r = run(
+        "replay",
+        "x.csv",
+        env={
+            "STREAMER_KAFKA__BOOTSTRAP_SERVERS": services["sasl_bootstrap"],
+            "STREAMER_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "STREAMER_KAFKA__SASL_USERNAME": "streamer",
+            "STREAMER_KAFKA__SASL_PASSWORD": "wrong",
+        },
+    )
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
