@@ -89,10 +89,31 @@ class BatchHandler:
         """
         good, bad = self.decode(messages)
         outcome = Outcome(dead_letters=bad)
-        pending = await self._retrying(outcome, lambda: self.predictor.prepare(good, committed))
-        outcome.report = await self._retrying(outcome, lambda: self.predictor.commit(pending))
-        outcome.predictions = outcome.report.predictions
+        outcome.report = await self._apply(outcome, good, committed)
+        predictions = list(outcome.report.predictions)
+        # A refused save means another writer applied these events first (a rebalance raced this
+        # batch). Run them again: the fence skips them and the winner's kept outputs are re-emitted,
+        # so no event is left without a prediction.
+        for _ in range(3):
+            rejected = set(outcome.report.rejected_entities)
+            if not rejected:
+                break
+            again = await self._apply(
+                outcome, [e for e in good if e.unique_id in rejected], committed
+            )
+            predictions += again.predictions
+            outcome.report.rejected_entities = again.rejected_entities
+        order = {(e.partition, e.offset): i for i, e in enumerate(good)}
+        predictions.sort(key=lambda p: order[(p.partition, p.offset)])
+        outcome.predictions = predictions
         return outcome
+
+    async def _apply(
+        self, outcome: Outcome, events: list[Event], committed: Mapping[int, int] | None
+    ) -> BatchReport:
+        """Step once, then write the same bytes until the write goes through."""
+        pending = await self._retrying(outcome, lambda: self.predictor.prepare(events, committed))
+        return await self._retrying(outcome, lambda: self.predictor.commit(pending))
 
     async def _retrying(self, outcome: Outcome, attempt: Callable[[], Awaitable[T]]) -> T:
         delay = self.retry_initial_s

@@ -59,6 +59,7 @@ class BatchReport:
     reemitted: int = 0
     #: Entities whose save was refused because a newer state was stored meanwhile.
     rejected: int = 0
+    rejected_entities: list[str] = field(default_factory=list)
     #: Entities whose stored state did not fit the model and was reset.
     resets: int = 0
     predictions: list[Prediction] = field(default_factory=list)
@@ -156,6 +157,9 @@ class Predictor:
         for i, ev in enumerate(events):
             part, off = last[ev.unique_id]
             if part == ev.partition and ev.offset <= off:
+                floor = committed.get(ev.partition) if committed is not None else None
+                if floor is not None and ev.offset < floor:
+                    continue  # committed: its output was delivered, in a committed transaction too
                 old = self._kept_prediction(kept.get(where[ev.unique_id]), ev)
                 if old is not None and (ev.partition, ev.offset) not in reemitted:
                     reemitted.add((ev.partition, ev.offset))
@@ -240,6 +244,9 @@ class Predictor:
         report = pending.report
         saved = await self.store.put_many(pending.items) if pending.items else []
         report.rejected = saved.count(False)
+        report.rejected_entities = [
+            e for (e, _), ok in zip(pending.items, saved, strict=True) if not ok
+        ]
         if report.rejected:
             log.warning(
                 "%d states were newer in the store; their events were not applied here",

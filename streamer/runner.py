@@ -65,8 +65,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # The batch in flight finishes, delivers and commits before the partitions move.
+        # The batch in flight finishes, delivers and commits before the partitions move; a batch
+        # taken across the rebalance is dropped (its partitions restart from the committed offset).
+        self.runner._assigned.clear()
         async with self.runner._lock:
+            self.runner._epoch += 1
             for tp in revoked:
                 self.runner._committed.pop(tp.partition, None)
         if revoked:
@@ -79,6 +82,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             offset = await consumer.committed(tp)
             if offset is not None:
                 self.runner._committed[tp.partition] = offset
+        self.runner._epoch += 1
+        self.runner._assigned.set()
         if assigned:
             log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
@@ -93,6 +98,10 @@ class Runner:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        #: bumped by every rebalance: a batch taken across one is not processed
+        self._epoch = 0
+        #: set once the committed offsets of the current assignment are known
+        self._assigned = asyncio.Event()
         #: partition -> committed offset (the next offset a restarted consumer reads)
         self._committed: dict[int, int] = {}
 
@@ -151,10 +160,14 @@ class Runner:
         """Process batches until :meth:`stop`."""
         assert self._consumer is not None
         while not self._stopping.is_set():
+            await self._assigned.wait()
+            epoch = self._epoch
             records = await self._take()
             if not records:
                 continue
             async with self._lock:
+                if self._stopping.is_set() or epoch != self._epoch or not self._assigned.is_set():
+                    continue  # refetched from the committed offsets after the rebalance
                 owned = self._consumer.assignment()
                 records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
                 if records:
@@ -162,12 +175,12 @@ class Runner:
 
     async def stop(self) -> None:
         self._stopping.set()
-        async with self._lock:  # let the batch in flight finish
-            pass
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        self._assigned.set()  # release a loop waiting for an assignment
+        async with self._lock:  # the batch in flight finishes; no new one starts
+            if self._consumer is not None:
+                await self._consumer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
 
     async def _take(self) -> list[ConsumerRecord[bytes, bytes]]:
         """Up to ``max_size`` records, waiting at most ``max_wait_s`` once the first has come."""
@@ -209,8 +222,13 @@ class Runner:
         futures = []
         for d in outcome.dead_letters:
             headers = list(d.headers(topics.events).items())
+            value = d.value
+            if value is not None and len(value) > topics.max_dead_letter_bytes:
+                # Larger than the broker would take: keep the head and say how long it was.
+                headers.append(("streamer-truncated-from", str(len(value)).encode()))
+                value = value[: topics.max_dead_letter_bytes]
             futures.append(
-                await self._producer.send(topics.dead_letter, d.value, key=d.key, headers=headers)
+                await self._producer.send(topics.dead_letter, value, key=d.key, headers=headers)
             )
         for p in outcome.predictions:
             futures.append(
@@ -254,6 +272,8 @@ class Runner:
                 )
                 return
             except KafkaError as exc:
+                if not (exc.retriable or isinstance(exc, KafkaConnectionError | KafkaTimeoutError)):
+                    raise  # waiting cannot fix it: stop the worker, the batch is not committed
                 self.stats.kafka_retries += 1
                 log.warning("kafka delivery failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

@@ -12,7 +12,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["BatchSettings", "KafkaSettings", "RedisSettings", "Settings", "TopicSettings"]
@@ -84,6 +84,8 @@ class TopicSettings(_Group):
     partitions: int = Field(default=4, ge=1)
     #: Largest event accepted, in bytes; larger ones are dead-lettered.
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
+    #: Dead letters keep the original bytes up to this size (the broker refuses larger messages).
+    max_dead_letter_bytes: int = Field(default=512 * 1024, ge=1024)
 
 
 class BatchSettings(_Group):
@@ -122,6 +124,15 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     topics: TopicSettings = TopicSettings()
     batch: BatchSettings = BatchSettings()
+
+    @model_validator(mode="after")
+    def _check_kept_outputs(self) -> Settings:
+        if self.max_kept_outputs < self.batch.max_size:
+            raise ValueError(
+                f"max_kept_outputs ({self.max_kept_outputs}) must be at least batch.max_size "
+                f"({self.batch.max_size}): a batch's outputs must all be kept until committed"
+            )
+        return self
 
     @field_validator("device")
     @classmethod

@@ -219,3 +219,39 @@ async def test_exactly_once_read_committed_sees_one_prediction_per_event_across_
         finally:
             assert w.stop() == 0, w.tail()
         await verify(services, ns, model_dir, df, out.records, exactly_once=True)
+
+
+async def test_exactly_once_while_partitions_move_between_two_workers(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    df, settings = await stream_panel(services, ns, 200, seed=26)
+    n = len(df)
+
+    def env(worker: str) -> dict[str, str]:
+        return worker_env(
+            services,
+            ns,
+            model_dir,
+            **FAST,
+            STREAMER_PROCESSING_GUARANTEE="exactly_once",
+            STREAMER_KAFKA__TRANSACTIONAL_ID=worker,
+        )
+
+    async with TopicReader(
+        services["bootstrap"], settings.topics.predictions, "read_committed"
+    ) as out:
+        a = WorkerProcess(env("a"), tmp_path / "a1.log")
+        await out.read_until(n // 5, timeout=120, proc=a)
+        b = WorkerProcess(env("b"), tmp_path / "b1.log")  # joins: partitions move to it
+        await out.read_until(2 * n // 5, timeout=120, proc=a)
+        a.kill()
+        await out.read_until(3 * n // 5, timeout=120, proc=b)
+        a = WorkerProcess(env("a"), tmp_path / "a2.log")  # rejoins, fencing its dead self
+        await out.read_until(4 * n // 5, timeout=120, proc=b)
+        assert b.stop(signal.SIGTERM) == 0, b.tail()
+        try:
+            await out.read_until(n, timeout=180, proc=a)
+            await out.drain(quiet_s=3)
+        finally:
+            assert a.stop() == 0, a.tail()
+        await verify(services, ns, model_dir, df, out.records, exactly_once=True)

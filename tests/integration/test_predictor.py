@@ -261,3 +261,48 @@ async def test_a_state_from_another_model_version_of_the_same_shape_is_kept(
     rec = decode((await store.get_many(["e0000"]))[0])  # type: ignore[arg-type]
     assert rec.model_version == new.version and rec.step == 8
     await store.aclose()
+
+
+class RacedByAnotherWorker:
+    """A real store; just before its first write, another worker applies the same events."""
+
+    def __init__(self, inner: RedisStateStore, other: Predictor, events: list[Event]):
+        self.inner, self.other, self.events, self.raced = inner, other, events, False
+
+    async def get_many(self, entities):  # type: ignore[no-untyped-def]
+        return await self.inner.get_many(entities)
+
+    async def put_many(self, items):  # type: ignore[no-untyped-def]
+        if not self.raced:
+            self.raced = True
+            self.winner = await self.other.process(self.events)
+        return await self.inner.put_many(items)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_refused_save_re_emits_the_winners_predictions(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
+    art = load_artifact(model_dir)
+    df = make_panel(10, 6, 6, seed=14)
+    events = synthetic_events(df)
+    other = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
+    store = RacedByAnotherWorker(RedisStateStore.from_url(services["redis_url"], ns), other, events)
+    handler = BatchHandler(Predictor(art.model, art.version, store))  # type: ignore[arg-type]
+    msgs = [
+        RawMessage(
+            e.unique_id.encode(),
+            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
+            e.partition,
+            e.offset,
+        )
+        for e in events
+    ]
+    out = await handler.handle(msgs)
+    assert store.winner.applied == len(events)
+    assert out.report.rejected == len(df.unique_id.unique())
+    assert out.predictions == store.winner.predictions, "every event, the winner's values"
+    await store.aclose()
+    await other.aclose()
