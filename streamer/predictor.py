@@ -184,16 +184,7 @@ class Predictor:
             new_out.setdefault(j, []).append(n)
             pending.fresh[i] = (
                 j,
-                Prediction(
-                    unique_id=ev.unique_id,
-                    ds=ev.ds,
-                    y=ev.y,
-                    partition=ev.partition,
-                    offset=ev.offset,
-                    model_version=self.version,
-                    step=int(steps[n]),
-                    forecast=tuple(forecasts[n].tolist()),
-                ),
+                Prediction.of(ev, self.version, int(steps[n]), forecasts[n].tolist()),
             )
         stamp = now_ms()
         for j, entity in enumerate(plan.entities):
@@ -271,16 +262,7 @@ class Predictor:
         if not len(hit):
             return None
         k = int(hit[-1])
-        return Prediction(
-            unique_id=ev.unique_id,
-            ds=ev.ds,
-            y=ev.y,
-            partition=ev.partition,
-            offset=ev.offset,
-            model_version=kept.version,
-            step=int(kept.steps[k]),
-            forecast=tuple(kept.forecasts[k].tolist()),
-        )
+        return Prediction.of(ev, kept.version, int(kept.steps[k]), kept.forecasts[k].tolist())
 
     def _load(
         self, raws: Sequence[bytes | None], report: BatchReport

@@ -103,6 +103,13 @@ class Prediction:
     step: int
     forecast: tuple[float, ...]
 
+    @classmethod
+    def of(cls, ev: Event, model_version: str, step: int, forecast: Sequence[float]) -> Prediction:
+        """The prediction answering event ``ev``: its identity, time and value, and the forecast."""
+        return cls(
+            ev.unique_id, ev.ds, ev.y, ev.partition, ev.offset, model_version, step, tuple(forecast)
+        )
+
     def to_json(self) -> bytes:
         return orjson.dumps(
             {

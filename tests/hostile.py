@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import get_args
 
 import orjson
 from hypothesis import strategies as st
 
-REASONS = {
-    "too_large",
-    "invalid_json",
-    "not_an_object",
-    "empty_key",
-    "key_mismatch",
-    "missing_field",
-    "wrong_type",
-    "non_finite",
-    "out_of_range",
-    "wrong_feature_count",
-}
+from streamer.schemas import Reason
+
+REASONS = set(get_args(Reason))
 
 _json_scalars = st.one_of(
     st.none(),

@@ -171,15 +171,23 @@ async def test_an_event_delivered_twice_in_one_batch_is_applied_once(
     await pred.aclose()
 
 
-class LosesFirstReply:
-    """A real Redis store whose first write is applied but its reply lost (a timeout)."""
+class WrappedStore:
+    """A real Redis store with a fault injected around its write (subclasses say which)."""
 
     def __init__(self, inner: RedisStateStore):
         self.inner = inner
-        self.lost = 0
 
     async def get_many(self, entities):  # type: ignore[no-untyped-def]
         return await self.inner.get_many(entities)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class LosesFirstReply(WrappedStore):
+    """The first write is applied but its reply lost (a timeout)."""
+
+    lost = 0
 
     async def put_many(self, items):  # type: ignore[no-untyped-def]
         result = await self.inner.put_many(items)
@@ -187,9 +195,6 @@ class LosesFirstReply:
             self.lost += 1
             raise StoreUnavailable("reply lost after the write was applied")
         return result
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_a_write_whose_reply_was_lost_is_retried_without_losing_predictions(
@@ -263,23 +268,18 @@ async def test_a_state_from_another_model_version_of_the_same_shape_is_kept(
     await store.aclose()
 
 
-class RacedByAnotherWorker:
-    """A real store; just before its first write, another worker applies the same events."""
+class RacedByAnotherWorker(WrappedStore):
+    """Just before the first write, another worker applies the same events."""
 
     def __init__(self, inner: RedisStateStore, other: Predictor, events: list[Event]):
-        self.inner, self.other, self.events, self.raced = inner, other, events, False
-
-    async def get_many(self, entities):  # type: ignore[no-untyped-def]
-        return await self.inner.get_many(entities)
+        super().__init__(inner)
+        self.other, self.events, self.raced = other, events, False
 
     async def put_many(self, items):  # type: ignore[no-untyped-def]
         if not self.raced:
             self.raced = True
             self.winner = await self.other.process(self.events)
         return await self.inner.put_many(items)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_a_refused_save_re_emits_the_winners_predictions(
