@@ -7,15 +7,16 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from streamer.artifact import load_artifact
 from streamer.data import event_rows
 from streamer.errors import StateError
 from streamer.kafka import ensure_topics
 from streamer.settings import Settings
 from streamer.state import RedisStateStore
 from tests.conftest import make_panel
-from tests.integration.test_faults import verify_states_only
-from tests.integration.test_worker import settings_for
+from tests.integration.test_worker import check_states, settings_for
 from tests.integration.workers import TopicReader, WorkerProcess, event_message, produce, worker_env
+from tests.reference import expected_by_entity
 from tests.unit.test_cli import run
 
 pytestmark = pytest.mark.integration
@@ -78,8 +79,9 @@ async def test_worker_and_cli_against_a_password_redis(
     finally:
         assert w.stop() == 0, w.tail()
     assert secure_redis["password"] not in w.log.read_text()
-    await verify_states_only(
-        secure_redis["url"], ns, model_dir, df, password=secure_redis["password"]
+    expected = expected_by_entity(load_artifact(model_dir).model, df)
+    await check_states(
+        {"redis_url": secure_redis["url"]}, ns, expected, password=secure_redis["password"]
     )
 
     cli = {"STREAMER_MODEL_NAME": ns, "STREAMER_REDIS__URL": secure_redis["url"]}

@@ -16,13 +16,11 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streamer.artifact import load_artifact
 from streamer.data import event_rows
 from streamer.kafka import ensure_topics
-from streamer.state import RedisStateStore, decode
 from tests.conftest import SERVICES, make_panel, services_env
 from tests.integration.test_worker import check_states, settings_for
 from tests.integration.workers import (
@@ -66,23 +64,6 @@ async def verify(
     check_predictions([d[0] for d in by_id.values()], expected)
     await check_states(services, ns, expected)
     return len(preds) - len(df)
-
-
-async def verify_states_only(
-    redis_url: str, ns: str, model_dir: Path, df, password: str | None = None
-) -> None:  # type: ignore[no-untyped-def]
-    expected = expected_by_entity(load_artifact(model_dir).model, df)
-    store = RedisStateStore.from_url(redis_url, ns, password=password)
-    try:
-        raws = await store.get_many(list(expected))
-    finally:
-        await store.aclose()
-    for uid, raw in zip(expected, raws, strict=True):
-        assert raw is not None, uid
-        rec = decode(raw)
-        assert rec.step == len(expected[uid].ds), uid
-        np.testing.assert_allclose(rec.h, expected[uid].h, atol=1e-5, rtol=0, err_msg=uid)
-        np.testing.assert_allclose(rec.c, expected[uid].c, atol=1e-5, rtol=0, err_msg=uid)
 
 
 async def test_kill_9_at_random_points_then_restart(

@@ -171,6 +171,19 @@ async def test_an_event_delivered_twice_in_one_batch_is_applied_once(
     await pred.aclose()
 
 
+def raw_messages(events: list[Event]) -> list[RawMessage]:
+    """The Kafka messages the events came from (no features)."""
+    return [
+        RawMessage(
+            e.unique_id.encode(),
+            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
+            e.partition,
+            e.offset,
+        )
+        for e in events
+    ]
+
+
 class WrappedStore:
     """A real Redis store with a fault injected around its write (subclasses say which)."""
 
@@ -205,15 +218,7 @@ async def test_a_write_whose_reply_was_lost_is_retried_without_losing_prediction
     events = synthetic_events(df)
     store = LosesFirstReply(RedisStateStore.from_url(services["redis_url"], ns))
     handler = BatchHandler(Predictor(art.model, art.version, store), retry_initial_s=0.01)  # type: ignore[arg-type]
-    msgs = [
-        RawMessage(
-            e.unique_id.encode(),
-            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
-            e.partition,
-            e.offset,
-        )
-        for e in events
-    ]
+    msgs = raw_messages(events)
     out = await handler.handle(msgs)
     assert out.retries == 1 and store.lost == 1
     assert len(out.predictions) == len(events)
@@ -291,15 +296,7 @@ async def test_a_refused_save_re_emits_the_winners_predictions(
     other = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
     store = RacedByAnotherWorker(RedisStateStore.from_url(services["redis_url"], ns), other, events)
     handler = BatchHandler(Predictor(art.model, art.version, store))  # type: ignore[arg-type]
-    msgs = [
-        RawMessage(
-            e.unique_id.encode(),
-            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
-            e.partition,
-            e.offset,
-        )
-        for e in events
-    ]
+    msgs = raw_messages(events)
     out = await handler.handle(msgs)
     assert store.winner.applied == len(events)
     assert out.report.rejected == len(df.unique_id.unique())

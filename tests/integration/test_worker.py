@@ -57,8 +57,14 @@ def settings_for(services: dict[str, str], ns: str) -> Settings:
     )
 
 
-async def check_states(services: dict[str, str], ns: str, expected: dict) -> None:  # type: ignore[type-arg]
-    store = RedisStateStore.from_url(services["redis_url"], ns)
+async def check_states(
+    services: dict[str, str],
+    ns: str,
+    expected: dict,
+    password: str | None = None,  # type: ignore[type-arg]
+) -> None:
+    """Every entity's state in Redis equals the offline nn.LSTM state over its events, to 1e-5."""
+    store = RedisStateStore.from_url(services["redis_url"], ns, password=password)
     try:
         raws = await store.get_many(list(expected))
     finally:
