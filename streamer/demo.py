@@ -228,8 +228,15 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | 
         f"streamed {len(df)} events in {stream_s:.1f}s ({summary['events_per_second']:.0f}/s), "
         f"demo wall time {total_s:.0f}s. On the held-out months the LSTM's MAE is "
         f"{h['mae_ratio']:.3f}x seasonal naive's.\n"
-        f"Inspect a state:  streamer state get {df['unique_id'].iloc[0]} --model-name {run}\n"
         f"Summary: {workdir / 'summary.json'}; worker log: {log_path}"
+    )
+    cli = Path(sys.executable).parent / "streamer"
+    entity = df["unique_id"].iloc[0]
+    console.print(
+        f"Inspect a state:    {cli} state get {entity} --model-name {run}\n"
+        f"Its predictions:    STREAMER_TOPICS__PREDICTIONS={settings.topics.predictions} "
+        f"{cli} tail --from-beginning --entity {entity} --timeout 3",
+        soft_wrap=True,
     )
     return 0 if board.received == len(df) else 1
 
