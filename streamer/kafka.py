@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -18,9 +19,17 @@ from streamer.settings import Settings
 __all__ = ["ensure_topics", "read_topic", "replay_events"]
 
 
-def _hint(settings: Settings) -> str:
-    sasl = settings.kafka.security_protocol.startswith("SASL")
-    return " (or it refused the SASL credentials)" if sasl else ""
+async def _start(settings: Settings, client: Any) -> None:
+    """Start an aiokafka client, or close it and say in one line that the broker is unreachable."""
+    try:
+        await client.start()
+    except KafkaConnectionError as exc:
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+        sasl = settings.kafka.security_protocol.startswith("SASL")
+        hint = " (or it refused the SASL credentials)" if sasl else ""
+        raise ConfigError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}{hint}: {exc}"
+        ) from exc
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
@@ -30,13 +39,7 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_options()
     )
-    try:
-        await admin.start()
-    except KafkaConnectionError as exc:
-        await admin.close()
-        raise ConfigError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}{_hint(settings)}: {exc}"
-        ) from exc
+    await _start(settings, admin)
     try:
         existing = set(await admin.list_topics())
         new = [NewTopic(n, t.partitions, 1) for n in wanted if n not in existing]
@@ -64,13 +67,7 @@ async def replay_events(
         acks="all",
         **settings.kafka.client_options(),
     )
-    try:
-        await producer.start()
-    except KafkaConnectionError as exc:
-        await producer.stop()
-        raise ConfigError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}{_hint(settings)}: {exc}"
-        ) from exc
+    await _start(settings, producer)
     sent = 0
     start = time.monotonic()
     pending: list[asyncio.Future[object]] = []
@@ -116,13 +113,7 @@ async def read_topic(
         isolation_level="read_committed",
         **settings.kafka.client_options(),
     )
-    try:
-        await consumer.start()
-    except KafkaConnectionError as exc:
-        await consumer.stop()
-        raise ConfigError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}{_hint(settings)}: {exc}"
-        ) from exc
+    await _start(settings, consumer)
     try:
         last = time.monotonic()
         while True:

@@ -103,8 +103,9 @@ class BatchHandler:
             )
             predictions += again.predictions
             outcome.report.rejected_entities = again.rejected_entities
-        order = {(e.partition, e.offset): i for i, e in enumerate(good)}
-        predictions.sort(key=lambda p: order[(p.partition, p.offset)])
+        if len(predictions) != len(outcome.report.predictions):  # back in batch order
+            order = {(e.partition, e.offset): i for i, e in enumerate(good)}
+            predictions.sort(key=lambda p: order[(p.partition, p.offset)])
         outcome.predictions = predictions
         return outcome
 

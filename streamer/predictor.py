@@ -79,17 +79,6 @@ class PendingBatch:
     items: list[tuple[str, bytes]] = field(default_factory=list)
 
 
-@dataclass
-class _Kept:
-    """Outputs kept in one stored state, for re-emission."""
-
-    version: str
-    partition: int
-    offsets: npt.NDArray[np.int64]
-    steps: npt.NDArray[np.int64]
-    forecasts: npt.NDArray[np.float64]
-
-
 class Predictor:
     """Steps batches of events through a model, with state kept in a :class:`StateStore`."""
 
@@ -196,16 +185,16 @@ class Predictor:
             if (
                 prev is not None
                 and prev.partition == part
-                and len(prev.offsets)
-                and prev.forecasts.shape[1] == self._horizon
+                and len(prev.out_offsets)
+                and prev.out_forecasts.shape[1] == self._horizon
             ):
+                # Older outputs stay until their offsets are committed (the fence already
+                # guarantees they are below this batch's).
                 floor = committed.get(part) if committed is not None else None
-                keep = prev.offsets < offs[0]
-                if floor is not None:
-                    keep &= prev.offsets >= floor
-                out_offsets = np.concatenate([prev.offsets[keep], offs])
-                out_steps = np.concatenate([prev.steps[keep], out_steps])
-                out_fc = np.concatenate([prev.forecasts[keep], out_fc])
+                keep = prev.out_offsets >= (floor if floor is not None else -1)
+                out_offsets = np.concatenate([prev.out_offsets[keep], offs])
+                out_steps = np.concatenate([prev.out_steps[keep], out_steps])
+                out_fc = np.concatenate([prev.out_forecasts[keep], out_fc])
             cap = self.max_kept_outputs
             rec = StateRecord(
                 h=st.h[:, j],
@@ -255,20 +244,24 @@ class Predictor:
         report.predictions = out
         return report
 
-    def _kept_prediction(self, kept: _Kept | None, ev: Event) -> Prediction | None:
-        if kept is None or kept.partition != ev.partition or not len(kept.offsets):
+    def _kept_prediction(self, rec: StateRecord | None, ev: Event) -> Prediction | None:
+        """The prediction a stored state kept for an event it already applied, if any."""
+        if rec is None or rec.partition != ev.partition:
             return None
-        hit = np.flatnonzero(kept.offsets == ev.offset)
+        hit = np.flatnonzero(rec.out_offsets == ev.offset)
         if not len(hit):
             return None
         k = int(hit[-1])
-        return Prediction.of(ev, kept.version, int(kept.steps[k]), kept.forecasts[k].tolist())
+        return Prediction.of(
+            ev, rec.model_version, int(rec.out_steps[k]), rec.out_forecasts[k].tolist()
+        )
 
     def _load(
         self, raws: Sequence[bytes | None], report: BatchReport
-    ) -> tuple[_States, dict[int, _Kept]]:
+    ) -> tuple[_States, dict[int, StateRecord]]:
+        """The states as arrays, and the decoded records (for their kept outputs) by slot."""
         st = _States.zeros(len(raws), self._layers, self._hidden)
-        kept: dict[int, _Kept] = {}
+        kept: dict[int, StateRecord] = {}
         for j, raw in enumerate(raws):
             if raw is None:
                 continue
@@ -283,9 +276,7 @@ class Predictor:
                     st.partition[j], st.offset[j] = fence
                 continue
             st.partition[j], st.offset[j] = rec.partition, rec.offset
-            kept[j] = _Kept(
-                rec.model_version, rec.partition, rec.out_offsets, rec.out_steps, rec.out_forecasts
-            )
+            kept[j] = rec
             if rec.layers != self._layers or rec.hidden_size != self._hidden:
                 report.resets += 1  # h, c, scaling and step start over; the fence stays
                 continue

@@ -168,8 +168,8 @@ class Runner:
             async with self._lock:
                 if self._stopping.is_set() or epoch != self._epoch or not self._assigned.is_set():
                     continue  # refetched from the committed offsets after the rebalance
-                owned = self._consumer.assignment()
-                records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
+                owned = {tp.partition for tp in self._consumer.assignment()}
+                records = [r for r in records if r.partition in owned]
                 if records:
                     await self._process(records)
 
@@ -203,10 +203,9 @@ class Runner:
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         msgs = [RawMessage(r.key, r.value, r.partition, r.offset) for r in records]
         outcome = await self.handler.handle(msgs, committed=dict(self._committed))
-        offsets: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        # The next offset to read, per partition (records of a partition come in offset order).
+        topic = self.settings.topics.events
+        offsets = {TopicPartition(topic, r.partition): r.offset + 1 for r in records}
         await self._deliver(outcome, offsets)
         st = self.stats
         st.batches += 1

@@ -56,29 +56,41 @@ async def test_an_acl_user_limited_to_streamer_keys(secure_redis: dict[str, str]
     await admin.aclose()
 
 
-async def test_worker_and_cli_against_a_password_redis(
-    services: dict[str, str], secure_redis: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
-) -> None:
-    df = make_panel(20, 5, 10, seed=41)
+async def stream_through_worker(
+    services: dict[str, str],
+    ns: str,
+    df,
+    env: dict[str, str],
+    log: Path,  # type: ignore[no-untyped-def]
+) -> str:
+    """Produce the panel, run one worker until every event has a prediction; return its log."""
     settings = settings_for(services, ns)
     await ensure_topics(settings)
     await produce(
         services["bootstrap"], settings.topics.events, [event_message(ev) for ev in event_rows(df)]
     )
-    env = worker_env(
-        {**services, "redis_url": secure_redis["url"]},
-        ns,
-        model_dir,
-        STREAMER_REDIS__PASSWORD=secure_redis["password"],
-        STREAMER_LOG_LEVEL="debug",
-    )
-    w = WorkerProcess(env, tmp_path / "w.log")
+    w = WorkerProcess({**env, "STREAMER_LOG_LEVEL": "debug"}, log)
     try:
         async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
             await out.read_until(len(df), timeout=120, proc=w)
     finally:
         assert w.stop() == 0, w.tail()
-    assert secure_redis["password"] not in w.log.read_text()
+    assert len(out.records) == len(df)
+    return log.read_text()
+
+
+async def test_worker_and_cli_against_a_password_redis(
+    services: dict[str, str], secure_redis: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    df = make_panel(20, 5, 10, seed=41)
+    env = worker_env(
+        {**services, "redis_url": secure_redis["url"]},
+        ns,
+        model_dir,
+        STREAMER_REDIS__PASSWORD=secure_redis["password"],
+    )
+    log = await stream_through_worker(services, ns, df, env, tmp_path / "w.log")
+    assert secure_redis["password"] not in log
     expected = expected_by_entity(load_artifact(model_dir).model, df)
     await check_states(
         {"redis_url": secure_redis["url"]}, ns, expected, password=secure_redis["password"]
@@ -101,11 +113,6 @@ async def test_worker_through_a_sasl_listener(
     services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
 ) -> None:
     df = make_panel(20, 5, 10, seed=42)
-    settings = settings_for(services, ns)
-    await ensure_topics(settings)
-    await produce(
-        services["bootstrap"], settings.topics.events, [event_message(ev) for ev in event_rows(df)]
-    )
     secret = "streamer-secret"  # deploy/local/services.sh's default SASL/PLAIN user
     env = worker_env(
         {**services, "bootstrap": services["sasl_bootstrap"]},
@@ -115,16 +122,9 @@ async def test_worker_through_a_sasl_listener(
         STREAMER_KAFKA__SASL_MECHANISM="PLAIN",
         STREAMER_KAFKA__SASL_USERNAME="streamer",
         STREAMER_KAFKA__SASL_PASSWORD=secret,
-        STREAMER_LOG_LEVEL="debug",
     )
-    w = WorkerProcess(env, tmp_path / "w.log")
-    try:
-        async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
-            await out.read_until(len(df), timeout=120, proc=w)
-    finally:
-        assert w.stop() == 0, w.tail()
-    assert len(out.records) == len(df)
-    assert secret not in w.log.read_text()
+    log = await stream_through_worker(services, ns, df, env, tmp_path / "w.log")
+    assert secret not in log
 
     r = run(
         "replay",
