@@ -20,7 +20,7 @@ _EXPORTS = {
     "Forecaster": "streamer.model",
     "ModelSpec": "streamer.model",
     "StackedLSTM": "streamer.model",
-    "StateRecord": "streamer.state",
+    "StateRecord": "streamer.codec",
     "StateStore": "streamer.state",
     "RedisStateStore": "streamer.state",
     "Predictor": "streamer.predictor",
@@ -53,13 +53,14 @@ assert set(__all__) == {"__version__", *_EXPORTS}
 
 if TYPE_CHECKING:
     from streamer.artifact import load_artifact, save_artifact
+    from streamer.codec import StateRecord
     from streamer.errors import StreamerError
     from streamer.model import Forecaster, ModelSpec, StackedLSTM
     from streamer.pipeline import BatchHandler
     from streamer.predictor import Predictor
     from streamer.schemas import DeadLetter, Event, Prediction, decode_event
     from streamer.settings import Settings
-    from streamer.state import RedisStateStore, StateRecord, StateStore
+    from streamer.state import RedisStateStore, StateStore
 
 
 def __getattr__(name: str) -> Any:

@@ -8,8 +8,9 @@ the order of the batch (its offset order: one entity lives in one partition) is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -17,26 +18,27 @@ import numpy.typing as npt
 __all__ = ["Plan", "plan_waves"]
 
 I64 = npt.NDArray[np.int64]
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Generic[K]):
     #: The distinct entities, in order of first appearance.
-    entities: list[str]
+    entities: list[K]
     #: For each event, the index of its entity in ``entities``, shape ``(N,)``.
     slot: I64
     #: For each wave, the indices of its events into the batch; no entity twice in one wave.
     waves: list[I64]
 
 
-def plan_waves(keys: Sequence[str]) -> Plan:
+def plan_waves(keys: Sequence[K]) -> Plan[K]:
     """Group events by entity and split them into waves.
 
     >>> p = plan_waves(["a", "b", "a", "c", "a", "b"])
     >>> p.entities, p.slot.tolist(), [w.tolist() for w in p.waves]
     (['a', 'b', 'c'], [0, 1, 0, 2, 0, 1], [[0, 1, 3], [2, 5], [4]])
     """
-    index: dict[str, int] = {}
+    index: dict[K, int] = {}
     seen: list[int] = []
     slot = np.empty(len(keys), dtype=np.int64)
     rank = np.empty(len(keys), dtype=np.int64)

@@ -13,11 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from streamer import scaling
+from streamer.codec import StateRecord, decode
 from streamer.errors import StateError, StoreUnavailable
 from streamer.kafka import read_topic
 from streamer.schemas import Prediction
 from streamer.settings import Settings
-from streamer.state import RedisStateStore, StateRecord, decode
+from streamer.state import RedisStateStore
 
 __all__ = ["record_to_dict", "show_state", "tail"]
 

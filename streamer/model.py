@@ -81,13 +81,19 @@ class StackedLSTM(nn.LSTM):
         z = torch.zeros(self.num_layers, batch, self.hidden_size, device=device)
         return z, z.clone()
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
         """One event for each of B entities: x ``(B, I)``, h and c ``(L, B, H)`` -> y ``(B, H)``.
 
         Same arithmetic as one time step of ``forward``; dropout between layers is a training
         device and is not applied here, as ``forward`` does not apply it in eval mode.
+        ``fused`` runs the fused sequence kernel (cuDNN on a GPU) on a sequence of length 1
+        instead of one ``lstm_cell`` call per layer: a large fixed cost per call that pays off
+        on a GPU and for large batches only (see :attr:`streamer.settings.Settings.fused_cell_from`).
         """
         h, c = state
+        if fused:
+            out, (h_next, c_next) = nn.LSTM.forward(self, x.unsqueeze(1), (h, c))
+            return out[:, 0], (h_next, c_next)
         hs: list[Tensor] = []
         cs: list[Tensor] = []
         inp = x
@@ -122,7 +128,7 @@ class Forecaster(nn.Module):
         out, (h, c) = self.rnn(x_seq, state)  # (B, T, H), (L, B, H)
         return self.head(out), (h, c)
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
         """Serving path: x ``(B, I)`` -> forecasts ``(B, K)`` and the next state."""
-        out, new_state = self.rnn.step(x, state)  # (B, H)
+        out, new_state = self.rnn.step(x, state, fused)  # (B, H)
         return self.head(out), new_state

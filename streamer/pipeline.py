@@ -12,20 +12,35 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from streamer.errors import StoreUnavailable
 from streamer.predictor import BatchReport, Predictor
 from streamer.schemas import DeadLetter, Event, Prediction, decode_event
 
-__all__ = ["BatchHandler", "Outcome", "RawMessage"]
+__all__ = ["BatchHandler", "Message", "Outcome", "RawMessage"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Message(Protocol):
+    """A message as the consumer gives it (an aiokafka ``ConsumerRecord`` is one)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RawMessage:
+    """A :class:`Message` built by hand (tests, replays)."""
+
     key: bytes | None
     value: bytes | None
     partition: int
@@ -54,7 +69,7 @@ class BatchHandler:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
 
-    def decode(self, messages: Sequence[RawMessage]) -> tuple[list[Event], list[DeadLetter]]:
+    def decode(self, messages: Sequence[Message]) -> tuple[list[Event], list[DeadLetter]]:
         good: list[Event] = []
         bad: list[DeadLetter] = []
         features = self.predictor.features
@@ -80,7 +95,7 @@ class BatchHandler:
         return good, bad
 
     async def handle(
-        self, messages: Sequence[RawMessage], committed: Mapping[int, int] | None = None
+        self, messages: Sequence[Message], committed: Mapping[int, int] | None = None
     ) -> Outcome:
         """Validate, step and save a batch. Waits out store outages; never drops the batch.
 

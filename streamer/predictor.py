@@ -28,10 +28,12 @@ import torch
 
 from streamer import scaling
 from streamer.batching import plan_waves
-from streamer.errors import ConfigError, StateCodecError
+from streamer.cache import StateCache
+from streamer.codec import Dtype, StateBatch, decode_many, encode_many, group_ranks, now_ms
+from streamer.errors import ConfigError
 from streamer.model import Forecaster
 from streamer.schemas import Event, Prediction
-from streamer.state import Dtype, StateRecord, StateStore, decode, encode, now_ms, read_fence
+from streamer.state import StateStore
 
 __all__ = ["BatchReport", "PendingBatch", "Predictor", "resolve_device"]
 
@@ -77,6 +79,8 @@ class PendingBatch:
     fresh: dict[int, tuple[int, Prediction]] = field(default_factory=dict)
     #: encoded states to save, one per entity slot
     items: list[tuple[str, bytes]] = field(default_factory=list)
+    #: partition of each saved state's events, one per entity slot (for the cache)
+    partitions: list[int] = field(default_factory=list)
 
 
 class Predictor:
@@ -91,23 +95,42 @@ class Predictor:
         device: torch.device | str = "cpu",
         state_dtype: Dtype = "float32",
         max_kept_outputs: int = 1024,
+        cache: StateCache | None = None,
+        fused_cell_from: int | None = None,
     ):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.version = version
+        if len(version.encode("ascii")) > 16:
+            raise ConfigError(f"model version {version!r} is longer than 16 ASCII characters")
         self.store = store
         self.state_dtype: Dtype = state_dtype
         #: Most outputs kept per entity for re-emission (the newest ones).
         self.max_kept_outputs = max_kept_outputs
+        self.cache = cache
+        #: Waves of at least this many events run the fused LSTM kernel (0: never). By default
+        #: always on a GPU (cuDNN); never on CPU, where one ``lstm_cell`` per layer was as fast
+        #: or faster at every batch size measured (64 to 2048, one thread).
+        if fused_cell_from is None:
+            fused_cell_from = 1 if self.device.type == "cuda" else 0
+        self.fused_cell_from = fused_cell_from
         spec = model.spec
         self._layers, self._hidden, self._horizon = spec.num_layers, spec.hidden_size, spec.horizon
         self._features = spec.features
         self._fmean = np.asarray(spec.feature_mean or [0.0] * len(spec.features), np.float64)
         self._fstd = np.asarray(spec.feature_std or [1.0] * len(spec.features), np.float64)
+        #: On a GPU, inputs and states go over in one pinned buffer and come back in one copy.
+        self.staged = self.device.type != "cpu"
 
     @property
     def features(self) -> tuple[str, ...]:
         return self._features
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drop cached states of partitions this worker no longer owns."""
+        if self.cache is not None:
+            dropped = self.cache.drop_partitions(partitions)
+            log.debug("cache: dropped %d states of partitions %s", dropped, sorted(partitions))
 
     async def step_many(self, events: Sequence[Event]) -> list[Prediction]:
         """Apply the events and return the predictions of those newly applied, in batch order."""
@@ -131,88 +154,52 @@ class Predictor:
         pending = PendingBatch(report=BatchReport(events=len(events)), events=events)
         if not events:
             return pending
-        entities = list(dict.fromkeys(e.unique_id for e in events))
-        raws = await self.store.get_many(entities)
-        loaded, kept = self._load(raws, pending.report)
+        committed = committed or {}
+        slot_of: dict[str, int] = {}
+        ev_slot = [slot_of.setdefault(e.unique_id, len(slot_of)) for e in events]
+        entities = list(slot_of)
+        loaded, problems = decode_many(
+            await self._read(entities), self._layers, self._hidden, self._horizon, self.state_dtype
+        )
+        for j, why in problems.items():
+            log.warning("resetting the state of %r: %s", entities[j], why)
+        pending.report.resets = len(problems)
 
         # Fence: skip an event at or below the last applied offset of its entity's partition:
         # the stored one, or an earlier event of this batch (a rebalance can deliver one twice).
-        # A skipped event whose prediction the state kept gets it sent again, identical.
-        where = {e: i for i, e in enumerate(entities)}
-        last = {e: (int(loaded.partition[i]), int(loaded.offset[i])) for e, i in where.items()}
-        applied: list[Event] = []
-        applied_at: list[int] = []
-        reemitted: set[tuple[int, int]] = set()
-        for i, ev in enumerate(events):
-            part, off = last[ev.unique_id]
-            if part == ev.partition and ev.offset <= off:
-                floor = committed.get(ev.partition) if committed is not None else None
-                if floor is not None and ev.offset < floor:
-                    continue  # committed: its output was delivered, in a committed transaction too
-                old = self._kept_prediction(kept.get(where[ev.unique_id]), ev)
-                if old is not None and (ev.partition, ev.offset) not in reemitted:
-                    reemitted.add((ev.partition, ev.offset))
-                    pending.reemit[i] = old
-                continue
-            last[ev.unique_id] = (ev.partition, ev.offset)
-            applied.append(ev)
-            applied_at.append(i)
-        pending.report.skipped = len(events) - len(applied)
-        pending.report.reemitted = len(pending.reemit)
+        last_part, last_off = loaded.partition.tolist(), loaded.offset.tolist()
+        applied: list[int] = []
+        skipped: list[int] = []
+        for i, (ev, j) in enumerate(zip(events, ev_slot, strict=True)):
+            if ev.partition == last_part[j] and ev.offset <= last_off[j]:
+                skipped.append(i)
+            else:
+                last_part[j], last_off[j] = ev.partition, ev.offset
+                applied.append(i)
+        if skipped:
+            self._reemit(pending, loaded, [(i, ev_slot[i]) for i in skipped], committed)
+        pending.report.skipped = len(skipped)
         if not applied:
             return pending
 
-        plan = plan_waves([e.unique_id for e in applied])
-        rows = np.fromiter((where[e] for e in plan.entities), np.int64, len(plan.entities))
+        plan = plan_waves([ev_slot[i] for i in applied])
+        rows = np.asarray(plan.entities, np.int64)  # slot in ``loaded`` of each stepped entity
         st = loaded.take(rows)
-        forecasts, steps = self._step(applied, plan.slot, plan.waves, st)
+        evs = [events[i] for i in applied]
+        forecasts, steps = self._step(evs, plan.slot, plan.waves, st)
+        st.version[:] = self.version.encode("ascii")
+        st.updated_ms[:] = now_ms()
+        self._keep_outputs(st, loaded, rows, plan.slot, evs, steps, forecasts, committed)
 
-        new_out: dict[int, list[int]] = {}
-        for n, (i, ev) in enumerate(zip(applied_at, applied, strict=True)):
-            j = int(plan.slot[n])
-            new_out.setdefault(j, []).append(n)
+        fc = forecasts.tolist()
+        for n, (i, ev) in enumerate(zip(applied, evs, strict=True)):
             pending.fresh[i] = (
-                j,
-                Prediction.of(ev, self.version, int(steps[n]), forecasts[n].tolist()),
+                int(plan.slot[n]),
+                Prediction.of(ev, self.version, int(steps[n]), fc[n]),
             )
-        stamp = now_ms()
-        for j, entity in enumerate(plan.entities):
-            ns = np.asarray(new_out[j], np.int64)
-            offs = np.fromiter((applied[n].offset for n in ns), np.int64, len(ns))
-            out_offsets, out_steps, out_fc = offs, steps[ns], forecasts[ns]
-            prev = kept.get(int(rows[j]))
-            part = int(st.partition[j])
-            if (
-                prev is not None
-                and prev.partition == part
-                and len(prev.out_offsets)
-                and prev.out_forecasts.shape[1] == self._horizon
-            ):
-                # Older outputs stay until their offsets are committed (the fence already
-                # guarantees they are below this batch's).
-                floor = committed.get(part) if committed is not None else None
-                keep = prev.out_offsets >= (floor if floor is not None else -1)
-                out_offsets = np.concatenate([prev.out_offsets[keep], offs])
-                out_steps = np.concatenate([prev.out_steps[keep], out_steps])
-                out_fc = np.concatenate([prev.out_forecasts[keep], out_fc])
-            cap = self.max_kept_outputs
-            rec = StateRecord(
-                h=st.h[:, j],
-                c=st.c[:, j],
-                model_version=self.version,
-                step=int(st.step[j]),
-                partition=part,
-                offset=int(st.offset[j]),
-                updated_ms=stamp,
-                count=float(st.count[j]),
-                mean=float(st.mean[j]),
-                var=float(st.var[j]),
-                dtype=self.state_dtype,
-                out_offsets=out_offsets[-cap:],
-                out_steps=out_steps[-cap:],
-                out_forecasts=out_fc[-cap:],
-            )
-            pending.items.append((entity, encode(rec)))
+        blobs = encode_many(st, self.state_dtype)
+        pending.items = [(entities[j], b) for j, b in zip(rows.tolist(), blobs, strict=True)]
+        pending.partitions = st.partition.tolist()
         return pending
 
     async def commit(self, pending: PendingBatch) -> BatchReport:
@@ -227,6 +214,15 @@ class Predictor:
         report.rejected_entities = [
             e for (e, _), ok in zip(pending.items, saved, strict=True) if not ok
         ]
+        if self.cache is not None:
+            self.cache.put_many(
+                (e, part, blob)
+                for (e, blob), part, ok in zip(
+                    pending.items, pending.partitions, saved, strict=True
+                )
+                if ok
+            )
+            self.cache.discard(report.rejected_entities)
         if report.rejected:
             log.warning(
                 "%d states were newer in the store; their events were not applied here",
@@ -244,53 +240,97 @@ class Predictor:
         report.predictions = out
         return report
 
-    def _kept_prediction(self, rec: StateRecord | None, ev: Event) -> Prediction | None:
-        """The prediction a stored state kept for an event it already applied, if any."""
-        if rec is None or rec.partition != ev.partition:
-            return None
-        hit = np.flatnonzero(rec.out_offsets == ev.offset)
-        if not len(hit):
-            return None
-        k = int(hit[-1])
-        return Prediction.of(
-            ev, rec.model_version, int(rec.out_steps[k]), rec.out_forecasts[k].tolist()
-        )
+    async def _read(self, entities: list[str]) -> list[bytes | None]:
+        """The stored records: from the cache where it has them, the rest in one round trip."""
+        if self.cache is None:
+            return await self.store.get_many(entities)
+        raws = self.cache.get_many(entities)
+        missed = [j for j, raw in enumerate(raws) if raw is None]
+        if missed:
+            got = await self.store.get_many([entities[j] for j in missed])
+            for j, raw in zip(missed, got, strict=True):
+                raws[j] = raw
+        return raws
 
-    def _load(
-        self, raws: Sequence[bytes | None], report: BatchReport
-    ) -> tuple[_States, dict[int, StateRecord]]:
-        """The states as arrays, and the decoded records (for their kept outputs) by slot."""
-        st = _States.zeros(len(raws), self._layers, self._hidden)
-        kept: dict[int, StateRecord] = {}
-        for j, raw in enumerate(raws):
-            if raw is None:
+    def _reemit(
+        self,
+        pending: PendingBatch,
+        loaded: StateBatch,
+        skipped: list[tuple[int, int]],
+        committed: Mapping[int, int],
+    ) -> None:
+        """Send again the kept predictions of skipped events whose offsets were not committed."""
+        kept = {
+            (j, off): m
+            for m, (j, off) in enumerate(
+                zip(loaded.out_entity.tolist(), loaded.out_offset.tolist(), strict=True)
+            )
+        }
+        events = pending.events
+        seen: set[tuple[int, int]] = set()
+        for i, j in skipped:
+            ev = events[i]
+            if ev.offset < committed.get(ev.partition, -1):
+                continue  # committed: its output was delivered, in a committed transaction too
+            m = kept.get((j, ev.offset))
+            if (
+                m is None
+                or loaded.partition[j] != ev.partition
+                or (ev.partition, ev.offset) in seen
+            ):
                 continue
-            try:
-                rec = decode(raw)
-            except StateCodecError as exc:
-                log.warning("resetting an undecodable state: %s", exc)
-                report.resets += 1
-                # Keep its fence: the store still refuses writes at or below it.
-                fence = read_fence(raw)
-                if fence is not None:
-                    st.partition[j], st.offset[j] = fence
-                continue
-            st.partition[j], st.offset[j] = rec.partition, rec.offset
-            kept[j] = rec
-            if rec.layers != self._layers or rec.hidden_size != self._hidden:
-                report.resets += 1  # h, c, scaling and step start over; the fence stays
-                continue
-            st.h[:, j], st.c[:, j] = rec.h, rec.c
-            st.step[j] = rec.step
-            st.count[j], st.mean[j], st.var[j] = rec.count, rec.mean, rec.var
-        return st, kept
+            seen.add((ev.partition, ev.offset))
+            pending.reemit[i] = Prediction.of(
+                ev,
+                loaded.version[j].decode("ascii", errors="replace"),
+                int(loaded.out_step[m]),
+                loaded.out_forecast[m].tolist(),
+            )
+        pending.report.reemitted = len(pending.reemit)
+
+    def _keep_outputs(
+        self,
+        st: StateBatch,
+        loaded: StateBatch,
+        rows: npt.NDArray[np.int64],
+        slot: npt.NDArray[np.int64],
+        events: Sequence[Event],
+        steps: npt.NDArray[np.int64],
+        forecasts: npt.NDArray[np.float64],
+        committed: Mapping[int, int],
+    ) -> None:
+        """The outputs each saved state keeps: the older ones not committed yet, then this
+        batch's, the newest ``max_kept_outputs`` of them."""
+        offsets = np.fromiter((e.offset for e in events), np.int64, len(events))
+        ent, off, stp, fc = slot, offsets, steps, forecasts
+        if len(loaded.out_entity):
+            where = np.full(len(loaded), -1, np.int64)
+            where[rows] = np.arange(len(rows))
+            owner = where[loaded.out_entity]  # the old outputs' entity in ``st``, -1 if not stepped
+            part = loaded.partition[loaded.out_entity]
+            floor = np.fromiter((committed.get(p, -1) for p in part.tolist()), np.int64, len(part))
+            old = (owner >= 0) & (part == st.partition[np.maximum(owner, 0)])
+            old &= loaded.out_offset >= floor
+            if old.any():
+                ent = np.concatenate([owner[old], slot])
+                off = np.concatenate([loaded.out_offset[old], offsets])
+                stp = np.concatenate([loaded.out_step[old], steps])
+                fc = np.concatenate([loaded.out_forecast[old], forecasts])
+        st.set_outputs(ent, off, stp, fc)
+        n = np.bincount(st.out_entity, minlength=len(st))
+        cap = self.max_kept_outputs
+        if n.max(initial=0) > cap:
+            e = st.out_entity
+            keep = group_ranks(e) >= n[e] - cap
+            st.out_entity, st.out_offset = e[keep], st.out_offset[keep]
+            st.out_step, st.out_forecast = st.out_step[keep], st.out_forecast[keep]
 
     def _step(
         self,
         events: Sequence[Event],
         slot: npt.NDArray[np.int64],
         waves: list[npt.NDArray[np.int64]],
-        st: _States,
+        st: StateBatch,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """Advance the states ``st`` (in place) through the events; return forecasts and steps."""
         n = len(events)
@@ -316,62 +356,59 @@ class Predictor:
 
         order = np.concatenate(waves)
         bounds = np.cumsum([0, *(len(w) for w in waves)]).tolist()
+        h, c, x = self._to_device(st.h, st.c, x_host)  # (L, U, H), (L, U, H), (N, I)
         dev = self.device
-        # One transfer in: inputs, states and the wave layout; one transfer out at the end.
-        x = torch.from_numpy(x_host).to(dev, non_blocking=True)
-        h = torch.from_numpy(st.h).to(dev, non_blocking=True)  # (L, U, H)
-        c = torch.from_numpy(st.c).to(dev, non_blocking=True)
         order_d = torch.from_numpy(order).to(dev, non_blocking=True)
         slot_d = torch.from_numpy(slot[order]).to(dev, non_blocking=True)
-        out = torch.empty((n, self._horizon), device=dev)
+        out = torch.empty((n, self._horizon), device=dev)  # (N, K)
         with torch.inference_mode():
-            for a, b in itertools.pairwise(bounds):
+            if len(waves) == 1:  # every entity once, in slot order: no gather, no scatter
+                out, (h, c) = self.model.step(x, (h, c), self._fused(n))
+            for a, b in itertools.pairwise(bounds if len(waves) > 1 else ()):
                 ev, ent = order_d[a:b], slot_d[a:b]
-                yk, (hk, ck) = self.model.step(x[ev], (h[:, ent], c[:, ent]))  # (B, K), (L, B, H)
+                state = (h[:, ent], c[:, ent])
+                yk, (hk, ck) = self.model.step(x[ev], state, self._fused(b - a))  # (B, K), (L,B,H)
                 h[:, ent], c[:, ent], out[ev] = hk, ck, yk
-        st.h[...] = h.cpu().numpy()
-        st.c[...] = c.cpu().numpy()
-        forecasts = out.cpu().numpy().astype(np.float64) * scale_e[:, None] + mean_e[:, None]
+        st.h[...], st.c[...], y_scaled = self._to_host(h, c, out)
+        forecasts = y_scaled.astype(np.float64) * scale_e[:, None] + mean_e[:, None]
         return forecasts, steps
 
     async def aclose(self) -> None:
         await self.store.aclose()
 
+    def _fused(self, batch: int) -> bool:
+        return 0 < self.fused_cell_from <= batch
 
-@dataclass
-class _States:
-    """States of U entities as arrays: h, c ``(L, U, H)`` float32; the rest ``(U,)``."""
-
-    h: npt.NDArray[np.float32]
-    c: npt.NDArray[np.float32]
-    step: npt.NDArray[np.int64]
-    partition: npt.NDArray[np.int64]
-    offset: npt.NDArray[np.int64]
-    count: npt.NDArray[np.float64]
-    mean: npt.NDArray[np.float64]
-    var: npt.NDArray[np.float64]
-
-    @classmethod
-    def zeros(cls, u: int, layers: int, hidden: int) -> _States:
-        return cls(
-            h=np.zeros((layers, u, hidden), np.float32),
-            c=np.zeros((layers, u, hidden), np.float32),
-            step=np.zeros(u, np.int64),
-            partition=np.full(u, -1, np.int64),
-            offset=np.full(u, -1, np.int64),
-            count=np.zeros(u),
-            mean=np.zeros(u),
-            var=np.zeros(u),
+    def _to_device(
+        self, h: npt.NDArray[np.float32], c: npt.NDArray[np.float32], x: npt.NDArray[np.float32]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """States and inputs on the device: on CPU as views of the arrays; on a GPU packed into one
+        pinned host buffer and moved in one asynchronous copy."""
+        if not self.staged:
+            return torch.from_numpy(h), torch.from_numpy(c), torch.from_numpy(x)
+        host = torch.empty(h.size + c.size + x.size, dtype=torch.float32)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        flat = host.numpy()
+        flat[: h.size] = h.ravel()
+        flat[h.size : h.size + c.size] = c.ravel()
+        flat[h.size + c.size :] = x.ravel()
+        dev = host.to(self.device, non_blocking=True)
+        return (
+            dev[: h.size].view(h.shape),
+            dev[h.size : h.size + c.size].view(c.shape),
+            dev[h.size + c.size :].view(x.shape),
         )
 
-    def take(self, rows: npt.NDArray[np.int64]) -> _States:
-        return _States(
-            h=np.ascontiguousarray(self.h[:, rows]),
-            c=np.ascontiguousarray(self.c[:, rows]),
-            step=self.step[rows].copy(),
-            partition=self.partition[rows].copy(),
-            offset=self.offset[rows].copy(),
-            count=self.count[rows].copy(),
-            mean=self.mean[rows].copy(),
-            var=self.var[rows].copy(),
+    def _to_host(
+        self, h: torch.Tensor, c: torch.Tensor, out: torch.Tensor
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """States and outputs back on the host, from a GPU in one copy (the batch's one sync)."""
+        if not self.staged:
+            return h.numpy(), c.numpy(), out.numpy()
+        flat = torch.cat([h.reshape(-1), c.reshape(-1), out.reshape(-1)]).cpu().numpy()
+        return (
+            flat[: h.numel()].reshape(h.shape),
+            flat[h.numel() : h.numel() + c.numel()].reshape(c.shape),
+            flat[h.numel() + c.numel() :].reshape(out.shape),
         )

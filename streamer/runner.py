@@ -35,14 +35,18 @@ from aiokafka.errors import (
     ProducerFenced,
     RebalanceInProgressError,
 )
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
-from streamer.pipeline import BatchHandler, Outcome, RawMessage
+from streamer.partitioning import partitions_of
+from streamer.pipeline import BatchHandler, Outcome
 from streamer.settings import Settings
 
 __all__ = ["Runner", "RunnerStats"]
 
 log = logging.getLogger("streamer.runner")
+#: Largest record batch the producer builds; under the broker's default limit (1 MiB).
+_MAX_RECORD_BATCH = 512 * 1024
 C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
 
 
@@ -72,6 +76,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.runner._epoch += 1
             for tp in revoked:
                 self.runner._committed.pop(tp.partition, None)
+            self.runner.handler.predictor.forget_partitions({tp.partition for tp in revoked})
         if revoked:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
@@ -118,6 +123,8 @@ class Runner:
             acks="all",
             enable_idempotence=True,
             linger_ms=s.kafka.producer_linger_ms,
+            # A batch's predictions for one partition go out as one record batch (see _send_all).
+            max_batch_size=_MAX_RECORD_BATCH,
             transactional_id=f"{s.app_id}-{s.kafka.transactional_id}"
             if self.exactly_once
             else None,
@@ -201,8 +208,7 @@ class Runner:
         return out
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        msgs = [RawMessage(r.key, r.value, r.partition, r.offset) for r in records]
-        outcome = await self.handler.handle(msgs, committed=dict(self._committed))
+        outcome = await self.handler.handle(records, committed=dict(self._committed))
         # The next offset to read, per partition (records of a partition come in offset order).
         topic = self.settings.topics.events
         offsets = {TopicPartition(topic, r.partition): r.offset + 1 for r in records}
@@ -229,10 +235,26 @@ class Runner:
             futures.append(
                 await self._producer.send(topics.dead_letter, value, key=d.key, headers=headers)
             )
-        for p in outcome.predictions:
-            futures.append(
-                await self._producer.send(topics.predictions, p.to_json(), key=p.unique_id.encode())
-            )
+        predictions = outcome.predictions
+        if predictions:
+            # One record batch per partition, filled without a coroutine per message; each
+            # prediction goes to the partition Kafka's default partitioner picks for its key.
+            producer, topic = self._producer, topics.predictions
+            parts = sorted(await producer.partitions_for(topic))
+            keys = [p.unique_id.encode() for p in predictions]
+            builders: dict[int, BatchBuilder] = {}
+            where = partitions_of(keys, len(parts)).tolist()
+            for key, pred, at in zip(keys, predictions, where, strict=True):
+                value = pred.to_json()
+                builder = builders.get(at)
+                if builder is None or builder.append(key=key, value=value, timestamp=None) is None:
+                    if builder is not None:  # full: send it, start the next one
+                        sent = await producer.send_batch(builder, topic, partition=parts[at])
+                        futures.append(sent)
+                    builder = builders[at] = producer.create_batch()
+                    builder.append(key=key, value=value, timestamp=None)
+            for at, builder in builders.items():
+                futures.append(await producer.send_batch(builder, topic, partition=parts[at]))
         await asyncio.gather(*futures)
 
     async def _deliver(self, outcome: Outcome, offsets: dict[TopicPartition, int]) -> None:

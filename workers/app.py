@@ -14,6 +14,7 @@ import torch
 from mode import Service
 
 from streamer.artifact import load_artifact
+from streamer.cache import StateCache
 from streamer.errors import ConfigError
 from streamer.pipeline import BatchHandler
 from streamer.predictor import Predictor, resolve_device
@@ -41,6 +42,10 @@ def build_handler(settings: Settings) -> BatchHandler:
         device=device,
         state_dtype=settings.state_dtype,
         max_kept_outputs=settings.max_kept_outputs,
+        cache=StateCache(int(settings.cache_max_mb * 2**20), settings.state_ttl_s)
+        if settings.cache_max_mb
+        else None,
+        fused_cell_from=settings.fused_cell_from,
     )
     log.info("model %s (version %s) on %s", settings.model_path, art.version, device)
     return BatchHandler(predictor, max_event_bytes=settings.topics.max_event_bytes)

@@ -11,12 +11,13 @@ import orjson
 import pytest
 
 from streamer.artifact import load_artifact, save_artifact
+from streamer.codec import StateRecord, decode, encode
 from streamer.data import Series
 from streamer.errors import StateError, StoreUnavailable
 from streamer.pipeline import BatchHandler, RawMessage
 from streamer.predictor import Predictor
 from streamer.schemas import Event, Prediction
-from streamer.state import RedisStateStore, StateRecord, decode, encode
+from streamer.state import RedisStateStore
 from streamer.training import offline_forecast
 from tests.conftest import make_model, make_panel
 from tests.reference import check_predictions, expected_by_entity, synthetic_events

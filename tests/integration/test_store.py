@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.state import RedisStateStore, StateRecord, decode, encode
+from streamer.codec import StateRecord, decode, encode
+from streamer.state import RedisStateStore
 
 
 def rec(offset: int, partition: int = 0, step: int = 1, fill: float = 0.0) -> bytes:

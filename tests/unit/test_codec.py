@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from streamer.codec import (
+    HEADER,
+    StateBatch,
+    StateRecord,
+    decode,
+    decode_many,
+    encode,
+    encode_many,
+)
+from streamer.errors import StateCodecError
+
+
+def record(dtype: str = "float32", layers: int = 2, hidden: int = 16, seed: int = 0) -> StateRecord:
+    rng = np.random.default_rng(seed)
+    return StateRecord(
+        h=rng.standard_normal((layers, hidden)).astype(np.float32),
+        c=(rng.standard_normal((layers, hidden)) * 5).astype(np.float32),
+        model_version="abc123def456",
+        step=12345,
+        partition=3,
+        offset=2**40 + 17,
+        updated_ms=1_700_000_000_123,
+        count=441.0,
+        mean=2564.61060902703,
+        var=112819.954337592,
+        dtype=dtype,  # type: ignore[arg-type]
+    )
+
+
+def test_float32_round_trip_is_exact() -> None:
+    rec = record()
+    back = decode(encode(rec))
+    np.testing.assert_array_equal(back.h, rec.h)
+    np.testing.assert_array_equal(back.c, rec.c)
+    for f in (
+        "model_version",
+        "step",
+        "partition",
+        "offset",
+        "updated_ms",
+        "count",
+        "mean",
+        "var",
+        "dtype",
+    ):
+        assert getattr(back, f) == getattr(rec, f), f
+    assert len(encode(rec)) == HEADER.size + 2 * 2 * 16 * 4 + 6  # + an empty outputs section
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [("float16", 1e-3), ("bfloat16", 8e-3)])
+def test_compact_dtypes_round_trip_within_their_precision(dtype: str, rtol: float) -> None:
+    rec = record(dtype)
+    raw = encode(rec)
+    assert len(raw) == HEADER.size + 2 * 2 * 16 * 2 + 6
+    back = decode(raw)
+    assert back.dtype == dtype
+    np.testing.assert_allclose(back.h, rec.h, rtol=rtol, atol=1e-3)
+    np.testing.assert_allclose(back.c, rec.c, rtol=rtol, atol=1e-2)
+
+
+def test_fence_fields_sit_where_the_lua_script_reads_them() -> None:
+    raw = encode(record())
+    assert raw[:4] == b"STRM"
+    assert int.from_bytes(raw[36:40], "little", signed=True) == 3
+    assert int.from_bytes(raw[40:48], "little", signed=True) == 2**40 + 17
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: b[:40], "shorter than its header"),
+        (lambda b: b"XXXX" + b[4:], "not a streamer state record"),
+        (lambda b: b[:4] + bytes([9]) + b[5:], "format version 9"),
+        (lambda b: b[:5] + bytes([7]) + b[6:], "dtype code 7"),
+        (lambda b: b[:-4], "header says"),
+    ],
+)
+def test_bad_bytes_raise_a_codec_error(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(StateCodecError, match=message):
+        decode(mutate(encode(record())))
+
+
+def test_model_version_longer_than_16_bytes_is_refused() -> None:
+    rec = record()
+    bad = StateRecord(**{**{f: getattr(rec, f) for f in rec.__slots__}, "model_version": "x" * 17})  # type: ignore[attr-defined]
+    with pytest.raises(StateCodecError, match="longer than 16"):
+        encode(bad)
+
+
+def test_kept_outputs_round_trip_exactly() -> None:
+    rng = np.random.default_rng(1)
+    rec = dataclasses.replace(
+        record(),
+        out_offsets=np.array([7, 9, 2**40], np.int64),
+        out_steps=np.array([3, 4, 5], np.int64),
+        out_forecasts=rng.standard_normal((3, 12)) * 1e3,
+    )
+    back = decode(encode(rec))
+    np.testing.assert_array_equal(back.out_offsets, rec.out_offsets)
+    np.testing.assert_array_equal(back.out_steps, rec.out_steps)
+    np.testing.assert_array_equal(back.out_forecasts, rec.out_forecasts)  # float64: bit for bit
+
+
+def test_format_1_records_are_still_read() -> None:
+    raw = bytearray(encode(record()))[:-6]  # format 1 had no outputs section
+    raw[4] = 1
+    back = decode(bytes(raw))
+    assert back.offset == 2**40 + 17 and len(back.out_offsets) == 0
+
+
+# ------------------------------------------------------------------------------ whole batches --
+
+
+def batch_records(dtype: str, u: int, horizon: int, seed: int) -> list[StateRecord]:
+    """Records as the predictor writes them: same shape and dtype, 0 to 3 kept outputs each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for j in range(u):
+        n = int(rng.integers(0, 4))
+        out.append(
+            dataclasses.replace(
+                record(dtype, seed=seed * 1000 + j),
+                step=int(rng.integers(0, 2**40)),
+                partition=int(rng.integers(0, 64)),
+                offset=int(rng.integers(0, 2**50)),
+                mean=float(rng.standard_normal()),
+                out_offsets=np.sort(rng.integers(0, 2**50, n)),
+                out_steps=rng.integers(0, 2**40, n),
+                out_forecasts=rng.standard_normal((n, horizon)) * 1e4,
+            )
+        )
+    return out
+
+
+def as_batch(recs: list[StateRecord], horizon: int) -> StateBatch:
+    b = StateBatch.empty(len(recs), recs[0].layers, recs[0].hidden_size, horizon)
+    for j, r in enumerate(recs):
+        b.h[:, j], b.c[:, j] = r.h, r.c
+        b.step[j], b.partition[j], b.offset[j], b.updated_ms[j] = (
+            r.step,
+            r.partition,
+            r.offset,
+            r.updated_ms,
+        )
+        b.count[j], b.mean[j], b.var[j] = r.count, r.mean, r.var
+        b.version[j] = r.model_version.encode()
+    b.set_outputs(
+        np.concatenate([np.full(len(r.out_offsets), j) for j, r in enumerate(recs)]),
+        np.concatenate([r.out_offsets for r in recs]),
+        np.concatenate([r.out_steps for r in recs]),
+        np.concatenate([r.out_forecasts for r in recs]).reshape(-1, horizon),
+    )
+    return b
+
+
+def no_outputs() -> dict[str, np.ndarray]:
+    return {
+        "out_offsets": np.zeros(0, np.int64),
+        "out_steps": np.zeros(0, np.int64),
+        "out_forecasts": np.zeros((0, 0)),
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_encode_many_writes_the_bytes_of_encode(dtype: str, seed: int) -> None:
+    recs = batch_records(dtype, 40, horizon=3, seed=seed)
+    assert encode_many(as_batch(recs, 3), dtype) == [encode(r) for r in recs]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_decode_many_reads_what_decode_reads(dtype: str) -> None:
+    recs = batch_records(dtype, 40, horizon=3, seed=7)
+    raws: list[bytes | None] = [encode(r) for r in recs]
+    raws[5] = None  # an entity without a state
+    batch, problems = decode_many(raws, 2, 16, 3, dtype)  # type: ignore[arg-type]
+    assert problems == {}
+    for j, raw in enumerate(raws):
+        if raw is None:
+            assert batch.partition[j] == -1 and batch.offset[j] == -1 and batch.step[j] == 0
+            assert not (batch.out_entity == j).any()
+        else:
+            assert encode(batch.record(j, dtype)) == raw  # type: ignore[arg-type]
+
+
+def test_decode_many_reads_odd_records_one_by_one_and_reports_problems() -> None:
+    recs = batch_records("float32", 6, horizon=3, seed=3)
+    raws: list[bytes | None] = [encode(r) for r in recs]
+    raws[0] = encode(record("float16", seed=50))  # another dtype: read, as float32 values
+    old = bytearray(encode(dataclasses.replace(recs[1], **no_outputs())))
+    old[4] = 1  # format 1
+    raws[1] = bytes(old[:-6])
+    raws[2] = encode(record(layers=3, seed=51))  # another shape: reset, fence kept
+    raws[3] = b"STRM" + b"\x00" * 200  # undecodable, fence readable
+    raws[4] = b"junk"  # undecodable, no fence
+    batch, problems = decode_many(raws, 2, 16, 3)
+    assert sorted(problems) == [2, 3, 4]
+    assert "3x16" in problems[2] and "undecodable" in problems[3]
+    np.testing.assert_array_equal(batch.h[:, 0], decode(raws[0]).h)
+    assert batch.offset[1] == recs[1].offset and batch.step[1] == recs[1].step
+    assert (batch.partition[2], batch.offset[2], batch.step[2]) == (3, 2**40 + 17, 0)
+    assert not batch.h[:, 2].any()
+    assert (batch.partition[4], batch.offset[4]) == (-1, -1)
+    assert encode(batch.record(5)) == raws[5]
+
+
+def test_decode_many_drops_kept_outputs_of_another_horizon() -> None:
+    recs = batch_records("float32", 8, horizon=2, seed=4)
+    batch, problems = decode_many([encode(r) for r in recs], 2, 16, 3)
+    assert problems == {} and len(batch.out_entity) == 0
+    np.testing.assert_array_equal(batch.h[:, 7], recs[7].h)
