@@ -13,7 +13,7 @@ PYTHON   ?= python3
 TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 KAFKA_SASL_PORT=19094 REDIS_PORT=16379 \
             STREAMER_SERVICES_DIR=$(HOME)/.cache/streamer/test-services
 
-.PHONY: install demo test unit lint services-up services-down services-status clean
+.PHONY: install demo test unit lint bench services-up services-down services-status clean
 
 # Installs into the shared env when it is missing, when pyproject.toml changed, or when the env's
 # editable install points at another checkout (CI clones the repository elsewhere).
@@ -38,6 +38,10 @@ test: install
 
 unit: install
 	$(PY) -m pytest tests/unit
+
+# Starts its own Kafka and Redis (ports 29092, 26379) and stops them at the end; a few minutes.
+bench: install
+	$(PY) bench/throughput.py
 
 lint: install
 	$(VENV)/bin/ruff check streamer workers tests bench

@@ -38,6 +38,9 @@ def plan_waves(keys: Sequence[K]) -> Plan[K]:
     >>> p.entities, p.slot.tolist(), [w.tolist() for w in p.waves]
     (['a', 'b', 'c'], [0, 1, 0, 2, 0, 1], [[0, 1, 3], [2, 5], [4]])
     """
+    if len(set(keys)) == len(keys):  # every entity once: one wave, in batch order
+        n = len(keys)
+        return Plan(list(keys), np.arange(n, dtype=np.int64), [np.arange(n)] if n else [])
     index: dict[K, int] = {}
     seen: list[int] = []
     slot = np.empty(len(keys), dtype=np.int64)

@@ -1,4 +1,4 @@
-"""Plain aiokafka helpers for the CLI: topics, replaying history as events, reading predictions."""
+"""Plain aiokafka helpers: topics, sending keyed messages in batches, replaying history, reading."""
 
 from __future__ import annotations
 
@@ -14,9 +14,37 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streamer.errors import ConfigError
+from streamer.partitioning import partitions_of
 from streamer.settings import Settings
 
-__all__ = ["ensure_topics", "read_topic", "replay_events"]
+__all__ = ["ensure_topics", "read_topic", "replay_events", "send_keyed"]
+
+
+async def send_keyed(
+    producer: AIOKafkaProducer, topic: str, messages: Sequence[tuple[bytes, bytes]]
+) -> list[asyncio.Future[Any]]:
+    """Queue keyed messages as one record batch per partition; returns the delivery futures.
+
+    ``producer.send`` costs a coroutine, a partitioner call and an accumulator lookup per message;
+    this fills aiokafka batch builders directly, each message in the partition Kafka's default
+    partitioner picks for its key (:mod:`streamer.partitioning`), in the order given.
+    """
+    parts = sorted(await producer.partitions_for(topic))
+    where = partitions_of([k for k, _ in messages], len(parts)).tolist()
+    builders: dict[int, Any] = {}
+    futures: list[asyncio.Future[Any]] = []
+    for (key, value), at in zip(messages, where, strict=True):
+        builder = builders.get(at)
+        if builder is None or builder.append(key=key, value=value, timestamp=None) is None:
+            if builder is not None:  # full: send it, start the next one
+                builder.close()
+                futures.append(await producer.send_batch(builder, topic, partition=parts[at]))
+            builder = builders[at] = producer.create_batch()
+            builder.append(key=key, value=value, timestamp=None)
+    for at, builder in builders.items():
+        builder.close()  # complete: goes out at once, without the producer's linger
+        futures.append(await producer.send_batch(builder, topic, partition=parts[at]))
+    return futures
 
 
 async def _start(settings: Settings, client: Any) -> None:

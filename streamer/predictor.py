@@ -191,12 +191,13 @@ class Predictor:
         st.updated_ms[:] = now_ms()
         self._keep_outputs(st, loaded, rows, plan.slot, evs, steps, forecasts, committed)
 
-        fc = forecasts.tolist()
-        for n, (i, ev) in enumerate(zip(applied, evs, strict=True)):
-            pending.fresh[i] = (
-                int(plan.slot[n]),
-                Prediction.of(ev, self.version, int(steps[n]), fc[n]),
+        v = self.version
+        pending.fresh = {
+            i: (j, Prediction(e.unique_id, e.ds, e.y, e.partition, e.offset, v, n, tuple(f)))
+            for i, e, j, n, f in zip(
+                applied, evs, plan.slot.tolist(), steps.tolist(), forecasts.tolist(), strict=True
             )
+        }
         blobs = encode_many(st, self.state_dtype)
         pending.items = [(entities[j], b) for j, b in zip(rows.tolist(), blobs, strict=True)]
         pending.partitions = st.partition.tolist()
@@ -228,6 +229,10 @@ class Predictor:
                 "%d states were newer in the store; their events were not applied here",
                 report.rejected,
             )
+        if not pending.reemit and not report.rejected:  # the usual batch: every event applied
+            report.applied = len(pending.fresh)
+            report.predictions = [pred for _, pred in pending.fresh.values()]
+            return report
         out: list[Prediction] = []
         for i in range(len(pending.events)):
             if i in pending.reemit:

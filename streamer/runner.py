@@ -12,6 +12,10 @@ Per batch, in this order:
 3. the batch's offsets are committed: with ``consumer.commit`` (at least once), or inside the
    same Kafka transaction as the outputs (``exactly_once``).
 
+Steps 2 and 3 of one batch run while the next batch is taken and stepped (step 1), so the round
+trips of the delivery and the commit do not stall the loop; a batch is delivered only once the one
+before it is committed, so commits stay in order.
+
 A crash anywhere re-delivers the batch from the last commit: the offset fence in the states skips
 the events already applied, and the outputs the states kept are sent again, identical. A rebalance
 waits for the batch in flight to commit before partitions move.
@@ -20,6 +24,7 @@ waits for the batch in flight to commit before partitions move.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -35,10 +40,9 @@ from aiokafka.errors import (
     ProducerFenced,
     RebalanceInProgressError,
 )
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
-from streamer.partitioning import partitions_of
+from streamer.kafka import send_keyed
 from streamer.pipeline import BatchHandler, Outcome
 from streamer.settings import Settings
 
@@ -73,6 +77,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # taken across the rebalance is dropped (its partitions restart from the committed offset).
         self.runner._assigned.clear()
         async with self.runner._lock:
+            with contextlib.suppress(Exception):  # a failed delivery stops the batch loop
+                await self.runner._settle()  # the last batch delivers and commits first
             self.runner._epoch += 1
             for tp in revoked:
                 self.runner._committed.pop(tp.partition, None)
@@ -102,6 +108,8 @@ class Runner:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        #: the last batch's delivery and commit, running while the next batch is processed
+        self._delivering: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         #: bumped by every rebalance: a batch taken across one is not processed
         self._epoch = 0
@@ -123,7 +131,7 @@ class Runner:
             acks="all",
             enable_idempotence=True,
             linger_ms=s.kafka.producer_linger_ms,
-            # A batch's predictions for one partition go out as one record batch (see _send_all).
+            # A batch's predictions for one partition go out as one record batch (send_keyed).
             max_batch_size=_MAX_RECORD_BATCH,
             transactional_id=f"{s.app_id}-{s.kafka.transactional_id}"
             if self.exactly_once
@@ -171,6 +179,7 @@ class Runner:
             epoch = self._epoch
             records = await self._take()
             if not records:
+                await self._settle()  # surfaces a delivery failure while idle
                 continue
             async with self._lock:
                 if self._stopping.is_set() or epoch != self._epoch or not self._assigned.is_set():
@@ -184,6 +193,10 @@ class Runner:
         self._stopping.set()
         self._assigned.set()  # release a loop waiting for an assignment
         async with self._lock:  # the batch in flight finishes; no new one starts
+            try:
+                await self._settle()
+            except Exception as exc:  # not committed: consumed again after a restart
+                log.warning("the last batch was not delivered: %s", exc)
             if self._consumer is not None:
                 await self._consumer.stop()
             if self._producer is not None:
@@ -208,10 +221,29 @@ class Runner:
         return out
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Step and save a batch, then deliver and commit it in the background: the next batch is
+        taken and stepped meanwhile, and delivered only after this one is committed."""
         outcome = await self.handler.handle(records, committed=dict(self._committed))
         # The next offset to read, per partition (records of a partition come in offset order).
         topic = self.settings.topics.events
         offsets = {TopicPartition(topic, r.partition): r.offset + 1 for r in records}
+        await self._settle()
+        self._delivering = asyncio.create_task(self._deliver_and_count(records, outcome, offsets))
+
+    async def _settle(self) -> None:
+        """Wait for the batch being delivered; its failure (a fenced producer, a non-retriable
+        error) is raised here and stops the loop."""
+        task = self._delivering
+        if task is not None:
+            await asyncio.shield(task)  # a cancelled waiter does not cancel the delivery
+            self._delivering = None  # a failed one stays, to be raised to every waiter
+
+    async def _deliver_and_count(
+        self,
+        records: list[ConsumerRecord[bytes, bytes]],
+        outcome: Outcome,
+        offsets: dict[TopicPartition, int],
+    ) -> None:
         await self._deliver(outcome, offsets)
         st = self.stats
         st.batches += 1
@@ -235,26 +267,12 @@ class Runner:
             futures.append(
                 await self._producer.send(topics.dead_letter, value, key=d.key, headers=headers)
             )
-        predictions = outcome.predictions
-        if predictions:
-            # One record batch per partition, filled without a coroutine per message; each
-            # prediction goes to the partition Kafka's default partitioner picks for its key.
-            producer, topic = self._producer, topics.predictions
-            parts = sorted(await producer.partitions_for(topic))
-            keys = [p.unique_id.encode() for p in predictions]
-            builders: dict[int, BatchBuilder] = {}
-            where = partitions_of(keys, len(parts)).tolist()
-            for key, pred, at in zip(keys, predictions, where, strict=True):
-                value = pred.to_json()
-                builder = builders.get(at)
-                if builder is None or builder.append(key=key, value=value, timestamp=None) is None:
-                    if builder is not None:  # full: send it, start the next one
-                        sent = await producer.send_batch(builder, topic, partition=parts[at])
-                        futures.append(sent)
-                    builder = builders[at] = producer.create_batch()
-                    builder.append(key=key, value=value, timestamp=None)
-            for at, builder in builders.items():
-                futures.append(await producer.send_batch(builder, topic, partition=parts[at]))
+        if outcome.predictions:
+            futures += await send_keyed(
+                self._producer,
+                topics.predictions,
+                [(p.unique_id.encode(), p.to_json()) for p in outcome.predictions],
+            )
         await asyncio.gather(*futures)
 
     async def _deliver(self, outcome: Outcome, offsets: dict[TopicPartition, int]) -> None:

@@ -7,6 +7,7 @@ Keys are readable: ``streamer:{model}:{entity}``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -143,6 +144,8 @@ class RedisStateStore:
         self._prefix = state_key(model, "").encode()
         self._ttl_ms = ttl_s * 1000
         self._put_sha = hashlib.sha1(_PUT_MANY_LUA.encode()).hexdigest().encode()
+        self._lock = asyncio.Lock()
+        self._conn: Any = None
 
     @classmethod
     def from_url(
@@ -227,21 +230,25 @@ class RedisStateStore:
         return [r != 0 for r in result]  # 1 written, 2 already stored (a retried write), 0 refused
 
     async def _call(self, command: bytes) -> Any:
-        """Send one packed command on a pooled connection and read its reply."""
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(command)
-            return await conn.read_response()
-        except BaseException:
-            await conn.disconnect()  # a reply may still be on its way: never reuse the connection
-            raise
-        finally:
-            await pool.release(conn)
+        """Send one packed command and read its reply, on the store's own connection (taken from
+        the pool once: checking one out per call costs more than the call's packing)."""
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            conn = self._conn
+            try:
+                await conn.send_packed_command(command)  # reconnects after a disconnect
+                return await conn.read_response()
+            except BaseException:
+                await conn.disconnect()  # a reply may still be on its way: never reuse the stream
+                raise
 
     async def get(self, entity: str) -> StateRecord | None:
         (raw,) = await self.get_many([entity])
         return None if raw is None else decode(raw)
 
     async def aclose(self) -> None:
+        if self._conn is not None:
+            await self._redis.connection_pool.release(self._conn)
+            self._conn = None
         await self._redis.aclose()

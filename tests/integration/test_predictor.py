@@ -10,7 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from streamer.artifact import load_artifact, save_artifact
+from streamer.artifact import Artifact, load_artifact, save_artifact
+from streamer.cache import StateCache
 from streamer.codec import StateRecord, decode, encode
 from streamer.data import Series
 from streamer.errors import StateError, StoreUnavailable
@@ -34,9 +35,34 @@ async def run_in_batches(pred: Predictor, events: list, seed: int) -> list[Predi
     return out
 
 
+#: Ways to run the predictor that must all compute the same: the plain path; with a state cache
+#: large enough for every entity, or so small that it evicts all the time; on CPU through the
+#: GPU path's staging (one packed buffer each way) with the fused kernel for every wave.
+VARIANTS = ["plain", "cached", "cached-tiny", "staged-fused"]
+
+
+def make_predictor(art: Artifact, store: RedisStateStore, variant: str) -> Predictor:
+    cache = {"cached": StateCache(2**24), "cached-tiny": StateCache(2000)}.get(variant)
+    pred = Predictor(
+        art.model,
+        art.version,
+        store,
+        cache=cache,
+        fused_cell_from=1 if variant == "staged-fused" else None,
+    )
+    pred.staged = variant == "staged-fused"
+    return pred
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("with_features", [False, True])
 async def test_stepping_through_redis_equals_nn_lstm_per_entity(
-    services: dict[str, str], ns: str, model_dir: Path, feature_model_dir: Path, with_features: bool
+    services: dict[str, str],
+    ns: str,
+    model_dir: Path,
+    feature_model_dir: Path,
+    with_features: bool,
+    variant: str,
 ) -> None:
     art = load_artifact(feature_model_dir if with_features else model_dir)
     df = make_panel(120, 3, 40, seed=1, features=("temp",) if with_features else ())
@@ -44,13 +70,15 @@ async def test_stepping_through_redis_equals_nn_lstm_per_entity(
     expected = expected_by_entity(art.model, df)
 
     store = RedisStateStore.from_url(services["redis_url"], ns, ttl_s=600)
-    pred = Predictor(art.model, art.version, store)
+    pred = make_predictor(art, store, variant)
     half = len(events) // 2
     out = await run_in_batches(pred, events[:half], seed=2)
+    if pred.cache is not None:
+        assert pred.cache.hits > 0 and pred.cache.bytes <= pred.cache.max_bytes
     await pred.aclose()
     # A restart: a new predictor with nothing in memory continues from Redis.
     store = RedisStateStore.from_url(services["redis_url"], ns, ttl_s=600)
-    pred = Predictor(art.model, art.version, store)
+    pred = make_predictor(art, store, variant)
     out += await run_in_batches(pred, events[half:], seed=3)
 
     assert len(out) == len(events)
@@ -303,4 +331,35 @@ async def test_a_refused_save_re_emits_the_winners_predictions(
     assert out.report.rejected == len(df.unique_id.unique())
     assert out.predictions == store.winner.predictions, "every event, the winner's values"
     await store.aclose()
+    await other.aclose()
+
+
+async def test_a_stale_cached_state_is_refused_by_redis_evicted_and_read_again(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
+    art = load_artifact(model_dir)
+    df = make_panel(10, 6, 6, seed=15)
+    events = synthetic_events(df)
+    expected = expected_by_entity(art.model, df)
+    url = services["redis_url"]
+    cached = Predictor(
+        art.model, art.version, RedisStateStore.from_url(url, ns), cache=StateCache(2**20)
+    )
+    handler = BatchHandler(cached)
+    await handler.handle(raw_messages(events[:20]))
+    assert len(cached.cache) == 10  # type: ignore[arg-type]
+    # Another worker (the partitions moved, then came back) steps the entities further.
+    other = Predictor(art.model, art.version, RedisStateStore.from_url(url, ns))
+    winner = await other.process(events[20:])
+    # From its stale cache this worker's saves are refused; it evicts, reads Redis, skips what
+    # the other worker applied and sends that worker's predictions again.
+    out = await handler.handle(raw_messages(events[20:40]))
+    assert out.report.rejected == 10
+    assert out.predictions == winner.predictions[:20]
+    stored = await cached.store.get_many(list(expected))
+    assert cached.cache.get_many(list(expected)) == [None] * 10  # type: ignore[union-attr]
+    for uid, raw in zip(expected, stored, strict=True):
+        rec = decode(raw)  # type: ignore[arg-type]
+        np.testing.assert_allclose(rec.h, expected[uid].h, atol=1e-5, rtol=0)
+    await cached.aclose()
     await other.aclose()

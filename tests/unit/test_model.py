@@ -66,3 +66,18 @@ def test_forecast_head_gives_horizon_values() -> None:
 def test_unknown_cell_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown cell"):
         Forecaster(ModelSpec(cell="transformer"))
+
+
+def test_the_fused_step_equals_the_cell_step_and_nn_lstm() -> None:
+    torch.manual_seed(5)
+    rnn = StackedLSTM(3, 16, 2).eval()
+    x = torch.randn(9, 4, 3)  # (B, T, I)
+    with torch.no_grad():
+        full, (h_full, c_full) = rnn(x)
+        for fused in (False, True):
+            h, c = rnn.zero_state(9)
+            for t in range(4):
+                y, (h, c) = rnn.step(x[:, t], (h, c), fused=fused)
+                torch.testing.assert_close(y, full[:, t], atol=1e-6, rtol=0)
+            torch.testing.assert_close(h, h_full, atol=1e-6, rtol=0)
+            torch.testing.assert_close(c, c_full, atol=1e-6, rtol=0)

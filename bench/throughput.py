@@ -1,0 +1,641 @@
+"""Benchmark: streamer's worker against the naive way and the ceiling, on the real broker and Redis.
+
+    python bench/throughput.py [--events N] [--entities N] [--latency-s S] [--memory-entities N]
+
+(``make bench`` runs it with the defaults.) In one run, on the same broker and Redis:
+
+- **streamer**: ``streamer worker``, the batched pipeline (state in Redis, one prediction per event);
+- **naive**: a hand-written Faust agent doing GET, one LSTM step, SET and send per event;
+- **faust-pass**: a Faust agent that only consumes and sends (Faust's own ceiling);
+- **raw-pass**: plain aiokafka fetching and sending in batches (the ceiling of any Python consumer).
+
+The baselines are in ``bench/baselines.py``. For each: events per second over a backlog of
+``--events`` events of ``--entities`` entities (H=64, 2 layers, fp32), the worker's CPU per event
+(and the broker's and Redis's), Redis memory per entity; then latency from produce to prediction at
+one fixed offered rate, half of streamer's maximum. Last, Redis memory per entity over
+``--memory-entities`` float16 states written by the store. Prints a table on stderr and one JSON
+document on stdout, also saved under ``build/bench/``. Starts its own Kafka and Redis (ports 29092
+and 26379) unless ``--bootstrap`` and ``--redis-url`` are given. Never part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+import torch
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streamer.artifact import save_artifact
+from streamer.codec import StateBatch, encode_many
+from streamer.kafka import send_keyed
+from streamer.model import Forecaster, ModelSpec
+from streamer.settings import Settings, to_env
+from streamer.state import RedisStateStore
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ROOT / "deploy" / "local" / "services.sh"
+SERVICES_DIR = Path.home() / ".cache" / "streamer" / "bench-services"
+SERVICE_ENV = {
+    "KAFKA_PORT": "29092",
+    "KAFKA_CONTROLLER_PORT": "29093",
+    "REDIS_PORT": "26379",
+    "STREAMER_SERVICES_DIR": str(SERVICES_DIR),
+}
+KINDS = ("raw-pass", "faust-pass", "streamer", "naive")
+CLOCK = os.sysconf("SC_CLK_TCK")
+
+
+# -------------------------------------------------------------------------------- processes --
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads, from /proc."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK
+    return float("nan")
+
+
+def service_pid(name: str) -> int | None:
+    port = SERVICE_ENV["KAFKA_PORT"] if name == "kafka" else SERVICE_ENV["REDIS_PORT"]
+    path = SERVICES_DIR / f"{name}-{port}" / f"{name}.pid"
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().strip())
+    return None
+
+
+@dataclass
+class Worker:
+    kind: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+
+
+@dataclass
+class Run:
+    """One benchmark run: its services, model and scratch space."""
+
+    args: argparse.Namespace
+    tmp: Path
+    model_dir: Path
+    run_id: str = field(default_factory=lambda: f"{int(time.time())}")
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.args.bootstrap)
+
+    def start(self, kind: str, ns: str, src: str, out: str) -> Worker:
+        log = self.tmp / f"{ns}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+        if kind == "streamer":
+            settings = Settings(
+                app_id=ns,
+                model_name=ns,
+                model_path=self.model_dir,
+                device="cpu",
+                kafka={"bootstrap_servers": self.bootstrap, "session_timeout_s": 6},
+                redis={"url": self.args.redis_url},
+                topics={"events": src, "predictions": out, "dead_letter": f"{ns}.dlq"},
+                batch={"max_size": self.args.batch, "max_wait_s": self.args.batch_wait_s},
+            )
+            env.update(to_env(settings))
+            cmd = [sys.executable, "-m", "streamer.cli", "worker", "-l", "warning"]
+        else:
+            cmd = [
+                sys.executable,
+                str(ROOT / "bench" / "baselines.py"),
+                kind,
+                "--bootstrap",
+                self.bootstrap,
+                "--input",
+                src,
+                "--output",
+                out,
+                "--group",
+                ns,
+                "--partitions",
+                str(self.args.partitions),
+                "--redis-url",
+                self.args.redis_url,
+                "--model",
+                str(self.model_dir),
+                "--prefix",
+                f"naive:{ns}",
+            ]
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
+        return Worker(kind, proc, log)
+
+
+# ------------------------------------------------------------------------------------ Kafka --
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+def event(entity: int, y: float) -> tuple[bytes, bytes]:
+    uid = f"e{entity:07d}"
+    body = {"unique_id": uid, "ds": str(time.time_ns()), "y": y}
+    return uid.encode(), orjson.dumps(body)
+
+
+async def new_producer(bootstrap: str) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    return producer
+
+
+class Reader:
+    """Reads an output topic from the start; counts messages and, on request, their latency."""
+
+    def __init__(self, bootstrap: str, topic: str, latency_from_ns: int | None = None):
+        self.consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 * 2**20,
+        )
+        self.count = 0
+        self.first_at: float | None = None
+        #: produce-to-receive latency in ms of messages whose ``ds`` is at or after this
+        self.latency_from_ns = latency_from_ns
+        self.latencies_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            got = await self.consumer.getmany(timeout_ms=50, max_records=20000)
+            now_ns = time.time_ns()
+            for records in got.values():
+                self.count += len(records)
+                if self.latency_from_ns is not None:
+                    for r in records:
+                        ds = int(orjson.loads(r.value)["ds"])
+                        if ds >= self.latency_from_ns:
+                            self.latencies_ms.append((now_ns - ds) / 1e6)
+            if got and self.first_at is None:
+                self.first_at = time.monotonic()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.consumer.stop()
+
+
+async def wait_for(
+    cond: Callable[[], bool], timeout: float, worker: Worker, what: str, step: float = 0.05
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if worker.proc.poll() is not None:
+            raise RuntimeError(f"{worker.kind} exited ({worker.proc.returncode}):\n{worker.tail()}")
+        if time.monotonic() > deadline:
+            print(f"  {worker.kind}: {what} not reached in {timeout:.0f} s", file=sys.stderr)
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+# ------------------------------------------------------------------------------ the phases --
+
+
+async def redis_memory(url: str) -> tuple[int, int]:
+    """(used_memory, keys) of the Redis server."""
+    r = aioredis.Redis.from_url(url)
+    try:
+        info = await r.info("memory")
+        return int(info["used_memory"]), int(await r.dbsize())
+    finally:
+        await r.aclose()
+
+
+async def mean_value_size(url: str, sample: int = 500) -> float:
+    r = aioredis.Redis.from_url(url)
+    try:
+        sizes = []
+        for _ in range(sample):
+            key = await r.randomkey()
+            if key is not None:
+                sizes.append(await r.strlen(key))
+        return float(np.mean(sizes)) if sizes else 0.0
+    finally:
+        await r.aclose()
+
+
+async def flush_redis(url: str) -> None:
+    r = aioredis.Redis.from_url(url)
+    try:
+        await r.flushall()
+    finally:
+        await r.aclose()
+
+
+async def throughput(run: Run, kind: str, src: str) -> dict[str, Any]:
+    """Events per second over the backlog in ``src`` (or until the time budget runs out)."""
+    args = run.args
+    ns = f"bench-{kind}-{run.run_id}"
+    out = f"{ns}.out"
+    await create_topics(run.bootstrap, [out, f"{ns}.dlq"], args.partitions)
+    await flush_redis(args.redis_url)
+    mem0, _ = await redis_memory(args.redis_url)
+    reader = Reader(run.bootstrap, out)
+    await reader.start()
+    worker = run.start(kind, ns, src, out)
+    pids = {"kafka": service_pid("kafka"), "redis": service_pid("redis")}
+    try:
+        await wait_for(lambda: reader.count > 0, 120, worker, "first output")
+        # Measure from the first 2% on: past the group join and the first batches.
+        warm = max(1, args.events // 50)
+        await wait_for(lambda: reader.count >= warm, args.budget_s, worker, "warm-up")
+        t0, n0 = time.monotonic(), reader.count
+        spy = start_profile(run, worker) if kind == "streamer" and args.profile else None
+        cpu0 = {"worker": cpu_seconds(worker.proc.pid)}
+        cpu0.update({k: cpu_seconds(p) for k, p in pids.items() if p})
+        await wait_for(lambda: reader.count >= args.events, args.budget_s, worker, "all outputs")
+        t1, n1 = time.monotonic(), reader.count
+        cpu1 = {"worker": cpu_seconds(worker.proc.pid)}
+        cpu1.update({k: cpu_seconds(p) for k, p in pids.items() if p})
+        profile = stop_profile(spy) if spy is not None else None
+    finally:
+        worker.stop()
+        await reader.stop()
+    n = n1 - n0
+    result: dict[str, Any] = {
+        "events_measured": n,
+        "seconds": round(t1 - t0, 2),
+        "events_per_second": round(n / (t1 - t0), 1),
+        "finished_backlog": n1 >= args.events,
+        "cpu_us_per_event": {
+            k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0 if k in cpu1 and n
+        },
+    }
+    if profile is not None:
+        result["profile"] = profile
+    if kind in ("streamer", "naive"):
+        mem1, keys = await redis_memory(args.redis_url)
+        payload = await mean_value_size(args.redis_url)
+        result["redis"] = {
+            "entities": keys,
+            "bytes_per_entity": round((mem1 - mem0) / max(keys, 1), 1),
+            "value_bytes_mean": round(payload, 1),
+        }
+    return result
+
+
+def start_profile(run: Run, worker: Worker) -> tuple[subprocess.Popen[bytes], Path]:
+    """Sample the worker with py-spy (on CPU only: waiting threads are not counted)."""
+    out = run.tmp / "streamer.collapsed"
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy), "record", "--pid", str(worker.proc.pid), "--rate", "200"]
+    cmd += ["--nonblocking", "--format", "raw", "--output", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
+
+
+def stop_profile(spy: tuple[subprocess.Popen[bytes], Path], top: int = 20) -> dict[str, Any]:
+    """Where the worker's CPU went: the share of samples per innermost function and per module."""
+    proc, out = spy
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    by_function: dict[str, int] = {}
+    by_module: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1]
+        name, _, where = leaf.partition(" (")
+        path = where.rstrip(")").rsplit(":", 1)[0]
+        if "site-packages/" in path:  # a dependency: its package
+            module = path.split("site-packages/", 1)[1].split("/")[0]
+        else:  # streamer's own modules, the standard library's (asyncio, selectors)
+            module = f"{Path(path).parent.name}/{Path(path).name}"
+        n = int(count)
+        total += n
+        key = f"{name} ({Path(path).name})"
+        by_function[key] = by_function.get(key, 0) + n
+        by_module[module] = by_module.get(module, 0) + n
+
+    def share(d: dict[str, int]) -> dict[str, float]:
+        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        return {k: round(100 * v / total, 1) for k, v in best}
+
+    return {
+        "samples": total,
+        "percent_by_function": share(by_function),
+        "percent_by_package": share(by_module),
+    }
+
+
+async def latency(run: Run, kind: str, rate: float) -> dict[str, Any]:
+    """Produce-to-prediction latency at ``rate`` events per second, after a warm-up."""
+    args = run.args
+    ns = f"bench-lat-{kind}-{run.run_id}"
+    src, out = f"{ns}.in", f"{ns}.out"
+    await create_topics(run.bootstrap, [src, out, f"{ns}.dlq"], args.partitions)
+    producer = await new_producer(run.bootstrap)
+    worker = run.start(kind, ns, src, out)
+    start_ns = 0
+    reader = Reader(run.bootstrap, out, latency_from_ns=2**62)
+    await reader.start()
+    rng = random.Random(1)
+    try:
+        warm = [event(rng.randrange(args.entities), rng.gauss(100, 10)) for _ in range(200)]
+        await asyncio.gather(*await send_keyed(producer, src, warm))
+        await wait_for(lambda: reader.count >= len(warm), 120, worker, "warm-up outputs")
+        start_ns = time.time_ns()
+        reader.latency_from_ns = start_ns
+        sent, t_start, tick = 0, time.monotonic(), 0.005
+        pending: list[asyncio.Future[Any]] = []
+        while (elapsed := time.monotonic() - t_start) < args.latency_s:
+            due = int(elapsed * rate) - sent
+            if due > 0:
+                batch = [
+                    event(rng.randrange(args.entities), rng.gauss(100, 10)) for _ in range(due)
+                ]
+                pending += await send_keyed(producer, src, batch)
+                sent += due
+            await asyncio.sleep(tick)
+        await asyncio.gather(*pending)
+        achieved = sent / (time.monotonic() - t_start)
+        await wait_for(
+            lambda: len(reader.latencies_ms) >= sent, args.drain_s, worker, "all latency outputs"
+        )
+    finally:
+        worker.stop()
+        await reader.stop()
+        await producer.stop()
+    lat = np.asarray(reader.latencies_ms)
+    got = len(lat)
+    return {
+        "offered_per_second": round(rate, 1),
+        "produced_per_second": round(achieved, 1),
+        "events": sent,
+        "delivered": got,
+        "kept_up": got >= sent,
+        "latency_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 1) if got else None,
+            "p99": round(float(np.percentile(lat, 99)), 1) if got else None,
+            "max": round(float(lat.max()), 1) if got else None,
+        },
+    }
+
+
+async def memory_check(url: str, entities: int, horizon: int = 1) -> dict[str, Any]:
+    """Redis memory per entity over many float16 states, as the worker leaves them at rest
+    (one kept prediction, the default TTL)."""
+    await flush_redis(url)
+    mem0, _ = await redis_memory(url)
+    settings = Settings()
+    store = RedisStateStore.from_url(url, "bench-memory", settings.state_ttl_s)
+    rng = np.random.default_rng(0)
+    chunk, sizes = 5000, []
+    try:
+        for start in range(0, entities, chunk):
+            u = min(chunk, entities - start)
+            b = StateBatch.empty(u, 2, 64, horizon)
+            b.h[...] = rng.standard_normal(b.h.shape)
+            b.c[...] = rng.standard_normal(b.c.shape)
+            b.step[:] = 10
+            b.partition[:], b.offset[:] = 0, np.arange(start, start + u)
+            b.version[:] = b"0123456789ab"
+            b.set_outputs(
+                np.arange(u), np.arange(start, start + u), np.full(u, 10), np.ones((u, horizon))
+            )
+            blobs = encode_many(b, "float16")
+            sizes.append(len(blobs[0]))
+            await store.put_many([(f"e{start + j:07d}", blob) for j, blob in enumerate(blobs)])
+    finally:
+        await store.aclose()
+    mem1, keys = await redis_memory(url)
+    per = (mem1 - mem0) / keys
+    payload = float(np.mean(sizes))
+    await flush_redis(url)
+    return {
+        "entities": keys,
+        "dtype": "float16",
+        "value_bytes": payload,
+        "bytes_per_entity": round(per, 1),
+        "ratio_to_value": round(per / payload, 3),
+        "ttl": True,
+    }
+
+
+# -------------------------------------------------------------------------------- reporting --
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.is_available(),
+    }
+
+
+def table(doc: dict[str, Any]) -> str:
+    rows = ["kind         events/s   worker µs/ev  kafka µs/ev  redis µs/ev  p50 ms  p99 ms"]
+    for kind in KINDS:
+        t = doc["throughput"].get(kind)
+        if t is None:
+            continue
+        cpu = t["cpu_us_per_event"]
+        lat = doc["latency"].get(kind, {}).get("latency_ms", {})
+        rows.append(
+            f"{kind:<12} {t['events_per_second']:>9,.0f} {cpu.get('worker', 0):>13} "
+            f"{cpu.get('kafka', 0):>12} {cpu.get('redis', 0):>12} "
+            f"{lat.get('p50') or '-':>7} {lat.get('p99') or '-':>7}"
+        )
+    return "\n".join(rows)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        model_dir = tmp / "model"
+        save_artifact(Forecaster(ModelSpec(hidden_size=64, num_layers=2, horizon=1)), model_dir)
+        run = Run(args, tmp, model_dir)
+        kinds = [k for k in KINDS if k in args.kinds]
+
+        src = f"bench-events-{run.run_id}"
+        await create_topics(run.bootstrap, [src], args.partitions)
+        order = np.random.default_rng(0).permutation(
+            np.resize(np.arange(args.entities), args.events)
+        )
+        ys = np.random.default_rng(1).normal(100, 10, args.events)
+        producer = await new_producer(run.bootstrap)
+        t = time.monotonic()
+        events = [event(int(e), float(y)) for e, y in zip(order, ys, strict=True)]
+        await asyncio.gather(*await send_keyed(producer, src, events))
+        await producer.stop()
+        print(
+            f"produced {args.events:,} events of {args.entities:,} entities "
+            f"in {time.monotonic() - t:.1f} s",
+            file=sys.stderr,
+        )
+
+        doc: dict[str, Any] = {
+            "benchmark": "throughput",
+            "config": {
+                "events": args.events,
+                "entities": args.entities,
+                "partitions": args.partitions,
+                "model": {"cell": "lstm", "hidden_size": 64, "layers": 2, "horizon": 1},
+                "state_dtype": "float32",
+                "batch_max_size": args.batch,
+                "batch_max_wait_s": args.batch_wait_s,
+                "budget_s": args.budget_s,
+            },
+            "throughput": {},
+            "latency": {},
+        }
+        for kind in kinds:
+            print(f"throughput: {kind}", file=sys.stderr)
+            doc["throughput"][kind] = await throughput(run, kind, src)
+            print(f"  {doc['throughput'][kind]}", file=sys.stderr)
+        top = doc["throughput"].get("streamer", {}).get("events_per_second") or args.rate
+        rate = args.rate or top / 2
+        for kind in kinds:
+            print(f"latency at {rate:,.0f}/s: {kind}", file=sys.stderr)
+            doc["latency"][kind] = await latency(run, kind, rate)
+            print(f"  {doc['latency'][kind]}", file=sys.stderr)
+        if args.memory_entities:
+            print(f"redis memory: {args.memory_entities:,} float16 states", file=sys.stderr)
+            doc["redis_memory"] = await memory_check(args.redis_url, args.memory_entities)
+        doc["targets"] = targets(doc)
+        doc["machine"] = machine()
+        return doc
+
+
+def targets(doc: dict[str, Any]) -> dict[str, Any]:
+    eps = {k: v["events_per_second"] for k, v in doc["throughput"].items()}
+    out: dict[str, Any] = {}
+    s = eps.get("streamer")
+    if s and "naive" in eps:
+        out["streamer_over_naive"] = {"value": round(s / eps["naive"], 1), "target": ">= 10"}
+    if s and "faust-pass" in eps:
+        out["streamer_over_faust_pass"] = {
+            "value": round(s / eps["faust-pass"], 2),
+            "target": "> 1",
+        }
+    if s and "raw-pass" in eps:
+        out["streamer_over_raw_pass"] = {"value": round(s / eps["raw-pass"], 2), "target": ">= 0.5"}
+    p99 = doc["latency"].get("streamer", {}).get("latency_ms", {}).get("p99")
+    if p99 is not None:
+        out["streamer_p99_ms"] = {"value": p99, "target": "<= 100"}
+    if "redis_memory" in doc:
+        out["redis_memory_ratio"] = {
+            "value": doc["redis_memory"]["ratio_to_value"],
+            "target": "<= 1.3",
+        }
+    return out
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bootstrap", help="use this Kafka instead of starting one")
+    ap.add_argument("--redis-url", help="use this Redis (it is flushed!) instead of starting one")
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--entities", type=int, default=100_000)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=1024, help="streamer's batch.max_size")
+    ap.add_argument("--batch-wait-s", type=float, default=0.02, help="streamer's batch.max_wait_s")
+    ap.add_argument("--budget-s", type=float, default=40.0, help="most seconds per throughput run")
+    ap.add_argument("--latency-s", type=float, default=10.0, help="seconds of offered load")
+    ap.add_argument("--drain-s", type=float, default=15.0, help="wait for late outputs")
+    ap.add_argument("--rate", type=float, help="offered rate (default: half of streamer's max)")
+    ap.add_argument("--memory-entities", type=int, default=1_000_000)
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"subset of {','.join(KINDS)}")
+    ap.add_argument("--profile", action="store_true", help="sample streamer's worker with py-spy")
+    ap.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")
+    args = ap.parse_args(argv)
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = set(args.kinds) - set(KINDS)
+    if unknown:
+        ap.error(f"unknown kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    return args
+
+
+def services(action: str) -> None:
+    subprocess.run(
+        ["bash", str(SERVICES), action],
+        env={**os.environ, **SERVICE_ENV},
+        check=True,
+        stdout=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    args = parse()
+    own = not (args.bootstrap and args.redis_url)
+    if own:
+        services("up")
+        args.bootstrap = f"127.0.0.1:{SERVICE_ENV['KAFKA_PORT']}"
+        args.redis_url = f"redis://127.0.0.1:{SERVICE_ENV['REDIS_PORT']}/0"
+    try:
+        doc = asyncio.run(main(args))
+    finally:
+        if own and not args.keep_services:
+            services("down")
+    out_dir = ROOT / "build" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=2)
+    (out_dir / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text + "\n")
+    print(table(doc), file=sys.stderr)
+    print(text)
