@@ -11,7 +11,8 @@ worker computes:
   step its entities before it comes back;
 - an entry older than the state TTL is a miss, as its Redis key would have expired.
 
-Bounded by the bytes of the records it holds, least recently used out first.
+Bounded by the bytes of the records it holds, least recently written out first: every entity a
+batch reads and steps is written back in the same batch, so the write order is the use order.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class StateCache:
     def __init__(self, max_bytes: int, ttl_s: float = 0.0):
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        #: entity -> (partition, record, time stored)
-        self._items: OrderedDict[str, tuple[int, bytes, float]] = OrderedDict()
+        #: entity -> (record, partition of its events, time stored); a write re-inserts, so the
+        #: first entry is the least recently written
+        self._items: OrderedDict[str, tuple[bytes, int, float]] = OrderedDict()
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -37,44 +39,43 @@ class StateCache:
         return len(self._items)
 
     def get_many(self, entities: Sequence[str]) -> list[bytes | None]:
-        """The cached records, ``None`` for a miss; hits become the most recently used."""
-        items = self._items
-        oldest = time.monotonic() - self.ttl_s if self.ttl_s else None
-        out: list[bytes | None] = []
-        for e in entities:
-            hit = items.get(e)
-            if hit is None or (oldest is not None and hit[2] < oldest):
-                out.append(None)
-                continue
-            items.move_to_end(e)
-            out.append(hit[1])
-        found = sum(r is not None for r in out)
-        self.hits += found
-        self.misses += len(out) - found
+        """The cached records, ``None`` for a miss."""
+        get = self._items.get
+        found = [get(e) for e in entities]
+        if self.ttl_s:
+            oldest = time.monotonic() - self.ttl_s
+            out = [None if f is None or f[2] < oldest else f[0] for f in found]
+        else:
+            out = [None if f is None else f[0] for f in found]
+        misses = out.count(None)
+        self.hits += len(out) - misses
+        self.misses += misses
         return out
 
     def put_many(self, items: Iterable[tuple[str, int, bytes]]) -> None:
         """Keep records Redis took: (entity, partition of its events, record)."""
         now = time.monotonic()
         entries = self._items
+        pop = entries.pop
+        added = 0
         for entity, partition, record in items:
-            old = entries.pop(entity, None)
+            old = pop(entity, None)
             if old is not None:
-                self.bytes -= len(old[1])
-            entries[entity] = (partition, record, now)
-            self.bytes += len(record)
+                added -= len(old[0])
+            entries[entity] = (record, partition, now)
+            added += len(record)
+        self.bytes += added
         while self.bytes > self.max_bytes and entries:
-            _, (_, record, _) = entries.popitem(last=False)
-            self.bytes -= len(record)
+            self.bytes -= len(entries.popitem(last=False)[1][0])
 
     def discard(self, entities: Iterable[str]) -> None:
         for e in entities:
             old = self._items.pop(e, None)
             if old is not None:
-                self.bytes -= len(old[1])
+                self.bytes -= len(old[0])
 
     def drop_partitions(self, partitions: Collection[int]) -> int:
         """Forget the entities of these partitions; returns how many were dropped."""
-        gone = [e for e, (p, _, _) in self._items.items() if p in partitions]
+        gone = [e for e, (_, p, _) in self._items.items() if p in partitions]
         self.discard(gone)
         return len(gone)

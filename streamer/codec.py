@@ -38,7 +38,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -460,17 +460,16 @@ def decode_many(
     code = _DTYPE_CODES[dtype]
     rdt = _row_dtype(code, layers, hidden)
     width = rdt.itemsize
-    at: list[int] = []
-    got: list[bytes] = []
-    for i, raw in enumerate(raws):
-        if raw is not None and len(raw) >= width:
-            at.append(i)
-            got.append(raw)
+    at = [i for i, raw in enumerate(raws) if raw is not None and len(raw) >= width]
+    got: list[bytes] = [raws[i] for i in at]  # type: ignore[misc]
     fast = np.zeros(len(at), bool)
     out_parts: list[tuple[I64, I64, I64, F64]] = []
     if at:
-        rows = np.frombuffer(b"".join(raw[:width] for raw in got), rdt)
-        sizes = np.fromiter((len(raw) for raw in got), np.int64, len(got))
+        sizes = np.fromiter(map(len, got), np.int64, len(got))
+        if (sizes == width).all():  # no kept outputs: the records are the rows
+            rows = np.frombuffer(b"".join(got), rdt)
+        else:
+            rows = np.frombuffer(b"".join([raw[:width] for raw in got]), rdt)
         n = rows["n_out"].astype(np.int64)
         k = rows["k"].astype(np.int64)
         fast = (
@@ -482,14 +481,16 @@ def decode_many(
             & (sizes == width + n * (16 + 8 * k))
             & ((n == 0) | (k == horizon))
         )
+        everyone = len(at) == len(raws) and bool(fast.all())
         idx = np.asarray(at, np.int64)[fast]
-        good = rows[fast]
+        good = rows if everyone else rows[fast]
+        at_idx: Any = slice(None) if everyone else idx  # a slice writes without an index array
         hc = _loaded(good["hc"], code)  # (U', 2, L, H)
-        batch.h[:, idx] = hc[:, 0].transpose(1, 0, 2)
-        batch.c[:, idx] = hc[:, 1].transpose(1, 0, 2)
+        batch.h[:, at_idx] = hc[:, 0].transpose(1, 0, 2)
+        batch.c[:, at_idx] = hc[:, 1].transpose(1, 0, 2)
         for name in ("step", "partition", "offset", "updated_ms", "count", "mean", "var"):
-            getattr(batch, name)[idx] = good[name]
-        batch.version[idx] = good["version"]
+            getattr(batch, name)[at_idx] = good[name]
+        batch.version[at_idx] = good["version"]
         has = n[fast] > 0
         if has.any():
             holders = idx[has]
@@ -516,8 +517,8 @@ def decode_many(
             )
 
     problems: dict[int, str] = {}
-    slow = set(range(len(raws))) - {i for i, f in zip(at, fast.tolist(), strict=True) if f}
-    for i in sorted(slow):
+    slow = np.setdiff1d(np.arange(len(raws)), np.asarray(at, np.int64)[fast]).tolist()
+    for i in slow:
         raw = raws[i]
         if raw is None:
             continue

@@ -226,7 +226,8 @@ class Runner:
         outcome = await self.handler.handle(records, committed=dict(self._committed))
         # The next offset to read, per partition (records of a partition come in offset order).
         topic = self.settings.topics.events
-        offsets = {TopicPartition(topic, r.partition): r.offset + 1 for r in records}
+        last = {r.partition: r.offset for r in records}
+        offsets = {TopicPartition(topic, p): o + 1 for p, o in last.items()}
         await self._settle()
         self._delivering = asyncio.create_task(self._deliver_and_count(records, outcome, offsets))
 

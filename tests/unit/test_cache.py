@@ -5,10 +5,11 @@ import time
 from streamer.cache import StateCache
 
 
-def test_hits_misses_and_the_least_recently_used_out_first() -> None:
+def test_hits_misses_and_the_least_recently_written_out_first() -> None:
     cache = StateCache(max_bytes=30)
     cache.put_many([("a", 0, b"x" * 10), ("b", 0, b"y" * 10), ("c", 1, b"z" * 10)])
-    assert cache.get_many(["a", "d"]) == [b"x" * 10, None]  # "a" is now the newest
+    assert cache.get_many(["a", "d"]) == [b"x" * 10, None]
+    cache.put_many([("a", 0, b"x" * 10)])  # the predictor writes back what it read: "a" is newest
     cache.put_many([("d", 1, b"w" * 10)])  # over the bound: "b", the oldest, goes
     assert cache.get_many(["a", "b", "c", "d"]) == [b"x" * 10, None, b"z" * 10, b"w" * 10]
     assert (cache.hits, cache.misses, cache.bytes, len(cache)) == (4, 2, 30, 3)
