@@ -6,7 +6,8 @@
     ├── DataError                 an input file that is not in the long format
     └── StateError                state problems
         ├── StateCodecError       bytes in Redis that are not a state record this version can read
-        └── StoreUnavailable      Redis cannot be reached; callers wait and retry, never drop
+        ├── StoreUnavailable      Redis cannot be reached; callers wait and retry, never drop
+        └── StaleBatch            a batch stepped from a write Redis then refused; step it again
 
 Bad events are not errors: they are data (see :class:`streamer.schemas.DeadLetter`).
 """
@@ -17,6 +18,7 @@ __all__ = [
     "ArtifactError",
     "ConfigError",
     "DataError",
+    "StaleBatch",
     "StateCodecError",
     "StateError",
     "StoreUnavailable",
@@ -50,3 +52,7 @@ class StateCodecError(StateError):
 
 class StoreUnavailable(StateError):
     """The state store cannot be reached right now. Retry; never drop the batch."""
+
+
+class StaleBatch(StateError):
+    """A prepared batch read a state from a write the store then refused: prepare it again."""

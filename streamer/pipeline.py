@@ -9,13 +9,14 @@ offset fence makes the retry safe.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from streamer.errors import StoreUnavailable
-from streamer.predictor import BatchReport, Predictor
+from streamer.errors import StaleBatch, StoreUnavailable
+from streamer.predictor import BatchReport, PendingBatch, Predictor
 from streamer.schemas import DeadLetter, Event, Prediction, decode_event
 
 __all__ = ["BatchHandler", "Message", "Outcome", "RawMessage"]
@@ -68,6 +69,9 @@ class BatchHandler:
         self.max_event_bytes = max_event_bytes
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        #: the latest batch's save, and the one before it (see :meth:`begin`)
+        self._saving: asyncio.Future[Outcome] | None = None
+        self._before: asyncio.Future[Outcome] | None = None
 
     def decode(self, messages: Sequence[Message]) -> tuple[list[Event], list[DeadLetter]]:
         good: list[Event] = []
@@ -102,9 +106,48 @@ class BatchHandler:
         The states are computed once and the same bytes are written until the write goes
         through, so a write whose reply was lost is not mistaken for a replay.
         """
+        return await (await self.begin(messages, committed))
+
+    async def begin(
+        self, messages: Sequence[Message], committed: Mapping[int, int] | None = None
+    ) -> asyncio.Future[Outcome]:
+        """Validate and step a batch now, save it in the background; returns its outcome's future.
+
+        The next batch can begin while this one is saved: it reads the states being written from
+        memory (:meth:`Predictor.prepare`), and its save waits for this one, so saves go to the
+        store one at a time, in order. A save refused by the store makes the batch after it step
+        again from the store's states. At most one save waits behind the one in progress.
+        """
+        if self._before is not None:
+            await asyncio.wait([self._before])
         good, bad = self.decode(messages)
         outcome = Outcome(dead_letters=bad)
-        outcome.report = await self._apply(outcome, good, committed)
+        pending = await self._retrying(outcome, lambda: self.predictor.prepare(good, committed))
+        saving = asyncio.ensure_future(self._save(outcome, good, pending, committed, self._saving))
+        self._before, self._saving = self._saving, saving
+        return saving
+
+    async def _save(
+        self,
+        outcome: Outcome,
+        good: list[Event],
+        pending: PendingBatch,
+        committed: Mapping[int, int] | None,
+        previous: asyncio.Future[Outcome] | None,
+    ) -> Outcome:
+        if previous is not None:
+            await previous  # in order; a failed save fails the ones after it
+        while True:
+            try:
+                outcome.report = await self._retrying(
+                    outcome, functools.partial(self.predictor.commit, pending)
+                )
+                break
+            except StaleBatch:
+                self.predictor.abandon(pending)
+                pending = await self._retrying(
+                    outcome, functools.partial(self.predictor.prepare, good, committed)
+                )
         predictions = list(outcome.report.predictions)
         # A refused save means another writer applied these events first (a rebalance raced this
         # batch). Run them again: the fence skips them and the winner's kept outputs are re-emitted,

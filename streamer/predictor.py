@@ -30,7 +30,7 @@ from streamer import scaling
 from streamer.batching import plan_waves
 from streamer.cache import StateCache
 from streamer.codec import Dtype, StateBatch, decode_many, encode_many, group_ranks, now_ms
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, StaleBatch
 from streamer.model import Forecaster
 from streamer.schemas import Event, Prediction
 from streamer.state import StateStore
@@ -81,6 +81,10 @@ class PendingBatch:
     items: list[tuple[str, bytes]] = field(default_factory=list)
     #: partition of each saved state's events, one per entity slot (for the cache)
     partitions: list[int] = field(default_factory=list)
+    #: some states were read from writes still on their way (see :meth:`Predictor.is_stale`)
+    overlaid: bool = False
+    #: the predictor's count of refused saves when the states were read
+    refusals: int = 0
 
 
 class Predictor:
@@ -108,6 +112,11 @@ class Predictor:
         #: Most outputs kept per entity for re-emission (the newest ones).
         self.max_kept_outputs = max_kept_outputs
         self.cache = cache
+        #: records being written: the next batch reads an entity's state here first, so it can
+        #: be stepped while the write is on its way
+        self._unconfirmed: dict[str, bytes] = {}
+        #: saves refused so far; a batch read from unconfirmed records before a refusal is stale
+        self._refusals = 0
         #: Waves of at least this many events run the fused LSTM kernel (0: never). By default
         #: always on a GPU (cuDNN); never on CPU, where one ``lstm_cell`` per layer was as fast
         #: or faster at every batch size measured (64 to 2048, one thread).
@@ -140,26 +149,38 @@ class Predictor:
         self, events: Sequence[Event], committed: Mapping[int, int] | None = None
     ) -> BatchReport:
         """:meth:`prepare` then :meth:`commit`; callers that retry use the two steps directly."""
-        return await self.commit(await self.prepare(events, committed))
+        pending = await self.prepare(events, committed)
+        try:
+            return await self.commit(pending)
+        except BaseException:
+            self.abandon(pending)  # a caller that tries again starts from the store
+            raise
 
     async def prepare(
         self, events: Sequence[Event], committed: Mapping[int, int] | None = None
     ) -> PendingBatch:
         """Read the states (one round trip) and step the events; nothing is written yet.
 
+        The stepped states are what the next ``prepare`` reads for these entities until
+        :meth:`commit` confirms them (or the store refuses them), so batches can be stepped while
+        the one before is saved; they must then be committed in the order they were prepared.
+
         ``committed`` maps a partition to its committed offset (the next one a restarted consumer
         reads): outputs of events below it were delivered and need not be kept any longer. Safe to
         call again after a failure: it has no effect outside this process.
         """
-        pending = PendingBatch(report=BatchReport(events=len(events)), events=events)
+        pending = PendingBatch(
+            report=BatchReport(events=len(events)), events=events, refusals=self._refusals
+        )
         if not events:
             return pending
         committed = committed or {}
         slot_of: dict[str, int] = {}
         ev_slot = [slot_of.setdefault(e.unique_id, len(slot_of)) for e in events]
         entities = list(slot_of)
+        raws, pending.overlaid = await self._read(entities)
         loaded, problems = decode_many(
-            await self._read(entities), self._layers, self._hidden, self._horizon, self.state_dtype
+            raws, self._layers, self._hidden, self._horizon, self.state_dtype
         )
         for j, why in problems.items():
             log.warning("resetting the state of %r: %s", entities[j], why)
@@ -201,6 +222,7 @@ class Predictor:
         blobs = encode_many(st, self.state_dtype)
         pending.items = [(entities[j], b) for j, b in zip(rows.tolist(), blobs, strict=True)]
         pending.partitions = st.partition.tolist()
+        self._unconfirmed.update(pending.items)  # the next batch steps on from these
         return pending
 
     async def commit(self, pending: PendingBatch) -> BatchReport:
@@ -210,8 +232,18 @@ class Predictor:
         Retrying a commit whose reply was lost is safe: a record already stored counts as saved.
         """
         report = pending.report
+        if self.is_stale(pending):
+            raise StaleBatch("states it read from unconfirmed writes were refused by the store")
         saved = await self.store.put_many(pending.items) if pending.items else []
+        unconfirmed = self._unconfirmed
+        for (e, blob), ok in zip(pending.items, saved, strict=True):
+            if not ok:  # whatever a later batch stepped on from it does not hold either
+                unconfirmed.pop(e, None)
+            elif unconfirmed.get(e) is blob:  # (a later batch may have stepped on from it)
+                del unconfirmed[e]
         report.rejected = saved.count(False)
+        if report.rejected:
+            self._refusals += 1
         report.rejected_entities = [
             e for (e, _), ok in zip(pending.items, saved, strict=True) if not ok
         ]
@@ -245,17 +277,37 @@ class Predictor:
         report.predictions = out
         return report
 
-    async def _read(self, entities: list[str]) -> list[bytes | None]:
-        """The stored records: from the cache where it has them, the rest in one round trip."""
-        if self.cache is None:
-            return await self.store.get_many(entities)
-        raws = self.cache.get_many(entities)
+    def abandon(self, pending: PendingBatch) -> None:
+        """Forget a prepared batch that will not be committed as it is (before preparing it
+        again): the next batch must not step on from its states."""
+        for e, blob in pending.items:
+            if self._unconfirmed.get(e) is blob:
+                del self._unconfirmed[e]
+
+    def is_stale(self, pending: PendingBatch) -> bool:
+        """Whether a prepared batch read a state from a write the store then refused: it must be
+        prepared again before it is saved (its steps started from a state that does not hold)."""
+        return pending.overlaid and pending.refusals != self._refusals
+
+    async def _read(self, entities: list[str]) -> tuple[list[bytes | None], bool]:
+        """The latest records: from writes on their way, then the cache, the rest in one round
+        trip to the store; and whether any came from a write on its way."""
+        over = self._unconfirmed
+        raws: list[bytes | None] = (
+            [over.get(e) for e in entities] if over else [None] * len(entities)
+        )
+        overlaid = len(raws) != raws.count(None)
         missed = [j for j, raw in enumerate(raws) if raw is None]
+        if self.cache is not None and missed:
+            hits = self.cache.get_many([entities[j] for j in missed])
+            for j, raw in zip(missed, hits, strict=True):
+                raws[j] = raw
+            missed = [j for j, raw in zip(missed, hits, strict=True) if raw is None]
         if missed:
             got = await self.store.get_many([entities[j] for j in missed])
             for j, raw in zip(missed, got, strict=True):
                 raws[j] = raw
-        return raws
+        return raws, overlaid
 
     def _reemit(
         self,

@@ -12,9 +12,10 @@ Per batch, in this order:
 3. the batch's offsets are committed: with ``consumer.commit`` (at least once), or inside the
    same Kafka transaction as the outputs (``exactly_once``).
 
-Steps 2 and 3 of one batch run while the next batch is taken and stepped (step 1), so the round
-trips of the delivery and the commit do not stall the loop; a batch is delivered only once the one
-before it is committed, so commits stay in order.
+The save of step 1 and steps 2 and 3 of one batch run while the next batch is taken and stepped,
+so the round trips to Redis and Kafka do not stall the loop; saves go in order, one at a time, and
+a batch is delivered only once it is saved and the one before it committed, so commits stay in
+order too (see :meth:`BatchHandler.begin`).
 
 A crash anywhere re-delivers the batch from the last commit: the offset fence in the states skips
 the events already applied, and the outputs the states kept are sent again, identical. A rebalance
@@ -108,8 +109,10 @@ class Runner:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
-        #: the last batch's delivery and commit, running while the next batch is processed
+        #: the last batch's save, delivery and commit, running while the next batch is stepped;
+        #: and the one before it
         self._delivering: asyncio.Task[None] | None = None
+        self._before: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         #: bumped by every rebalance: a batch taken across one is not processed
         self._epoch = 0
@@ -221,15 +224,18 @@ class Runner:
         return out
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Step and save a batch, then deliver and commit it in the background: the next batch is
-        taken and stepped meanwhile, and delivered only after this one is committed."""
-        outcome = await self.handler.handle(records, committed=dict(self._committed))
+        """Step a batch, then save, deliver and commit it in the background: the next batch is
+        taken and stepped meanwhile, and delivered only after this one is committed. At most one
+        delivery waits behind the one in progress."""
+        saving = await self.handler.begin(records, committed=dict(self._committed))
         # The next offset to read, per partition (records of a partition come in offset order).
         topic = self.settings.topics.events
         last = {r.partition: r.offset for r in records}
         offsets = {TopicPartition(topic, p): o + 1 for p, o in last.items()}
-        await self._settle()
-        self._delivering = asyncio.create_task(self._deliver_and_count(records, outcome, offsets))
+        if self._before is not None:
+            await asyncio.wait([self._before])
+        task = asyncio.create_task(self._deliver_after(saving, self._delivering, records, offsets))
+        self._before, self._delivering = self._delivering, task
 
     async def _settle(self) -> None:
         """Wait for the batch being delivered; its failure (a fenced producer, a non-retriable
@@ -239,12 +245,17 @@ class Runner:
             await asyncio.shield(task)  # a cancelled waiter does not cancel the delivery
             self._delivering = None  # a failed one stays, to be raised to every waiter
 
-    async def _deliver_and_count(
+    async def _deliver_after(
         self,
+        saving: asyncio.Future[Outcome],
+        previous: asyncio.Task[None] | None,
         records: list[ConsumerRecord[bytes, bytes]],
-        outcome: Outcome,
         offsets: dict[TopicPartition, int],
     ) -> None:
+        """Once the batch is saved and the one before it committed: deliver and commit it."""
+        outcome = await saving
+        if previous is not None:
+            await previous
         await self._deliver(outcome, offsets)
         st = self.stats
         st.batches += 1

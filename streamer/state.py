@@ -144,8 +144,12 @@ class RedisStateStore:
         self._prefix = state_key(model, "").encode()
         self._ttl_ms = ttl_s * 1000
         self._put_sha = hashlib.sha1(_PUT_MANY_LUA.encode()).hexdigest().encode()
-        self._lock = asyncio.Lock()
-        self._conn: Any = None
+        #: one connection each for reads and writes, so the predictor can read the next batch's
+        #: states while this batch's write is on its way
+        self._lanes: dict[str, tuple[asyncio.Lock, list[Any]]] = {
+            "read": (asyncio.Lock(), []),
+            "write": (asyncio.Lock(), []),
+        }
 
     @classmethod
     def from_url(
@@ -200,7 +204,7 @@ class RedisStateStore:
             return []
         try:
             values: list[bytes | None] = await self._call(
-                _pack([b"MGET", *(self._prefix + e.encode() for e in entities)])
+                _pack([b"MGET", *(self._prefix + e.encode() for e in entities)]), "read"
             )
         except (RedisError, OSError) as exc:
             raise _classify(exc, "read") from exc
@@ -221,21 +225,22 @@ class RedisStateStore:
         )
         try:
             try:
-                result = await self._call(command)
+                result = await self._call(command, "write")
             except NoScriptError:
                 await self._redis.script_load(_PUT_MANY_LUA)  # a restarted Redis forgot it
-                result = await self._call(command)
+                result = await self._call(command, "write")
         except (RedisError, OSError) as exc:
             raise _classify(exc, "write") from exc
         return [r != 0 for r in result]  # 1 written, 2 already stored (a retried write), 0 refused
 
-    async def _call(self, command: bytes) -> Any:
-        """Send one packed command and read its reply, on the store's own connection (taken from
+    async def _call(self, command: bytes, lane: str) -> Any:
+        """Send one packed command and read its reply, on the lane's own connection (taken from
         the pool once: checking one out per call costs more than the call's packing)."""
-        async with self._lock:
-            if self._conn is None:
-                self._conn = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-            conn = self._conn
+        lock, held = self._lanes[lane]
+        async with lock:
+            if not held:
+                held.append(await self._redis.connection_pool.get_connection())  # type: ignore[no-untyped-call]
+            conn = held[0]
             try:
                 await conn.send_packed_command(command)  # reconnects after a disconnect
                 return await conn.read_response()
@@ -248,7 +253,7 @@ class RedisStateStore:
         return None if raw is None else decode(raw)
 
     async def aclose(self) -> None:
-        if self._conn is not None:
-            await self._redis.connection_pool.release(self._conn)
-            self._conn = None
+        for _, held in self._lanes.values():
+            while held:
+                await self._redis.connection_pool.release(held.pop())
         await self._redis.aclose()

@@ -363,3 +363,48 @@ async def test_a_stale_cached_state_is_refused_by_redis_evicted_and_read_again(
         np.testing.assert_allclose(rec.h, expected[uid].h, atol=1e-5, rtol=0)
     await cached.aclose()
     await other.aclose()
+
+
+class RefusedOnce(WrappedStore):
+    """Before the first write, another worker applies ``ahead`` (a rebalance raced us)."""
+
+    def __init__(self, inner: RedisStateStore, other: Predictor, ahead: list[Event]):
+        super().__init__(inner)
+        self.other, self.ahead, self.raced = other, ahead, False
+
+    async def put_many(self, items):  # type: ignore[no-untyped-def]
+        if not self.raced:
+            self.raced = True
+            await self.other.process(self.ahead)
+        return await self.inner.put_many(items)
+
+
+@pytest.mark.parametrize("raced", [False, True])
+async def test_a_batch_stepped_while_the_one_before_is_saved_equals_nn_lstm(
+    services: dict[str, str], ns: str, model_dir: Path, raced: bool
+) -> None:
+    art = load_artifact(model_dir)
+    df = make_panel(10, 9, 9, seed=16)
+    events = synthetic_events(df)
+    expected = expected_by_entity(art.model, df)
+    url = services["redis_url"]
+    other = Predictor(art.model, art.version, RedisStateStore.from_url(url, ns))
+    # Raced: another worker applies the first 40 events before our first save (of 30) lands.
+    store = RefusedOnce(RedisStateStore.from_url(url, ns), other, events[:40] if raced else [])
+    handler = BatchHandler(Predictor(art.model, art.version, store))  # type: ignore[arg-type]
+    batches = [events[i : i + 30] for i in range(0, len(events), 30)]
+    # Every batch begins before the one before it is saved: each steps on from the states of
+    # the one before, read from memory; after a refused save the next batch steps again.
+    futures = [await handler.begin(raw_messages(b)) for b in batches]
+    outcomes = [await f for f in futures]
+    out = [p for o in outcomes for p in o.predictions]
+    assert [(p.partition, p.offset) for p in out] == [(e.partition, e.offset) for e in events]
+    assert check_predictions(out, expected) == len(events)
+    assert outcomes[0].report.rejected == (10 if raced else 0)
+    for uid, raw in zip(expected, await store.get_many(list(expected)), strict=True):
+        rec = decode(raw)  # type: ignore[arg-type]
+        assert rec.step == 9
+        np.testing.assert_allclose(rec.h, expected[uid].h, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(rec.c, expected[uid].c, atol=1e-5, rtol=0)
+    await store.aclose()
+    await other.aclose()
