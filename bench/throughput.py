@@ -128,6 +128,7 @@ class Run:
                 redis={"url": self.args.redis_url},
                 topics={"events": src, "predictions": out, "dead_letter": f"{ns}.dlq"},
                 batch={"max_size": self.args.batch, "max_wait_s": self.args.batch_wait_s},
+                cache_max_mb=self.args.cache_mb,
             )
             env.update(to_env(settings))
             cmd = [sys.executable, "-m", "streamer.cli", "worker", "-l", "warning"]
@@ -540,6 +541,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "state_dtype": "float32",
                 "batch_max_size": args.batch,
                 "batch_max_wait_s": args.batch_wait_s,
+                "cache_max_mb": args.cache_mb,
                 "budget_s": args.budget_s,
             },
             "throughput": {},
@@ -596,6 +598,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1024, help="streamer's batch.max_size")
     ap.add_argument("--batch-wait-s", type=float, default=0.02, help="streamer's batch.max_wait_s")
+    ap.add_argument(
+        "--cache-mb", type=float, default=Settings().cache_max_mb, help="streamer's cache_max_mb"
+    )
     ap.add_argument("--budget-s", type=float, default=40.0, help="most seconds per throughput run")
     ap.add_argument("--latency-s", type=float, default=10.0, help="seconds of offered load")
     ap.add_argument("--drain-s", type=float, default=15.0, help="wait for late outputs")
