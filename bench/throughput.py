@@ -129,6 +129,7 @@ class Run:
                 topics={"events": src, "predictions": out, "dead_letter": f"{ns}.dlq"},
                 batch={"max_size": self.args.batch, "max_wait_s": self.args.batch_wait_s},
                 cache_max_mb=self.args.cache_mb,
+                torch_threads=self.args.torch_threads,
             )
             env.update(to_env(settings))
             cmd = [sys.executable, "-m", "streamer.cli", "worker", "-l", "warning"]
@@ -542,6 +543,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "batch_max_size": args.batch,
                 "batch_max_wait_s": args.batch_wait_s,
                 "cache_max_mb": args.cache_mb,
+                "torch_threads": args.torch_threads,
                 "budget_s": args.budget_s,
             },
             "throughput": {},
@@ -601,6 +603,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--cache-mb", type=float, default=Settings().cache_max_mb, help="streamer's cache_max_mb"
     )
+    ap.add_argument("--torch-threads", type=int, default=1, help="streamer's torch_threads")
     ap.add_argument("--budget-s", type=float, default=40.0, help="most seconds per throughput run")
     ap.add_argument("--latency-s", type=float, default=10.0, help="seconds of offered load")
     ap.add_argument("--drain-s", type=float, default=15.0, help="wait for late outputs")

@@ -13,29 +13,16 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from streamer.errors import StaleBatch, StoreUnavailable
 from streamer.predictor import BatchReport, PendingBatch, Predictor
-from streamer.schemas import DeadLetter, Event, Prediction, decode_event
+from streamer.schemas import DeadLetter, Event, Message, Prediction, decode_batch
 
 __all__ = ["BatchHandler", "Message", "Outcome", "RawMessage"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Message(Protocol):
-    """A message as the consumer gives it (an aiokafka ``ConsumerRecord`` is one)."""
-
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,29 +61,7 @@ class BatchHandler:
         self._before: asyncio.Future[Outcome] | None = None
 
     def decode(self, messages: Sequence[Message]) -> tuple[list[Event], list[DeadLetter]]:
-        good: list[Event] = []
-        bad: list[DeadLetter] = []
-        features = self.predictor.features
-        for m in messages:
-            try:
-                r = decode_event(
-                    m.key, m.value, m.partition, m.offset, features, self.max_event_bytes
-                )
-            except Exception as exc:  # the decoder must never take the worker down
-                log.exception("the event decoder failed on %s/%s", m.partition, m.offset)
-                r = DeadLetter(
-                    m.key,
-                    m.value,
-                    "wrong_type",
-                    f"undecodable: {exc!r}"[:500],
-                    m.partition,
-                    m.offset,
-                )
-            if isinstance(r, Event):
-                good.append(r)
-            else:
-                bad.append(r)
-        return good, bad
+        return decode_batch(messages, self.predictor.features, self.max_event_bytes)
 
     async def handle(
         self, messages: Sequence[Message], committed: Mapping[int, int] | None = None
