@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from streamer.errors import StaleBatch, StoreUnavailable
+from streamer.errors import StoreUnavailable
 from streamer.predictor import BatchReport, PendingBatch, Predictor
 from streamer.schemas import DeadLetter, Event, Message, Prediction, decode_batch
 
@@ -56,9 +56,9 @@ class BatchHandler:
         self.max_event_bytes = max_event_bytes
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        #: the latest batch's save, and the one before it (see :meth:`begin`)
+        #: the latest batch's save, and whether its states are final (see :meth:`begin`)
         self._saving: asyncio.Future[Outcome] | None = None
-        self._before: asyncio.Future[Outcome] | None = None
+        self._stepped: asyncio.Future[None] | None = None
 
     def decode(self, messages: Sequence[Message]) -> tuple[list[Event], list[DeadLetter]]:
         return decode_batch(messages, self.predictor.features, self.max_event_bytes)
@@ -81,15 +81,21 @@ class BatchHandler:
         The next batch can begin while this one is saved: it reads the states being written from
         memory (:meth:`Predictor.prepare`), and its save waits for this one, so saves go to the
         store one at a time, in order. A save refused by the store makes the batch after it step
-        again from the store's states. At most one save waits behind the one in progress.
+        again from the store's states; the batch after that begins only once this re-stepping is
+        over (``stepped``), so it never steps on from a state that will not hold.
         """
-        if self._before is not None:
-            await asyncio.wait([self._before])
+        if self._stepped is not None:
+            await asyncio.wait([self._stepped])  # the batch before has its final states
+        if _failed(self._saving):
+            self._saving = None  # its caller has its error; start a new chain from the store
         good, bad = self.decode(messages)
         outcome = Outcome(dead_letters=bad)
         pending = await self._retrying(outcome, lambda: self.predictor.prepare(good, committed))
-        saving = asyncio.ensure_future(self._save(outcome, good, pending, committed, self._saving))
-        self._before, self._saving = self._saving, saving
+        stepped = asyncio.get_running_loop().create_future()
+        saving = asyncio.ensure_future(
+            self._save(outcome, good, pending, committed, self._saving, stepped)
+        )
+        self._saving, self._stepped = saving, stepped
         return saving
 
     async def _save(
@@ -99,20 +105,28 @@ class BatchHandler:
         pending: PendingBatch,
         committed: Mapping[int, int] | None,
         previous: asyncio.Future[Outcome] | None,
+        stepped: asyncio.Future[None],
     ) -> Outcome:
-        if previous is not None:
-            await previous  # in order; a failed save fails the ones after it
-        while True:
-            try:
-                outcome.report = await self._retrying(
-                    outcome, functools.partial(self.predictor.commit, pending)
-                )
-                break
-            except StaleBatch:
+        try:
+            if previous is not None:
+                await previous  # in order; a failed save fails the ones after it
+            if self.predictor.is_stale(pending):
                 self.predictor.abandon(pending)
                 pending = await self._retrying(
                     outcome, functools.partial(self.predictor.prepare, good, committed)
                 )
+        except BaseException:
+            self.predictor.abandon(pending)
+            raise
+        finally:
+            stepped.set_result(None)  # every save before this one is over: no more re-stepping
+        try:
+            outcome.report = await self._retrying(
+                outcome, functools.partial(self.predictor.commit, pending)
+            )
+        except BaseException:
+            self.predictor.abandon(pending)
+            raise
         predictions = list(outcome.report.predictions)
         # A refused save means another writer applied these events first (a rebalance raced this
         # batch). Run them again: the fence skips them and the winner's kept outputs are re-emitted,
@@ -149,3 +163,7 @@ class BatchHandler:
                 log.warning("state store unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+
+
+def _failed(fut: asyncio.Future[T] | None) -> bool:
+    return fut is not None and fut.done() and (fut.cancelled() or fut.exception() is not None)

@@ -225,7 +225,8 @@ class Predictor:
         blobs = encode_many(st, self.state_dtype)
         pending.items = [(entities[j], b) for j, b in zip(rows.tolist(), blobs, strict=True)]
         pending.partitions = st.partition.tolist()
-        self._unconfirmed.update(pending.items)  # the next batch steps on from these
+        if not self.is_stale(pending):  # (a stale batch is stepped again before it is saved)
+            self._unconfirmed.update(pending.items)  # the next batch steps on from these
         return pending
 
     async def commit(self, pending: PendingBatch) -> BatchReport:

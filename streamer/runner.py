@@ -178,6 +178,7 @@ class Runner:
         """Process batches until :meth:`stop`."""
         assert self._consumer is not None
         while not self._stopping.is_set():
+            self._raise_failed()
             await self._assigned.wait()
             epoch = self._epoch
             records = await self._take()
@@ -227,15 +228,26 @@ class Runner:
         """Step a batch, then save, deliver and commit it in the background: the next batch is
         taken and stepped meanwhile, and delivered only after this one is committed. At most one
         delivery waits behind the one in progress."""
+        if self._before is not None:
+            await asyncio.shield(self._before)  # raises its failure: stop taking batches
         saving = await self.handler.begin(records, committed=dict(self._committed))
         # The next offset to read, per partition (records of a partition come in offset order).
         topic = self.settings.topics.events
         last = {r.partition: r.offset for r in records}
         offsets = {TopicPartition(topic, p): o + 1 for p, o in last.items()}
-        if self._before is not None:
-            await asyncio.wait([self._before])
-        task = asyncio.create_task(self._deliver_after(saving, self._delivering, records, offsets))
+        task = asyncio.create_task(
+            self._deliver_after(saving, self._delivering, records, offsets, self._epoch)
+        )
         self._before, self._delivering = self._delivering, task
+
+    def _raise_failed(self) -> None:
+        """Raise the failure of a delivery that already ended (a fenced producer, a save or a
+        Kafka error that waiting cannot fix): the loop stops before taking another batch."""
+        for task in (self._before, self._delivering):
+            if task is not None and task.done() and not task.cancelled():
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
 
     async def _settle(self) -> None:
         """Wait for the batch being delivered; its failure (a fenced producer, a non-retriable
@@ -251,11 +263,22 @@ class Runner:
         previous: asyncio.Task[None] | None,
         records: list[ConsumerRecord[bytes, bytes]],
         offsets: dict[TopicPartition, int],
+        epoch: int,
     ) -> None:
-        """Once the batch is saved and the one before it committed: deliver and commit it."""
-        outcome = await saving
-        if previous is not None:
-            await previous
+        """Once the batch is saved and the one before it committed: deliver and commit it.
+
+        Not at all when a commit failed since it was taken: the consumer went back to the
+        committed offsets, and the events come again (their states skip them and send their kept
+        outputs again)."""
+        try:
+            outcome = await asyncio.shield(saving)
+        finally:
+            if previous is not None:
+                await asyncio.wait([previous])  # whatever became of this batch's save
+        if previous is not None and not previous.cancelled() and previous.exception() is not None:
+            raise RuntimeError("the batch before was not delivered") from previous.exception()
+        if epoch != self._epoch:
+            return
         await self._deliver(outcome, offsets)
         st = self.stats
         st.batches += 1
@@ -316,11 +339,15 @@ class Runner:
                 raise
             except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
                 # Partitions moved on: the new owner reads from the last commit, skips what these
-                # states applied, and re-emits their kept outputs.
+                # states applied, and re-emits their kept outputs. The batches taken after this
+                # one are not delivered, and this consumer too goes back to its last commit.
                 self.stats.commit_failures += 1
-                log.warning(
-                    "commit failed (%s); the new owner takes over from the last commit", exc
-                )
+                self._epoch += 1
+                log.warning("commit failed (%s); going back to the last committed offsets", exc)
+                with contextlib.suppress(KafkaError, IllegalStateError):
+                    assigned = self._consumer.assignment()
+                    if assigned:
+                        await self._consumer.seek_to_committed(*assigned)
                 return
             except KafkaError as exc:
                 if not (exc.retriable or isinstance(exc, KafkaConnectionError | KafkaTimeoutError)):

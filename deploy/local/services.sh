@@ -137,10 +137,12 @@ EOF
         -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.yaml" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
         >"$KAFKA_DIR/stdout.log" 2>&1 </dev/null 9>&- &
-    echo $! >"$KAFKA_DIR/kafka.pid"
+    local pid=$!
+    echo "$pid" >"$KAFKA_DIR/kafka.pid"
     local i
     for ((i = 0; i < WAIT_S * 4; i++)); do
-        pid_alive "$KAFKA_DIR/kafka.pid" || { tail -30 "$KAFKA_DIR/stdout.log" "$KAFKA_DIR/server.log" >&2 || true; die "kafka exited during start"; }
+        # Our own child: alive is enough (its command line is bash's until it has exec'd java).
+        kill -0 "$pid" 2>/dev/null || { tail -30 "$KAFKA_DIR/stdout.log" "$KAFKA_DIR/server.log" >&2 || true; die "kafka exited during start"; }
         if port_open "$KAFKA_PORT" && grep -q "Kafka Server started" "$KAFKA_DIR/server.log" 2>/dev/null; then
             log "kafka up on 127.0.0.1:$KAFKA_PORT"; return 0
         fi
