@@ -379,9 +379,10 @@ class RefusedOnce(WrappedStore):
         return await self.inner.put_many(items)
 
 
+@pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize("raced", [False, True])
 async def test_a_batch_stepped_while_the_one_before_is_saved_equals_nn_lstm(
-    services: dict[str, str], ns: str, model_dir: Path, raced: bool
+    services: dict[str, str], ns: str, model_dir: Path, raced: bool, cached: bool
 ) -> None:
     art = load_artifact(model_dir)
     df = make_panel(10, 9, 9, seed=16)
@@ -391,7 +392,8 @@ async def test_a_batch_stepped_while_the_one_before_is_saved_equals_nn_lstm(
     other = Predictor(art.model, art.version, RedisStateStore.from_url(url, ns))
     # Raced: another worker applies the first 40 events before our first save (of 30) lands.
     store = RefusedOnce(RedisStateStore.from_url(url, ns), other, events[:40] if raced else [])
-    handler = BatchHandler(Predictor(art.model, art.version, store))  # type: ignore[arg-type]
+    cache = StateCache(2**20) if cached else None
+    handler = BatchHandler(Predictor(art.model, art.version, store, cache=cache))  # type: ignore[arg-type]
     batches = [events[i : i + 30] for i in range(0, len(events), 30)]
     # Every batch begins before the one before it is saved: each steps on from the states of
     # the one before, read from memory; after a refused save the next batch steps again.
