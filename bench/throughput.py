@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
 import random
@@ -630,6 +631,8 @@ def services(action: str) -> None:
 
 
 if __name__ == "__main__":
+    # Fresh topics have no leader for a moment: the clients retry and say so, noisily.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     args = parse()
     own = not (args.bootstrap and args.redis_url)
     if own:
