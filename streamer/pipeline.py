@@ -1,9 +1,10 @@
 """One batch of raw Kafka messages through validation and the predictor; no Kafka client here.
 
-The Faust agent (``workers/app.py``) takes messages off the topic, calls :meth:`BatchHandler.handle`
-and sends what it returns. Bad input becomes dead letters; an unreachable Redis makes ``handle``
-wait and retry the batch, with backoff, for as long as it takes: a batch is never dropped, and the
-offset fence makes the retry safe.
+The worker's batch loop (:mod:`streamer.runner`) takes messages off the topic, calls
+:meth:`BatchHandler.begin` (or :meth:`BatchHandler.handle`, which also waits for the save) and sends
+what the batch's outcome holds. Bad input becomes dead letters; an unreachable Redis makes the save
+wait and retry, with backoff, for as long as it takes: a batch is never dropped, and the offset
+fence makes the retry safe.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from streamer.errors import StoreUnavailable
 from streamer.predictor import BatchReport, PendingBatch, Predictor
@@ -84,8 +85,10 @@ class BatchHandler:
         again from the store's states; the batch after that begins only once this re-stepping is
         over (``stepped``), so it never steps on from a state that will not hold.
         """
-        if self._stepped is not None:
-            await asyncio.wait([self._stepped])  # the batch before has its final states
+        if self._stepped is not None and self._saving is not None:
+            # The batch before has its final states (or its save is over, however it ended).
+            either: list[asyncio.Future[Any]] = [self._stepped, self._saving]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if _failed(self._saving):
             self._saving = None  # its caller has its error; start a new chain from the store
         good, bad = self.decode(messages)
@@ -109,7 +112,7 @@ class BatchHandler:
     ) -> Outcome:
         try:
             if previous is not None:
-                await previous  # in order; a failed save fails the ones after it
+                await asyncio.shield(previous)  # in order; a failed save fails the ones after it
             if self.predictor.is_stale(pending):
                 self.predictor.abandon(pending)
                 pending = await self._retrying(
