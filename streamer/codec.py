@@ -4,7 +4,7 @@ One Redis value per (model name, entity) (the store, :mod:`streamer.state`, name
 
     offset  size  field
     0       4     magic b"STRM"
-    4       1     format version (1)
+    4       1     format version (2; 1 had no kept outputs)
     5       1     dtype of h and c: 0 float32, 1 float16, 2 bfloat16
     6       2     layers L
     8       4     hidden size H
@@ -28,8 +28,10 @@ committed yet: after a crash those events are consumed again, skipped by the fen
 predictions re-emitted from here, identical to the first time. Format 1 records (no outputs) are
 still read.
 
-Little-endian throughout. :func:`encode` and :func:`decode` are the only code that touches the bytes;
-the Lua script of :class:`RedisStateStore` reads the fence fields at their fixed offsets.
+Little-endian throughout. This module's functions (:func:`encode` and :func:`decode` for one record,
+:func:`encode_many` and :func:`decode_many` for a batch) are the only code that touches the bytes;
+the Lua script of :class:`streamer.state.RedisStateStore` reads the fence fields at their fixed
+offsets.
 """
 
 from __future__ import annotations
