@@ -207,10 +207,11 @@ class Predictor:
         rows = np.asarray(plan.entities, np.int64)  # slot in ``loaded`` of each stepped entity
         st = loaded.take(rows)
         evs = [events[i] for i in applied]
-        forecasts, steps = self._step(evs, plan.slot, plan.waves, st)
+        offsets = np.fromiter((e.offset for e in evs), np.int64, len(evs))
+        forecasts, steps = self._step(evs, offsets, plan.slot, plan.waves, st)
         st.version[:] = self.version.encode("ascii")
         st.updated_ms[:] = now_ms()
-        self._keep_outputs(st, loaded, rows, plan.slot, evs, steps, forecasts, committed)
+        self._keep_outputs(st, loaded, rows, plan.slot, offsets, steps, forecasts, committed)
 
         v = self.version
         pending.fresh = {
@@ -352,14 +353,13 @@ class Predictor:
         loaded: StateBatch,
         rows: npt.NDArray[np.int64],
         slot: npt.NDArray[np.int64],
-        events: Sequence[Event],
+        offsets: npt.NDArray[np.int64],
         steps: npt.NDArray[np.int64],
         forecasts: npt.NDArray[np.float64],
         committed: Mapping[int, int],
     ) -> None:
         """The outputs each saved state keeps: the older ones not committed yet, then this
         batch's, the newest ``max_kept_outputs`` of them."""
-        offsets = np.fromiter((e.offset for e in events), np.int64, len(events))
         ent, off, stp, fc = slot, offsets, steps, forecasts
         if len(loaded.out_entity):
             where = np.full(len(loaded), -1, np.int64)
@@ -386,17 +386,18 @@ class Predictor:
     def _step(
         self,
         events: Sequence[Event],
+        ev_off: npt.NDArray[np.int64],
         slot: npt.NDArray[np.int64],
         waves: list[npt.NDArray[np.int64]],
         st: StateBatch,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-        """Advance the states ``st`` (in place) through the events; return forecasts and steps."""
+        """Advance the states ``st`` (in place) through the events (at offsets ``ev_off``);
+        return forecasts and steps."""
         n = len(events)
         y = np.fromiter((e.y for e in events), np.float64, n)
         mean_e, scale_e = np.empty(n), np.empty(n)
         steps = np.empty(n, np.int64)
         ev_part = np.fromiter((e.partition for e in events), np.int64, n)
-        ev_off = np.fromiter((e.offset for e in events), np.int64, n)
         for w in waves:  # scaling statistics advance in event order, per entity
             s = slot[w]
             stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w])

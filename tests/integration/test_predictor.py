@@ -365,20 +365,6 @@ async def test_a_stale_cached_state_is_refused_by_redis_evicted_and_read_again(
     await other.aclose()
 
 
-class RefusedOnce(WrappedStore):
-    """Before the first write, another worker applies ``ahead`` (a rebalance raced us)."""
-
-    def __init__(self, inner: RedisStateStore, other: Predictor, ahead: list[Event]):
-        super().__init__(inner)
-        self.other, self.ahead, self.raced = other, ahead, False
-
-    async def put_many(self, items):  # type: ignore[no-untyped-def]
-        if not self.raced:
-            self.raced = True
-            await self.other.process(self.ahead)
-        return await self.inner.put_many(items)
-
-
 @pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize("raced", [False, True])
 async def test_a_batch_stepped_while_the_one_before_is_saved_equals_nn_lstm(
@@ -391,7 +377,9 @@ async def test_a_batch_stepped_while_the_one_before_is_saved_equals_nn_lstm(
     url = services["redis_url"]
     other = Predictor(art.model, art.version, RedisStateStore.from_url(url, ns))
     # Raced: another worker applies the first 40 events before our first save (of 30) lands.
-    store = RefusedOnce(RedisStateStore.from_url(url, ns), other, events[:40] if raced else [])
+    store = RacedByAnotherWorker(
+        RedisStateStore.from_url(url, ns), other, events[:40] if raced else []
+    )
     cache = StateCache(2**20) if cached else None
     handler = BatchHandler(Predictor(art.model, art.version, store, cache=cache))  # type: ignore[arg-type]
     batches = [events[i : i + 30] for i in range(0, len(events), 30)]
