@@ -205,35 +205,11 @@ class Message(Protocol):
 def decode_batch(
     messages: Iterable[Message], features: Sequence[str] = (), max_bytes: int = 64 * 1024
 ) -> tuple[list[Event], list[DeadLetter]]:
-    """:func:`decode_event` for every message, in order: the valid events and the dead letters.
-
-    The checks of a plain event (no features) are inlined here, the worker's hot path; anything
-    else goes through :func:`decode_event` (a property test holds the two equal).
-    """
+    """:func:`decode_event` for every message, in order: the valid events and the dead letters."""
     good: list[Event] = []
     bad: list[DeadLetter] = []
-    loads, invalid = orjson.loads, orjson.JSONDecodeError
-    width = 3 + len(features)
     for m in messages:
         key, value = m.key, m.value
-        if not features and value is not None and len(value) <= max_bytes:
-            try:
-                data = loads(value)
-            except invalid:
-                data = None
-            if type(data) is dict and len(data) == width:
-                uid, ds, y = data.get("unique_id"), data.get("ds"), data.get("y")
-                if (
-                    type(uid) is str
-                    and 0 < len(uid) <= 512
-                    and type(ds) is str
-                    and 0 < len(ds) <= 64
-                    and (type(y) is float or type(y) is int)
-                    and -MAX_ABS_VALUE <= y <= MAX_ABS_VALUE
-                    and key == uid.encode()
-                ):
-                    good.append(Event(uid, ds, float(y), (), m.partition, m.offset))
-                    continue
         try:
             r = decode_event(key, value, m.partition, m.offset, features, max_bytes)
         except Exception as exc:  # the decoder must never take the worker down
