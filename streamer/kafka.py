@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -96,26 +97,23 @@ async def replay_events(
         **settings.kafka.client_options(),
     )
     await _start(settings, producer)
-    sent = 0
-    start = time.monotonic()
-    pending: list[asyncio.Future[object]] = []
+    # A chunk goes out as one record batch per partition; with a rate, 10 ms worth at a time.
+    size = max(1, min(1000, int(rate / 100))) if rate else 1000
+    topic, sent, start = settings.topics.events, 0, time.monotonic()
     try:
-        for row in rows:
-            key = str(row["unique_id"]).encode()
-            pending.append(await producer.send(settings.topics.events, orjson.dumps(row), key=key))
-            sent += 1
-            if len(pending) >= 1000:
-                await asyncio.gather(*pending)
-                pending.clear()
-                if on_sent:
-                    on_sent(sent)
+        rows_left = iter(rows)
+        while chunk := [
+            (str(row["unique_id"]).encode(), orjson.dumps(row))
+            for row in itertools.islice(rows_left, size)
+        ]:
+            await asyncio.gather(*await send_keyed(producer, topic, chunk))
+            sent += len(chunk)
+            if on_sent:
+                on_sent(sent)
             if rate:
                 ahead = sent / rate - (time.monotonic() - start)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-        await asyncio.gather(*pending)
-        if on_sent:
-            on_sent(sent)
     finally:
         await producer.stop()
     return sent
