@@ -49,7 +49,7 @@ from redis.asyncio import Redis
 from streamer import scaling
 from streamer.artifact import load_artifact
 from streamer.kafka import send_keyed
-from streamer.model import Forecaster
+from streamer.model import SequenceModel
 
 KINDS = ("naive", "faust-pass", "raw-pass")
 #: Producer linger of every kind, as streamer's worker (``STREAMER_KAFKA__PRODUCER_LINGER_MS``).
@@ -97,7 +97,7 @@ def add_pass_agent(app: faust.App, args: argparse.Namespace) -> None:
 class NaiveState:
     """One entity's state in the naive kind's own format: a header, then h and c."""
 
-    def __init__(self, model: Forecaster) -> None:
+    def __init__(self, model: SequenceModel) -> None:
         self.layers = model.spec.num_layers
         self.hidden = model.spec.hidden_size
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from streamer.artifact import load_artifact, save_artifact
-from streamer.model import Forecaster, ModelSpec
+from streamer.model import ModelSpec, SequenceModel
 from streamer.predictor import Predictor
 from streamer.schemas import Event
 from streamer.state import RedisStateStore
@@ -77,7 +77,7 @@ async def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         save_artifact(
-            Forecaster(ModelSpec(hidden_size=args.hidden, num_layers=args.layers, horizon=12)),
+            SequenceModel(ModelSpec(hidden_size=args.hidden, num_layers=args.layers, horizon=12)),
             Path(tmp),
         )
         art = load_artifact(Path(tmp))

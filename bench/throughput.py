@@ -48,7 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streamer.artifact import save_artifact
 from streamer.codec import StateBatch, encode_many
 from streamer.kafka import send_keyed
-from streamer.model import Forecaster, ModelSpec
+from streamer.model import ModelSpec, SequenceModel
 from streamer.settings import Settings, to_env
 from streamer.state import RedisStateStore
 
@@ -512,7 +512,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp_name:
         tmp = Path(tmp_name)
         model_dir = tmp / "model"
-        save_artifact(Forecaster(ModelSpec(hidden_size=64, num_layers=2, horizon=1)), model_dir)
+        save_artifact(SequenceModel(ModelSpec(hidden_size=64, num_layers=2, horizon=1)), model_dir)
         run = Run(args, tmp, model_dir)
         kinds = [k for k in KINDS if k in args.kinds]
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "Prediction": "streamer.schemas",
     "DeadLetter": "streamer.schemas",
     "decode_event": "streamer.schemas",
-    "Forecaster": "streamer.model",
+    "SequenceModel": "streamer.model",
     "ModelSpec": "streamer.model",
     "StackedLSTM": "streamer.model",
     "StateRecord": "streamer.codec",
@@ -34,11 +34,11 @@ __all__ = [
     "BatchHandler",
     "DeadLetter",
     "Event",
-    "Forecaster",
     "ModelSpec",
     "Prediction",
     "Predictor",
     "RedisStateStore",
+    "SequenceModel",
     "Settings",
     "StackedLSTM",
     "StateRecord",
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from streamer.artifact import load_artifact, save_artifact
     from streamer.codec import StateRecord
     from streamer.errors import StreamerError
-    from streamer.model import Forecaster, ModelSpec, StackedLSTM
+    from streamer.model import ModelSpec, SequenceModel, StackedLSTM
     from streamer.pipeline import BatchHandler
     from streamer.predictor import Predictor
     from streamer.schemas import DeadLetter, Event, Prediction, decode_event

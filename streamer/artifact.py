@@ -1,7 +1,8 @@
 """Model artifacts: a directory with the weights (safetensors) and a JSON spec.
 
     model/
-      model.safetensors   the Forecaster's state_dict (the LSTM part is nn.LSTM's, unchanged)
+      model.safetensors   the SequenceModel's state_dict (its core's part is nn.LSTM's, nn.GRU's
+                          or nn.RNN's, unchanged)
       spec.json           {"format": 1, "version": ..., "spec": {...}, "training": {...}}
 
 The version is a content hash of the weights and the spec: the same model always has the same
@@ -17,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from streamer.errors import ArtifactError
-from streamer.model import Forecaster, ModelSpec
+from streamer.model import ModelSpec, SequenceModel
 
-__all__ = ["Artifact", "load_artifact", "save_artifact"]
+__all__ = ["Artifact", "artifact_from_bytes", "load_artifact", "save_artifact"]
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
@@ -31,7 +32,7 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Artifact:
-    model: Forecaster
+    model: SequenceModel
     spec: ModelSpec
     version: str
     training: dict[str, Any]
@@ -43,7 +44,7 @@ def _version(weights: bytes, spec: dict[str, Any]) -> str:
     return h.hexdigest()[:12]
 
 
-def save_artifact(model: Forecaster, out: Path, training: dict[str, Any] | None = None) -> str:
+def save_artifact(model: SequenceModel, out: Path, training: dict[str, Any] | None = None) -> str:
     """Write the artifact into ``out`` (created if needed) and return its version."""
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -56,24 +57,33 @@ def save_artifact(model: Forecaster, out: Path, training: dict[str, Any] | None 
 
 
 def load_artifact(path: Path, device: torch.device | str = "cpu") -> Artifact:
-    """Load an artifact; :class:`ArtifactError` with the reason if it cannot be used."""
+    """Load an artifact directory; :class:`ArtifactError` with the reason if it cannot be used."""
     spec_path, weights_path = path / SPEC, path / WEIGHTS
     if not spec_path.is_file() or not weights_path.is_file():
         raise ArtifactError(f"{path} is not a model artifact (needs {SPEC} and {WEIGHTS})")
+    return artifact_from_bytes(spec_path.read_bytes(), weights_path.read_bytes(), device, str(path))
+
+
+def artifact_from_bytes(
+    spec_json: bytes, weights: bytes, device: torch.device | str = "cpu", where: str = "artifact"
+) -> Artifact:
+    """An artifact from the contents of its two files (the registry keeps them in Redis)."""
     try:
-        doc = json.loads(spec_path.read_text())
+        doc = json.loads(spec_json)
         spec = ModelSpec.from_dict(doc["spec"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{spec_path}: unreadable spec ({exc})") from exc
+        raise ArtifactError(f"{where}: unreadable spec ({exc})") from exc
     if doc.get("format") != FORMAT:
-        raise ArtifactError(f"{spec_path}: artifact format {doc.get('format')} is not {FORMAT}")
-    version = _version(weights_path.read_bytes(), doc["spec"])
+        raise ArtifactError(f"{where}: artifact format {doc.get('format')} is not {FORMAT}")
+    version = _version(weights, doc["spec"])
     if version != doc.get("version"):
-        raise ArtifactError(f"{path}: weights do not match the spec's version {doc.get('version')}")
+        raise ArtifactError(
+            f"{where}: weights do not match the spec's version {doc.get('version')}"
+        )
     try:
-        model = Forecaster(spec)
-        model.load_state_dict(load_file(str(weights_path)))
+        model = SequenceModel(spec)
+        model.load_state_dict(load(weights))
     except (ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path}: weights do not fit the spec ({exc})") from exc
+        raise ArtifactError(f"{where}: weights do not fit the spec ({exc})") from exc
     model.eval().to(device)
     return Artifact(model, spec, version, dict(doc.get("training", {})))

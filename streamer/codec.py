@@ -4,10 +4,11 @@ One Redis value per (model name, entity) (the store, :mod:`streamer.state`, name
 
     offset  size  field
     0       4     magic b"STRM"
-    4       1     format version (2; 1 had no kept outputs)
+    4       1     format version (3; 2 had no S, 1 no kept outputs)
     5       1     dtype of h and c: 0 float32, 1 float16, 2 bfloat16
-    6       2     layers L
-    8       4     hidden size H
+    6       1     layers L (rows of each state tensor)
+    7       1     S: state tensors, 2 (h and c: LSTM) or 1 (h: GRU, RNN; a window's buffer)
+    8       4     hidden size H (width of each state tensor)
     12      16    model version (ASCII, NUL padded)
     28      8     step count: events applied to this entity
     36      4     source partition of the last applied event   } the fence; these two fields keep
@@ -16,17 +17,17 @@ One Redis value per (model name, entity) (the store, :mod:`streamer.state`, name
     56      8     scaling: count   (float64 fields: running statistics of y,
     64      8     scaling: mean     see streamer.scaling)
     72      8     scaling: var
-    80      ...   h (L*H values of dtype), then c (L*H values)
+    80      ...   h (L*H values of dtype), then c (L*H values) when S is 2
     then    4     n: outputs kept for re-emission (format 2)
-            2     K: values per output (the horizon)
+            2     K: values per output (the horizon, or the classes)
             8n    their source offsets (int64)
             8n    their step counts (uint64)
             8nK   their forecasts (float64)
 
 The kept outputs are the predictions of events this state already applied whose offsets may not be
 committed yet: after a crash those events are consumed again, skipped by the fence, and their
-predictions re-emitted from here, identical to the first time. Format 1 records (no outputs) are
-still read.
+predictions re-emitted from here, identical to the first time. Format 1 records (no outputs) and
+format 2 records (the layers field was two bytes, S always 2) are still read.
 
 Little-endian throughout. This module's functions (:func:`encode` and :func:`decode` for one record,
 :func:`encode_many` and :func:`decode_many` for a batch) are the only code that touches the bytes;
@@ -61,10 +62,10 @@ __all__ = [
 ]
 
 MAGIC = b"STRM"
-FORMAT_VERSION = 2
-_READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+_READABLE_FORMATS = (1, 2, 3)
 _TAIL = struct.Struct("<IH")
-HEADER = struct.Struct("<4sBBHI16sQiqQddd")
+HEADER = struct.Struct("<4sBBBBI16sQiqQddd")
 assert HEADER.size == 80
 
 Dtype = Literal["float32", "float16", "bfloat16"]
@@ -80,7 +81,8 @@ I64 = npt.NDArray[np.int64]
 
 @dataclass(frozen=True, slots=True)
 class StateRecord:
-    """The decoded state of one entity. h and c are float32 arrays of shape ``(L, H)``."""
+    """The decoded state of one entity. h and c are float32 arrays of shape ``(L, H)``; c is
+    ``(0, H)`` for a state of one tensor (S = 1)."""
 
     h: F32
     c: F32
@@ -145,6 +147,8 @@ def encode(rec: StateRecord) -> bytes:
     """The bytes of a state record."""
     code = _DTYPE_CODES[rec.dtype]
     layers, hidden = rec.h.shape
+    if not 0 < layers < 256:
+        raise StateCodecError(f"a state has 1 to 255 layers, not {layers}")
     version = rec.model_version.encode("ascii")
     if len(version) > 16:
         raise StateCodecError(f"model version {rec.model_version!r} is longer than 16 bytes")
@@ -153,6 +157,7 @@ def encode(rec: StateRecord) -> bytes:
         FORMAT_VERSION,
         code,
         layers,
+        2 if len(rec.c) else 1,
         hidden,
         version,
         rec.step,
@@ -183,6 +188,7 @@ def decode(buf: bytes) -> StateRecord:
         fmt,
         code,
         layers,
+        tensors,
         hidden,
         version,
         step,
@@ -201,8 +207,12 @@ def decode(buf: bytes) -> StateRecord:
         )
     if code not in _DTYPE_NAMES:
         raise StateCodecError(f"unknown state dtype code {code}")
+    if fmt < 3:  # the layers field was two bytes wide; states were h and c
+        layers, tensors = layers + 256 * tensors, 2
+    if tensors not in (1, 2):
+        raise StateCodecError(f"a state has 1 or 2 tensors, not {tensors}")
     n = layers * hidden
-    body_end = HEADER.size + 2 * n * _DTYPE_BYTES[code]
+    body_end = HEADER.size + tensors * n * _DTYPE_BYTES[code]
     out_offsets = np.zeros(0, np.int64)
     out_steps = np.zeros(0, np.int64)
     out_forecasts = np.zeros((0, 0))
@@ -225,7 +235,9 @@ def decode(buf: bytes) -> StateRecord:
     if len(buf) != expected:
         raise StateCodecError(f"state record is {len(buf)} bytes, its header says {expected}")
     h = _from_bytes(buf, HEADER.size, n, code).reshape(layers, hidden)
-    c = _from_bytes(buf, HEADER.size + n * _DTYPE_BYTES[code], n, code).reshape(layers, hidden)
+    c = _from_bytes(buf, HEADER.size + n * _DTYPE_BYTES[code], n * (tensors - 1), code).reshape(
+        layers * (tensors - 1), hidden
+    )
     return StateRecord(
         h=h,
         c=c,
@@ -267,14 +279,15 @@ def now_ms() -> int:
 # those of :func:`encode` and :func:`decode`, bit for bit (tests check it).
 
 
-def _row_dtype(code: int, layers: int, hidden: int) -> np.dtype[np.void]:
+def _row_dtype(code: int, layers: int, hidden: int, tensors: int) -> np.dtype[np.void]:
     """One record up to its kept outputs, as a numpy structured type (the layout above)."""
     return np.dtype(
         [
             ("magic", "S4"),
             ("format", "u1"),
             ("dtype", "u1"),
-            ("layers", "<u2"),
+            ("layers", "u1"),
+            ("tensors", "u1"),
             ("hidden", "<u4"),
             ("version", "S16"),
             ("step", "<u8"),
@@ -284,7 +297,7 @@ def _row_dtype(code: int, layers: int, hidden: int) -> np.dtype[np.void]:
             ("count", "<f8"),
             ("mean", "<f8"),
             ("var", "<f8"),
-            ("hc", _VALUE_TYPES[code], (2, layers, hidden)),
+            ("hc", _VALUE_TYPES[code], (tensors, layers, hidden)),
             ("n_out", "<u4"),
             ("k", "<u2"),
         ]
@@ -295,7 +308,8 @@ def _row_dtype(code: int, layers: int, hidden: int) -> np.dtype[np.void]:
 class StateBatch:
     """The states of U entities as columns, and the outputs they keep as one table.
 
-    h and c are ``(L, U, H)`` float32, the other entity fields ``(U,)``. The kept outputs of all
+    h and c are ``(L, U, H)`` float32 (c is ``(0, U, H)`` for states of one tensor), the other
+    entity fields ``(U,)``. The kept outputs of all
     entities are M rows ordered by entity (``out_entity`` never decreases), each entity's rows in
     offset order: ``out_offset``, ``out_step`` ``(M,)`` and ``out_forecast`` ``(M, K)``.
     An entity without a stored state has zeros and the fence ``(-1, -1)``.
@@ -318,10 +332,10 @@ class StateBatch:
     out_forecast: F64
 
     @classmethod
-    def empty(cls, u: int, layers: int, hidden: int, horizon: int) -> StateBatch:
+    def empty(cls, u: int, layers: int, hidden: int, horizon: int, tensors: int = 2) -> StateBatch:
         return cls(
             h=np.zeros((layers, u, hidden), np.float32),
-            c=np.zeros((layers, u, hidden), np.float32),
+            c=np.zeros((layers * (tensors - 1), u, hidden), np.float32),
             step=np.zeros(u, np.int64),
             partition=np.full(u, -1, np.int64),
             offset=np.full(u, -1, np.int64),
@@ -400,16 +414,18 @@ def encode_many(batch: StateBatch, dtype: Dtype = "float32") -> list[bytes]:
     """The bytes of each entity's record, as :func:`encode` writes them."""
     code = _DTYPE_CODES[dtype]
     layers, u, hidden = batch.h.shape
-    rows = np.zeros(u, _row_dtype(code, layers, hidden))
+    tensors = 2 if len(batch.c) else 1
+    rows = np.zeros(u, _row_dtype(code, layers, hidden, tensors))
     rows["magic"] = MAGIC
     rows["format"] = FORMAT_VERSION
     rows["dtype"] = code
     rows["layers"] = layers
+    rows["tensors"] = tensors
     rows["hidden"] = hidden
     rows["version"] = batch.version
     for name in ("step", "partition", "offset", "updated_ms", "count", "mean", "var"):
         rows[name] = getattr(batch, name)
-    hc = np.stack([batch.h, batch.c]).transpose(2, 0, 1, 3)  # (U, 2, L, H)
+    hc = np.stack([batch.h, batch.c] if tensors == 2 else [batch.h]).transpose(2, 0, 1, 3)
     rows["hc"] = _stored(hc, code)
     e = batch.out_entity
     n = np.bincount(e, minlength=u)
@@ -450,17 +466,19 @@ def decode_many(
     hidden: int,
     horizon: int,
     dtype: Dtype = "float32",
+    tensors: int = 2,
 ) -> tuple[StateBatch, dict[int, str]]:
-    """The records of a batch as columns, for a model of ``layers`` x ``hidden`` and ``horizon``.
+    """The records of a batch as columns, for a model whose states are ``tensors`` tensors of
+    ``layers`` x ``hidden`` and whose outputs have ``horizon`` values.
 
     Returns the batch and the problems, entity index -> why: a record that cannot be decoded, or
-    whose layers or hidden size differ, has zeros in the batch (it starts over) but keeps its fence,
+    whose shape differs, has zeros in the batch (it starts over) but keeps its fence,
     so nothing it applied is applied again. Records of another dtype or an older format are read
     one by one; kept outputs of another horizon are dropped.
     """
-    batch = StateBatch.empty(len(raws), layers, hidden, horizon)
+    batch = StateBatch.empty(len(raws), layers, hidden, horizon, tensors)
     code = _DTYPE_CODES[dtype]
-    rdt = _row_dtype(code, layers, hidden)
+    rdt = _row_dtype(code, layers, hidden, tensors)
     width = rdt.itemsize
     at = [i for i, raw in enumerate(raws) if raw is not None and len(raw) >= width]
     got: list[bytes] = [raws[i] for i in at]  # type: ignore[misc]
@@ -479,6 +497,7 @@ def decode_many(
             & (rows["format"] == FORMAT_VERSION)
             & (rows["dtype"] == code)
             & (rows["layers"] == layers)
+            & (rows["tensors"] == tensors)
             & (rows["hidden"] == hidden)
             & (sizes == width + n * (16 + 8 * k))
             & ((n == 0) | (k == horizon))
@@ -489,7 +508,8 @@ def decode_many(
         at_idx: Any = slice(None) if everyone else idx  # a slice writes without an index array
         hc = _loaded(good["hc"], code)  # (U', 2, L, H)
         batch.h[:, at_idx] = hc[:, 0].transpose(1, 0, 2)
-        batch.c[:, at_idx] = hc[:, 1].transpose(1, 0, 2)
+        if tensors == 2:
+            batch.c[:, at_idx] = hc[:, 1].transpose(1, 0, 2)
         for name in ("step", "partition", "offset", "updated_ms", "count", "mean", "var"):
             getattr(batch, name)[at_idx] = good[name]
         batch.version[at_idx] = good["version"]
@@ -537,9 +557,11 @@ def decode_many(
         if len(rec.out_offsets) and rec.out_forecasts.shape[1] == horizon:
             m = len(rec.out_offsets)
             out_parts.append((np.full(m, i), rec.out_offsets, rec.out_steps, rec.out_forecasts))
-        if rec.layers != layers or rec.hidden_size != hidden:
+        stored = (1 + (len(rec.c) > 0), rec.layers, rec.hidden_size)
+        if stored != (tensors, layers, hidden):
             problems[i] = (
-                f"stored as {rec.layers}x{rec.hidden_size}, the model is {layers}x{hidden}"
+                f"stored as {'x'.join(map(str, stored))} (tensors x layers x hidden), "
+                f"the model's is {tensors}x{layers}x{hidden}"
             )
             continue
         batch.h[:, i], batch.c[:, i] = rec.h, rec.c

@@ -62,9 +62,10 @@ async def _start(settings: Settings, client: Any) -> None:
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
-    """Create the input, prediction and dead-letter topics if they do not exist."""
+    """Create the input, prediction, window prediction and dead-letter topics if they do not
+    exist."""
     t = settings.topics
-    wanted = list(names or (t.events, t.predictions, t.dead_letter))
+    wanted = list(names or (t.events, t.predictions, t.windows, t.dead_letter))
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_options()
     )

@@ -1,26 +1,48 @@
-"""The model: trained over whole sequences, served one step at a time with the same parameters.
+"""The models: trained over whole sequences, served one step at a time with the same parameters.
 
-Torch only, no I/O. Shapes: B batch (entities), T time, I inputs, H hidden, L layers, K horizon.
+Torch only, no I/O. Shapes: B batch (entities), T time, I inputs, H hidden, L layers, K outputs
+(the forecast horizon, or the number of classes).
 
-:class:`StackedLSTM` *is* a ``torch.nn.LSTM`` (same parameter names ``weight_ih_l{k}``,
-``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, same gate order: input, forget, cell,
-output), so a ``state_dict`` moves between them unchanged. ``forward`` runs the fused sequence kernel
-for training; ``step`` advances a batch of independent entities by one event each, which is what
-serving does. Stepping a sequence one event at a time equals ``forward`` over the whole sequence.
+Three recurrent cores, each *is* its ``torch.nn`` module (same parameter names ``weight_ih_l{k}``,
+``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, same gate layout), so a ``state_dict`` moves
+between them unchanged: :class:`StackedLSTM` (``nn.LSTM``: hidden state h and cell state c),
+:class:`StackedGRU` (``nn.GRU``) and :class:`StackedRNN` (``nn.RNN``, tanh), whose state is h alone.
+``forward`` runs the fused sequence kernel for training; ``step`` advances a batch of independent
+entities by one event each, which is what serving does. Stepping a sequence one event at a time equals
+``forward`` over the whole sequence.
+
+A state is always the pair ``(h, c)``, each ``(L, B, H)``; for the GRU and the plain RNN ``c`` is
+empty, ``(0, B, H)``, and stored as nothing.
+
+:class:`SequenceModel` puts a head on a core: a direct multi-horizon forecast (``task="forecast"``,
+K = horizon, in the entity's scaled units) or class logits (``task="classify"``, K = classes). A
+*window* model (``window > 0``) is bidirectional and sees a closed window of events at once instead
+of stepping: it scores the window from the last forward and the first backward hidden state.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Forecaster", "ModelSpec", "StackedLSTM", "State"]
+__all__ = [
+    "CELLS",
+    "ModelSpec",
+    "SequenceModel",
+    "StackedGRU",
+    "StackedLSTM",
+    "StackedRNN",
+    "State",
+    "recurrent",
+]
 
-#: ``(h, c)``, each ``(L, B, H)``.
+#: ``(h, c)``, each ``(L, B, H)``; ``c`` is ``(0, B, H)`` for cells without a cell state.
 State = tuple[Tensor, Tensor]
+Task = Literal["forecast", "classify"]
+Scaling = Literal["entity", "none"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +58,65 @@ class ModelSpec:
     feature_mean: tuple[float, ...] = ()
     feature_std: tuple[float, ...] = ()
     dropout: float = 0.0
+    #: ``forecast``: the next ``horizon`` values. ``classify``: probabilities of ``classes``.
+    task: Task = "forecast"
+    classes: tuple[str, ...] = ()
+    #: ``entity``: y is scaled by the entity's running statistics (see :mod:`streamer.scaling`);
+    #: ``none``: y goes in as it is (data that is already normalised).
+    scaling: Scaling = "entity"
+    #: Window models: events per window (0: a step model), and a feature whose non-zero value
+    #: closes a window early (the end marker; it is not an input of the model).
+    window: int = 0
+    window_end: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; one of {', '.join(CELLS)}")
+        if self.task not in ("forecast", "classify"):
+            raise ValueError(f"unknown task {self.task!r}; forecast or classify")
+        if self.task == "classify" and len(self.classes) < 2:
+            raise ValueError("a classifier needs at least two classes")
+        if self.scaling not in ("entity", "none"):
+            raise ValueError(f"unknown scaling {self.scaling!r}; entity or none")
+        if self.window < 0 or (self.window_end and not self.window):
+            raise ValueError("window must be positive for a window model (0 for a step model)")
+        if self.window_end and self.window_end not in self.features:
+            raise ValueError(f"the window end marker {self.window_end!r} must be a feature")
+
+    @property
+    def input_features(self) -> tuple[str, ...]:
+        """The features the model sees (all but a window end marker)."""
+        return tuple(f for f in self.features if f != self.window_end)
 
     @property
     def input_size(self) -> int:
-        """The scaled target plus the features."""
-        return 1 + len(self.features)
+        """The (scaled) target plus the input features."""
+        return 1 + len(self.input_features)
+
+    @property
+    def outputs(self) -> int:
+        """Values per prediction: the horizon, or one probability per class."""
+        return len(self.classes) if self.task == "classify" else self.horizon
+
+    @property
+    def state_tensors(self) -> int:
+        """Tensors in an entity's stored state: h and c for the LSTM, h for the others, and the
+        buffered inputs for a window model."""
+        return 1 if self.window or self.cell != "lstm" else 2
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        """``(rows, width)`` of each stored state tensor: ``(L, H)``, or for a window model its
+        buffer of ``window`` inputs as one row."""
+        if self.window:
+            return 1, self.window * self.input_size
+        return self.num_layers, self.hidden_size
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["features"] = list(self.features)
-        d["feature_mean"] = list(self.feature_mean)
-        d["feature_std"] = list(self.feature_std)
+        for k in ("features", "feature_mean", "feature_std", "classes"):
+            d[k] = list(d[k])
         return d
 
     @classmethod
@@ -56,79 +125,199 @@ class ModelSpec:
             cell=str(d.get("cell", "lstm")),
             hidden_size=int(d["hidden_size"]),
             num_layers=int(d["num_layers"]),
-            horizon=int(d["horizon"]),
+            horizon=int(d.get("horizon", 1)),
             features=tuple(d.get("features", ())),
             feature_mean=tuple(float(v) for v in d.get("feature_mean", ())),
             feature_std=tuple(float(v) for v in d.get("feature_std", ())),
             dropout=float(d.get("dropout", 0.0)),
+            task=d.get("task", "forecast"),
+            classes=tuple(str(c) for c in d.get("classes", ())),
+            scaling=d.get("scaling", "entity"),
+            window=int(d.get("window", 0)),
+            window_end=d.get("window_end"),
             extra=dict(d.get("extra", {})),
         )
 
 
-class StackedLSTM(nn.LSTM):
-    """``torch.nn.LSTM`` (batch first) plus :meth:`step` for serving."""
+class _Stepping:
+    """``step`` for the stacked cores: one event for each of B entities."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0):
-        super().__init__(
+    num_layers: int
+    hidden_size: int
+    _cell: Any  # the torch cell function of one layer
+    _base: Any  # the torch module class
+
+    def zero_state(self, batch: int, device: torch.device | None = None) -> State:
+        h = torch.zeros(self.num_layers, batch, self.hidden_size, device=device)
+        rows = self.num_layers if isinstance(self, nn.LSTM) else 0
+        return h, torch.zeros(rows, batch, self.hidden_size, device=device)
+
+    def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
+        """x ``(B, I)``, h and c ``(L, B, H)`` -> y ``(B, H)`` and the next state.
+
+        Same arithmetic as one time step of ``forward``; dropout between layers is a training
+        device and is not applied here, as ``forward`` does not apply it in eval mode.
+        ``fused`` runs the fused sequence kernel (cuDNN on a GPU) on a sequence of length 1
+        instead of one cell call per layer: a large fixed cost per call that pays off on a GPU
+        and for large batches only (see :attr:`streamer.settings.Settings.fused_cell_from`).
+        """
+        h, c = state
+        lstm = isinstance(self, nn.LSTM)
+        if fused:
+            out, new = self.sequence(x.unsqueeze(1), state)
+            return out[:, 0], new
+        hs: list[Tensor] = []
+        cs: list[Tensor] = []
+        inp = x
+        for k in range(self.num_layers):
+            weights = (
+                getattr(self, f"weight_ih_l{k}"),
+                getattr(self, f"weight_hh_l{k}"),
+                getattr(self, f"bias_ih_l{k}"),
+                getattr(self, f"bias_hh_l{k}"),
+            )
+            if lstm:
+                hk, ck = type(self)._cell(inp, (h[k], c[k]), *weights)  # (B, H) each
+                cs.append(ck)
+            else:
+                hk = type(self)._cell(inp, h[k], *weights)
+            hs.append(hk)
+            inp = hk
+        return inp, (torch.stack(hs), torch.stack(cs) if lstm else c)
+
+    def sequence(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """The fused kernel over x_seq ``(B, T, I)`` -> outputs ``(B, T, H)`` and the final state."""
+        if isinstance(self, nn.LSTM):
+            out, (h, c) = nn.LSTM.forward(self, x_seq, state)
+            return out, (h, c)
+        out, h = self._base.forward(self, x_seq, None if state is None else state[0])
+        return out, (h, h.new_zeros((0, *h.shape[1:])))
+
+
+class StackedLSTM(_Stepping, nn.LSTM):
+    """``torch.nn.LSTM`` (batch first) plus :meth:`step`. Gates: input, forget, cell, output."""
+
+    _cell = staticmethod(torch.lstm_cell)
+    _base = nn.LSTM
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ):
+        nn.LSTM.__init__(
+            self,
             input_size,
             hidden_size,
             num_layers,
             batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
         )
 
-    def zero_state(self, batch: int, device: torch.device | None = None) -> State:
-        z = torch.zeros(self.num_layers, batch, self.hidden_size, device=device)
-        return z, z.clone()
 
-    def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
-        """One event for each of B entities: x ``(B, I)``, h and c ``(L, B, H)`` -> y ``(B, H)``.
+class StackedGRU(_Stepping, nn.GRU):
+    """``torch.nn.GRU`` (batch first) plus :meth:`step`. Gates: reset, update, new."""
 
-        Same arithmetic as one time step of ``forward``; dropout between layers is a training
-        device and is not applied here, as ``forward`` does not apply it in eval mode.
-        ``fused`` runs the fused sequence kernel (cuDNN on a GPU) on a sequence of length 1
-        instead of one ``lstm_cell`` call per layer: a large fixed cost per call that pays off
-        on a GPU and for large batches only (see :attr:`streamer.settings.Settings.fused_cell_from`).
-        """
-        h, c = state
-        if fused:
-            out, (h_next, c_next) = nn.LSTM.forward(self, x.unsqueeze(1), (h, c))
-            return out[:, 0], (h_next, c_next)
-        hs: list[Tensor] = []
-        cs: list[Tensor] = []
-        inp = x
-        for k in range(self.num_layers):
-            hk, ck = torch.lstm_cell(
-                inp,
-                (h[k], c[k]),
-                getattr(self, f"weight_ih_l{k}"),
-                getattr(self, f"weight_hh_l{k}"),
-                getattr(self, f"bias_ih_l{k}"),
-                getattr(self, f"bias_hh_l{k}"),
-            )  # (B, H) each
-            hs.append(hk)
-            cs.append(ck)
-            inp = hk
-        return inp, (torch.stack(hs), torch.stack(cs))
+    _cell = staticmethod(torch.gru_cell)
+    _base = nn.GRU
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ):
+        nn.GRU.__init__(
+            self,
+            input_size,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+        )
 
 
-class Forecaster(nn.Module):
-    """The recurrent core plus a direct multi-horizon head: the next K values, in scaled units."""
+class StackedRNN(_Stepping, nn.RNN):
+    """``torch.nn.RNN`` with tanh (batch first) plus :meth:`step`: no gates at all."""
+
+    _cell = staticmethod(torch.rnn_tanh_cell)
+    _base = nn.RNN
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ):
+        nn.RNN.__init__(
+            self,
+            input_size,
+            hidden_size,
+            num_layers,
+            nonlinearity="tanh",
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+        )
+
+
+CELLS: dict[str, type[StackedLSTM | StackedGRU | StackedRNN]] = {
+    "lstm": StackedLSTM,
+    "gru": StackedGRU,
+    "rnn": StackedRNN,
+}
+
+
+def recurrent(spec: ModelSpec) -> StackedLSTM | StackedGRU | StackedRNN:
+    """The recurrent core a spec describes."""
+    return CELLS[spec.cell](
+        spec.input_size,
+        spec.hidden_size,
+        spec.num_layers,
+        spec.dropout,
+        bidirectional=bool(spec.window),
+    )
+
+
+class SequenceModel(nn.Module):
+    """A recurrent core and its head (see the module docstring)."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        if spec.cell != "lstm":
-            raise ValueError(f"unknown cell {spec.cell!r}; this version serves 'lstm'")
         self.spec = spec
-        self.rnn = StackedLSTM(spec.input_size, spec.hidden_size, spec.num_layers, spec.dropout)
-        self.head = nn.Linear(spec.hidden_size, spec.horizon)
+        self.rnn = recurrent(spec)
+        width = spec.hidden_size * (2 if spec.window else 1)
+        self.head = nn.Linear(width, spec.outputs)
 
     def forward(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Training path: x_seq ``(B, T, I)`` -> forecasts ``(B, T, K)`` and the final state."""
-        out, (h, c) = self.rnn(x_seq, state)  # (B, T, H), (L, B, H)
-        return self.head(out), (h, c)
+        """Training path of a step model: x_seq ``(B, T, I)`` -> raw outputs ``(B, T, K)``
+        (scaled forecasts, or class logits) and the final state."""
+        out, new = self.rnn.sequence(x_seq, state)  # (B, T, H)
+        return self.head(out), new
 
     def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
-        """Serving path: x ``(B, I)`` -> forecasts ``(B, K)`` and the next state."""
-        out, new_state = self.rnn.step(x, state, fused)  # (B, H)
-        return self.head(out), new_state
+        """Serving path of a step model: x ``(B, I)`` -> raw outputs ``(B, K)``, next state."""
+        out, new = self.rnn.step(x, state, fused)  # (B, H)
+        return self.head(out), new
+
+    def window_logits(self, x_win: Tensor) -> Tensor:
+        """A window model over closed windows of one length: x_win ``(B, T, I)`` -> ``(B, K)``,
+        from the forward direction's last and the backward direction's first hidden state."""
+        out: Tensor = self.rnn(x_win)[0]  # (B, T, 2H)
+        hidden = self.spec.hidden_size
+        last = torch.cat([out[:, -1, :hidden], out[:, 0, hidden:]], dim=1)
+        logits: Tensor = self.head(last)
+        return logits
+
+    def serve(self, raw: Tensor) -> Tensor:
+        """Raw outputs as served: class probabilities for a classifier, else unchanged."""
+        return torch.softmax(raw, dim=-1) if self.spec.task == "classify" else raw

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from streamer.errors import StoreUnavailable
-from streamer.predictor import BatchReport, PendingBatch, Predictor
+from streamer.model import SequenceModel
+from streamer.predictor import BatchReport, PendingBatch, Predictor, Served
 from streamer.schemas import DeadLetter, Event, Message, Prediction, decode_batch
 
 __all__ = ["BatchHandler", "Message", "Outcome", "RawMessage"]
@@ -60,6 +61,18 @@ class BatchHandler:
         #: the latest batch's save, and whether its states are final (see :meth:`begin`)
         self._saving: asyncio.Future[Outcome] | None = None
         self._stepped: asyncio.Future[None] | None = None
+        #: a model to switch to at the next batch boundary (see :meth:`stage`)
+        self._staged: tuple[SequenceModel, str] | None = None
+
+    def stage(self, model: SequenceModel, version: str) -> None:
+        """Serve ``model`` from the next batch on: the batch being stepped, and those being
+        saved, finish with the model they began with (a hot swap at a batch boundary)."""
+        self._staged = (model, version)
+
+    @property
+    def serving(self) -> str:
+        """The version batches are stepped with from now on (the staged one, if any)."""
+        return self._staged[1] if self._staged else self.predictor.version
 
     def decode(self, messages: Sequence[Message]) -> tuple[list[Event], list[DeadLetter]]:
         return decode_batch(messages, self.predictor.features, self.max_event_bytes)
@@ -91,6 +104,13 @@ class BatchHandler:
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if _failed(self._saving):
             self._saving = None  # its caller has its error; start a new chain from the store
+        if self._staged is not None:
+            old = self.predictor.version
+            self.predictor.use(*self._staged)
+            self._staged = None
+            log.info(
+                "switched from model %s to %s at a batch boundary", old, self.predictor.version
+            )
         good, bad = self.decode(messages)
         outcome = Outcome(dead_letters=bad)
         pending = await self._retrying(outcome, lambda: self.predictor.prepare(good, committed))
@@ -116,7 +136,8 @@ class BatchHandler:
             if self.predictor.is_stale(pending):
                 self.predictor.abandon(pending)
                 pending = await self._retrying(
-                    outcome, functools.partial(self.predictor.prepare, good, committed)
+                    outcome,
+                    functools.partial(self.predictor.prepare, good, committed, pending.served),
                 )
         except BaseException:
             self.predictor.abandon(pending)
@@ -139,7 +160,7 @@ class BatchHandler:
             if not rejected:
                 break
             again = await self._apply(
-                outcome, [e for e in good if e.unique_id in rejected], committed
+                outcome, [e for e in good if e.unique_id in rejected], committed, pending.served
             )
             predictions += again.predictions
             outcome.report.rejected_entities = again.rejected_entities
@@ -150,10 +171,17 @@ class BatchHandler:
         return outcome
 
     async def _apply(
-        self, outcome: Outcome, events: list[Event], committed: Mapping[int, int] | None
+        self,
+        outcome: Outcome,
+        events: list[Event],
+        committed: Mapping[int, int] | None,
+        served: Served,
     ) -> BatchReport:
-        """Step once, then write the same bytes until the write goes through."""
-        pending = await self._retrying(outcome, lambda: self.predictor.prepare(events, committed))
+        """Step once (with the model that stepped the batch), then write the same bytes until the
+        write goes through."""
+        pending = await self._retrying(
+            outcome, lambda: self.predictor.prepare(events, committed, served)
+        )
         return await self._retrying(outcome, lambda: self.predictor.commit(pending))
 
     async def _retrying(self, outcome: Outcome, attempt: Callable[[], Awaitable[T]]) -> T:

@@ -9,10 +9,19 @@ Plain Python and torch; no Kafka. For one batch:
 5. save all touched states in one conditional round trip (a newer stored state always wins);
 6. return the predictions of the saved events, in batch order.
 
-Model/state mismatch policy: a stored state whose layers or hidden size differ from the model's, or
-whose bytes cannot be decoded, is reset to zeros (counted in ``resets``); its fence is kept, so no
-event it applied is applied again. A state written by another
-model version with the same shape is kept and continues under the current model.
+Model/state policy: every state records the version of the model that wrote it. A stored state whose
+shape differs from the model's (another cell, layers or hidden size, window length), or whose bytes
+cannot be decoded, is reset to zeros (counted in ``resets``). A state written by another version
+with the same shape continues under the current model (``on_model_change="keep"``, the default) or
+is reset too (``"reset"``). A reset keeps the fence and the kept outputs, so no event it applied is
+applied again and none of its predictions is lost.
+
+The served model can change between batches (:meth:`Predictor.use`, a hot swap): a batch is
+stepped by one model from start to end, and :class:`PendingBatch` remembers which.
+
+A *window* model (``spec.window`` events) keeps a per-entity buffer of the open window's inputs in
+the state instead of a hidden state; the event that closes a window (the window is full, or the
+end-marker feature is non-zero) gets the window's prediction, the others none.
 """
 
 from __future__ import annotations
@@ -31,11 +40,11 @@ from streamer.batching import plan_waves
 from streamer.cache import StateCache
 from streamer.codec import Dtype, StateBatch, decode_many, encode_many, group_ranks, now_ms
 from streamer.errors import ConfigError, StaleBatch
-from streamer.model import Forecaster
+from streamer.model import ModelSpec, SequenceModel
 from streamer.schemas import Event, Prediction
 from streamer.state import StateStore
 
-__all__ = ["BatchReport", "PendingBatch", "Predictor", "resolve_device"]
+__all__ = ["BatchReport", "PendingBatch", "Predictor", "Served", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,42 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was asked for, but torch sees no CUDA device")
     return torch.device(name)
+
+
+@dataclass(frozen=True, eq=False)
+class Served:
+    """A model as the predictor serves it, with what every batch needs of its spec."""
+
+    model: SequenceModel
+    version: str
+    fmean: npt.NDArray[np.float64]  # (F,) of the input features
+    fstd: npt.NDArray[np.float64]
+    #: columns of the event features that are model inputs, and of the window end marker
+    inputs: npt.NDArray[np.int64]
+    end: int | None
+
+    @classmethod
+    def of(cls, model: SequenceModel, version: str, device: torch.device) -> Served:
+        if len(version.encode("ascii")) > 16:
+            raise ConfigError(f"model version {version!r} is longer than 16 ASCII characters")
+        spec = model.spec
+        nf = len(spec.features)
+        mean = np.asarray(spec.feature_mean or [0.0] * nf, np.float64)
+        std = np.asarray(spec.feature_std or [1.0] * nf, np.float64)
+        inputs = np.asarray(
+            [i for i, f in enumerate(spec.features) if f != spec.window_end], np.int64
+        )
+        end = spec.features.index(spec.window_end) if spec.window_end else None
+        return cls(model.eval().to(device), version, mean[inputs], std[inputs], inputs, end)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    @property
+    def kept_width(self) -> int:
+        """Values per kept output: the prediction's, and a window's length for window models."""
+        return self.spec.outputs + (1 if self.spec.window else 0)
 
 
 @dataclass
@@ -62,7 +107,7 @@ class BatchReport:
     #: Entities whose save was refused because a newer state was stored meanwhile.
     rejected: int = 0
     rejected_entities: list[str] = field(default_factory=list)
-    #: Entities whose stored state did not fit the model and was reset.
+    #: Entities whose stored state did not fit the model (or the policy) and was reset.
     resets: int = 0
     predictions: list[Prediction] = field(default_factory=list)
 
@@ -72,11 +117,14 @@ class PendingBatch:
     """A stepped batch whose states are not saved yet (see :meth:`Predictor.commit`)."""
 
     report: BatchReport
+    served: Served
     events: Sequence[Event] = ()
     #: batch index -> prediction kept in the state and sent again
     reemit: dict[int, Prediction] = field(default_factory=dict)
-    #: batch index -> (entity slot, prediction) of the newly applied events
+    #: batch index -> (entity slot, prediction) of the newly applied events that have one
     fresh: dict[int, tuple[int, Prediction]] = field(default_factory=dict)
+    #: entity slot of every newly applied event
+    stepped: list[int] = field(default_factory=list)
     #: encoded states to save, one per entity slot
     items: list[tuple[str, bytes]] = field(default_factory=list)
     #: partition of each saved state's events, one per entity slot (for the cache)
@@ -92,7 +140,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: Forecaster,
+        model: SequenceModel,
         version: str,
         store: StateStore,
         *,
@@ -101,12 +149,14 @@ class Predictor:
         max_kept_outputs: int = 1024,
         cache: StateCache | None = None,
         fused_cell_from: int | None = None,
+        on_model_change: str = "keep",
     ):
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.version = version
-        if len(version.encode("ascii")) > 16:
-            raise ConfigError(f"model version {version!r} is longer than 16 ASCII characters")
+        self.served = Served.of(model, version, self.device)
+        if on_model_change not in ("keep", "reset"):
+            raise ConfigError(f"on_model_change is keep or reset, not {on_model_change!r}")
+        #: what becomes of a state written by another version of the same shape
+        self.on_model_change = on_model_change
         self.store = store
         self.state_dtype: Dtype = state_dtype
         #: Most outputs kept per entity for re-emission (the newest ones).
@@ -123,17 +173,26 @@ class Predictor:
         if fused_cell_from is None:
             fused_cell_from = 1 if self.device.type == "cuda" else 0
         self.fused_cell_from = fused_cell_from
-        spec = model.spec
-        self._layers, self._hidden, self._horizon = spec.num_layers, spec.hidden_size, spec.horizon
-        self._features = spec.features
-        self._fmean = np.asarray(spec.feature_mean or [0.0] * len(spec.features), np.float64)
-        self._fstd = np.asarray(spec.feature_std or [1.0] * len(spec.features), np.float64)
         #: On a GPU, inputs and states go over in one pinned buffer and come back in one copy.
         self.staged = self.device.type != "cpu"
 
     @property
+    def model(self) -> SequenceModel:
+        return self.served.model
+
+    @property
+    def version(self) -> str:
+        return self.served.version
+
+    @property
     def features(self) -> tuple[str, ...]:
-        return self._features
+        """The fields an event must carry besides ``unique_id``, ``ds`` and ``y``."""
+        return self.served.spec.features
+
+    def use(self, model: SequenceModel, version: str) -> None:
+        """Serve another model from the next :meth:`prepare` on (a hot swap; call it between
+        batches). Batches prepared before are saved with the model that stepped them."""
+        self.served = Served.of(model, version, self.device)
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop cached states of partitions this worker no longer owns."""
@@ -157,7 +216,10 @@ class Predictor:
             raise
 
     async def prepare(
-        self, events: Sequence[Event], committed: Mapping[int, int] | None = None
+        self,
+        events: Sequence[Event],
+        committed: Mapping[int, int] | None = None,
+        served: Served | None = None,
     ) -> PendingBatch:
         """Read the states (one round trip) and step the events; nothing is written yet.
 
@@ -166,11 +228,17 @@ class Predictor:
         the one before is saved; they must then be committed in the order they were prepared.
 
         ``committed`` maps a partition to its committed offset (the next one a restarted consumer
-        reads): outputs of events below it were delivered and need not be kept any longer. Safe to
-        call again after a failure: it has no effect outside this process.
+        reads): outputs of events below it were delivered and need not be kept any longer.
+        ``served``: the model to step with (default: the current one). Safe to call again after a
+        failure: it has no effect outside this process.
         """
+        sv = served or self.served
+        spec = sv.spec
         pending = PendingBatch(
-            report=BatchReport(events=len(events)), events=events, refusals=self._refusals
+            report=BatchReport(events=len(events)),
+            served=sv,
+            events=events,
+            refusals=self._refusals,
         )
         if not events:
             return pending
@@ -179,12 +247,15 @@ class Predictor:
         ev_slot = [slot_of.setdefault(e.unique_id, len(slot_of)) for e in events]
         entities = list(slot_of)
         raws, pending.overlaid = await self._read(entities)
+        rows_, width = spec.state_shape
         loaded, problems = decode_many(
-            raws, self._layers, self._hidden, self._horizon, self.state_dtype
+            raws, rows_, width, sv.kept_width, self.state_dtype, spec.state_tensors
         )
         for j, why in problems.items():
             log.warning("resetting the state of %r: %s", entities[j], why)
         pending.report.resets = len(problems)
+        if self.on_model_change == "reset":
+            pending.report.resets += self._reset_other_versions(loaded, sv.version, problems)
 
         # Fence: skip an event at or below the last applied offset of its entity's partition:
         # the stored one, or an earlier event of this batch (a rebalance can deliver one twice).
@@ -198,7 +269,7 @@ class Predictor:
                 last_part[j], last_off[j] = ev.partition, ev.offset
                 applied.append(i)
         if skipped:
-            self._reemit(pending, loaded, [(i, ev_slot[i]) for i in skipped], committed)
+            self._reemit(pending, loaded, [(i, ev_slot[i]) for i in skipped], committed, sv)
         pending.report.skipped = len(skipped)
         if not applied:
             return pending
@@ -208,18 +279,37 @@ class Predictor:
         st = loaded.take(rows)
         evs = [events[i] for i in applied]
         offsets = np.fromiter((e.offset for e in evs), np.int64, len(evs))
-        forecasts, steps = self._step(evs, offsets, plan.slot, plan.waves, st)
-        st.version[:] = self.version.encode("ascii")
+        v, classes, slot = sv.version, spec.classes, plan.slot
+        pending.stepped = slot.tolist()
+        if spec.window:
+            sel, values, steps, lengths = self._step_windows(sv, evs, offsets, slot, plan.waves, st)
+            kept = np.concatenate([values, lengths[:, None].astype(np.float64)], axis=1)
+            self._keep_outputs(st, loaded, rows, slot[sel], offsets[sel], steps, kept, committed)
+            pending.fresh = {
+                applied[q]: (
+                    int(slot[q]),
+                    Prediction.of(evs[q], v, n, f, classes, ln),
+                )
+                for q, n, f, ln in zip(
+                    sel.tolist(), steps.tolist(), values.tolist(), lengths.tolist(), strict=True
+                )
+            }
+        else:
+            values, steps = self._step(sv, evs, offsets, slot, plan.waves, st)
+            self._keep_outputs(st, loaded, rows, slot, offsets, steps, values, committed)
+            pending.fresh = {
+                i: (j, Prediction(e.unique_id, e.ds, e.y, e.partition, e.offset, v, n, f, classes))
+                for i, e, j, n, f in zip(
+                    applied,
+                    evs,
+                    pending.stepped,
+                    steps.tolist(),
+                    map(tuple, values.tolist()),
+                    strict=True,
+                )
+            }
+        st.version[:] = v.encode("ascii")
         st.updated_ms[:] = now_ms()
-        self._keep_outputs(st, loaded, rows, plan.slot, offsets, steps, forecasts, committed)
-
-        v = self.version
-        pending.fresh = {
-            i: (j, Prediction(e.unique_id, e.ds, e.y, e.partition, e.offset, v, n, tuple(f)))
-            for i, e, j, n, f in zip(
-                applied, evs, plan.slot.tolist(), steps.tolist(), forecasts.tolist(), strict=True
-            )
-        }
         blobs = encode_many(st, self.state_dtype)
         pending.items = [(entities[j], b) for j, b in zip(rows.tolist(), blobs, strict=True)]
         pending.partitions = st.partition.tolist()
@@ -264,7 +354,7 @@ class Predictor:
                 report.rejected,
             )
         if not pending.reemit and not report.rejected:  # the usual batch: every event applied
-            report.applied = len(pending.fresh)
+            report.applied = len(pending.stepped)
             report.predictions = [pred for _, pred in pending.fresh.values()]
             return report
         out: list[Prediction] = []
@@ -275,7 +365,7 @@ class Predictor:
                 j, pred = pending.fresh[i]
                 if saved[j]:
                     out.append(pred)
-        report.applied = sum(1 for j, _ in pending.fresh.values() if saved[j])
+        report.applied = sum(1 for j in pending.stepped if saved[j])
         report.predictions = out
         return report
 
@@ -317,8 +407,10 @@ class Predictor:
         loaded: StateBatch,
         skipped: list[tuple[int, int]],
         committed: Mapping[int, int],
+        sv: Served,
     ) -> None:
         """Send again the kept predictions of skipped events whose offsets were not committed."""
+        k, window = sv.spec.outputs, bool(sv.spec.window)
         kept = {
             (j, off): m
             for m, (j, off) in enumerate(
@@ -339,11 +431,14 @@ class Predictor:
             ):
                 continue
             seen.add((ev.partition, ev.offset))
+            row = loaded.out_forecast[m].tolist()
             pending.reemit[i] = Prediction.of(
                 ev,
                 loaded.version[j].decode("ascii", errors="replace"),
                 int(loaded.out_step[m]),
-                loaded.out_forecast[m].tolist(),
+                row[:k],
+                sv.spec.classes,
+                int(row[k]) if window else 0,
             )
         pending.report.reemitted = len(pending.reemit)
 
@@ -383,8 +478,35 @@ class Predictor:
             st.out_entity, st.out_offset = e[keep], st.out_offset[keep]
             st.out_step, st.out_forecast = st.out_step[keep], st.out_forecast[keep]
 
+    def _reset_other_versions(
+        self, loaded: StateBatch, version: str, problems: Mapping[int, str]
+    ) -> int:
+        """Start over the states written by another model version (fence and outputs kept)."""
+        other = (loaded.version != b"") & (loaded.version != version.encode("ascii"))
+        other[list(problems)] = False  # reset already
+        if not other.any():
+            return 0
+        loaded.h[:, other] = 0
+        loaded.c[:, other] = 0
+        for name in ("step", "count", "mean", "var"):
+            getattr(loaded, name)[other] = 0
+        return int(other.sum())
+
+    def _inputs(
+        self, sv: Served, events: Sequence[Event], y: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64] | None]:
+        """Model inputs ``(N, I)`` with y unscaled in column 0, and the raw features ``(N, F)``."""
+        x = np.empty((len(events), sv.spec.input_size), np.float32)
+        x[:, 0] = y
+        if not sv.spec.features:
+            return x, None
+        feats = np.asarray([e.features for e in events], np.float64)
+        x[:, 1:] = (feats[:, sv.inputs] - sv.fmean) / sv.fstd
+        return x, feats
+
     def _step(
         self,
+        sv: Served,
         events: Sequence[Event],
         ev_off: npt.NDArray[np.int64],
         slot: npt.NDArray[np.int64],
@@ -392,7 +514,7 @@ class Predictor:
         st: StateBatch,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """Advance the states ``st`` (in place) through the events (at offsets ``ev_off``);
-        return forecasts and steps."""
+        return the predictions' values (forecasts, or class probabilities) and steps."""
         n = len(events)
         y = np.fromiter((e.y for e in events), np.float64, n)
         mean_e, scale_e = np.empty(n), np.empty(n)
@@ -407,11 +529,9 @@ class Predictor:
             steps[w] = st.step[s]
             st.partition[s], st.offset[s] = ev_part[w], ev_off[w]
 
-        x_host = np.empty((n, 1 + len(self._features)), np.float32)  # (N, I)
-        x_host[:, 0] = (y - mean_e) / scale_e
-        if self._features:
-            feats = np.asarray([e.features for e in events], np.float64)
-            x_host[:, 1:] = (feats - self._fmean) / self._fstd
+        x_host, _ = self._inputs(sv, events, y)  # (N, I)
+        if sv.spec.scaling == "entity":
+            x_host[:, 0] = (y - mean_e) / scale_e
 
         order = np.concatenate(waves)
         bounds = np.cumsum([0, *(len(w) for w in waves)]).tolist()
@@ -419,18 +539,92 @@ class Predictor:
         dev = self.device
         order_d = torch.from_numpy(order).to(dev, non_blocking=True)
         slot_d = torch.from_numpy(slot[order]).to(dev, non_blocking=True)
-        out = torch.empty((n, self._horizon), device=dev)  # (N, K)
+        model = sv.model
+        out = torch.empty((n, sv.spec.outputs), device=dev)  # (N, K)
         with torch.inference_mode():
             if len(waves) == 1:  # every entity once, in slot order: no gather, no scatter
-                out, (h, c) = self.model.step(x, (h, c), self._fused(n))
+                out, (h, c) = model.step(x, (h, c), self._fused(n))
             for a, b in itertools.pairwise(bounds if len(waves) > 1 else ()):
                 ev, ent = order_d[a:b], slot_d[a:b]
                 state = (h[:, ent], c[:, ent])
-                yk, (hk, ck) = self.model.step(x[ev], state, self._fused(b - a))  # (B, K), (L,B,H)
+                yk, (hk, ck) = model.step(x[ev], state, self._fused(b - a))  # (B, K), (L,B,H)
                 h[:, ent], c[:, ent], out[ev] = hk, ck, yk
-        st.h[...], st.c[...], y_scaled = self._to_host(h, c, out)
-        forecasts = y_scaled.astype(np.float64) * scale_e[:, None] + mean_e[:, None]
-        return forecasts, steps
+            out = model.serve(out)
+        st.h[...], st.c[...], raw = self._to_host(h, c, out)
+        values = raw.astype(np.float64)
+        if sv.spec.task == "forecast" and sv.spec.scaling == "entity":
+            values = values * scale_e[:, None] + mean_e[:, None]
+        return values, steps
+
+    def _step_windows(
+        self,
+        sv: Served,
+        events: Sequence[Event],
+        ev_off: npt.NDArray[np.int64],
+        slot: npt.NDArray[np.int64],
+        waves: list[npt.NDArray[np.int64]],
+        st: StateBatch,
+    ) -> tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]
+    ]:
+        """Add the events to their entities' open windows (``st`` in place) and score the windows
+        they close. Returns the closing events' indices, their predictions' values, steps and
+        window lengths.
+
+        A window state is one row: the raw inputs of the open window's events, ``window`` x I
+        values; its ``count``, ``mean`` and ``var`` are the plain statistics of the open window's
+        y (``spec.scaling="entity"`` scales a closed window's y by them, as training does).
+        """
+        spec = sv.spec
+        n, size, width = len(events), spec.window, spec.input_size
+        y = np.fromiter((e.y for e in events), np.float64, n)
+        x, feats = self._inputs(sv, events, y)
+        ends = feats[:, sv.end] != 0 if feats is not None and sv.end is not None else None
+        steps = np.empty(n, np.int64)
+        ev_part = np.fromiter((e.partition for e in events), np.int64, n)
+        buf = st.h[0].reshape(len(st), size, width)  # a view: writes go to ``st``
+        closing: list[int] = []
+        windows: list[npt.NDArray[np.float32]] = []
+        for w in waves:  # in event order, per entity
+            s = slot[w]
+            fill = np.minimum(st.count[s].astype(np.int64), size - 1)
+            buf[s, fill] = x[w]
+            stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w], alpha=0.0)
+            st.count[s], st.mean[s], st.var[s] = stats
+            st.step[s] += 1
+            steps[w] = st.step[s]
+            st.partition[s], st.offset[s] = ev_part[w], ev_off[w]
+            done = fill + 1 >= size
+            if ends is not None:
+                done |= ends[w]
+            if not done.any():
+                continue
+            mean, scale = stats[1][done], scaling.scale_of(stats)[done]
+            for e, j, length, mu, sd in zip(
+                w[done].tolist(),
+                s[done].tolist(),
+                (fill[done] + 1).tolist(),
+                mean.tolist(),
+                scale.tolist(),
+                strict=True,
+            ):
+                win = buf[j, :length].copy()
+                if spec.scaling == "entity":
+                    win[:, 0] = (win[:, 0] - mu) / sd
+                closing.append(e)
+                windows.append(win)
+            shut = s[done]
+            buf[shut] = 0
+            st.count[shut], st.mean[shut], st.var[shut] = 0.0, 0.0, 0.0
+        sel = np.asarray(closing, np.int64)
+        lengths = np.fromiter(map(len, windows), np.int64, len(windows))
+        values = np.empty((len(windows), spec.outputs))
+        with torch.inference_mode():
+            for length in np.unique(lengths).tolist():  # one call per window length
+                at = np.flatnonzero(lengths == length)
+                xw = torch.from_numpy(np.stack([windows[a] for a in at])).to(self.device)
+                values[at] = sv.model.serve(sv.model.window_logits(xw)).cpu().numpy()
+        return sel, values, steps[sel], lengths
 
     async def aclose(self) -> None:
         await self.store.aclose()

@@ -302,11 +302,20 @@ class Runner:
             futures.append(
                 await self._producer.send(topics.dead_letter, value, key=d.key, headers=headers)
             )
-        if outcome.predictions:
+        preds = outcome.predictions
+        windows = [p for p in preds if p.window]
+        if windows:  # a window model's (or re-emitted ones): to their own topic
+            futures += await send_keyed(
+                self._producer,
+                topics.windows,
+                [(p.unique_id.encode(), p.to_json()) for p in windows],
+            )
+            preds = [p for p in preds if not p.window]
+        if preds:
             futures += await send_keyed(
                 self._producer,
                 topics.predictions,
-                [(p.unique_id.encode(), p.to_json()) for p in outcome.predictions],
+                [(p.unique_id.encode(), p.to_json()) for p in preds],
             )
         await asyncio.gather(*futures)
 

@@ -101,7 +101,12 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class Prediction:
-    """The model's output for one event, after the state it came from was saved."""
+    """The model's output for one event, after the state it came from was saved.
+
+    ``values`` is the forecast (the next K values) of a forecaster, or the class probabilities of
+    a classifier (then ``classes`` names them). A window model's prediction answers the event that
+    closed a window of ``window`` events; a step model's has ``window`` 0.
+    """
 
     unique_id: str
     ds: str
@@ -110,32 +115,68 @@ class Prediction:
     offset: int
     model_version: str
     step: int
-    forecast: tuple[float, ...]
+    values: tuple[float, ...]
+    classes: tuple[str, ...] = ()
+    window: int = 0
 
     @classmethod
-    def of(cls, ev: Event, model_version: str, step: int, forecast: Sequence[float]) -> Prediction:
-        """The prediction answering event ``ev``: its identity, time and value, and the forecast."""
+    def of(
+        cls,
+        ev: Event,
+        model_version: str,
+        step: int,
+        values: Sequence[float],
+        classes: tuple[str, ...] = (),
+        window: int = 0,
+    ) -> Prediction:
+        """The prediction answering event ``ev``: its identity, time and value, and the output."""
         return cls(
-            ev.unique_id, ev.ds, ev.y, ev.partition, ev.offset, model_version, step, tuple(forecast)
+            ev.unique_id,
+            ev.ds,
+            ev.y,
+            ev.partition,
+            ev.offset,
+            model_version,
+            step,
+            tuple(values),
+            classes,
+            window,
         )
 
+    @property
+    def forecast(self) -> tuple[float, ...]:
+        return self.values
+
+    @property
+    def label(self) -> str | None:
+        """The most probable class of a classifier's prediction."""
+        if not self.classes:
+            return None
+        return self.classes[max(range(len(self.values)), key=self.values.__getitem__)]
+
     def to_json(self) -> bytes:
-        return orjson.dumps(  # a dict: orjson writes it 4x faster than the dataclass
-            {
-                "unique_id": self.unique_id,
-                "ds": self.ds,
-                "y": self.y,
-                "partition": self.partition,
-                "offset": self.offset,
-                "model_version": self.model_version,
-                "step": self.step,
-                "forecast": self.forecast,
-            }
-        )
+        d: dict[str, Any] = {  # a dict: orjson writes it 4x faster than the dataclass
+            "unique_id": self.unique_id,
+            "ds": self.ds,
+            "y": self.y,
+            "partition": self.partition,
+            "offset": self.offset,
+            "model_version": self.model_version,
+            "step": self.step,
+        }
+        if self.classes:
+            d["probabilities"] = dict(zip(self.classes, self.values, strict=True))
+            d["label"] = self.label
+        else:
+            d["forecast"] = self.values
+        if self.window:
+            d["window"] = self.window
+        return orjson.dumps(d)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Prediction:
         d = orjson.loads(raw)
+        probs = d.get("probabilities")
         return cls(
             unique_id=d["unique_id"],
             ds=d["ds"],
@@ -144,7 +185,9 @@ class Prediction:
             offset=d["offset"],
             model_version=d["model_version"],
             step=d["step"],
-            forecast=tuple(d["forecast"]),
+            values=tuple(probs.values() if probs is not None else d["forecast"]),
+            classes=tuple(probs) if probs is not None else (),
+            window=d.get("window", 0),
         )
 
 

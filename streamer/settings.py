@@ -79,6 +79,8 @@ class RedisSettings(_Group):
 class TopicSettings(_Group):
     events: str = "events"
     predictions: str = "predictions"
+    #: Window models' predictions (one per closed window).
+    windows: str = "predictions.windows"
     dead_letter: str = "events.dlq"
     #: Partitions for the topics streamer creates; the unit of parallelism across workers.
     partitions: int = Field(default=4, ge=1)
@@ -105,8 +107,16 @@ class Settings(BaseSettings):
     app_id: str = "streamer"
     #: Name of the model in state keys: ``streamer:{model_name}:{entity}``.
     model_name: str = "default"
-    #: Directory of a model artifact (``streamer train`` writes one).
+    #: Directory of a model artifact (``streamer train`` writes one). Workers serve it until a
+    #: version of ``model_name`` is active in the registry (``streamer model activate``).
     model_path: Path | None = None
+    #: How often workers look for a newly activated model version, in seconds; 0: never (the
+    #: worker serves the model it started with).
+    registry_poll_s: float = Field(default=1.0, ge=0)
+    #: A stored state written by another model version of the same shape (cell, layers, hidden
+    #: size) is ``keep``-t and continues under the new model, or ``reset`` to zeros. States of
+    #: another shape are always reset. Either way the fence and the kept predictions stay.
+    on_model_change: Literal["keep", "reset"] = "keep"
     #: ``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``.
     device: str = "auto"
     #: Storage dtype of h and c in Redis.

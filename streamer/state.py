@@ -30,7 +30,7 @@ from streamer.errors import StateError, StoreUnavailable
 if TYPE_CHECKING:
     from streamer.settings import Settings
 
-__all__ = ["RedisStateStore", "StateStore", "state_key"]
+__all__ = ["RedisStateStore", "StateStore", "redis_client", "state_key"]
 
 
 def state_key(model: str, entity: str) -> str:
@@ -40,6 +40,41 @@ def state_key(model: str, entity: str) -> str:
     'streamer:retail:store-7'
     """
     return f"streamer:{model}:{entity}"
+
+
+def _client(
+    url: str,
+    socket_timeout_s: float,
+    username: str | None = None,
+    password: str | None = None,
+    ssl_ca_certs: str | None = None,
+) -> aioredis.Redis:
+    extra: dict[str, Any] = {}
+    if username:
+        extra["username"] = username
+    if password:
+        extra["password"] = password
+    if ssl_ca_certs and url.startswith("rediss://"):
+        extra["ssl_ca_certs"] = ssl_ca_certs
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        decode_responses=False,
+        **extra,
+    )
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """A Redis client as the settings describe it (URL, credentials, TLS, timeouts)."""
+    r = settings.redis
+    return _client(
+        r.url,
+        r.socket_timeout_s,
+        r.username,
+        r.password.get_secret_value() if r.password else None,
+        str(r.ssl_ca_certs) if r.ssl_ca_certs else None,
+    )
 
 
 class StateStore(Protocol):
@@ -163,34 +198,12 @@ class RedisStateStore:
         password: str | None = None,
         ssl_ca_certs: str | None = None,
     ) -> RedisStateStore:
-        extra: dict[str, Any] = {}
-        if username:
-            extra["username"] = username
-        if password:
-            extra["password"] = password
-        if ssl_ca_certs and url.startswith("rediss://"):
-            extra["ssl_ca_certs"] = ssl_ca_certs
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            decode_responses=False,
-            **extra,
-        )
+        client = _client(url, socket_timeout_s, username, password, ssl_ca_certs)
         return cls(client, model, ttl_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStateStore:
-        r = settings.redis
-        return cls.from_url(
-            r.url,
-            settings.model_name,
-            settings.state_ttl_s,
-            r.socket_timeout_s,
-            username=r.username,
-            password=r.password.get_secret_value() if r.password else None,
-            ssl_ca_certs=str(r.ssl_ca_certs) if r.ssl_ca_certs else None,
-        )
+        return cls(redis_client(settings), settings.model_name, settings.state_ttl_s)
 
     @property
     def redis(self) -> aioredis.Redis:

@@ -24,7 +24,7 @@ from torch import Tensor
 from streamer import scaling
 from streamer.data import Series, feature_columns, split_series
 from streamer.errors import DataError
-from streamer.model import Forecaster, ModelSpec
+from streamer.model import ModelSpec, SequenceModel
 
 __all__ = ["TrainConfig", "TrainResult", "offline_forecast", "series_inputs", "train"]
 
@@ -50,7 +50,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    model: Forecaster
+    model: SequenceModel
     summary: dict[str, Any]
 
 
@@ -73,7 +73,7 @@ def series_inputs(
 
 @torch.no_grad()
 def offline_forecast(
-    model: Forecaster, s: Series
+    model: SequenceModel, s: Series
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """``nn.LSTM`` over a whole series: forecasts ``(T, K)`` in the series' units, final h and c
     ``(L, H)``. This is what the streaming pipeline must reproduce event by event."""
@@ -125,7 +125,7 @@ def train(
         feature_std=tuple(float(max(v, 1e-8)) for v in fvals.std(0)) if feats else (),
     )
     dev = torch.device(cfg.device)
-    model = Forecaster(spec).to(dev)
+    model = SequenceModel(spec).to(dev)
 
     val_points = cfg.val_points if cfg.val_points is not None else cfg.horizon
     xs, tgs, train_masks, val_masks = [], [], [], []

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from streamer.artifact import save_artifact
-from streamer.model import Forecaster, ModelSpec
+from streamer.model import ModelSpec, SequenceModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "deploy" / "local" / "services.sh"
@@ -67,7 +67,7 @@ def make_model(
     horizon: int = 3,
     features: tuple[str, ...] = (),
     seed: int = 7,
-) -> Forecaster:
+) -> SequenceModel:
     torch.manual_seed(seed)
     spec = ModelSpec(
         hidden_size=hidden,
@@ -77,7 +77,7 @@ def make_model(
         feature_mean=tuple(0.5 for _ in features),
         feature_std=tuple(2.0 for _ in features),
     )
-    model = Forecaster(spec)
+    model = SequenceModel(spec)
     # Larger than default init weights, so states move far from zero and differences show.
     with torch.no_grad():
         for p in model.parameters():

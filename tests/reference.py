@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from streamer.data import event_rows, split_series
-from streamer.model import Forecaster
+from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
 from streamer.training import offline_forecast
 
@@ -23,7 +23,7 @@ class Expected:
     ds: list[str]
 
 
-def expected_by_entity(model: Forecaster, df: pd.DataFrame) -> dict[str, Expected]:
+def expected_by_entity(model: SequenceModel, df: pd.DataFrame) -> dict[str, Expected]:
     features = list(model.spec.features)
     out = {}
     for s in split_series(df, features):

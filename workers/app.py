@@ -8,34 +8,61 @@ because Faust streams pay their per-message cost on every event.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 
 import torch
 from mode import Service
 
-from streamer.artifact import load_artifact
+from streamer.artifact import Artifact, load_artifact
 from streamer.cache import StateCache
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, StoreUnavailable, StreamerError
 from streamer.pipeline import BatchHandler
 from streamer.predictor import Predictor, resolve_device
+from streamer.registry import Registry
 from streamer.runner import Runner
 from streamer.settings import Settings
-from streamer.state import RedisStateStore
+from streamer.state import RedisStateStore, redis_client
 
 __all__ = ["StreamerService", "build_handler"]
 
 log = logging.getLogger("streamer.worker")
 
 
+async def _registry_model(settings: Settings, device: torch.device) -> Artifact | None:
+    """The registry's active version of the model, if one is active."""
+    registry = Registry(redis_client(settings), settings.model_name)
+    try:
+        version = await registry.active()
+        return await registry.load(version, device) if version else None
+    finally:
+        await registry.aclose()
+
+
 def build_handler(settings: Settings) -> BatchHandler:
-    if settings.model_path is None:
-        raise ConfigError(
-            "no model: set STREAMER_MODEL_PATH or pass --model (streamer train writes one)"
-        )
+    """The batch handler around the model to serve: the registry's active version of
+    ``model_name`` if there is one, else the artifact at ``model_path``."""
     torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
-    art = load_artifact(settings.model_path, device)
+    art, unreachable = None, ""
+    if settings.registry_poll_s:
+        try:
+            art = asyncio.run(_registry_model(settings, device))
+        except StoreUnavailable as exc:  # the watcher looks again once the worker runs
+            unreachable = f" ({exc})"
+            if settings.model_path is not None:
+                log.warning("%s; starting with %s", exc, settings.model_path)
+    if art is not None:
+        source = f"the registry ({settings.model_name} active)"
+    elif settings.model_path is not None:
+        art, source = load_artifact(settings.model_path, device), str(settings.model_path)
+    else:
+        raise ConfigError(
+            "no model: set STREAMER_MODEL_PATH or pass --model (streamer train writes one), "
+            f"or activate a version of {settings.model_name!r} (streamer model activate)"
+            + unreachable
+        )
     predictor = Predictor(
         art.model,
         art.version,
@@ -47,8 +74,9 @@ def build_handler(settings: Settings) -> BatchHandler:
         if settings.cache_max_mb
         else None,
         fused_cell_from=settings.fused_cell_from,
+        on_model_change=settings.on_model_change,
     )
-    log.info("model %s (version %s) on %s", settings.model_path, art.version, device)
+    log.info("model %s from %s on %s", art.version, source, device)
     return BatchHandler(predictor, max_event_bytes=settings.topics.max_event_bytes)
 
 
@@ -57,7 +85,9 @@ class StreamerService(Service):
 
     def __init__(self, settings: Settings, handler: BatchHandler):
         super().__init__()
+        self.settings = settings
         self.runner = Runner(settings, handler)
+        self.registry = Registry(redis_client(settings), settings.model_name)
 
     async def on_start(self) -> None:
         # Everything loaded so far (torch, the model) lives as long as the worker: keep it out of
@@ -78,8 +108,36 @@ class StreamerService(Service):
             log.exception("the batch loop failed; stopping the worker")
             await self.crash(exc)
 
+    @Service.task
+    async def _watch_registry(self) -> None:
+        """Load a newly activated model version and hand it to the batch loop, which switches
+        at its next batch boundary. A registry that cannot be reached or an artifact that
+        cannot be loaded is logged and the current model kept."""
+        poll = self.settings.registry_poll_s
+        handler = self.runner.handler
+        failed: str | None = None  # a version that could not be loaded: not tried again
+        while poll and not self.should_stop:
+            await self.sleep(poll)
+            try:
+                version = await self.registry.active()
+                if version is None or version in (handler.serving, failed):
+                    continue
+                art = await self.registry.load(version, handler.predictor.device)
+            except StoreUnavailable as exc:
+                log.warning("%s; serving %s", exc, handler.serving)
+                continue
+            except StreamerError as exc:
+                log.error(
+                    "model %s cannot be served (%s); serving %s", version, exc, handler.serving
+                )
+                failed = version
+                continue
+            log.info("model %s activated; switching from %s", version, handler.serving)
+            handler.stage(art.model, art.version)
+
     async def on_stop(self) -> None:
         await self.runner.stop()
+        await self.registry.aclose()
         await self.runner.handler.predictor.aclose()
         s = self.runner.stats
         log.info(

@@ -17,11 +17,13 @@ from streamer.codec import (
 from streamer.errors import StateCodecError
 
 
-def record(dtype: str = "float32", layers: int = 2, hidden: int = 16, seed: int = 0) -> StateRecord:
+def record(
+    dtype: str = "float32", layers: int = 2, hidden: int = 16, seed: int = 0, tensors: int = 2
+) -> StateRecord:
     rng = np.random.default_rng(seed)
     return StateRecord(
         h=rng.standard_normal((layers, hidden)).astype(np.float32),
-        c=(rng.standard_normal((layers, hidden)) * 5).astype(np.float32),
+        c=(rng.standard_normal((layers * (tensors - 1), hidden)) * 5).astype(np.float32),
         model_version="abc123def456",
         step=12345,
         partition=3,
@@ -108,17 +110,36 @@ def test_kept_outputs_round_trip_exactly() -> None:
     np.testing.assert_array_equal(back.out_forecasts, rec.out_forecasts)  # float64: bit for bit
 
 
-def test_format_1_records_are_still_read() -> None:
-    raw = bytearray(encode(record()))[:-6]  # format 1 had no outputs section
-    raw[4] = 1
-    back = decode(bytes(raw))
+def as_format(raw: bytes, fmt: int) -> bytes:
+    """An LSTM record as an older format wrote it: layers was two bytes (S always 2)."""
+    old = bytearray(raw)
+    old[4], old[7] = fmt, 0
+    return bytes(old if fmt > 1 else old[:-6])  # format 1 had no outputs section
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_older_formats_are_still_read(fmt: int) -> None:
+    rec = record()
+    back = decode(as_format(encode(rec), fmt))
     assert back.offset == 2**40 + 17 and len(back.out_offsets) == 0
+    np.testing.assert_array_equal(back.c, rec.c)
+
+
+def test_a_state_of_one_tensor_stores_h_alone() -> None:
+    rec = record(tensors=1)  # a GRU or plain RNN state
+    raw = encode(rec)
+    assert len(raw) == HEADER.size + 2 * 16 * 4 + 6 and raw[7] == 1
+    back = decode(raw)
+    np.testing.assert_array_equal(back.h, rec.h)
+    assert back.c.shape == (0, 16)
 
 
 # ------------------------------------------------------------------------------ whole batches --
 
 
-def batch_records(dtype: str, u: int, horizon: int, seed: int) -> list[StateRecord]:
+def batch_records(
+    dtype: str, u: int, horizon: int, seed: int, tensors: int = 2
+) -> list[StateRecord]:
     """Records as the predictor writes them: same shape and dtype, 0 to 3 kept outputs each."""
     rng = np.random.default_rng(seed)
     out = []
@@ -126,7 +147,7 @@ def batch_records(dtype: str, u: int, horizon: int, seed: int) -> list[StateReco
         n = int(rng.integers(0, 4))
         out.append(
             dataclasses.replace(
-                record(dtype, seed=seed * 1000 + j),
+                record(dtype, seed=seed * 1000 + j, tensors=tensors),
                 step=int(rng.integers(0, 2**40)),
                 partition=int(rng.integers(0, 64)),
                 offset=int(rng.integers(0, 2**50)),
@@ -140,7 +161,8 @@ def batch_records(dtype: str, u: int, horizon: int, seed: int) -> list[StateReco
 
 
 def as_batch(recs: list[StateRecord], horizon: int) -> StateBatch:
-    b = StateBatch.empty(len(recs), recs[0].layers, recs[0].hidden_size, horizon)
+    tensors = 1 + (len(recs[0].c) > 0)
+    b = StateBatch.empty(len(recs), recs[0].layers, recs[0].hidden_size, horizon, tensors)
     for j, r in enumerate(recs):
         b.h[:, j], b.c[:, j] = r.h, r.c
         b.step[j], b.partition[j], b.offset[j], b.updated_ms[j] = (
@@ -170,17 +192,19 @@ def no_outputs() -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_encode_many_writes_the_bytes_of_encode(dtype: str, seed: int) -> None:
-    recs = batch_records(dtype, 40, horizon=3, seed=seed)
+@pytest.mark.parametrize("tensors", [1, 2])
+def test_encode_many_writes_the_bytes_of_encode(dtype: str, seed: int, tensors: int) -> None:
+    recs = batch_records(dtype, 40, horizon=3, seed=seed, tensors=tensors)
     assert encode_many(as_batch(recs, 3), dtype) == [encode(r) for r in recs]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_decode_many_reads_what_decode_reads(dtype: str) -> None:
-    recs = batch_records(dtype, 40, horizon=3, seed=7)
+@pytest.mark.parametrize("tensors", [1, 2])
+def test_decode_many_reads_what_decode_reads(dtype: str, tensors: int) -> None:
+    recs = batch_records(dtype, 40, horizon=3, seed=7, tensors=tensors)
     raws: list[bytes | None] = [encode(r) for r in recs]
     raws[5] = None  # an entity without a state
-    batch, problems = decode_many(raws, 2, 16, 3, dtype)  # type: ignore[arg-type]
+    batch, problems = decode_many(raws, 2, 16, 3, dtype, tensors)  # type: ignore[arg-type]
     assert problems == {}
     for j, raw in enumerate(raws):
         if raw is None:
@@ -194,21 +218,28 @@ def test_decode_many_reads_odd_records_one_by_one_and_reports_problems() -> None
     recs = batch_records("float32", 6, horizon=3, seed=3)
     raws: list[bytes | None] = [encode(r) for r in recs]
     raws[0] = encode(record("float16", seed=50))  # another dtype: read, as float32 values
-    old = bytearray(encode(dataclasses.replace(recs[1], **no_outputs())))
-    old[4] = 1  # format 1
-    raws[1] = bytes(old[:-6])
+    raws[1] = as_format(encode(dataclasses.replace(recs[1], **no_outputs())), 1)
     raws[2] = encode(record(layers=3, seed=51))  # another shape: reset, fence kept
     raws[3] = b"STRM" + b"\x00" * 200  # undecodable, fence readable
     raws[4] = b"junk"  # undecodable, no fence
     batch, problems = decode_many(raws, 2, 16, 3)
     assert sorted(problems) == [2, 3, 4]
-    assert "3x16" in problems[2] and "undecodable" in problems[3]
+    assert "2x3x16" in problems[2] and "undecodable" in problems[3]
     np.testing.assert_array_equal(batch.h[:, 0], decode(raws[0]).h)
     assert batch.offset[1] == recs[1].offset and batch.step[1] == recs[1].step
     assert (batch.partition[2], batch.offset[2], batch.step[2]) == (3, 2**40 + 17, 0)
     assert not batch.h[:, 2].any()
     assert (batch.partition[4], batch.offset[4]) == (-1, -1)
     assert encode(batch.record(5)) == raws[5]
+
+
+def test_a_state_of_another_cell_starts_over() -> None:
+    lstm, gru = encode(record(seed=1)), encode(record(seed=2, tensors=1))
+    batch, problems = decode_many([lstm, gru], 2, 16, 3, tensors=1)  # a GRU reads both
+    assert list(problems) == [0] and "2x2x16" in problems[0]
+    assert not batch.h[:, 0].any() and batch.offset[0] == 2**40 + 17  # fence kept
+    assert batch.c.shape == (0, 2, 16)
+    np.testing.assert_array_equal(batch.h[:, 1], decode(gru).h)
 
 
 def test_decode_many_drops_kept_outputs_of_another_horizon() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from streamer.model import Forecaster, ModelSpec, StackedLSTM
+from streamer.model import ModelSpec, SequenceModel, StackedLSTM
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
@@ -43,7 +43,7 @@ def test_parameters_are_nn_lstm_parameters() -> None:
 
 def test_step_from_a_nonzero_state_continues_the_sequence() -> None:
     torch.manual_seed(1)
-    model = Forecaster(ModelSpec(hidden_size=12, num_layers=2, horizon=4)).eval()
+    model = SequenceModel(ModelSpec(hidden_size=12, num_layers=2, horizon=4)).eval()
     x = torch.randn(3, 30, 1)
     with torch.no_grad():
         full, (h_full, c_full) = model(x)
@@ -58,14 +58,14 @@ def test_step_from_a_nonzero_state_continues_the_sequence() -> None:
 
 
 def test_forecast_head_gives_horizon_values() -> None:
-    model = Forecaster(ModelSpec(hidden_size=8, num_layers=1, horizon=5, features=("a", "b")))
+    model = SequenceModel(ModelSpec(hidden_size=8, num_layers=1, horizon=5, features=("a", "b")))
     y, (h, c) = model.step(torch.zeros(7, 3), model.rnn.zero_state(7))
     assert y.shape == (7, 5) and h.shape == (1, 7, 8) and c.shape == (1, 7, 8)
 
 
 def test_unknown_cell_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown cell"):
-        Forecaster(ModelSpec(cell="transformer"))
+        SequenceModel(ModelSpec(cell="transformer"))
 
 
 def test_the_fused_step_equals_the_cell_step_and_nn_lstm() -> None:

@@ -76,3 +76,11 @@ def test_prediction_json_round_trip() -> None:
     p = Prediction("s1", "2024-01-01", 1.5, 3, 17, "abc", 4, (1.0, 2.5))
     assert Prediction.from_json(p.to_json()) == p
     assert orjson.loads(p.to_json())["forecast"] == [1.0, 2.5]
+
+
+def test_a_classifier_prediction_names_its_classes_and_label() -> None:
+    p = Prediction("s1", "2024-01-01", 1.5, 3, 17, "abc", 24, (0.2, 0.8), ("1", "2"), window=24)
+    doc = orjson.loads(p.to_json())
+    assert doc["probabilities"] == {"1": 0.2, "2": 0.8} and doc["label"] == "2"
+    assert doc["window"] == 24 and "forecast" not in doc
+    assert Prediction.from_json(p.to_json()) == p
