@@ -25,7 +25,7 @@ from streamer.data import demo_panel, event_rows, split_series
 from streamer.predictor import Predictor
 from streamer.schemas import Event
 from streamer.state import RedisStateStore
-from streamer.training import offline_forecast
+from streamer.training import offline_predict
 
 
 def events_of(df) -> list[Event]:  # type: ignore[no-untyped-def]
@@ -45,7 +45,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     art = load_artifact(args.model)
     df = demo_panel()
     events = events_of(df)
-    offline = {s.unique_id: offline_forecast(art.model, s)[0] for s in split_series(df)}
+    offline = {s.unique_id: offline_predict(art.model, s)[0] for s in split_series(df)}
     results: dict[str, object] = {}
     for dtype in ("float32", "float16", "bfloat16"):
         ns = f"bench{uuid.uuid4().hex[:8]}"

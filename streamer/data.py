@@ -12,13 +12,22 @@ import pandas as pd
 
 from streamer.errors import DataError
 
-__all__ = ["Series", "demo_panel", "event_rows", "format_ds", "read_long", "split_series"]
+__all__ = [
+    "Series",
+    "demo_panel",
+    "event_rows",
+    "format_ds",
+    "italy_power_demand",
+    "read_long",
+    "split_series",
+]
 
 REQUIRED = ("unique_id", "ds", "y")
 
 
-def read_long(path: Path) -> pd.DataFrame:
-    """Read and check a long-format file; rows sorted by (unique_id, ds)."""
+def read_long(path: Path, label: str | None = None) -> pd.DataFrame:
+    """Read and check a long-format file; rows sorted by (unique_id, ds). A ``label`` column may
+    hold text (class names); every other column but the entity and time must be numeric."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -31,13 +40,15 @@ def read_long(path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: expected a .csv or .parquet file")
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
-    return check_long(df, str(path))
+    return check_long(df, str(path), label)
 
 
-def check_long(df: pd.DataFrame, name: str = "data") -> pd.DataFrame:
+def check_long(df: pd.DataFrame, name: str = "data", label: str | None = None) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DataError(f"{name}: missing column(s) {', '.join(missing)}; need unique_id, ds, y")
+    if label is not None and label not in df.columns:
+        raise DataError(f"{name}: no label column {label!r}")
     if df.empty:
         raise DataError(f"{name}: no rows")
     df = df.copy()
@@ -47,11 +58,14 @@ def check_long(df: pd.DataFrame, name: str = "data") -> pd.DataFrame:
     except (ValueError, TypeError) as exc:
         raise DataError(f"{name}: column ds is not a timestamp ({exc})") from exc
     for col in df.columns:
-        if col in ("unique_id", "ds"):
+        if col in ("unique_id", "ds", label):
             continue
         if not pd.api.types.is_numeric_dtype(df[col]):
             raise DataError(f"{name}: column {col} is not numeric")
-    if not np.isfinite(df.drop(columns=["unique_id", "ds"]).to_numpy(np.float64)).all():
+    if label is not None and df[label].isna().any():
+        raise DataError(f"{name}: the label column {label} has empty values")
+    numeric = df.drop(columns=["unique_id", "ds", *([label] if label else [])])
+    if not np.isfinite(numeric.to_numpy(np.float64)).all():
         raise DataError(f"{name}: y and features must be finite (found NaN or inf)")
     return df.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
 
@@ -66,9 +80,13 @@ class Series:
     ds: list[str]
     y: npt.NDArray[np.float64]  # (T,)
     features: npt.NDArray[np.float64]  # (T, F)
+    #: the label column, as text (classification), else ``None``
+    labels: list[str] | None = None
 
 
-def split_series(df: pd.DataFrame, features: Sequence[str] = ()) -> list[Series]:
+def split_series(
+    df: pd.DataFrame, features: Sequence[str] = (), label: str | None = None
+) -> list[Series]:
     out = []
     for uid, g in df.groupby("unique_id", sort=True):
         out.append(
@@ -77,9 +95,17 @@ def split_series(df: pd.DataFrame, features: Sequence[str] = ()) -> list[Series]
                 [format_ds(t) for t in g["ds"]],
                 g["y"].to_numpy(np.float64),
                 g[list(features)].to_numpy(np.float64).reshape(len(g), len(features)),
+                label_text(g[label]) if label else None,
             )
         )
     return out
+
+
+def label_text(col: pd.Series) -> list[str]:
+    """Class labels as text: ``1.0`` and ``1`` are the same class ``"1"``."""
+    if pd.api.types.is_float_dtype(col) and (col == col.round()).all():
+        col = col.astype(np.int64)
+    return [str(v) for v in col]
 
 
 def format_ds(t: pd.Timestamp) -> str:
@@ -89,9 +115,10 @@ def format_ds(t: pd.Timestamp) -> str:
     return str(t.isoformat())
 
 
-def event_rows(df: pd.DataFrame) -> Iterator[dict[str, object]]:
-    """Rows as event dicts in time order (ties keep entity order), ready to be sent."""
-    feats = feature_columns(df)
+def event_rows(df: pd.DataFrame, drop: Sequence[str] = ()) -> Iterator[dict[str, object]]:
+    """Rows as event dicts in time order (ties keep entity order), ready to be sent; columns in
+    ``drop`` (a label) are left out."""
+    feats = [c for c in feature_columns(df) if c not in drop]
     ordered = df.sort_values(["ds", "unique_id"], kind="stable")
     ds_text = [format_ds(t) for t in ordered["ds"]]
     uids = ordered["unique_id"].tolist()
@@ -121,3 +148,40 @@ def demo_panel() -> pd.DataFrame:
         }
     )
     return check_long(df, "aus_retail")
+
+
+def italy_power_demand(split: str) -> pd.DataFrame:
+    """The UCR ``ItalyPowerDemand`` set as shipped by aeon, in long format with a ``label`` column:
+    1,096 days of 24 hourly electricity loads (z-normalised per day, as published), class 1
+    (October to March) or 2 (April to September). ``split`` is ``train`` (67 days) or ``test``
+    (1,029), as published. Entities are ``train-0001``...; each day's hours are its ``ds``."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    if split not in ("train", "test"):
+        raise DataError(f"ItalyPowerDemand has a train and a test split, not {split!r}")
+    try:
+        path = distribution("aeon").locate_file(
+            f"aeon/datasets/data/ItalyPowerDemand/ItalyPowerDemand_{split.upper()}.ts"
+        )
+    except PackageNotFoundError as exc:  # pragma: no cover - the dev and demo extras install it
+        raise DataError("ItalyPowerDemand needs aeon: pip install 'streamer[demo]'") from exc
+    rows = []
+    in_data = False
+    for line in Path(str(path)).read_text().splitlines():
+        line = line.strip()
+        if not in_data:
+            in_data = line.lower() == "@data"
+            continue
+        if line:
+            values, label = line.rsplit(":", 1)
+            rows.append(([float(v) for v in values.split(",")], label))
+    n, t = len(rows), len(rows[0][0])
+    start = pd.Timestamp("2000-01-01")
+    return pd.DataFrame(
+        {
+            "unique_id": np.repeat([f"{split}-{i + 1:04d}" for i in range(n)], t),
+            "ds": np.tile(pd.date_range(start, periods=t, freq="h"), n),
+            "y": np.concatenate([np.asarray(v) for v, _ in rows]),
+            "label": np.repeat([lab for _, lab in rows], t),
+        }
+    )

@@ -1,19 +1,30 @@
 """Training a global model on long-format history, and the offline forward pass.
 
-One model for all entities: every series is scaled by its own running statistics (exactly as the
-predictor does online, see :mod:`streamer.scaling`) and the direct multi-horizon head learns the next
-``horizon`` values in those units. The time-based split holds out the last ``val_points`` targets of
-every series for early stopping; ``holdout`` drops the last points of every series altogether (the
-demo scores the model on them).
+One model for all entities. Three kinds of model, one artifact format:
+
+- **forecasters** (``task="forecast"``): every series is scaled by its own running statistics
+  (exactly as the predictor does online, see :mod:`streamer.scaling`) and the direct multi-horizon
+  head learns the next ``horizon`` values in those units. The time-based split holds out the last
+  ``val_points`` targets of every series for early stopping; ``holdout`` drops the last points of
+  every series altogether (``streamer evaluate`` scores the model on them).
+- **step classifiers** (``task="classify"``): class probabilities after every event, trained from
+  a label column (the class of the sequence so far); a share of the entities is held out for
+  early stopping.
+- **window models** (``window > 0``): a bidirectional core classifies each closed window of events
+  (``window`` events, or fewer when the end-marker feature closes it); the label of a window is
+  the label of the event that closes it.
+
+The cell (``lstm``, ``gru``, ``rnn``) is a setting of all three.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -26,17 +37,31 @@ from streamer.data import Series, feature_columns, split_series
 from streamer.errors import DataError
 from streamer.model import ModelSpec, SequenceModel
 
-__all__ = ["TrainConfig", "TrainResult", "offline_forecast", "series_inputs", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "offline_predict",
+    "offline_windows",
+    "series_inputs",
+    "train",
+    "window_bounds",
+]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    cell: str = "lstm"
     hidden_size: int = 32
     num_layers: int = 2
     horizon: int = 12
     epochs: int = 100
     batch_series: int = 16
     lr: float = 3e-3
+    weight_decay: float = 0.0
+    dropout: float = 0.0
     patience: int = 10
     #: Targets in the last ``val_points`` of each (training) series validate; default: horizon.
     val_points: int | None = None
@@ -46,6 +71,19 @@ class TrainConfig:
     warmup: int = 3
     seed: int = 0
     device: str = "cpu"
+    task: Literal["forecast", "classify"] = "forecast"
+    #: The label column of a classifier.
+    label: str | None = None
+    scaling: Literal["entity", "none"] = "entity"
+    window: int = 0
+    window_end: str | None = None
+    #: Classifiers: the share of entities (step models) or windows held out for early stopping.
+    val_fraction: float = 0.2
+    #: Step classifiers: how each step's loss counts: ``all`` equally, ``last`` step only, or
+    #: ``ramp`` (in proportion to the step: later steps have seen more of the sequence).
+    step_loss: Literal["all", "last", "ramp"] = "ramp"
+    #: Standard deviation of Gaussian noise added to the (scaled) target input while training.
+    noise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,43 +92,85 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def series_inputs(
-    s: Series, spec: ModelSpec
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
     """Model inputs ``(T, I)`` of one series and the running (mean, scale) ``(T,)`` that made them.
 
     The same arithmetic, in the same precision, as :class:`streamer.predictor.Predictor`.
     """
-    mean, scale = scaling.expanding(s.y)
-    x = np.empty((len(s.y), spec.input_size), np.float32)
+    t = len(s.y)
+    if spec.scaling == "entity":
+        mean, scale = scaling.expanding(s.y)
+    else:
+        mean, scale = np.zeros(t), np.ones(t)
+    x = np.empty((t, spec.input_size), np.float32)
     x[:, 0] = (s.y - mean) / scale
-    if spec.features:
-        fm = np.asarray(spec.feature_mean, np.float64)
-        fs = np.asarray(spec.feature_std, np.float64)
-        x[:, 1:] = (s.features - fm) / fs
+    if spec.input_features:
+        cols = [spec.features.index(f) for f in spec.input_features]
+        fm = np.asarray(spec.feature_mean, np.float64)[cols]
+        fs = np.asarray(spec.feature_std, np.float64)[cols]
+        x[:, 1:] = (s.features[:, cols] - fm) / fs
     return x, mean, scale
 
 
 @torch.no_grad()
-def offline_forecast(
-    model: SequenceModel, s: Series
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """``nn.LSTM`` over a whole series: forecasts ``(T, K)`` in the series' units, final h and c
-    ``(L, H)``. This is what the streaming pipeline must reproduce event by event."""
+def offline_predict(model: SequenceModel, s: Series) -> tuple[F64, F32, F32]:
+    """A step model over a whole series with the fused sequence kernel: each event's output
+    ``(T, K)`` as served (forecasts in the series' units, or class probabilities), the final h
+    and c. This is what the streaming pipeline must reproduce event by event."""
     model.eval()
     x, mean, scale = series_inputs(s, model.spec)
     dev = next(model.parameters()).device
-    out, (h, c) = model(torch.from_numpy(x)[None].to(dev))  # (1, T, K), (L, 1, H)
-    fc = out[0].cpu().numpy().astype(np.float64) * scale[:, None] + mean[:, None]
-    return fc, h[:, 0].cpu().numpy(), c[:, 0].cpu().numpy()
+    raw, (h, c) = model(torch.from_numpy(x)[None].to(dev))  # (1, T, K), (L, 1, H)
+    out = model.serve(raw)[0].cpu().numpy().astype(np.float64)
+    if model.spec.task == "forecast":
+        out = out * scale[:, None] + mean[:, None]
+    return out, h[:, 0].cpu().numpy(), c[:, 0].cpu().numpy()
 
 
-def _targets(
-    y: npt.NDArray[np.float64],
-    mean: npt.NDArray[np.float64],
-    scale: npt.NDArray[np.float64],
-    k: int,
-) -> npt.NDArray[np.float32]:
+def window_bounds(s: Series, spec: ModelSpec) -> list[tuple[int, int]]:
+    """``(start, end)`` rows of the series' closed windows, as the predictor closes them: after
+    ``window`` events or at an event whose end marker is non-zero. An open last window is left."""
+    ends = (
+        s.features[:, spec.features.index(spec.window_end)] != 0
+        if spec.window_end
+        else np.zeros(len(s.y), bool)
+    )
+    out, start = [], 0
+    for i in range(len(s.y)):
+        if i + 1 - start >= spec.window or ends[i]:
+            out.append((start, i + 1))
+            start = i + 1
+    return out
+
+
+def _window_inputs(s: Series, spec: ModelSpec, a: int, b: int) -> F32:
+    """One closed window's inputs ``(T, I)``, as the predictor builds them from its buffer: y as
+    float32, scaled by the window's own plain statistics."""
+    x = series_inputs(Series(s.unique_id, s.ds[a:b], s.y[a:b], s.features[a:b]), spec)[0]
+    x[:, 0] = s.y[a:b]
+    if spec.scaling == "entity":
+        stats = (np.zeros(1), np.zeros(1), np.zeros(1))
+        for v in s.y[a:b]:
+            stats = scaling.update(stats, np.array([v]), alpha=0.0)
+        x[:, 0] = (x[:, 0] - float(stats[1][0])) / float(scaling.scale_of(stats)[0])
+    return x
+
+
+@torch.no_grad()
+def offline_windows(model: SequenceModel, s: Series) -> list[tuple[int, F64]]:
+    """A window model over a whole series: ``(row of the closing event, probabilities)`` of each
+    closed window."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for a, b in window_bounds(s, model.spec):
+        x = torch.from_numpy(_window_inputs(s, model.spec, a, b))[None].to(dev)
+        probs = model.serve(model.window_logits(x))[0].cpu().numpy().astype(np.float64)
+        out.append((b - 1, probs))
+    return out
+
+
+def _targets(y: F64, mean: F64, scale: F64, k: int) -> F32:
     """Scaled targets ``(T, K)``: y[t+j+1] in the units of step t; NaN past the end."""
     t = len(y)
     tg = np.full((t, k), np.nan)
@@ -101,6 +181,31 @@ def _targets(
     return np.clip(tg, -20, 20).astype(np.float32)
 
 
+def _classes(series: Sequence[Series]) -> tuple[str, ...]:
+    labels = sorted({v for s in series for v in (s.labels or ())})
+    with contextlib.suppress(ValueError):
+        labels.sort(key=float)  # "2" before "10"
+    return tuple(labels)
+
+
+def _pad(arrs: Sequence[npt.NDArray[Any]], dtype: torch.dtype, dev: torch.device) -> Tensor:
+    t_max = max(len(a) for a in arrs)
+    out = np.zeros((len(arrs), t_max, *arrs[0].shape[1:]), arrs[0].dtype)
+    for i, a in enumerate(arrs):
+        out[i, : len(a)] = a
+    return torch.from_numpy(out).to(dev, dtype)
+
+
+@dataclass
+class _Problem:
+    """Training items and their losses: ``loss(idx, train)`` -> (summed loss, count)."""
+
+    n: int
+    train_idx: list[int]
+    val_idx: list[int]
+    loss: Callable[[Sequence[int], bool], tuple[Tensor, float]]
+
+
 def train(
     df: pd.DataFrame,
     cfg: TrainConfig,
@@ -109,69 +214,52 @@ def train(
     """Train on a long-format frame; ``on_epoch(epoch, train_loss, val_loss)`` reports progress."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    feats = feature_columns(df)
+    classify = cfg.task == "classify" or cfg.window > 0
+    if classify and not cfg.label:
+        raise DataError("a classifier needs a label column (--label)")
+    if cfg.label and cfg.label not in df.columns:
+        raise DataError(f"no label column {cfg.label!r} in the data")
+    feats = [c for c in feature_columns(df) if c != cfg.label]
     if cfg.holdout:
         df = df[df.groupby("unique_id").cumcount(ascending=False) >= cfg.holdout]
-    series = [s for s in split_series(df, feats) if len(s.y) > cfg.warmup + 2]
+    min_len = cfg.warmup + 3 if not classify else 1
+    series = [s for s in split_series(df, feats, cfg.label) if len(s.y) >= min_len]
     if not series:
         raise DataError("no series long enough to train on")
     fvals = np.concatenate([s.features for s in series]) if feats else np.zeros((0, 0))
     spec = ModelSpec(
+        cell=cfg.cell,
         hidden_size=cfg.hidden_size,
         num_layers=cfg.num_layers,
         horizon=cfg.horizon,
         features=tuple(feats),
         feature_mean=tuple(float(v) for v in fvals.mean(0)) if feats else (),
         feature_std=tuple(float(max(v, 1e-8)) for v in fvals.std(0)) if feats else (),
+        dropout=cfg.dropout,
+        task="classify" if classify else "forecast",
+        classes=_classes(series) if classify else (),
+        scaling=cfg.scaling,
+        window=cfg.window,
+        window_end=cfg.window_end,
     )
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)
+    if cfg.window:
+        problem = _window_problem(model, series, cfg, rng, dev)
+    elif classify:
+        problem = _classify_problem(model, series, cfg, rng, dev)
+    else:
+        problem = _forecast_problem(model, series, cfg, dev)
 
-    val_points = cfg.val_points if cfg.val_points is not None else cfg.horizon
-    xs, tgs, train_masks, val_masks = [], [], [], []
-    for s in series:
-        x, mean, scale = series_inputs(s, spec)
-        tg = _targets(s.y, mean, scale, spec.horizon)
-        t = len(s.y)
-        # target index of (t, j) is t + j + 1; validation targets are the last val_points points
-        target_idx = np.arange(t)[:, None] + np.arange(1, spec.horizon + 1)[None, :]
-        valid = ~np.isnan(tg)
-        valid[: cfg.warmup] = False
-        is_val = target_idx >= t - val_points
-        xs.append(x)
-        tgs.append(np.nan_to_num(tg))
-        train_masks.append(valid & ~is_val)
-        val_masks.append(valid & is_val)
-
-    def pad(arrs: Sequence[npt.NDArray[Any]], dtype: torch.dtype) -> Tensor:
-        t_max = max(len(a) for a in arrs)
-        out = np.zeros((len(arrs), t_max, *arrs[0].shape[1:]), arrs[0].dtype)
-        for i, a in enumerate(arrs):
-            out[i, : len(a)] = a
-        return torch.from_numpy(out).to(dev, dtype)
-
-    loss_fn = torch.nn.HuberLoss(reduction="sum")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    def batch_loss(
-        idx: Sequence[int], masks: Sequence[npt.NDArray[np.bool_]]
-    ) -> tuple[Tensor, int]:
-        x = pad([xs[i] for i in idx], torch.float32)
-        tg = pad([tgs[i] for i in idx], torch.float32)
-        m = pad([masks[i] for i in idx], torch.bool)
-        out, _ = model(x)
-        n = int(m.sum())
-        return loss_fn(out[m], tg[m]), n
-
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best, best_state, bad_epochs, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0
     history = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        order = rng.permutation(len(series))
-        total, count = 0.0, 0
+        order = np.asarray(problem.train_idx)[rng.permutation(len(problem.train_idx))]
+        total, count = 0.0, 0.0
         for a in range(0, len(order), cfg.batch_series):
-            idx = order[a : a + cfg.batch_series].tolist()
-            loss, n = batch_loss(idx, train_masks)
+            loss, n = problem.loss(order[a : a + cfg.batch_series].tolist(), True)
             if n == 0:
                 continue
             opt.zero_grad()
@@ -181,9 +269,9 @@ def train(
             total, count = total + loss.item(), count + n
         model.eval()
         with torch.no_grad():
-            vl, vn = 0.0, 0
-            for a in range(0, len(series), 64):
-                loss, n = batch_loss(range(a, min(a + 64, len(series))), val_masks)
+            vl, vn = 0.0, 0.0
+            for a in range(0, len(problem.val_idx), 64):
+                loss, n = problem.loss(problem.val_idx[a : a + 64], False)
                 vl, vn = vl + loss.item(), vn + n
         train_loss, val_loss = total / max(count, 1), vl / max(vn, 1)
         history.append((train_loss, val_loss))
@@ -208,4 +296,129 @@ def train(
         "best_val_loss": best,
         "final_train_loss": history[-1][0] if history else None,
     }
+    if classify:
+        summary["classes"] = list(spec.classes)
+        summary["training_items"] = len(problem.train_idx)
+        summary["validation_items"] = len(problem.val_idx)
     return TrainResult(model, summary)
+
+
+def _noisy(x: Tensor, cfg: TrainConfig, train: bool) -> Tensor:
+    if not (train and cfg.noise):
+        return x
+    x = x.clone()
+    x[..., 0] += cfg.noise * torch.randn_like(x[..., 0])
+    return x
+
+
+def _forecast_problem(
+    model: SequenceModel, series: list[Series], cfg: TrainConfig, dev: torch.device
+) -> _Problem:
+    """Every series both trains and validates: its last ``val_points`` targets validate."""
+    spec = model.spec
+    val_points = cfg.val_points if cfg.val_points is not None else cfg.horizon
+    xs, tgs, train_masks, val_masks = [], [], [], []
+    for s in series:
+        x, mean, scale = series_inputs(s, spec)
+        tg = _targets(s.y, mean, scale, spec.horizon)
+        t = len(s.y)
+        # target index of (t, j) is t + j + 1; validation targets are the last val_points points
+        target_idx = np.arange(t)[:, None] + np.arange(1, spec.horizon + 1)[None, :]
+        valid = ~np.isnan(tg)
+        valid[: cfg.warmup] = False
+        is_val = target_idx >= t - val_points
+        xs.append(x)
+        tgs.append(np.nan_to_num(tg))
+        train_masks.append(valid & ~is_val)
+        val_masks.append(valid & is_val)
+    loss_fn = torch.nn.HuberLoss(reduction="sum")
+
+    def loss(idx: Sequence[int], train: bool) -> tuple[Tensor, float]:
+        masks = train_masks if train else val_masks
+        x = _noisy(_pad([xs[i] for i in idx], torch.float32, dev), cfg, train)
+        tg = _pad([tgs[i] for i in idx], torch.float32, dev)
+        m = _pad([masks[i] for i in idx], torch.bool, dev)
+        out, _ = model(x)
+        return loss_fn(out[m], tg[m]), float(m.sum())
+
+    everyone = list(range(len(series)))
+    return _Problem(len(series), everyone, everyone, loss)
+
+
+def _split(n: int, cfg: TrainConfig, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    order = rng.permutation(n)
+    n_val = min(max(1, round(n * cfg.val_fraction)), n - 1) if n > 1 else 0
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def _classify_problem(
+    model: SequenceModel,
+    series: list[Series],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    dev: torch.device,
+) -> _Problem:
+    """Per-step cross-entropy against each event's label, weighted by ``cfg.step_loss``."""
+    spec = model.spec
+    index = {c: i for i, c in enumerate(spec.classes)}
+    xs = [series_inputs(s, spec)[0] for s in series]
+    ys = [np.asarray([index[v] for v in s.labels or ()], np.int64) for s in series]
+    ws = []
+    for s in series:
+        t = len(s.y)
+        if cfg.step_loss == "last":
+            w = np.zeros(t, np.float32)
+            w[-1] = 1.0
+        elif cfg.step_loss == "ramp":
+            w = (np.arange(1, t + 1) / t).astype(np.float32)
+        else:
+            w = np.ones(t, np.float32)
+        ws.append(w)
+    ce = torch.nn.CrossEntropyLoss(reduction="none")
+
+    def loss(idx: Sequence[int], train: bool) -> tuple[Tensor, float]:
+        x = _noisy(_pad([xs[i] for i in idx], torch.float32, dev), cfg, train)
+        y = _pad([ys[i] for i in idx], torch.int64, dev)
+        w = _pad([ws[i] for i in idx], torch.float32, dev)  # 0 past each series' end
+        out, _ = model(x)  # (B, T, C)
+        per = ce(out.reshape(-1, out.shape[-1]), y.reshape(-1)).reshape(y.shape)
+        return (per * w).sum(), float(w.sum())
+
+    train_idx, val_idx = _split(len(series), cfg, rng)
+    return _Problem(len(series), train_idx, val_idx, loss)
+
+
+def _window_problem(
+    model: SequenceModel,
+    series: list[Series],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    dev: torch.device,
+) -> _Problem:
+    """Cross-entropy of each closed window against the label of the event that closes it."""
+    spec = model.spec
+    index = {c: i for i, c in enumerate(spec.classes)}
+    xs: list[F32] = []
+    ys: list[int] = []
+    for s in series:
+        for a, b in window_bounds(s, spec):
+            xs.append(_window_inputs(s, spec, a, b))
+            ys.append(index[(s.labels or [])[b - 1]])
+    if len(xs) < 2:
+        raise DataError(f"only {len(xs)} closed window(s) of {spec.window} events to train on")
+    ce = torch.nn.CrossEntropyLoss(reduction="sum")
+
+    def loss(idx: Sequence[int], train: bool) -> tuple[Tensor, float]:
+        total, n = torch.zeros((), device=dev), 0
+        by_len: dict[int, list[int]] = {}
+        for i in idx:
+            by_len.setdefault(len(xs[i]), []).append(i)
+        for group in by_len.values():  # windows of one length at a time: no padding
+            x = _noisy(torch.from_numpy(np.stack([xs[i] for i in group])).to(dev), cfg, train)
+            y = torch.tensor([ys[i] for i in group], device=dev)
+            total = total + ce(model.window_logits(x), y)
+            n += len(group)
+        return total, float(n)
+
+    train_idx, val_idx = _split(len(xs), cfg, rng)
+    return _Problem(len(xs), train_idx, val_idx, loss)

@@ -12,7 +12,7 @@ import pandas as pd
 from streamer.data import event_rows, split_series
 from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
-from streamer.training import offline_forecast
+from streamer.training import offline_predict
 
 
 @dataclass
@@ -27,7 +27,7 @@ def expected_by_entity(model: SequenceModel, df: pd.DataFrame) -> dict[str, Expe
     features = list(model.spec.features)
     out = {}
     for s in split_series(df, features):
-        fc, h, c = offline_forecast(model, s)
+        fc, h, c = offline_predict(model, s)
         out[s.unique_id] = Expected(fc, h, c, s.ds)
     return out
 

@@ -19,7 +19,7 @@ from streamer.pipeline import BatchHandler, RawMessage
 from streamer.predictor import Predictor
 from streamer.schemas import Event, Prediction
 from streamer.state import RedisStateStore
-from streamer.training import offline_forecast
+from streamer.training import offline_predict
 from tests.conftest import make_model, make_panel
 from tests.reference import check_predictions, expected_by_entity, synthetic_events
 
@@ -278,7 +278,7 @@ async def test_timestamps_going_backwards_are_applied_in_offset_order(
     out = await pred.step_many(events)
     assert [p.ds for p in out] == ds and [p.step for p in out] == [1, 2, 3, 4, 5]
     series = Series("e", ds, np.array(ys), np.zeros((5, 0)))
-    fc, _, _ = offline_forecast(art.model, series)
+    fc, _, _ = offline_predict(art.model, series)
     np.testing.assert_allclose([p.forecast for p in out], fc, rtol=1e-5, atol=1e-5)
     await pred.aclose()
 
