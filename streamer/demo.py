@@ -10,7 +10,6 @@ the seasonal-naive forecast (the value 12 months before), overall and on the 24 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -28,8 +27,9 @@ from streamer.artifact import save_artifact
 from streamer.data import demo_panel, event_rows, format_ds
 from streamer.errors import StreamerError
 from streamer.kafka import ensure_topics, read_topic, replay_events
+from streamer.local import namespaced, worker_process
 from streamer.schemas import Prediction
-from streamer.settings import Settings, to_env
+from streamer.settings import Settings
 from streamer.training import TrainConfig, train
 
 __all__ = ["Scoreboard", "run_demo"]
@@ -133,18 +133,6 @@ class Scoreboard:
         return t
 
 
-def _demo_settings(base: Settings, run: str, model: Path) -> Settings:
-    d = base.model_dump()
-    d.update(app_id=f"streamer-{run}", model_name=run, model_path=model)
-    d["topics"] = {
-        **d["topics"],
-        "events": f"{run}.events",
-        "predictions": f"{run}.predictions",
-        "dead_letter": f"{run}.dlq",
-    }
-    return Settings.model_validate(d)
-
-
 def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | None = None) -> int:
     console = Console()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +163,7 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | 
     )
 
     run = f"demo{int(time.time())}"
-    settings = _demo_settings(base, run, model_dir)
+    settings = namespaced(base, run, model_dir)
     holdout_start = {
         str(uid): format_ds(g["ds"].iloc[-HOLDOUT])
         for uid, g in df.groupby("unique_id")
@@ -185,25 +173,8 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | 
         holdout_start={u: holdout_start.get(u, "9999") for u in df["unique_id"].unique()}
     )
     log_path = workdir / "worker.log"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")},
-        **to_env(settings),
-    }
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "worker", "-l", "info"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            stream_s = asyncio.run(_stream(settings, df, board, worker, rate, console))
-        finally:
-            worker.terminate()
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+    with worker_process(settings, log_path) as worker:
+        stream_s = asyncio.run(_stream(settings, df, board, worker, rate, console))
     total_s = time.monotonic() - started
     console.print()
     console.print(board.table(f"one-step error of {board.received} live predictions"))

@@ -28,6 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from streamer.errors import ConfigError
+
 __all__ = [
     "CELLS",
     "ModelSpec",
@@ -72,17 +74,17 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; one of {', '.join(CELLS)}")
+            raise ConfigError(f"unknown cell {self.cell!r}; one of {', '.join(CELLS)}")
         if self.task not in ("forecast", "classify"):
-            raise ValueError(f"unknown task {self.task!r}; forecast or classify")
+            raise ConfigError(f"unknown task {self.task!r}; forecast or classify")
         if self.task == "classify" and len(self.classes) < 2:
-            raise ValueError("a classifier needs at least two classes")
+            raise ConfigError("a classifier needs at least two classes")
         if self.scaling not in ("entity", "none"):
-            raise ValueError(f"unknown scaling {self.scaling!r}; entity or none")
+            raise ConfigError(f"unknown scaling {self.scaling!r}; entity or none")
         if self.window < 0 or (self.window_end and not self.window):
-            raise ValueError("window must be positive for a window model (0 for a step model)")
+            raise ConfigError("window must be positive for a window model (0 for a step model)")
         if self.window_end and self.window_end not in self.features:
-            raise ValueError(f"the window end marker {self.window_end!r} must be a feature")
+            raise ConfigError(f"the window end marker {self.window_end!r} must be a feature")
 
     @property
     def input_features(self) -> tuple[str, ...]:

@@ -50,7 +50,8 @@ def scale_of(stats: Stats) -> F64:
     """
     _, mean, var = stats
     std = np.sqrt(np.maximum(var, 0.0))
-    return np.maximum(std, np.maximum(_REL_FLOOR * np.abs(mean), _ABS_FLOOR))
+    out: F64 = np.maximum(std, np.maximum(_REL_FLOOR * np.abs(mean), _ABS_FLOOR))
+    return out
 
 
 def expanding(y: F64, alpha: float = DEFAULT_ALPHA) -> tuple[F64, F64]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from streamer.errors import ConfigError
 from streamer.model import ModelSpec, SequenceModel, StackedLSTM
 
 
@@ -64,7 +65,7 @@ def test_forecast_head_gives_horizon_values() -> None:
 
 
 def test_unknown_cell_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown cell"):
+    with pytest.raises(ConfigError, match="unknown cell"):
         SequenceModel(ModelSpec(cell="transformer"))
 
 

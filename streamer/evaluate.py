@@ -1,0 +1,377 @@
+"""``streamer evaluate``: score a model on what a worker publishes, not on an offline forward pass.
+
+The data is replayed through Kafka to a worker of its own (its own topics, group and state keys, see
+:mod:`streamer.local`), the predictions are read back from the output topic and scored:
+
+- a **forecaster**: the last ``horizon`` points of every entity are held out; the history before
+  them is streamed, and the forecast the worker published for each entity's last history event
+  (the forecast origin) is scored against the held-out points with MASE (scaled by the in-sample
+  seasonal naive error) and sMAPE, per entity and overall (the mean over entities), next to the
+  naive (last value) and seasonal naive (last season) forecasts from the same history;
+- a **step classifier**: every event is streamed (without the label); the probabilities after
+  each entity's last event are scored against its label (accuracy, log loss), and the accuracy
+  after each step shows how early the prediction becomes right;
+- a **window model**: every closed window's prediction is scored against the label of the event
+  that closed it.
+
+Every streamed prediction is also compared with the offline model over the same series
+(:func:`streamer.training.offline_predict`, :func:`streamer.training.offline_windows`): the
+command reports the largest difference and fails when it exceeds ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from streamer.artifact import load_artifact
+from streamer.data import event_rows, split_series
+from streamer.errors import DataError, StreamerError
+from streamer.kafka import ensure_topics, read_topic, replay_events
+from streamer.local import namespaced, worker_process
+from streamer.model import SequenceModel
+from streamer.schemas import Prediction
+from streamer.settings import Settings
+from streamer.training import offline_predict, offline_windows, window_bounds
+
+__all__ = ["forecast_scores", "infer_season", "run_evaluate", "write_json"]
+
+F64 = npt.NDArray[np.float64]
+
+#: pandas frequency prefixes and the season length they usually have
+_SEASONS = {"h": 24, "D": 7, "B": 5, "W": 52, "M": 12, "MS": 12, "ME": 12, "Q": 4, "QS": 4}
+
+
+def infer_season(df: pd.DataFrame) -> int:
+    """The usual season length for the data's frequency (monthly 12, daily 7, hourly 24), 1 if
+    it cannot be told."""
+    g = df[df["unique_id"] == df["unique_id"].iloc[0]]["ds"]
+    freq = pd.infer_freq(pd.DatetimeIndex(g)) if len(g) >= 3 else None
+    if not freq:
+        return 1
+    base = freq.split("-")[0].lstrip("0123456789")
+    return _SEASONS.get(base, _SEASONS.get(base[:1], 1))
+
+
+@dataclass
+class ForecastScore:
+    mase: float
+    smape: float
+
+
+def _smape(y: F64, f: F64) -> float:
+    den = np.maximum(np.abs(y) + np.abs(f), 1e-12)
+    return float(np.mean(200 * np.abs(f - y) / den))
+
+
+def forecast_scores(history: F64, actual: F64, forecast: F64, season: int) -> ForecastScore:
+    """MASE and sMAPE of one entity's forecast.
+
+    >>> s = forecast_scores(np.array([1.0, 2, 3, 4]), np.array([5.0, 6]), np.array([5.0, 7]), 1)
+    >>> (s.mase, round(s.smape, 3))
+    (0.5, 7.692)
+    """
+    m = season if len(history) > season else 1
+    scale = float(np.mean(np.abs(history[m:] - history[:-m]))) if len(history) > m else math.nan
+    mae = float(np.mean(np.abs(forecast - actual)))
+    return ForecastScore(mae / scale if scale > 0 else math.nan, _smape(actual, forecast))
+
+
+def _naive(history: F64, k: int, season: int) -> tuple[F64, F64]:
+    naive = np.full(k, history[-1])
+    m = season if len(history) >= season else 1
+    last = history[-m:]
+    return naive, np.asarray([last[i % m] for i in range(k)])
+
+
+async def _collect(
+    settings: Settings, rows: list[dict[str, object]], expected: int, topic: str, worker: Any
+) -> tuple[list[Prediction], float]:
+    await ensure_topics(settings)
+    start = time.monotonic()
+    replay = asyncio.create_task(replay_events(settings, rows))
+    got: list[Prediction] = []
+
+    async def consume() -> None:
+        async for _k, value, _p, _o, _h in read_topic(settings, topic, from_beginning=True):
+            if value is not None:
+                got.append(Prediction.from_json(value))
+            if len(got) >= expected:
+                return
+
+    consumer = asyncio.create_task(consume())
+    try:
+        while not consumer.done():
+            await asyncio.wait({consumer}, timeout=0.5)
+            if worker.poll() is not None:
+                raise StreamerError(f"the worker exited with status {worker.returncode}")
+            if replay.done() and replay.exception() is not None:
+                raise replay.exception()  # type: ignore[misc]
+        consumer.result()
+    finally:
+        for task in (consumer, replay):
+            if not task.done():
+                task.cancel()
+    await replay
+    return got, time.monotonic() - start
+
+
+def _stream(
+    base: Settings, model_dir: Path, rows: list[dict[str, object]], expected: int, workdir: Path
+) -> tuple[list[Prediction], float]:
+    run = f"eval{int(time.time() * 1000)}"
+    settings = namespaced(base, run, model_dir)
+    windows = load_artifact(model_dir).spec.window > 0
+    topic = settings.topics.windows if windows else settings.topics.predictions
+    workdir.mkdir(parents=True, exist_ok=True)
+    with worker_process(settings, workdir / f"{run}.worker.log") as worker:
+        return asyncio.run(_collect(settings, rows, expected, topic, worker))
+
+
+def run_evaluate(
+    base: Settings,
+    data: pd.DataFrame,
+    model_dir: Path,
+    *,
+    label: str | None = None,
+    season: int | None = None,
+    workdir: Path,
+    tolerance: float = 1e-4,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Stream ``data`` through a worker serving ``model_dir`` and score what it published.
+    Returns the results (also what ``--json`` writes)."""
+    console = console or Console(stderr=True)
+    model = load_artifact(model_dir).model
+    spec = model.spec
+    if spec.task == "classify" and not label:
+        raise DataError("a classifier is scored against a label column: pass --label")
+    started = time.monotonic()
+    feats = list(spec.features)
+    missing = [f for f in feats if f not in data.columns]
+    if missing:
+        raise DataError(f"the model needs feature column(s) {', '.join(missing)}")
+    if spec.task == "forecast":
+        result = _evaluate_forecaster(base, data, model, model_dir, season, workdir, console)
+    else:
+        result = _evaluate_classifier(base, data, model, model_dir, label or "", workdir, console)
+    result["model_version"] = load_artifact(model_dir).version
+    result["model"] = {k: spec.to_dict()[k] for k in ("cell", "hidden_size", "num_layers")}
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    diff = result["max_abs_diff_streamed_vs_offline"]
+    result["streamed_equals_offline"] = bool(diff <= tolerance)
+    if not result["streamed_equals_offline"]:
+        raise StreamerError(
+            f"streamed predictions differ from the offline model's by up to {diff:.3g} "
+            f"(tolerance {tolerance:g})"
+        )
+    return result
+
+
+def _evaluate_forecaster(
+    base: Settings,
+    data: pd.DataFrame,
+    model: SequenceModel,
+    model_dir: Path,
+    season: int | None,
+    workdir: Path,
+    console: Console,
+) -> dict[str, Any]:
+    k = model.spec.horizon
+    m = season or infer_season(data)
+    sizes = data.groupby("unique_id")["y"].transform("size")
+    data = data[sizes > k + 1]
+    if data.empty:
+        raise DataError(f"no entity has more than {k + 1} points to hold {k} out")
+    history = data[data.groupby("unique_id").cumcount(ascending=False) >= k]
+    rows = list(event_rows(history))
+    console.print(
+        f"streaming {len(rows)} events of {history['unique_id'].nunique()} entities; the last "
+        f"{k} points of each are held out (season {m})"
+    )
+    preds, stream_s = _stream(base, model_dir, rows, len(rows), workdir)
+    last: dict[str, Prediction] = {}
+    for p in preds:
+        if p.unique_id not in last or p.step > last[p.unique_id].step:
+            last[p.unique_id] = p
+    feats = list(model.spec.features)
+    per_entity: dict[str, dict[str, float]] = {}
+    diff = 0.0
+    for s_hist, s_all in zip(split_series(history, feats), split_series(data, feats), strict=True):
+        origin = last[s_hist.unique_id]
+        if origin.step != len(s_hist.y):
+            raise StreamerError(f"{s_hist.unique_id}: no prediction for its last history event")
+        streamed = np.asarray(origin.values)
+        offline = offline_predict(model, s_hist)[0][-1]
+        diff = max(diff, float(np.max(np.abs(streamed - offline) / np.maximum(1, np.abs(offline)))))
+        actual = s_all.y[-k:]
+        naive, snaive = _naive(s_hist.y, k, m)
+        row: dict[str, float] = {}
+        for name, f in (("model", streamed), ("naive", naive), ("seasonal_naive", snaive)):
+            sc = forecast_scores(s_hist.y, actual, f, m)
+            row[f"mase_{name}"], row[f"smape_{name}"] = sc.mase, sc.smape
+        per_entity[s_hist.unique_id] = row
+    frame = pd.DataFrame.from_dict(per_entity, orient="index")
+    overall = {c: float(frame[c].mean()) for c in frame.columns}
+    table = Table(title=f"forecasts published at the origin, {len(frame)} entities, horizon {k}")
+    for col in ("forecast", "MASE", "sMAPE %", "MASE wins vs model"):
+        table.add_column(col, justify="right")
+    for name in ("model", "naive", "seasonal_naive"):
+        wins = (
+            ""
+            if name == "model"
+            else f"{int((frame['mase_model'] < frame[f'mase_{name}']).sum())}/{len(frame)}"
+        )
+        table.add_row(
+            f"{model.spec.cell} (streamed)" if name == "model" else name.replace("_", " "),
+            f"{overall[f'mase_{name}']:.3f}",
+            f"{overall[f'smape_{name}']:.2f}",
+            wins,
+        )
+    console.print(table)
+    return {
+        "task": "forecast",
+        "entities": len(frame),
+        "horizon": k,
+        "season": m,
+        "events_streamed": len(rows),
+        "stream_seconds": round(stream_s, 1),
+        "overall": overall,
+        "per_entity": per_entity,
+        "max_abs_diff_streamed_vs_offline": diff,
+    }
+
+
+def _log_loss(p: float) -> float:
+    return -math.log(min(max(p, 1e-15), 1.0))
+
+
+def _evaluate_classifier(
+    base: Settings,
+    data: pd.DataFrame,
+    model: SequenceModel,
+    model_dir: Path,
+    label: str,
+    workdir: Path,
+    console: Console,
+) -> dict[str, Any]:
+    spec = model.spec
+    if label not in data.columns:
+        raise DataError(f"no label column {label!r} in the data")
+    series = split_series(data, list(spec.features), label)
+    unknown = {v for s in series for v in s.labels or ()} - set(spec.classes)
+    if unknown:
+        raise DataError(f"labels the model does not know: {', '.join(sorted(unknown)[:5])}")
+    rows = list(event_rows(data, drop=[label]))
+    expected = sum(len(window_bounds(s, spec)) for s in series) if spec.window else len(rows)
+    kind = f"windows of {spec.window}" if spec.window else "every event"
+    console.print(f"streaming {len(rows)} events of {len(series)} entities (predictions: {kind})")
+    preds, stream_s = _stream(base, model_dir, rows, expected, workdir)
+    by_entity: dict[str, dict[int, Prediction]] = {}
+    for p in preds:
+        by_entity.setdefault(p.unique_id, {})[p.step] = p
+    index = {c: i for i, c in enumerate(spec.classes)}
+    majority = Counter(s.labels[-1] for s in series if s.labels).most_common(1)[0][0]
+    diff = 0.0
+    if spec.window:
+        correct, losses, n = 0, 0.0, 0
+        for s in series:
+            got = by_entity.get(s.unique_id, {})
+            for row, offline in offline_windows(model, s):
+                p = got[row + 1]
+                diff = max(diff, float(np.max(np.abs(np.asarray(p.values) - offline))))
+                truth = (s.labels or [])[row]
+                correct += p.label == truth
+                losses += _log_loss(p.values[index[truth]])
+                n += 1
+        result: dict[str, Any] = {
+            "task": "classify-windows",
+            "windows": n,
+            "accuracy": correct / n,
+            "log_loss": losses / n,
+        }
+        rows_out = [
+            ("accuracy per closed window", f"{correct / n:.4f}"),
+            ("log loss", f"{losses / n:.4f}"),
+        ]
+    else:
+        t_max = max(len(s.y) for s in series)
+        right_at = np.zeros(t_max)
+        seen_at = np.zeros(t_max)
+        earliest: list[int] = []
+        correct, losses = 0, 0.0
+        for s in series:
+            got = by_entity.get(s.unique_id, {})
+            offline = offline_predict(model, s)[0]
+            truth = (s.labels or [])[-1]
+            ok = []
+            for t in range(len(s.y)):
+                p = got[t + 1]
+                diff = max(diff, float(np.max(np.abs(np.asarray(p.values) - offline[t]))))
+                ok.append(p.label == truth)
+                right_at[t] += ok[-1]
+                seen_at[t] += 1
+            final = got[len(s.y)]
+            correct += ok[-1]
+            losses += _log_loss(final.values[index[truth]])
+            # the first step from which the prediction stays right to the end
+            first = len(ok)
+            while first > 0 and ok[first - 1]:
+                first -= 1
+            if ok[-1]:
+                earliest.append(first + 1)
+        n = len(series)
+        curve = (right_at / np.maximum(seen_at, 1)).tolist()
+        result = {
+            "task": "classify",
+            "sequences": n,
+            "accuracy_at_end": correct / n,
+            "log_loss_at_end": losses / n,
+            "accuracy_by_step": [round(a, 4) for a in curve],
+            "right_from_step_median": float(np.median(earliest)) if earliest else None,
+            "right_from_step_mean": float(np.mean(earliest)) if earliest else None,
+        }
+        rows_out = [
+            ("accuracy at the end of the sequence", f"{correct / n:.4f}"),
+            ("log loss at the end", f"{losses / n:.4f}"),
+            *[
+                (f"accuracy after {t} of {t_max} events", f"{curve[t - 1]:.4f}")
+                for t in sorted({max(1, t_max // 4), max(1, t_max // 2), max(1, 3 * t_max // 4)})
+            ],
+            (
+                "right from event (median, of those right at the end)",
+                f"{result['right_from_step_median']}",
+            ),
+        ]
+    result["majority_class_accuracy"] = float(
+        np.mean([s.labels[-1] == majority for s in series if s.labels])
+    )
+    rows_out.append(("majority class (baseline)", f"{result['majority_class_accuracy']:.4f}"))
+    table = Table(title=f"{spec.cell} classifier, streamed predictions")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for a, b in rows_out:
+        table.add_row(a, b)
+    console.print(table)
+    result.update(
+        events_streamed=len(rows),
+        stream_seconds=round(stream_s, 1),
+        max_abs_diff_streamed_vs_offline=diff,
+    )
+    return result
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
