@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float, default=0.0, help="between stacked layers")
     t.add_argument("--batch-size", type=_positive(int), default=16, help="series per step")
     t.add_argument("--noise", type=float, default=0.0, help="input noise while training (std)")
+    t.add_argument("--scale-noise", type=float, default=0.0, help="random scale per sequence (std)")
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     t.add_argument("--holdout", type=int, default=0, help="points per series left out of training")
     t.add_argument(
         "--label", help="label column: train a classifier (class probabilities per event)"
@@ -130,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", type=_positive(int), help="a bidirectional window classifier of N events"
     )
     t.add_argument("--window-end", help="feature column whose non-zero value closes a window")
-    t.add_argument("--step-loss", choices=["all", "last", "ramp"], default="ramp")
+    t.add_argument("--step-loss", choices=["all", "last", "ramp", "mixed"], default="mixed")
     t.add_argument(
         "--val-fraction", type=float, default=0.2, help="classifiers: share held out for stopping"
     )
@@ -286,6 +289,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         batch_series=args.batch_size,
         noise=args.noise,
+        scale_noise=args.scale_noise,
+        label_smoothing=args.label_smoothing,
+        lr_schedule=args.lr_schedule,
         holdout=args.holdout,
         seed=args.seed,
         device=str(device),
@@ -315,10 +321,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         result = train(df, cfg, on_epoch)
     version = save_artifact(result.model, args.out, result.summary)
+    best = result.summary["best_val_loss"]
     print(
         f"model {version} ({cfg.cell}) written to {args.out}: "
         f"{result.summary['epochs_run']} epochs in {time.monotonic() - started:.1f}s, "
-        f"best validation loss {result.summary['best_val_loss']:.4f}"
+        + (f"best validation loss {best:.4f}" if best < float("inf") else "no validation split")
     )
     return 0
 

@@ -359,7 +359,8 @@ def _evaluate_classifier(
         np.mean([s.labels[-1] == majority for s in series if s.labels])
     )
     rows_out.append(("majority class (baseline)", f"{result['majority_class_accuracy']:.4f}"))
-    table = Table(title=f"{spec.cell} classifier, streamed predictions")
+    kind = f"bidirectional {spec.cell} window" if spec.window else f"{spec.cell} step"
+    table = Table(title=f"{kind} classifier, streamed predictions")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for a, b in rows_out:

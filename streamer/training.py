@@ -77,13 +77,22 @@ class TrainConfig:
     scaling: Literal["entity", "none"] = "entity"
     window: int = 0
     window_end: str | None = None
-    #: Classifiers: the share of entities (step models) or windows held out for early stopping.
+    #: Classifiers: the share of entities (step models) or windows held out for early stopping;
+    #: 0 trains on all of them for ``epochs`` epochs.
     val_fraction: float = 0.2
-    #: Step classifiers: how each step's loss counts: ``all`` equally, ``last`` step only, or
-    #: ``ramp`` (in proportion to the step: later steps have seen more of the sequence).
-    step_loss: Literal["all", "last", "ramp"] = "ramp"
-    #: Standard deviation of Gaussian noise added to the (scaled) target input while training.
+    #: Step classifiers: how each step's loss counts within a sequence: ``all`` equally, ``last``
+    #: step only, ``ramp`` in proportion to the step (later steps have seen more), or ``mixed``:
+    #: 3/4 on the last step, 1/4 ramped over all (the sequence's class matters most at its end,
+    #: and the ramp keeps the early predictions meaningful).
+    step_loss: Literal["all", "last", "ramp", "mixed"] = "mixed"
+    #: Standard deviation of Gaussian noise added to the (scaled) target input while training,
+    #: and of a random factor ``1 + scale_noise * N(0, 1)`` per sequence (augmentation).
     noise: float = 0.0
+    scale_noise: float = 0.0
+    #: Classifiers: label smoothing of the cross-entropy.
+    label_smoothing: float = 0.0
+    #: ``constant``, or ``cosine``: annealed to 0 over ``epochs``.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,9 @@ def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
     x[:, 0] = (s.y - mean) / scale
     if spec.input_features:
         cols = [spec.features.index(f) for f in spec.input_features]
-        fm = np.asarray(spec.feature_mean, np.float64)[cols]
-        fs = np.asarray(spec.feature_std, np.float64)[cols]
+        nf = len(spec.features)
+        fm = np.asarray(spec.feature_mean or [0.0] * nf, np.float64)[cols]
+        fs = np.asarray(spec.feature_std or [1.0] * nf, np.float64)[cols]
         x[:, 1:] = (s.features[:, cols] - fm) / fs
     return x, mean, scale
 
@@ -252,6 +262,11 @@ def train(
         problem = _forecast_problem(model, series, cfg, dev)
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+        if cfg.lr_schedule == "cosine"
+        else None
+    )
     best, best_state, bad_epochs, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0
     history = []
     for epoch in range(1, cfg.epochs + 1):
@@ -267,17 +282,22 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total, count = total + loss.item(), count + n
+        if sched is not None:
+            sched.step()
         model.eval()
         with torch.no_grad():
             vl, vn = 0.0, 0.0
             for a in range(0, len(problem.val_idx), 64):
                 loss, n = problem.loss(problem.val_idx[a : a + 64], False)
                 vl, vn = vl + loss.item(), vn + n
-        train_loss, val_loss = total / max(count, 1), vl / max(vn, 1)
+        train_loss = total / max(count, 1)
+        val_loss = vl / vn if vn else math.nan  # nothing held out: train for all epochs
         history.append((train_loss, val_loss))
         if on_epoch:
             on_epoch(epoch, train_loss, val_loss)
-        if val_loss < best - 1e-6:
+        if not vn:
+            best_state = model.state_dict()
+        elif val_loss < best - 1e-6:
             best, best_state, bad_epochs = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
             bad_epochs += 1
@@ -304,10 +324,16 @@ def train(
 
 
 def _noisy(x: Tensor, cfg: TrainConfig, train: bool) -> Tensor:
-    if not (train and cfg.noise):
+    """Augmented target inputs ``x[..., 0]`` while training (padding gets noise too: it is
+    masked out of the loss)."""
+    if not (train and (cfg.noise or cfg.scale_noise)):
         return x
     x = x.clone()
-    x[..., 0] += cfg.noise * torch.randn_like(x[..., 0])
+    if cfg.noise:
+        x[..., 0] += cfg.noise * torch.randn_like(x[..., 0])
+    if cfg.scale_noise:
+        factor = 1 + cfg.scale_noise * torch.randn(x.shape[0], *([1] * (x.dim() - 2)))
+        x[..., 0] *= factor.to(x.device)
     return x
 
 
@@ -347,7 +373,7 @@ def _forecast_problem(
 
 def _split(n: int, cfg: TrainConfig, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     order = rng.permutation(n)
-    n_val = min(max(1, round(n * cfg.val_fraction)), n - 1) if n > 1 else 0
+    n_val = min(max(1, round(n * cfg.val_fraction)), n - 1) if n > 1 and cfg.val_fraction else 0
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
@@ -366,15 +392,17 @@ def _classify_problem(
     ws = []
     for s in series:
         t = len(s.y)
-        if cfg.step_loss == "last":
-            w = np.zeros(t, np.float32)
-            w[-1] = 1.0
-        elif cfg.step_loss == "ramp":
-            w = (np.arange(1, t + 1) / t).astype(np.float32)
-        else:
-            w = np.ones(t, np.float32)
-        ws.append(w)
-    ce = torch.nn.CrossEntropyLoss(reduction="none")
+        last = np.zeros(t)
+        last[-1] = 1.0
+        ramp = np.arange(1, t + 1) / (t * (t + 1) / 2)
+        w = {
+            "last": last,
+            "ramp": ramp,
+            "mixed": 0.75 * last + 0.25 * ramp,
+            "all": np.full(t, 1 / t),
+        }[cfg.step_loss]
+        ws.append(w.astype(np.float32))  # each sequence's weights sum to 1
+    ce = torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
 
     def loss(idx: Sequence[int], train: bool) -> tuple[Tensor, float]:
         x = _noisy(_pad([xs[i] for i in idx], torch.float32, dev), cfg, train)
@@ -406,7 +434,7 @@ def _window_problem(
             ys.append(index[(s.labels or [])[b - 1]])
     if len(xs) < 2:
         raise DataError(f"only {len(xs)} closed window(s) of {spec.window} events to train on")
-    ce = torch.nn.CrossEntropyLoss(reduction="sum")
+    ce = torch.nn.CrossEntropyLoss(reduction="sum", label_smoothing=cfg.label_smoothing)
 
     def loss(idx: Sequence[int], train: bool) -> tuple[Tensor, float]:
         total, n = torch.zeros((), device=dev), 0

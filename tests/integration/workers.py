@@ -25,6 +25,7 @@ def worker_env(services: dict[str, str], ns: str, model: Path, **extra: str) -> 
         STREAMER_MODEL_PATH=str(model),
         STREAMER_TOPICS__EVENTS=f"{ns}.events",
         STREAMER_TOPICS__PREDICTIONS=f"{ns}.predictions",
+        STREAMER_TOPICS__WINDOWS=f"{ns}.windows",
         STREAMER_TOPICS__DEAD_LETTER=f"{ns}.dlq",
         STREAMER_KAFKA__BOOTSTRAP_SERVERS=services["bootstrap"],
         STREAMER_KAFKA__SESSION_TIMEOUT_S="6",

@@ -82,3 +82,55 @@ def test_the_fused_step_equals_the_cell_step_and_nn_lstm() -> None:
                 torch.testing.assert_close(y, full[:, t], atol=1e-6, rtol=0)
             torch.testing.assert_close(h, h_full, atol=1e-6, rtol=0)
             torch.testing.assert_close(c, c_full, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("cell", "ref"), [("gru", nn.GRU), ("rnn", nn.RNN)])
+@pytest.mark.parametrize("fused", [False, True])
+def test_gru_and_rnn_steps_equal_their_torch_modules(cell: str, ref: type, fused: bool) -> None:
+    torch.manual_seed(3)
+    model = SequenceModel(ModelSpec(cell=cell, hidden_size=16, num_layers=2, horizon=2)).eval()
+    torch_rnn = ref(1, 16, 2, batch_first=True)
+    torch_rnn.load_state_dict(model.rnn.state_dict(), strict=True)  # same names and layout
+    x = torch.randn(6, 25, 1) * 2
+    with torch.no_grad():
+        out_ref, h_ref = torch_rnn(x)
+        state = model.rnn.zero_state(6)
+        assert state[1].shape == (0, 6, 16)  # no cell state
+        for t in range(25):
+            y, state = model.step(x[:, t], state, fused)
+    torch.testing.assert_close(y, model.head(out_ref[:, -1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(state[0], h_ref, atol=1e-5, rtol=0)
+    assert h_ref.abs().max() > 0.1
+
+
+def test_classifier_serves_probabilities_and_window_model_is_bidirectional() -> None:
+    spec = ModelSpec(cell="lstm", hidden_size=8, num_layers=1, task="classify", classes=("a", "b"))
+    model = SequenceModel(spec).eval()
+    with torch.no_grad():
+        raw, _ = model.step(torch.randn(4, 1), model.rnn.zero_state(4))
+        probs = model.serve(raw)
+    assert probs.shape == (4, 2)
+    torch.testing.assert_close(probs.sum(1), torch.ones(4))
+    win = SequenceModel(
+        ModelSpec(hidden_size=8, num_layers=1, task="classify", classes=spec.classes, window=5)
+    )
+    assert win.rnn.bidirectional and win.head.in_features == 16
+    assert win.spec.state_shape == (1, 5) and win.spec.state_tensors == 1
+    x = torch.randn(3, 5, 1)
+    with torch.no_grad():
+        flipped = win.window_logits(x)
+    assert flipped.shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"task": "classify", "classes": ("a",)}, "at least two classes"),
+        ({"task": "regress"}, "unknown task"),
+        ({"window": 3, "window_end": "end"}, "must be a feature"),
+        ({"scaling": "minmax"}, "unknown scaling"),
+    ],
+)
+def test_bad_specs_are_refused(kwargs: dict, needle: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError, match=needle):
+        ModelSpec(**kwargs)

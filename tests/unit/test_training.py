@@ -1,0 +1,90 @@
+"""Training: reproducible for a seed, for every cell and kind of model; offline passes agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from streamer.data import split_series
+from streamer.training import TrainConfig, offline_predict, offline_windows, train, window_bounds
+from tests.conftest import make_panel
+
+
+def labelled_panel(n: int = 24, t: int = 12, seed: int = 0) -> pd.DataFrame:
+    """Sequences whose class is whether they rise or fall, with an end marker every 5 events."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        up = i % 2 == 0
+        y = np.cumsum(rng.normal(0.6 if up else -0.6, 1.0, t))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "unique_id": f"s{i:03d}",
+                    "ds": pd.date_range("2021-01-01", periods=t, freq="h"),
+                    "y": y,
+                    "end": (np.arange(t) % 5 == 4).astype(float),
+                    "label": "up" if up else "down",
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+CONFIGS = {
+    "lstm-forecast": TrainConfig(horizon=3, hidden_size=8, epochs=3, holdout=2),
+    "gru-forecast": TrainConfig(cell="gru", horizon=3, hidden_size=8, epochs=3),
+    "rnn-classify": TrainConfig(
+        cell="rnn", task="classify", label="label", hidden_size=8, epochs=3, noise=0.1
+    ),
+    "lstm-window": TrainConfig(
+        task="classify", label="label", hidden_size=8, num_layers=1, epochs=3, window=6
+    ),
+}
+
+
+def data_for(name: str) -> pd.DataFrame:
+    return labelled_panel() if "forecast" not in name else make_panel(12, 20, 30, seed=3)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_training_is_reproducible_for_a_seed(name: str) -> None:
+    df = data_for(name)
+    a = train(df, CONFIGS[name]).model.state_dict()
+    b = train(df, CONFIGS[name]).model.state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    c = train(df, TrainConfig(**{**CONFIGS[name].__dict__, "seed": 1})).model.state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a), "the seed changes nothing"
+
+
+def test_a_classifier_learns_its_classes_and_predicts_probabilities() -> None:
+    df = labelled_panel(n=40)
+    cfg = TrainConfig(task="classify", label="label", hidden_size=16, num_layers=1, epochs=40)
+    result = train(df, cfg)
+    assert result.model.spec.classes == ("down", "up")
+    right = 0
+    for s in split_series(df, ["end"], "label"):
+        probs = offline_predict(result.model, s)[0]
+        np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+        right += result.model.spec.classes[int(probs[-1].argmax())] == (s.labels or [])[-1]
+    assert right >= 34  # 40 easy sequences: far above chance
+
+
+def test_windows_close_after_n_events_or_at_the_end_marker() -> None:
+    df = labelled_panel(n=2, t=12)
+    cfg = TrainConfig(
+        task="classify", label="label", hidden_size=8, num_layers=1, epochs=2, window=4
+    )
+    spec = train(df, cfg).model.spec
+    s = split_series(df, ["end"])[0]
+    assert window_bounds(s, spec) == [(0, 4), (4, 8), (8, 12)]
+    marked = TrainConfig(**{**cfg.__dict__, "window_end": "end"})
+    model = train(df, marked).model
+    assert model.spec.input_features == ()  # the marker is not an input
+    # the marker is at events 5 and 10 (rows 4 and 9); windows also close after 4 events
+    assert window_bounds(s, model.spec) == [(0, 4), (4, 5), (5, 9), (9, 10)]
+    assert [row for row, _ in offline_windows(model, s)] == [3, 4, 8, 9]
