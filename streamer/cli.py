@@ -325,7 +325,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(
         f"model {version} ({cfg.cell}) written to {args.out}: "
         f"{result.summary['epochs_run']} epochs in {time.monotonic() - started:.1f}s, "
-        + (f"best validation loss {best:.4f}" if best < float("inf") else "no validation split")
+        + (f"best validation loss {best:.4f}" if best is not None else "no validation split")
     )
     return 0
 

@@ -313,7 +313,7 @@ def train(
         "start": str(df["ds"].min()),
         "end": str(df["ds"].max()),
         "epochs_run": epoch,
-        "best_val_loss": best,
+        "best_val_loss": best if math.isfinite(best) else None,  # None: nothing held out
         "final_train_loss": history[-1][0] if history else None,
     }
     if classify:
