@@ -352,26 +352,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry(args: argparse.Namespace) -> Any:
+def _on_registry(args: argparse.Namespace, call: Any) -> Any:
+    """``await call(registry)`` for the registry of the settings' model name."""
     from streamer.registry import Registry
     from streamer.state import redis_client
 
     settings = _settings(args)
-    return Registry(redis_client(settings), settings.model_name)
 
-
-def _cmd_model_publish(args: argparse.Namespace) -> int:
-    async def run() -> str:
-        reg = _registry(args)
+    async def run() -> Any:
+        reg = Registry(redis_client(settings), settings.model_name)
         try:
-            version = str(await reg.publish(args.dir))
-            if args.activate:
-                await reg.activate(version)
-            return version
+            return await call(reg)
         finally:
             await reg.aclose()
 
-    version = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def _cmd_model_publish(args: argparse.Namespace) -> int:
+    async def publish(reg: Any) -> str:
+        version = str(await reg.publish(args.dir))
+        if args.activate:
+            await reg.activate(version)
+        return version
+
+    version = _on_registry(args, publish)
     state = "published and activated" if args.activate else "published"
     print(f"model {version} {state} as {_settings(args).model_name}")
     return 0
@@ -381,14 +386,7 @@ def _cmd_model_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    async def run() -> Any:
-        reg = _registry(args)
-        try:
-            return await reg.versions()
-        finally:
-            await reg.aclose()
-
-    versions = asyncio.run(run())
+    versions = _on_registry(args, lambda reg: reg.versions())
     name = _settings(args).model_name
     if not versions:
         print(f"no published versions of {name} (streamer model publish DIR)")
@@ -398,9 +396,9 @@ def _cmd_model_list(args: argparse.Namespace) -> int:
         table.add_column(col)
     for v in versions:
         spec = v.spec
-        kind = spec.get("task", "forecast") + (
-            f", window {spec['window']}" if spec.get("window") else ""
-        )
+        kind = spec.get("task", "forecast")
+        if spec.get("window"):
+            kind += f", window {spec['window']}"
         table.add_row(
             "active" if v.active else "",
             v.version,
@@ -415,14 +413,7 @@ def _cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_activate(args: argparse.Namespace) -> int:
-    async def run() -> Any:
-        reg = _registry(args)
-        try:
-            return await reg.activate(args.version)
-        finally:
-            await reg.aclose()
-
-    previous = asyncio.run(run())
+    previous = _on_registry(args, lambda reg: reg.activate(args.version))
     print(
         f"{args.version} is the active version of {_settings(args).model_name}"
         + (f" (was {previous}); workers switch at their next batch" if previous else "")
@@ -433,14 +424,7 @@ def _cmd_model_activate(args: argparse.Namespace) -> int:
 def _cmd_model_show(args: argparse.Namespace) -> int:
     import orjson
 
-    async def run() -> Any:
-        reg = _registry(args)
-        try:
-            return await reg.show(args.version)
-        finally:
-            await reg.aclose()
-
-    v = asyncio.run(run())
+    v = _on_registry(args, lambda reg: reg.show(args.version))
     doc = {
         "version": v.version,
         "active": v.active,

@@ -23,7 +23,7 @@ of stepping: it scores the window from the last forward and the first backward h
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -148,6 +148,26 @@ class _Stepping:
     hidden_size: int
     _cell: Any  # the torch cell function of one layer
     _base: Any  # the torch module class
+    _options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ):
+        self._base.__init__(
+            self,
+            input_size,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+            **self._options,
+        )
 
     def zero_state(self, batch: int, device: torch.device | None = None) -> State:
         h = torch.zeros(self.num_layers, batch, self.hidden_size, device=device)
@@ -202,24 +222,6 @@ class StackedLSTM(_Stepping, nn.LSTM):
     _cell = staticmethod(torch.lstm_cell)
     _base = nn.LSTM
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-    ):
-        nn.LSTM.__init__(
-            self,
-            input_size,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-            bidirectional=bidirectional,
-        )
-
 
 class StackedGRU(_Stepping, nn.GRU):
     """``torch.nn.GRU`` (batch first) plus :meth:`step`. Gates: reset, update, new."""
@@ -227,49 +229,13 @@ class StackedGRU(_Stepping, nn.GRU):
     _cell = staticmethod(torch.gru_cell)
     _base = nn.GRU
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-    ):
-        nn.GRU.__init__(
-            self,
-            input_size,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-            bidirectional=bidirectional,
-        )
-
 
 class StackedRNN(_Stepping, nn.RNN):
     """``torch.nn.RNN`` with tanh (batch first) plus :meth:`step`: no gates at all."""
 
     _cell = staticmethod(torch.rnn_tanh_cell)
     _base = nn.RNN
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-    ):
-        nn.RNN.__init__(
-            self,
-            input_size,
-            hidden_size,
-            num_layers,
-            nonlinearity="tanh",
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-            bidirectional=bidirectional,
-        )
+    _options: ClassVar[dict[str, Any]] = {"nonlinearity": "tanh"}
 
 
 CELLS: dict[str, type[StackedLSTM | StackedGRU | StackedRNN]] = {

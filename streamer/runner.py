@@ -38,6 +38,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
     ProducerFenced,
     RebalanceInProgressError,
 )
@@ -346,6 +347,19 @@ class Runner:
                 break
             except ProducerFenced:
                 raise
+            except OutOfOrderSequenceNumber as exc:
+                if self.exactly_once:
+                    raise  # a transaction cannot be sent again from a new producer here
+                # The broker lost this producer's sequence numbers (it restarted mid-send); the
+                # producer cannot go on. A new one sends the whole batch again: at least once,
+                # some of its predictions may arrive twice (same values and identity).
+                self.stats.kafka_retries += 1
+                log.warning(
+                    "kafka delivery failed (%r); sending the batch from a new producer", exc
+                )
+                with contextlib.suppress(KafkaError):
+                    await self._producer.stop()
+                self._producer = await self._start_with_retry(self._new_producer, "producer")
             except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
                 # Partitions moved on: the new owner reads from the last commit, skips what these
                 # states applied, and re-emits their kept outputs. The batches taken after this
