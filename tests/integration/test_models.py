@@ -286,8 +286,10 @@ async def test_a_model_activated_while_a_worker_streams_takes_over_at_a_batch_bo
                 want = raw[0].numpy() * scale[t] + mean[t]
                 np.testing.assert_allclose(p.values, want, atol=1e-4, rtol=1e-5)
     assert "at a batch boundary" in worker.log.read_text()
-    raws = await RedisStateStore.from_url(services["redis_url"], ns).get_many(["e0000"])
+    store = RedisStateStore.from_url(services["redis_url"], ns)
+    raws = await store.get_many(["e0000"])
     assert decode(raws[0]).model_version == b.version  # type: ignore[arg-type]
+    await store.aclose()
     await reg.aclose()
 
 
