@@ -267,7 +267,7 @@ async def test_a_model_activated_while_a_worker_streams_takes_over_at_a_batch_bo
     assert len(preds) == len(msgs)
     assert max(Counter((p.partition, p.offset) for p in preds).values()) == 1
     versions = Counter(p.model_version for p in preds)
-    assert set(versions) == {a.version, b.version} and min(versions.values()) > third // 2
+    assert versions[a.version] >= third and versions[b.version] > 0  # switched mid-stream
     by_partition: dict[int, list[Prediction]] = defaultdict(list)
     for p in preds:
         by_partition[p.partition].append(p)
@@ -296,7 +296,7 @@ async def test_a_model_activated_while_a_worker_streams_takes_over_at_a_batch_bo
 async def produce_slowly(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]]) -> None:
     for i in range(0, len(msgs), 40):
         await produce(bootstrap, topic, msgs[i : i + 40])
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
 
 
 @pytest.mark.integration
