@@ -25,9 +25,7 @@ from rich.table import Table
 
 from streamer.artifact import save_artifact
 from streamer.data import demo_panel, event_rows, format_ds
-from streamer.errors import StreamerError
-from streamer.kafka import ensure_topics, read_topic, replay_events
-from streamer.local import namespaced, worker_process
+from streamer.local import namespaced, stream_through, worker_process
 from streamer.schemas import Prediction
 from streamer.settings import Settings
 from streamer.training import TrainConfig, train
@@ -220,18 +218,13 @@ async def _stream(
     rate: float | None,
     console: Console,
 ) -> float:
-    await ensure_topics(settings)
     total = len(df)
     sent = 0
+    start = time.monotonic()
 
     def on_sent(n: int) -> None:
         nonlocal sent
         sent = n
-
-    start = time.monotonic()
-    replay = asyncio.create_task(
-        replay_events(settings, event_rows(df), rate=rate, on_sent=on_sent)
-    )
 
     def view() -> Group:
         el = max(time.monotonic() - start, 1e-9)
@@ -241,31 +234,15 @@ async def _stream(
         )
         return Group(head, board.table("running one-step error"), board.recent_table())
 
-    async def consume() -> None:
-        async for _k, value, _p, _o, _h in read_topic(
-            settings, settings.topics.predictions, from_beginning=True
-        ):
-            if value is not None:
-                board.add(Prediction.from_json(value))
-            if board.received >= total:
-                return
-
-    consumer = asyncio.create_task(consume())
-    try:
-        with Live(view(), console=console, refresh_per_second=4, transient=False) as live:
-            while not consumer.done():
-                await asyncio.wait({consumer}, timeout=0.25)
-                live.update(view())
-                if worker.poll() is not None:
-                    raise StreamerError(
-                        f"the worker exited with status {worker.returncode}; see its log"
-                    )
-                if replay.done() and replay.exception() is not None:
-                    raise replay.exception()  # type: ignore[misc]
-            consumer.result()
-    finally:
-        for task in (consumer, replay):
-            if not task.done():
-                task.cancel()
-    await replay
-    return time.monotonic() - start
+    with Live(view(), console=console, refresh_per_second=4, transient=False) as live:
+        return await stream_through(
+            settings,
+            event_rows(df),
+            settings.topics.predictions,
+            total,
+            worker,
+            board.add,
+            rate=rate,
+            on_sent=on_sent,
+            on_tick=lambda: live.update(view()),
+        )

@@ -39,8 +39,7 @@ from rich.table import Table
 from streamer.artifact import load_artifact
 from streamer.data import event_rows, split_series
 from streamer.errors import DataError, StreamerError
-from streamer.kafka import ensure_topics, read_topic, replay_events
-from streamer.local import namespaced, worker_process
+from streamer.local import namespaced, stream_through, worker_process
 from streamer.model import SequenceModel
 from streamer.schemas import Prediction
 from streamer.settings import Settings
@@ -96,48 +95,22 @@ def _naive(history: F64, k: int, season: int) -> tuple[F64, F64]:
     return naive, np.asarray([last[i % m] for i in range(k)])
 
 
-async def _collect(
-    settings: Settings, rows: list[dict[str, object]], expected: int, topic: str, worker: Any
-) -> tuple[list[Prediction], float]:
-    await ensure_topics(settings)
-    start = time.monotonic()
-    replay = asyncio.create_task(replay_events(settings, rows))
-    got: list[Prediction] = []
-
-    async def consume() -> None:
-        async for _k, value, _p, _o, _h in read_topic(settings, topic, from_beginning=True):
-            if value is not None:
-                got.append(Prediction.from_json(value))
-            if len(got) >= expected:
-                return
-
-    consumer = asyncio.create_task(consume())
-    try:
-        while not consumer.done():
-            await asyncio.wait({consumer}, timeout=0.5)
-            if worker.poll() is not None:
-                raise StreamerError(f"the worker exited with status {worker.returncode}")
-            if replay.done() and replay.exception() is not None:
-                raise replay.exception()  # type: ignore[misc]
-        consumer.result()
-    finally:
-        for task in (consumer, replay):
-            if not task.done():
-                task.cancel()
-    await replay
-    return got, time.monotonic() - start
-
-
 def _stream(
-    base: Settings, model_dir: Path, rows: list[dict[str, object]], expected: int, workdir: Path
+    base: Settings,
+    model_dir: Path,
+    windows: bool,
+    rows: list[dict[str, object]],
+    expected: int,
+    workdir: Path,
 ) -> tuple[list[Prediction], float]:
     run = f"eval{int(time.time() * 1000)}"
     settings = namespaced(base, run, model_dir)
-    windows = load_artifact(model_dir).spec.window > 0
     topic = settings.topics.windows if windows else settings.topics.predictions
     workdir.mkdir(parents=True, exist_ok=True)
+    got: list[Prediction] = []
     with worker_process(settings, workdir / f"{run}.worker.log") as worker:
-        return asyncio.run(_collect(settings, rows, expected, topic, worker))
+        seconds = asyncio.run(stream_through(settings, rows, topic, expected, worker, got.append))
+    return got, seconds
 
 
 def run_evaluate(
@@ -154,8 +127,8 @@ def run_evaluate(
     """Stream ``data`` through a worker serving ``model_dir`` and score what it published.
     Returns the results (also what ``--json`` writes)."""
     console = console or Console(stderr=True)
-    model = load_artifact(model_dir).model
-    spec = model.spec
+    art = load_artifact(model_dir)
+    model, spec = art.model, art.spec
     if spec.task == "classify" and not label:
         raise DataError("a classifier is scored against a label column: pass --label")
     started = time.monotonic()
@@ -167,7 +140,7 @@ def run_evaluate(
         result = _evaluate_forecaster(base, data, model, model_dir, season, workdir, console)
     else:
         result = _evaluate_classifier(base, data, model, model_dir, label or "", workdir, console)
-    result["model_version"] = load_artifact(model_dir).version
+    result["model_version"] = art.version
     result["model"] = {k: spec.to_dict()[k] for k in ("cell", "hidden_size", "num_layers")}
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     diff = result["max_abs_diff_streamed_vs_offline"]
@@ -201,7 +174,7 @@ def _evaluate_forecaster(
         f"streaming {len(rows)} events of {history['unique_id'].nunique()} entities; the last "
         f"{k} points of each are held out (season {m})"
     )
-    preds, stream_s = _stream(base, model_dir, rows, len(rows), workdir)
+    preds, stream_s = _stream(base, model_dir, False, rows, len(rows), workdir)
     last: dict[str, Prediction] = {}
     for p in preds:
         if p.unique_id not in last or p.step > last[p.unique_id].step:
@@ -278,7 +251,7 @@ def _evaluate_classifier(
     expected = sum(len(window_bounds(s, spec)) for s in series) if spec.window else len(rows)
     kind = f"windows of {spec.window}" if spec.window else "every event"
     console.print(f"streaming {len(rows)} events of {len(series)} entities (predictions: {kind})")
-    preds, stream_s = _stream(base, model_dir, rows, expected, workdir)
+    preds, stream_s = _stream(base, model_dir, spec.window > 0, rows, expected, workdir)
     by_entity: dict[str, dict[int, Prediction]] = {}
     for p in preds:
         by_entity.setdefault(p.unique_id, {})[p.step] = p

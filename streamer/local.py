@@ -3,16 +3,21 @@ consumer group and state keys, and a worker process started and stopped with the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from streamer.errors import StreamerError
+from streamer.kafka import ensure_topics, read_topic, replay_events
+from streamer.schemas import Prediction
 from streamer.settings import Settings, to_env
 
-__all__ = ["namespaced", "worker_process"]
+__all__ = ["namespaced", "stream_through", "worker_process"]
 
 
 def namespaced(base: Settings, run: str, model: Path) -> Settings:
@@ -53,3 +58,53 @@ def worker_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Po
                 worker.wait(60)
             except subprocess.TimeoutExpired:
                 worker.kill()
+
+
+async def stream_through(
+    settings: Settings,
+    rows: Iterable[dict[str, object]],
+    topic: str,
+    expected: int,
+    worker: subprocess.Popen[bytes],
+    on_prediction: Callable[[Prediction], None],
+    *,
+    rate: float | None = None,
+    on_sent: Callable[[int], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+) -> float:
+    """Replay ``rows`` as events to the running ``worker`` and hand each of the first ``expected``
+    predictions on ``topic`` to ``on_prediction``; ``on_tick`` runs four times a second. Returns
+    the seconds it took; raises if the worker exits or the replay fails first."""
+    await ensure_topics(settings)
+    start = time.monotonic()
+    replay = asyncio.create_task(replay_events(settings, rows, rate=rate, on_sent=on_sent))
+    received = 0
+
+    async def consume() -> None:
+        nonlocal received
+        async for _k, value, _p, _o, _h in read_topic(settings, topic, from_beginning=True):
+            if value is not None:
+                on_prediction(Prediction.from_json(value))
+                received += 1
+            if received >= expected:
+                return
+
+    consumer = asyncio.create_task(consume())
+    try:
+        while not consumer.done():
+            await asyncio.wait({consumer}, timeout=0.25)
+            if on_tick is not None:
+                on_tick()
+            if worker.poll() is not None:
+                raise StreamerError(
+                    f"the worker exited with status {worker.returncode}; see its log"
+                )
+            if replay.done() and replay.exception() is not None:
+                raise replay.exception()  # type: ignore[misc]
+        consumer.result()
+    finally:
+        for task in (consumer, replay):
+            if not task.done():
+                task.cancel()
+    await replay
+    return time.monotonic() - start

@@ -504,6 +504,25 @@ class Predictor:
         x[:, 1:] = (feats[:, sv.inputs] - sv.fmean) / sv.fstd
         return x, feats
 
+    @staticmethod
+    def _advance(
+        events: Sequence[Event],
+        ev_off: npt.NDArray[np.int64],
+        slot: npt.NDArray[np.int64],
+        waves: list[npt.NDArray[np.int64]],
+        st: StateBatch,
+    ) -> npt.NDArray[np.int64]:
+        """Count the events into their states' steps and move the fences to them (``st`` in
+        place, wave by wave); return each event's step."""
+        steps = np.empty(len(events), np.int64)
+        ev_part = np.fromiter((e.partition for e in events), np.int64, len(events))
+        for w in waves:
+            s = slot[w]
+            st.step[s] += 1
+            steps[w] = st.step[s]
+            st.partition[s], st.offset[s] = ev_part[w], ev_off[w]
+        return steps
+
     def _step(
         self,
         sv: Served,
@@ -518,16 +537,12 @@ class Predictor:
         n = len(events)
         y = np.fromiter((e.y for e in events), np.float64, n)
         mean_e, scale_e = np.empty(n), np.empty(n)
-        steps = np.empty(n, np.int64)
-        ev_part = np.fromiter((e.partition for e in events), np.int64, n)
+        steps = self._advance(events, ev_off, slot, waves, st)
         for w in waves:  # scaling statistics advance in event order, per entity
             s = slot[w]
             stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w])
             st.count[s], st.mean[s], st.var[s] = stats
             mean_e[w], scale_e[w] = stats[1], scaling.scale_of(stats)
-            st.step[s] += 1
-            steps[w] = st.step[s]
-            st.partition[s], st.offset[s] = ev_part[w], ev_off[w]
 
         x_host, _ = self._inputs(sv, events, y)  # (N, I)
         if sv.spec.scaling == "entity":
@@ -580,8 +595,7 @@ class Predictor:
         y = np.fromiter((e.y for e in events), np.float64, n)
         x, feats = self._inputs(sv, events, y)
         ends = feats[:, sv.end] != 0 if feats is not None and sv.end is not None else None
-        steps = np.empty(n, np.int64)
-        ev_part = np.fromiter((e.partition for e in events), np.int64, n)
+        steps = self._advance(events, ev_off, slot, waves, st)
         buf = st.h[0].reshape(len(st), size, width)  # a view: writes go to ``st``
         closing: list[int] = []
         windows: list[npt.NDArray[np.float32]] = []
@@ -591,9 +605,6 @@ class Predictor:
             buf[s, fill] = x[w]
             stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w], alpha=0.0)
             st.count[s], st.mean[s], st.var[s] = stats
-            st.step[s] += 1
-            steps[w] = st.step[s]
-            st.partition[s], st.offset[s] = ev_part[w], ev_off[w]
             done = fill + 1 >= size
             if ends is not None:
                 done |= ends[w]
