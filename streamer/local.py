@@ -25,6 +25,7 @@ def namespaced(base: Settings, run: str, model: Path) -> Settings:
     artifact ``model`` and not the registry's active version."""
     d = base.model_dump()
     d.update(app_id=f"streamer-{run}", model_name=run, model_path=model, registry_poll_s=0)
+    d["metrics"] = {**d["metrics"], "port": 0}  # any free port: it is announced in Redis
     d["topics"] = {
         **d["topics"],
         "events": f"{run}.events",

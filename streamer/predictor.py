@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -110,6 +111,11 @@ class BatchReport:
     #: Entities whose stored state did not fit the model (or the policy) and was reset.
     resets: int = 0
     predictions: list[Prediction] = field(default_factory=list)
+    #: seconds of the store's read and write round trips (None: none was needed), and of the
+    #: model's steps
+    read_s: float | None = None
+    write_s: float | None = None
+    step_s: float | None = None
 
 
 @dataclass
@@ -246,7 +252,7 @@ class Predictor:
         slot_of: dict[str, int] = {}
         ev_slot = [slot_of.setdefault(e.unique_id, len(slot_of)) for e in events]
         entities = list(slot_of)
-        raws, pending.overlaid = await self._read(entities)
+        raws, pending.overlaid, pending.report.read_s = await self._read(entities)
         rows_, width = spec.state_shape
         loaded, problems = decode_many(
             raws, rows_, width, sv.kept_width, self.state_dtype, spec.state_tensors
@@ -281,6 +287,7 @@ class Predictor:
         offsets = np.fromiter((e.offset for e in evs), np.int64, len(evs))
         v, classes, slot = sv.version, spec.classes, plan.slot
         pending.stepped = slot.tolist()
+        started = time.perf_counter()
         if spec.window:
             sel, values, steps, lengths = self._step_windows(sv, evs, offsets, slot, plan.waves, st)
             kept = np.concatenate([values, lengths[:, None].astype(np.float64)], axis=1)
@@ -308,6 +315,7 @@ class Predictor:
                     strict=True,
                 )
             }
+        pending.report.step_s = time.perf_counter() - started
         st.version[:] = v.encode("ascii")
         st.updated_ms[:] = now_ms()
         blobs = encode_many(st, self.state_dtype)
@@ -326,7 +334,11 @@ class Predictor:
         report = pending.report
         if self.is_stale(pending):
             raise StaleBatch("states it read from unconfirmed writes were refused by the store")
-        saved = await self.store.put_many(pending.items) if pending.items else []
+        saved: list[bool] = []
+        if pending.items:
+            started = time.perf_counter()
+            saved = await self.store.put_many(pending.items)
+            report.write_s = time.perf_counter() - started
         unconfirmed = self._unconfirmed
         for (e, blob), ok in zip(pending.items, saved, strict=True):
             if not ok:  # whatever a later batch stepped on from it does not hold either
@@ -381,9 +393,9 @@ class Predictor:
         prepared again before it is saved (its steps started from a state that does not hold)."""
         return pending.overlaid and pending.refusals != self._refusals
 
-    async def _read(self, entities: list[str]) -> tuple[list[bytes | None], bool]:
+    async def _read(self, entities: list[str]) -> tuple[list[bytes | None], bool, float | None]:
         """The latest records: from writes on their way, then the cache, the rest in one round
-        trip to the store; and whether any came from a write on its way."""
+        trip to the store; whether any came from a write on its way; the round trip's seconds."""
         over = self._unconfirmed
         raws: list[bytes | None] = (
             [over.get(e) for e in entities] if over else [None] * len(entities)
@@ -395,11 +407,14 @@ class Predictor:
             for j, raw in zip(missed, hits, strict=True):
                 raws[j] = raw
             missed = [j for j, raw in zip(missed, hits, strict=True) if raw is None]
-        if missed:
-            got = await self.store.get_many([entities[j] for j in missed])
-            for j, raw in zip(missed, got, strict=True):
-                raws[j] = raw
-        return raws, overlaid
+        if not missed:
+            return raws, overlaid, None
+        started = time.perf_counter()
+        got = await self.store.get_many([entities[j] for j in missed])
+        took = time.perf_counter() - started
+        for j, raw in zip(missed, got, strict=True):
+            raws[j] = raw
+        return raws, overlaid, took
 
     def _reemit(
         self,

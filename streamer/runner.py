@@ -27,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import (
@@ -45,6 +47,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from streamer.kafka import send_keyed
+from streamer.metrics import Metrics
 from streamer.pipeline import BatchHandler, Outcome
 from streamer.settings import Settings
 
@@ -102,10 +105,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Runner:
-    def __init__(self, settings: Settings, handler: BatchHandler):
+    def __init__(self, settings: Settings, handler: BatchHandler, metrics: Metrics | None = None):
         self.settings = settings
         self.handler = handler
         self.stats = RunnerStats()
+        self.metrics = metrics or Metrics()
+        self.metrics.serving(handler.serving)
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -170,7 +175,7 @@ class Runner:
                 return client
             except (KafkaConnectionError, KafkaTimeoutError) as exc:
                 await client.stop()
-                self.stats.kafka_retries += 1
+                self._kafka_retried()
                 log.warning("kafka %s cannot connect (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -185,6 +190,7 @@ class Runner:
             records = await self._take()
             if not records:
                 await self._settle()  # surfaces a delivery failure while idle
+                self._observe_partitions()
                 continue
             async with self._lock:
                 if self._stopping.is_set() or epoch != self._epoch or not self._assigned.is_set():
@@ -214,7 +220,8 @@ class Runner:
         size, wait = self.settings.batch.max_size, self.settings.batch.max_wait_s
         got = await self._consumer.getmany(timeout_ms=int(wait * 1000), max_records=size)
         out = [r for recs in got.values() for r in recs]
-        deadline = loop.time() + wait
+        first = loop.time()
+        deadline = first + wait
         while out and len(out) < size and not self._stopping.is_set():
             left = deadline - loop.time()
             if left <= 0:
@@ -223,6 +230,8 @@ class Runner:
                 timeout_ms=int(left * 1000), max_records=size - len(out)
             )
             out.extend(r for recs in more.values() for r in recs)
+        if out:
+            self.metrics.batch_wait.observe(loop.time() - first)
         return out
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -280,7 +289,9 @@ class Runner:
             raise RuntimeError("the batch before was not delivered") from previous.exception()
         if epoch != self._epoch:
             return
+        started = time.perf_counter()
         await self._deliver(outcome, offsets)
+        done = time.time()
         st = self.stats
         st.batches += 1
         st.events += len(records)
@@ -288,6 +299,39 @@ class Runner:
         st.dead_letters += len(outcome.dead_letters)
         st.reemitted += outcome.report.reemitted
         st.redis_retries += outcome.retries
+        m = self.metrics
+        produced = np.fromiter((r.timestamp for r in records), np.float64, len(records))
+        m.batch(
+            size=len(records),
+            report=outcome.report,
+            predictions=len(outcome.predictions),
+            dead_letters=outcome.dead_letters,
+            latencies=np.maximum(done - produced / 1000.0, 0.0),
+            delivery_s=time.perf_counter() - started,
+            redis_retries=outcome.retries,
+        )
+        m.stepped(outcome.report)
+        m.cache(self.handler.predictor.cache)
+        m.serving(self.handler.predictor.version)
+        self._observe_partitions()
+
+    def _kafka_retried(self) -> None:
+        self.stats.kafka_retries += 1
+        self.metrics.kafka_retries.inc()
+
+    def _observe_partitions(self) -> None:
+        """The owned partitions' lag: the broker's high watermark (as of the last fetch) less the
+        committed offset."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        lag: dict[int, int] = {}
+        with contextlib.suppress(IllegalStateError):
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                if high is not None:
+                    lag[tp.partition] = max(0, high - self._committed.get(tp.partition, 0))
+        self.metrics.partitions(lag)
 
     async def _send_all(self, outcome: Outcome) -> None:
         assert self._producer is not None
@@ -353,7 +397,7 @@ class Runner:
                 # The broker lost this producer's sequence numbers (it restarted mid-send); the
                 # producer cannot go on. A new one sends the whole batch again: at least once,
                 # some of its predictions may arrive twice (same values and identity).
-                self.stats.kafka_retries += 1
+                self._kafka_retried()
                 log.warning(
                     "kafka delivery failed (%r); sending the batch from a new producer", exc
                 )
@@ -365,6 +409,7 @@ class Runner:
                 # states applied, and re-emits their kept outputs. The batches taken after this
                 # one are not delivered, and this consumer too goes back to its last commit.
                 self.stats.commit_failures += 1
+                self.metrics.commit_failures.inc()
                 self._epoch += 1
                 log.warning("commit failed (%s); going back to the last committed offsets", exc)
                 with contextlib.suppress(KafkaError, IllegalStateError):
@@ -375,7 +420,7 @@ class Runner:
             except KafkaError as exc:
                 if not (exc.retriable or isinstance(exc, KafkaConnectionError | KafkaTimeoutError)):
                     raise  # waiting cannot fix it: stop the worker, the batch is not committed
-                self.stats.kafka_retries += 1
+                self._kafka_retried()
                 log.warning("kafka delivery failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

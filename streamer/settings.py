@@ -15,7 +15,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["BatchSettings", "KafkaSettings", "RedisSettings", "Settings", "TopicSettings"]
+__all__ = [
+    "BatchSettings",
+    "KafkaSettings",
+    "MetricsSettings",
+    "RedisSettings",
+    "Settings",
+    "TopicSettings",
+]
 
 
 class _Group(BaseModel):
@@ -98,6 +105,20 @@ class BatchSettings(_Group):
     max_wait_s: float = Field(default=0.005, gt=0)
 
 
+class MetricsSettings(_Group):
+    #: Serve Prometheus metrics at ``http://HOST:PORT/metrics`` from every worker.
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    #: 0 picks a free port (several workers on one host); the worker logs it and announces it in
+    #: Redis, where ``streamer dashboard`` and ``streamer doctor`` find it.
+    port: int = Field(default=9108, ge=0, le=65535)
+    #: The host name or address others reach the endpoint at (announced in Redis); default: the
+    #: address this host's name resolves to (a pod's IP in Kubernetes).
+    advertise_host: str | None = None
+    #: How often a worker announces itself in Redis (``streamer-workers:{app_id}``), in seconds.
+    announce_s: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMER_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -145,6 +166,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     topics: TopicSettings = TopicSettings()
     batch: BatchSettings = BatchSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _check_kept_outputs(self) -> Settings:

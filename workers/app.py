@@ -9,8 +9,12 @@ because Faust streams pay their per-message cost on every event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
+import socket
+import time
 
 import torch
 from mode import Service
@@ -18,8 +22,10 @@ from mode import Service
 from streamer.artifact import Artifact, load_artifact
 from streamer.cache import StateCache
 from streamer.errors import ConfigError, StoreUnavailable, StreamerError
+from streamer.metrics import Metrics, serve_metrics
 from streamer.pipeline import BatchHandler
 from streamer.predictor import Predictor, resolve_device
+from streamer.presence import WorkerInfo, announce, withdraw
 from streamer.registry import Registry
 from streamer.runner import Runner
 from streamer.settings import Settings
@@ -86,8 +92,26 @@ class StreamerService(Service):
     def __init__(self, settings: Settings, handler: BatchHandler):
         super().__init__()
         self.settings = settings
-        self.runner = Runner(settings, handler)
+        self.metrics = Metrics()
+        self.metrics.worker.labels(
+            settings.app_id,
+            settings.model_name,
+            str(handler.predictor.device),
+            settings.processing_guarantee,
+        ).set(1)
+        self.runner = Runner(settings, handler, self.metrics)
         self.registry = Registry(redis_client(settings), settings.model_name)
+        host = socket.gethostname()
+        self.info = WorkerInfo(
+            worker_id=f"{host}-{os.getpid()}",
+            host=host,
+            pid=os.getpid(),
+            metrics_url=None,
+            model_name=settings.model_name,
+            model_version=handler.serving,
+            started_ms=int(time.time() * 1000),
+            period_s=settings.metrics.announce_s,
+        )
 
     async def on_start(self) -> None:
         # Everything loaded so far (torch, the model) lives as long as the worker: keep it out of
@@ -96,6 +120,17 @@ class StreamerService(Service):
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        m = self.settings.metrics
+        if m.enabled:
+            try:
+                port = serve_metrics(self.metrics, m.host, m.port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on {m.host}:{m.port} ({exc.strerror}); set "
+                    "STREAMER_METRICS__PORT to a free port, or 0 for any"
+                ) from None
+            self.info.metrics_url = f"http://{_advertised(m.advertise_host, m.host)}:{port}/metrics"
+            log.info("metrics at %s", self.info.metrics_url)
         await self.runner.start()
 
     @Service.task
@@ -135,7 +170,26 @@ class StreamerService(Service):
             log.info("model %s activated; switching from %s", version, handler.serving)
             handler.stage(art.model, art.version)
 
+    @Service.task
+    async def _announce(self) -> None:
+        """Tell tools (``streamer dashboard``, ``streamer doctor``) this worker is alive, where
+        its metrics are, what it serves and owns. A Redis outage only delays it."""
+        app_id = self.settings.app_id
+        while not self.should_stop:
+            info = self.info
+            info.model_version = self.runner.handler.serving
+            consumer = self.runner._consumer
+            if consumer is not None:
+                info.partitions = sorted(tp.partition for tp in consumer.assignment())
+            try:
+                await announce(self.registry.redis, app_id, info)
+            except Exception as exc:  # never let the announcement stop the worker
+                log.debug("cannot announce the worker in Redis: %s", exc)
+            await self.sleep(self.settings.metrics.announce_s)
+
     async def on_stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await withdraw(self.registry.redis, self.settings.app_id, self.info.worker_id)
         await self.runner.stop()
         await self.registry.aclose()
         await self.runner.handler.predictor.aclose()
@@ -148,3 +202,15 @@ class StreamerService(Service):
             s.reemitted,
             s.dead_letters,
         )
+
+
+def _advertised(advertise_host: str | None, bound: str) -> str:
+    """The host others reach this worker's endpoints at."""
+    if advertise_host:
+        return advertise_host
+    if bound not in ("0.0.0.0", "::", ""):
+        return bound
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"

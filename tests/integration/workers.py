@@ -32,6 +32,7 @@ def worker_env(services: dict[str, str], ns: str, model: Path, **extra: str) -> 
         STREAMER_REDIS__URL=services["redis_url"],
         STREAMER_BATCH__MAX_SIZE="64",
         STREAMER_BATCH__MAX_WAIT_S="0.02",
+        STREAMER_METRICS__PORT="0",  # a free port each: workers run side by side
     )
     env.update(extra)
     return env
