@@ -5,8 +5,10 @@ when a worker owns a partition's entities and sees them again and again. It neve
 worker computes:
 
 - writes still go to Redis with the compare-and-set every batch (write-through), and a record enters
-  the cache only once Redis took it, so the cache holds what Redis holds, or what Redis lost;
-- a refused write (another worker wrote a newer state) evicts the entity: its next batch reads Redis;
+  the cache only once Redis took it, so the cache holds what Redis holds;
+- the compare-and-set refuses a write stepped from a record Redis no longer holds (another worker
+  wrote a newer state, ``streamer state reset`` or ``delete`` changed it, it expired, Redis lost
+  it); a refused write evicts the entity, whose events are stepped again from what Redis holds;
 - the entries of a partition are dropped when the partition is revoked, since another worker may
   step its entities before it comes back;
 - an entry older than the state TTL is a miss, as its Redis key would have expired.

@@ -43,7 +43,7 @@ from streamer.codec import Dtype, StateBatch, decode_many, encode_many, group_ra
 from streamer.errors import ConfigError, StaleBatch
 from streamer.model import ModelSpec, SequenceModel
 from streamer.schemas import Event, Prediction
-from streamer.state import StateStore
+from streamer.state import StateStore, base_of
 
 __all__ = ["BatchReport", "PendingBatch", "Predictor", "Served", "resolve_device"]
 
@@ -133,6 +133,8 @@ class PendingBatch:
     stepped: list[int] = field(default_factory=list)
     #: encoded states to save, one per entity slot
     items: list[tuple[str, bytes]] = field(default_factory=list)
+    #: what the store knows each state stepped from by (:func:`streamer.state.base_of`)
+    bases: list[bytes] = field(default_factory=list)
     #: partition of each saved state's events, one per entity slot (for the cache)
     partitions: list[int] = field(default_factory=list)
     #: some states were read from writes still on their way (see :meth:`Predictor.is_stale`)
@@ -319,7 +321,9 @@ class Predictor:
         st.version[:] = v.encode("ascii")
         st.updated_ms[:] = now_ms()
         blobs = encode_many(st, self.state_dtype)
-        pending.items = [(entities[j], b) for j, b in zip(rows.tolist(), blobs, strict=True)]
+        rows_list = rows.tolist()
+        pending.items = [(entities[j], b) for j, b in zip(rows_list, blobs, strict=True)]
+        pending.bases = [base_of(raws[j]) for j in rows_list]
         pending.partitions = st.partition.tolist()
         if not self.is_stale(pending):  # (a stale batch is stepped again before it is saved)
             self._unconfirmed.update(pending.items)  # the next batch steps on from these
@@ -337,7 +341,7 @@ class Predictor:
         saved: list[bool] = []
         if pending.items:
             started = time.perf_counter()
-            saved = await self.store.put_many(pending.items)
+            saved = await self.store.put_many(pending.items, pending.bases)
             report.write_s = time.perf_counter() - started
         unconfirmed = self._unconfirmed
         for (e, blob), ok in zip(pending.items, saved, strict=True):

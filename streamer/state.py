@@ -30,7 +30,7 @@ from streamer.errors import StateError, StoreUnavailable
 if TYPE_CHECKING:
     from streamer.settings import Settings
 
-__all__ = ["RedisStateStore", "StateStore", "redis_client", "state_key"]
+__all__ = ["RedisStateStore", "StateStore", "base_of", "redis_client", "state_key"]
 
 
 def state_key(model: str, entity: str) -> str:
@@ -84,27 +84,45 @@ class StateStore(Protocol):
         """The encoded records of the entities, ``None`` where an entity has none."""
         ...
 
-    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
-        """Save records unless the stored one is as new or newer; True where saved."""
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None = None
+    ) -> list[bool]:
+        """Save records unless the stored one is as new or newer, or (with ``bases``) unless it is
+        no longer the one each new record was stepped from; True where saved."""
         ...
 
     async def aclose(self) -> None: ...
 
 
-# Compare-and-set on the fence (partition, offset) at bytes 36..47 of the header, for many keys in one
-# call. A record is written when there is no valid record yet, when the stored one came from another
-# partition (the topic was recreated or repartitioned: the new source wins), or when the stored
-# offset is lower. Otherwise the write is refused: a replay or a zombie worker cannot roll back state.
+# Compare-and-set for many keys in one call, on two things:
+#
+# - the base: bytes 36..55 of the header (fence and time of the last write) of the record the new
+#   one was stepped from, "" for none. Anything that changed the stored record since it was read (a
+#   zombie worker, `streamer state reset` or `delete`, an expiry, a Redis that lost it) refuses the
+#   write, and the worker steps the events again from what Redis holds: Redis is the truth, never a
+#   worker's memory of it. ARGV[2] = "1" when bases follow the records.
+# - the fence (partition, offset) at bytes 36..47: a record is written when there is no valid record
+#   yet, when the stored one came from another partition (the topic was recreated or repartitioned:
+#   the new source wins), or when the stored offset is lower. A replay or a zombie worker cannot
+#   roll back state.
+#
 # A refused write whose bytes are already stored counts as saved: retrying a write whose reply was
 # lost (a timeout after Redis applied it) succeeds instead of dropping the batch's predictions.
 _PUT_MANY_LUA = """
 local ttl = tonumber(ARGV[1])
+local based = ARGV[2] == '1'
+local n = #KEYS
 local out = {}
 for i, key in ipairs(KEYS) do
-  local new = ARGV[i + 1]
-  local cur = redis.call('GETRANGE', key, 0, 47)
+  local new = ARGV[i + 2]
+  local cur = redis.call('GETRANGE', key, 0, 55)
   local result = 1
-  if #cur == 48 and string.sub(cur, 1, 4) == 'STRM' then
+  if based and string.sub(cur, 37, 56) ~= ARGV[n + i + 2] then
+    result = 0
+    if string.sub(cur, 37, 56) == string.sub(new, 37, 56) and redis.call('GET', key) == new then
+      result = 2
+    end
+  elseif #cur >= 48 and string.sub(cur, 1, 4) == 'STRM' then
     local cp, co = struct.unpack('<i4i8', string.sub(cur, 37, 48))
     local np, no = struct.unpack('<i4i8', string.sub(new, 37, 48))
     if cp == np and co >= no then
@@ -123,6 +141,16 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+
+def base_of(record: bytes | None) -> bytes:
+    """What the store's compare-and-set knows a record by: its fence and time of writing (bytes
+    36..55 of the header), ``b""`` for no record.
+
+    >>> base_of(None), len(base_of(bytes(80)))
+    (b'', 20)
+    """
+    return b"" if record is None else record[36:56]
 
 
 def _pack(args: Sequence[bytes]) -> bytes:
@@ -223,7 +251,12 @@ class RedisStateStore:
             raise _classify(exc, "read") from exc
         return values
 
-    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None = None
+    ) -> list[bool]:
+        """Save ``(entity, record)`` items, each unless a newer record is stored, or (with
+        ``bases``: :func:`base_of` the record each was stepped from, ``b""`` for none) unless the
+        stored record is no longer that one. True where saved (or already stored)."""
         if not items:
             return []
         command = _pack(
@@ -233,7 +266,9 @@ class RedisStateStore:
                 b"%d" % len(items),
                 *(self._prefix + e.encode() for e, _ in items),
                 b"%d" % self._ttl_ms,
+                b"0" if bases is None else b"1",
                 *(blob for _, blob in items),
+                *(bases or ()),
             ]
         )
         try:

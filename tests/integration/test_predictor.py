@@ -231,8 +231,8 @@ class LosesFirstReply(WrappedStore):
 
     lost = 0
 
-    async def put_many(self, items):  # type: ignore[no-untyped-def]
-        result = await self.inner.put_many(items)
+    async def put_many(self, items, bases=None):  # type: ignore[no-untyped-def]
+        result = await self.inner.put_many(items, bases)
         if not self.lost:
             self.lost += 1
             raise StoreUnavailable("reply lost after the write was applied")
@@ -309,11 +309,11 @@ class RacedByAnotherWorker(WrappedStore):
         super().__init__(inner)
         self.other, self.events, self.raced = other, events, False
 
-    async def put_many(self, items):  # type: ignore[no-untyped-def]
+    async def put_many(self, items, bases=None):  # type: ignore[no-untyped-def]
         if not self.raced:
             self.raced = True
             self.winner = await self.other.process(self.events)
-        return await self.inner.put_many(items)
+        return await self.inner.put_many(items, bases)
 
 
 async def test_a_refused_save_re_emits_the_winners_predictions(
