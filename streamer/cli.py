@@ -6,8 +6,9 @@
     streamer evaluate FILE --model DIR [--label COL] [--json OUT]
     streamer model publish DIR | list | activate VERSION | show VERSION
     streamer dataset NAME --out FILE
-    streamer state get ENTITY [--json]
-    streamer tail              print predictions as they arrive
+    streamer state get ENTITY | list [PATTERN] | stats | reset ENTITY | delete ENTITY
+                 | export PATTERN FILE
+    streamer tail              print predictions (or window predictions, dead letters) as they come
     streamer demo              train on aus_retail, stream it through Kafka, score it live
 
 Settings come from ``STREAMER_*`` environment variables (see ``streamer.settings``); the flags below
@@ -172,9 +173,36 @@ def build_parser() -> argparse.ArgumentParser:
     g = ssub.add_parser("get", parents=[common], help="decode one entity's state")
     g.add_argument("entity")
     g.add_argument("--json", action="store_true", help="the full record as JSON")
+    sl = ssub.add_parser("list", parents=[common], help="states whose entity matches a pattern")
+    sl.add_argument("pattern", nargs="?", default="*", help="glob on the entity id (default *)")
+    sl.add_argument("--limit", type=_positive(int), default=50, help="about this many (default 50)")
+    sl.add_argument("--cursor", type=int, default=0, help="go on from where a list stopped")
+    sl.add_argument("--json", action="store_true")
+    st = ssub.add_parser("stats", parents=[common], help="entities, bytes, dtypes, versions, ages")
+    st.add_argument("--sample", type=_positive(int), help="only the first N states scanned")
+    st.add_argument("--json", action="store_true")
+    sr = ssub.add_parser(
+        "reset", parents=[common], help="start an entity's state over (its fence is kept)"
+    )
+    sr.add_argument("entity")
+    sd = ssub.add_parser("delete", parents=[common], help="forget an entity's state")
+    sd.add_argument("entity")
+    se = ssub.add_parser("export", parents=[common], help="decoded states to Parquet or JSONL")
+    se.add_argument("pattern", help="glob on the entity id, * for all")
+    se.add_argument("file", type=Path, help=".parquet or .jsonl")
 
     tl = sub.add_parser("tail", parents=[common], help="print predictions as they arrive")
-    tl.add_argument("--entity", action="append", help="only this entity (repeatable)")
+    tl.add_argument(
+        "--entity",
+        action="append",
+        help="only this entity, or a pattern like 'store-*' (repeatable)",
+    )
+    tl.add_argument(
+        "--topic",
+        choices=["predictions", "windows", "dlq"],
+        default="predictions",
+        help="per-event predictions, window predictions, or dead letters with their reasons",
+    )
     tl.add_argument("--from-beginning", action="store_true")
     tl.add_argument("--max", type=_positive(int), help="stop after N predictions")
     tl.add_argument("--timeout", type=_positive(float), help="stop after S seconds without one")
@@ -438,9 +466,43 @@ def _cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_state_get(args: argparse.Namespace) -> int:
-    from streamer.inspect import show_state
+    from streamer.states import show_state
 
     return asyncio.run(show_state(_settings(args), args.entity, as_json=args.json))
+
+
+def _cmd_state_list(args: argparse.Namespace) -> int:
+    from streamer.states import list_states
+
+    return asyncio.run(
+        list_states(
+            _settings(args), args.pattern, limit=args.limit, cursor=args.cursor, as_json=args.json
+        )
+    )
+
+
+def _cmd_state_stats(args: argparse.Namespace) -> int:
+    from streamer.states import state_stats
+
+    return asyncio.run(state_stats(_settings(args), sample=args.sample, as_json=args.json))
+
+
+def _cmd_state_reset(args: argparse.Namespace) -> int:
+    from streamer.states import reset_state
+
+    return asyncio.run(reset_state(_settings(args), args.entity))
+
+
+def _cmd_state_delete(args: argparse.Namespace) -> int:
+    from streamer.states import delete_state
+
+    return asyncio.run(delete_state(_settings(args), args.entity))
+
+
+def _cmd_state_export(args: argparse.Namespace) -> int:
+    from streamer.states import export_states
+
+    return asyncio.run(export_states(_settings(args), args.pattern, args.file))
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -449,7 +511,8 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return asyncio.run(
         tail(
             _settings(args),
-            entities=set(args.entity or ()),
+            entities=list(args.entity or ()),
+            stream=args.topic,
             from_beginning=args.from_beginning,
             max_count=args.max,
             timeout_s=args.timeout,

@@ -1,124 +1,111 @@
-"""Reading what streamer wrote: one entity's state in Redis, predictions on their topic."""
+"""``streamer tail``: predictions (or window predictions, or dead letters) as they arrive."""
 
 from __future__ import annotations
 
+import fnmatch
 import sys
-from datetime import UTC, datetime
+from collections.abc import Callable
+from typing import Literal
 
-import numpy as np
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
-from streamer import scaling
-from streamer.codec import StateRecord, decode
-from streamer.errors import StateError, StoreUnavailable
 from streamer.kafka import read_topic
 from streamer.schemas import Prediction
 from streamer.settings import Settings
-from streamer.state import RedisStateStore
 
-__all__ = ["record_to_dict", "show_state", "tail"]
+__all__ = ["entity_filter", "format_prediction", "tail"]
 
-
-def record_to_dict(entity: str, key: str, rec: StateRecord) -> dict[str, object]:
-    stats = (np.array([rec.count]), np.array([rec.mean]), np.array([rec.var]))
-    return {
-        "entity": entity,
-        "key": key,
-        "model_version": rec.model_version,
-        "step": rec.step,
-        "partition": rec.partition,
-        "offset": rec.offset,
-        "updated": datetime.fromtimestamp(rec.updated_ms / 1000, UTC).isoformat(),
-        "dtype": rec.dtype,
-        "layers": rec.layers,
-        "hidden_size": rec.hidden_size,
-        "scaling": {
-            "count": rec.count,
-            "mean": rec.mean,
-            "var": rec.var,
-            "scale": float(scaling.scale_of(stats)[0]),
-        },
-        "h": rec.h.tolist(),
-        "c": rec.c.tolist(),
-    }
+Stream = Literal["predictions", "windows", "dlq"]
 
 
-async def show_state(settings: Settings, entity: str, *, as_json: bool = False) -> int:
-    store = RedisStateStore.from_settings(settings)
-    try:
-        try:
-            raw = (await store.get_many([entity]))[0]
-        except StoreUnavailable:
-            raise StoreUnavailable(f"cannot reach Redis at {settings.redis.url}") from None
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {settings.redis.url}: {exc}") from None
-    finally:
-        await store.aclose()
-    key = store.key(entity)
-    if raw is None:
-        raise StateError(f"no state for entity {entity!r} (key {key})")
-    d = record_to_dict(entity, key, decode(raw))
-    if as_json:
-        sys.stdout.buffer.write(orjson.dumps(d, option=orjson.OPT_INDENT_2) + b"\n")
-        return 0
-    table = Table(title=f"state of {entity}", show_header=False)
-    for name in ("key", "model_version", "step", "partition", "offset", "updated", "dtype"):
-        table.add_row(name, str(d[name]))
-    sc = d["scaling"]
-    assert isinstance(sc, dict)
-    table.add_row(
-        "scaling", f"mean {sc['mean']:.6g}  scale {sc['scale']:.6g}  count {sc['count']:.0f}"
+def entity_filter(patterns: list[str]) -> Callable[[str], bool]:
+    """Entity ids as given, or shell-style patterns (``store-*``); no pattern: every entity.
+
+    >>> keep = entity_filter(["a", "store-1*"])
+    >>> [keep(e) for e in ("a", "b", "store-12", "store-2")]
+    [True, False, True, False]
+    """
+    if not patterns:
+        return lambda _: True
+    exact = {p for p in patterns if not any(c in p for c in "*?[")}
+    globs = [p for p in patterns if p not in exact]
+    return lambda e: e in exact or any(fnmatch.fnmatchcase(e, g) for g in globs)
+
+
+def format_prediction(p: Prediction) -> str:
+    """One line of rich markup for a prediction.
+
+    >>> format_prediction(Prediction("s1", "2020-01", 3.0, 0, 7, "v1", 2, (4.0, 5.0)))
+    '              s1  2020-01              y=3          step 2      [dim]p0@7 v1[/dim]  forecast [4 5]'
+    """
+    head = (
+        f"{escape(p.unique_id):>16}  {escape(p.ds):<20} y={p.y:<10.4g} step {p.step:<6} "
+        f"[dim]p{p.partition}@{p.offset} {p.model_version}[/dim]"
     )
-    rec = decode(raw)
-    for name, arr in (("h", rec.h), ("c", rec.c)):
-        for layer in range(rec.layers):
-            v = arr[layer]
-            head = " ".join(f"{x:+.3f}" for x in v[:6])
-            table.add_row(
-                f"{name}[{layer}]",
-                f"norm {np.linalg.norm(v):.4f}  min {v.min():+.3f}  max {v.max():+.3f}  [{head} …]",
-            )
-    Console().print(table)
-    return 0
+    if p.classes:
+        ranked = sorted(zip(p.values, p.classes, strict=True), reverse=True)[:3]
+        probs = " ".join(f"{escape(c)}:{v:.3f}" for v, c in ranked)
+        window = f" window {p.window}" if p.window else ""
+        return f"{head}  [bold]{escape(str(p.label))}[/bold]{window}  ({probs})"
+    fc = " ".join(f"{v:.4g}" for v in p.values[:6])
+    more = " …" if len(p.values) > 6 else ""
+    return f"{head}  forecast [{fc}{more}]"
 
 
 async def tail(
     settings: Settings,
     *,
-    entities: set[str],
+    entities: list[str],
+    stream: Stream = "predictions",
     from_beginning: bool,
     max_count: int | None,
     timeout_s: float | None,
     as_json: bool,
 ) -> int:
+    topic = {
+        "predictions": settings.topics.predictions,
+        "windows": settings.topics.windows,
+        "dlq": settings.topics.dead_letter,
+    }[stream]
+    keep = entity_filter(entities)
     console = Console(highlight=False, soft_wrap=True)
     n = 0
-    async for _k, value, _p, _o, _h in read_topic(
-        settings,
-        settings.topics.predictions,
-        from_beginning=from_beginning,
-        idle_timeout_s=timeout_s,
+    async for key, value, part, offset, headers in read_topic(
+        settings, topic, from_beginning=from_beginning, idle_timeout_s=timeout_s
     ):
-        if value is None:
-            continue
-        p = Prediction.from_json(value)
-        if entities and p.unique_id not in entities:
-            continue
-        if as_json:
-            sys.stdout.buffer.write(value + b"\n")
-            sys.stdout.flush()
+        if stream == "dlq":
+            entity = key.decode(errors="replace") if key else ""
+            if entities and not keep(entity):
+                continue
+            h = {k: v.decode(errors="replace") for k, v in headers}
+            if as_json:
+                doc = {"key": entity, "partition": part, "offset": offset, "headers": h}
+                sys.stdout.write(_json(doc, value))
+            else:
+                console.print(
+                    f"{escape(entity):>16}  [red]{escape(h.get('streamer-reason', '?'))}[/red]  "
+                    f"{escape(h.get('streamer-detail', ''))}  "
+                    f"[dim]from {escape(h.get('streamer-source', ''))}[/dim]"
+                )
         else:
-            fc = " ".join(f"{v:.4g}" for v in p.forecast[:6])
-            more = " …" if len(p.forecast) > 6 else ""
-            console.print(
-                f"{p.unique_id:>16}  {p.ds:<20} y={p.y:<10.4g} step {p.step:<6} "
-                f"[dim]p{p.partition}@{p.offset}[/dim]  forecast [{fc}{more}]"
-            )
+            if value is None:
+                continue
+            p = Prediction.from_json(value)
+            if entities and not keep(p.unique_id):
+                continue
+            if as_json:
+                sys.stdout.buffer.write(value + b"\n")
+            else:
+                console.print(format_prediction(p))
+        sys.stdout.flush()
         n += 1
         if max_count and n >= max_count:
             break
     return 0
+
+
+def _json(doc: dict[str, object], value: bytes | None) -> str:
+    doc["value"] = value.decode(errors="replace") if value is not None else None
+    return orjson.dumps(doc).decode() + "\n"

@@ -13,7 +13,7 @@ from streamer.artifact import load_artifact
 from streamer.predictor import Predictor
 from streamer.state import RedisStateStore
 from tests.conftest import make_panel
-from tests.integration.workers import WorkerProcess, worker_env
+from tests.integration.workers import WorkerProcess, produce, worker_env
 from tests.reference import expected_by_entity, synthetic_events
 from tests.unit.test_cli import run
 
@@ -71,7 +71,7 @@ async def test_state_get_decodes_what_the_predictor_saved(
 
 
 @pytest.mark.integration
-def test_replay_then_tail_shows_the_worker_predictions(
+async def test_replay_then_tail_shows_the_worker_predictions(
     services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
 ) -> None:
     df = make_panel(5, 8, 8, seed=2)
@@ -105,5 +105,24 @@ def test_replay_then_tail_shows_the_worker_predictions(
         assert r.returncode == 0, r.stderr
         shown = r.stdout.splitlines()
         assert len(shown) == 8 and all("e0003" in line and "forecast [" in line for line in shown)
+        r = run(
+            "tail",
+            "--from-beginning",
+            "--entity",
+            "e000[12]",
+            "--timeout",
+            "3",
+            env=env,
+            timeout=120,
+        )
+        assert sorted({line.split()[0] for line in r.stdout.splitlines()}) == ["e0001", "e0002"]
+
+        # A bad event: tail --topic dlq shows it with its reason.
+        await produce(services["bootstrap"], f"{ns}.events", [(b"e0004", b"not json")])
+        r = run(
+            "tail", "--topic", "dlq", "--from-beginning", "--max", "1", "--timeout", "60", env=env
+        )
+        assert r.returncode == 0, r.stderr
+        assert "e0004" in r.stdout and "invalid_json" in r.stdout and f"{ns}.events/" in r.stdout
     finally:
         assert worker.stop(signal.SIGTERM) == 0, worker.tail()
