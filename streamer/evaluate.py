@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import numpy.typing as npt
 import orjson
 import pandas as pd
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from streamer.artifact import load_artifact
@@ -108,8 +110,31 @@ def _stream(
     topic = settings.topics.windows if windows else settings.topics.predictions
     workdir.mkdir(parents=True, exist_ok=True)
     got: list[Prediction] = []
-    with worker_process(settings, workdir / f"{run}.worker.log") as worker:
-        seconds = asyncio.run(stream_through(settings, rows, topic, expected, worker, got.append))
+    with (
+        worker_process(settings, workdir / f"{run}.worker.log") as worker,
+        Progress(
+            TextColumn("{task.description:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not sys.stderr.isatty(),
+        ) as prog,
+    ):
+        sent = prog.add_task("events sent", total=len(rows))
+        scored = prog.add_task("predictions", total=expected)
+        seconds = asyncio.run(
+            stream_through(
+                settings,
+                rows,
+                topic,
+                expected,
+                worker,
+                got.append,
+                on_sent=lambda n: prog.update(sent, completed=n),
+                on_tick=lambda: prog.update(scored, completed=len(got)),
+            )
+        )
     return got, seconds
 
 
