@@ -42,7 +42,7 @@ The names, as the README and ``deploy/grafana`` use them:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -254,6 +254,7 @@ class Metrics:
         )
         self._version: str | None = None
         self._cache_seen = (0, 0)
+        self._lagging: set[int] = set()  # partitions with a lag gauge
 
     def serving(self, version: str) -> None:
         """The model version served from now on."""
@@ -317,18 +318,11 @@ class Metrics:
     def partitions(self, lag: Mapping[int, int]) -> None:
         """The owned partitions and their lag; partitions no longer owned are dropped."""
         self.assigned.set(len(lag))
-        known = {int(labels[0]) for labels in _label_values(self.lag)}
-        for p in known - set(lag):
+        for p in self._lagging.difference(lag):
             self.lag.remove(str(p))
+        self._lagging = set(lag)
         for p, n in lag.items():
             self.lag.labels(str(p)).set(n)
-
-
-def _label_values(gauge: Gauge) -> Iterator[tuple[str, ...]]:
-    """The label values a labelled gauge has children for."""
-    for metric in gauge.collect():
-        for sample in metric.samples:
-            yield tuple(sample.labels.values())
 
 
 def serve_metrics(metrics: Metrics, host: str, port: int) -> int:

@@ -300,7 +300,7 @@ class Runner:
         st.reemitted += outcome.report.reemitted
         st.redis_retries += outcome.retries
         m = self.metrics
-        produced = np.fromiter((r.timestamp for r in records), np.float64, len(records))
+        produced = np.array([r.timestamp for r in records], np.float64)
         m.batch(
             size=len(records),
             report=outcome.report,
