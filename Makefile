@@ -32,7 +32,11 @@ install:
 demo: install services-up
 	$(VENV)/bin/streamer demo
 
+# The tests also need Debian's chromium and chromedriver (the dashboard's browser test) and
+# promtool (the Prometheus files' checks); both scripts install them when missing.
 test: install
+	deploy/local/browser.sh
+	deploy/local/promtool.sh
 	$(TEST_ENV) $(SERVICES) up
 	$(PY) -m pytest; rc=$$?; $(TEST_ENV) $(SERVICES) down; exit $$rc
 

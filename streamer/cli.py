@@ -6,6 +6,7 @@
     streamer evaluate FILE --model DIR [--label COL] [--json OUT]
     streamer model publish DIR | list | activate VERSION | show VERSION
     streamer dataset NAME --out FILE
+    streamer doctor [--json]   check the settings, Kafka, Redis, the model and the topics
     streamer state get ENTITY | list [PATTERN] | stats | reset ENTITY | delete ENTITY
                  | export PATTERN FILE
     streamer tail              print predictions (or window predictions, dead letters) as they come
@@ -163,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("version")
     ms = msub.add_parser("show", parents=[common], help="a version's spec and training summary")
     ms.add_argument("version")
+
+    dr = sub.add_parser(
+        "doctor", parents=[common], help="check the settings, Kafka, Redis, the model and topics"
+    )
+    dr.add_argument("--model", type=Path, help="model artifact directory (STREAMER_MODEL_PATH)")
+    dr.add_argument("--json", action="store_true", help="the checks as JSON")
+    dr.add_argument(
+        "--timeout", type=_positive(float), default=5.0, help="seconds per network call (5)"
+    )
 
     ds = sub.add_parser("dataset", help="write a bundled data set as a long-format CSV")
     ds.add_argument("name", choices=list(DATASETS))
@@ -378,6 +388,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         + (f"; results in {args.json}" if args.json else "")
     )
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from streamer.doctor import run_doctor
+
+    return run_doctor(_settings(args), as_json=args.json, timeout_s=args.timeout)
 
 
 def _on_registry(args: argparse.Namespace, call: Any) -> Any:

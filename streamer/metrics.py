@@ -275,7 +275,6 @@ class Metrics:
         dead_letters: Iterable[DeadLetter],
         latencies: npt.NDArray[np.float64],
         delivery_s: float,
-        redis_retries: int,
     ) -> None:
         """A batch delivered and committed."""
         self.batches.inc()
@@ -286,7 +285,6 @@ class Metrics:
         self.skipped.inc(report.skipped)
         self.resets.inc(report.resets)
         self.rejected.inc(report.rejected)
-        self.redis_retries.inc(redis_retries)
         counts: dict[str, int] = {}
         for d in dead_letters:
             counts[d.reason] = counts.get(d.reason, 0) + 1

@@ -58,6 +58,8 @@ class BatchHandler:
         self.max_event_bytes = max_event_bytes
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        #: called at every retry during a store outage (the worker counts them in its metrics)
+        self.on_retry: Callable[[], None] | None = None
         #: the latest batch's save, and whether its states are final (see :meth:`begin`)
         self._saving: asyncio.Future[Outcome] | None = None
         self._stepped: asyncio.Future[None] | None = None
@@ -191,6 +193,8 @@ class BatchHandler:
                 return await attempt()
             except StoreUnavailable as exc:
                 outcome.retries += 1
+                if self.on_retry is not None:
+                    self.on_retry()
                 log.warning("state store unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)

@@ -111,6 +111,7 @@ class Runner:
         self.stats = RunnerStats()
         self.metrics = metrics or Metrics()
         self.metrics.serving(handler.serving)
+        handler.on_retry = self.metrics.redis_retries.inc  # counted as they happen
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -190,7 +191,7 @@ class Runner:
             records = await self._take()
             if not records:
                 await self._settle()  # surfaces a delivery failure while idle
-                self._observe_partitions()
+                self.observe_partitions()
                 continue
             async with self._lock:
                 if self._stopping.is_set() or epoch != self._epoch or not self._assigned.is_set():
@@ -308,20 +309,19 @@ class Runner:
             dead_letters=outcome.dead_letters,
             latencies=np.maximum(done - produced / 1000.0, 0.0),
             delivery_s=time.perf_counter() - started,
-            redis_retries=outcome.retries,
         )
         m.stepped(outcome.report)
         m.cache(self.handler.predictor.cache)
         m.serving(self.handler.predictor.version)
-        self._observe_partitions()
+        self.observe_partitions()
 
     def _kafka_retried(self) -> None:
         self.stats.kafka_retries += 1
         self.metrics.kafka_retries.inc()
 
-    def _observe_partitions(self) -> None:
+    def observe_partitions(self) -> None:
         """The owned partitions' lag: the broker's high watermark (as of the last fetch) less the
-        committed offset."""
+        committed offset. After every batch, and on a timer (a batch can wait out an outage)."""
         consumer = self._consumer
         if consumer is None:
             return

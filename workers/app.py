@@ -171,6 +171,13 @@ class StreamerService(Service):
             handler.stage(art.model, art.version)
 
     @Service.task
+    async def _observe(self) -> None:
+        """Refresh the lag gauges while no batch completes (idle, or waiting out an outage)."""
+        while not self.should_stop:
+            await self.sleep(2.0)
+            self.runner.observe_partitions()
+
+    @Service.task
     async def _announce(self) -> None:
         """Tell tools (``streamer dashboard``, ``streamer doctor``) this worker is alive, where
         its metrics are, what it serves and owns. A Redis outage only delays it."""

@@ -22,6 +22,7 @@ from streamer.artifact import load_artifact
 from streamer.data import event_rows
 from streamer.kafka import ensure_topics
 from tests.conftest import SERVICES, make_panel, services_env
+from tests.integration.test_metrics import announced, labelled, scrape, value
 from tests.integration.test_worker import check_states, settings_for
 from tests.integration.workers import (
     TopicReader,
@@ -131,6 +132,8 @@ async def test_redis_restart_mid_stream_loses_nothing(
         w = WorkerProcess(env, tmp_path / "w.log")
         try:
             await out.read_until(len(df) // 3, timeout=120, proc=w)
+            metrics_url = (await announced(ns, services["redis_url"])).metrics_url
+            assert metrics_url is not None
             port = services["redis_url"].rsplit(":", 1)[1].split("/")[0]
             # SHUTDOWN SAVE writes the data to disk; `up` starts Redis again, which loads it.
             subprocess.run(
@@ -140,6 +143,10 @@ async def test_redis_restart_mid_stream_loses_nothing(
             await asyncio.sleep(5)
             await out.drain(quiet_s=0.5)
             assert len(out.records) - stalled < 200, "predictions went on without Redis"
+            # The retries show in the metrics while the outage lasts, and so does the lag.
+            samples = await asyncio.to_thread(scrape, metrics_url)
+            assert value(samples, "streamer_redis_retries_total") > 0
+            assert sum(labelled(samples, "streamer_consumer_lag").values()) > 0
             await asyncio.to_thread(_services, "up", "redis")
             while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
                 await out.read_until(len(out.records) + 1, timeout=120, proc=w)
