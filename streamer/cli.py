@@ -11,6 +11,7 @@
                  | export PATTERN FILE
     streamer tail              print predictions (or window predictions, dead letters) as they come
     streamer demo              train on aus_retail, stream it through Kafka, score it live
+    streamer dashboard         a live web page: throughput, lag, latency, one entity's forecasts
 
 Settings come from ``STREAMER_*`` environment variables (see ``streamer.settings``); the flags below
 override the common ones. A wrong argument prints one line and exits with status 2.
@@ -223,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=_positive(int), default=100)
     d.add_argument(
         "--rate", type=_positive(float), help="events per second (default: as fast as possible)"
+    )
+
+    db = sub.add_parser(
+        "dashboard", parents=[common], help="serve a live web page of the workers and the entities"
+    )
+    db.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    db.add_argument("--port", type=int, default=8050, help="port to listen on (0: any free one)")
+    db.add_argument(
+        "--metrics",
+        action="append",
+        metavar="URL",
+        help="scrape this worker's /metrics (repeatable; default: the workers announced in Redis)",
     )
     return p
 
@@ -541,6 +554,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from streamer.demo import run_demo
 
     return run_demo(_settings(args), args.workdir, epochs=args.epochs, rate=args.rate)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from streamer.dashboard import run_dashboard
+
+    return run_dashboard(_settings(args), args.host, args.port, args.metrics)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
