@@ -204,7 +204,11 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | 
     console.print(
         f"Inspect a state:    {cli} state get {entity} --model-name {run}\n"
         f"Its predictions:    STREAMER_TOPICS__PREDICTIONS={settings.topics.predictions} "
-        f"{cli} tail --from-beginning --entity {entity} --timeout 3",
+        f"{cli} tail --from-beginning --entity {entity} --timeout 3\n"
+        f"On a web page:      STREAMER_APP_ID={settings.app_id} "
+        f"STREAMER_TOPICS__EVENTS={settings.topics.events} "
+        f"STREAMER_TOPICS__PREDICTIONS={settings.topics.predictions} {cli} dashboard, "
+        f"then open http://127.0.0.1:8050/?entity={entity}",
         soft_wrap=True,
     )
     return 0 if board.received == len(df) else 1
