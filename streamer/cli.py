@@ -250,6 +250,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     handler = build_handler(settings)  # loads the model first: a bad model fails before Kafka
     asyncio.run(ensure_topics(settings))
     service = StreamerService(settings, handler)
+    service.serve_metrics()  # a busy port: one line, before the worker starts
     worker = Worker(service, loglevel=args.loglevel or settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

@@ -120,18 +120,24 @@ class StreamerService(Service):
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        m = self.settings.metrics
-        if m.enabled:
-            try:
-                port = serve_metrics(self.metrics, m.host, m.port)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot serve metrics on {m.host}:{m.port} ({exc.strerror}); set "
-                    "STREAMER_METRICS__PORT to a free port, or 0 for any"
-                ) from None
-            self.info.metrics_url = f"http://{_advertised(m.advertise_host, m.host)}:{port}/metrics"
+        if self.info.metrics_url:
             log.info("metrics at %s", self.info.metrics_url)
         await self.runner.start()
+
+    def serve_metrics(self) -> None:
+        """Serve ``/metrics`` (from a thread of its own), unless metrics are off. Called before
+        the worker starts, so a busy port is one clear error before anything else happens."""
+        m = self.settings.metrics
+        if not m.enabled:
+            return
+        try:
+            port = serve_metrics(self.metrics, m.host, m.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {m.host}:{m.port} ({exc.strerror}); set "
+                "STREAMER_METRICS__PORT to a free port, or 0 for any"
+            ) from None
+        self.info.metrics_url = f"http://{_advertised(m.advertise_host, m.host)}:{port}/metrics"
 
     @Service.task
     async def _batches(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,24 @@ async def test_replay_then_tail_shows_the_worker_predictions(
         assert "e0004" in r.stdout and "invalid_json" in r.stdout and f"{ns}.events/" in r.stdout
     finally:
         assert worker.stop(signal.SIGTERM) == 0, worker.tail()
+
+
+@pytest.mark.integration
+def test_a_busy_metrics_port_is_one_line(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **worker_env(services, ns, model_dir),
+            "STREAMER_METRICS__HOST": "127.0.0.1",
+            "STREAMER_METRICS__PORT": str(port),
+        }
+        r = run("worker", env=env, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"streamer: error: cannot serve metrics on 127.0.0.1:{port} (Address already in use); "
+        "set STREAMER_METRICS__PORT to a free port, or 0 for any"
+    )

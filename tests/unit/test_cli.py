@@ -38,6 +38,12 @@ def run(
         (("state",), "required: state_command"),
         (("state", "get"), "required: entity"),
         (("tail", "--max", "0"), "must be positive"),
+        (("tail", "--topic", "everything"), "invalid choice"),
+        (("state", "list", "--limit", "0"), "must be positive"),
+        (("state", "export", "*"), "required: file"),
+        (("state", "stats", "--sample", "few"), "expected a number"),
+        (("doctor", "--timeout", "0"), "must be positive"),
+        (("dashboard", "--port", "http"), "invalid int value"),
         (("worker", "-l", "loud"), "invalid choice"),
     ],
 )
@@ -63,6 +69,7 @@ def test_wrong_arguments_get_one_line_and_status_2(args: tuple[str, ...], needle
             2,
         ),
         (("worker",), {}, "no model", 1),
+        (("worker",), {"STREAMER_METRICS__PORT": "70000"}, "invalid setting metrics.port", 2),
     ],
 )
 def test_errors_at_run_time_are_one_line(
