@@ -581,8 +581,8 @@ async def _group_offsets(
         request_timeout_ms=int(timeout_s * 1000),
         **settings.kafka.client_options(),
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a start that times out is stopped too
         end = await consumer.end_offsets(tps)
         start = await consumer.beginning_offsets(tps)
     finally:
@@ -628,8 +628,8 @@ async def _check_model(client: aioredis.Redis, settings: Settings, timeout_s: fl
         )
     try:
         art = await asyncio.to_thread(load_artifact, path)
-    except StreamerError as exc:
-        return _Model(Check("model", "fail", str(exc)))
+    except Exception as exc:  # whatever it is, the workers would not start with it
+        return _Model(Check("model", "fail", str(exc) or type(exc).__name__))
     found = _model(art.spec, art.version, str(path) + unread)
     if unread:
         found.check = Check("model", "warn", found.check.detail)

@@ -20,7 +20,8 @@ The names, as the README and ``deploy/grafana`` use them:
 ``streamer_redis_seconds{op}``            histogram  one Redis round trip: ``read`` or ``write``
 ``streamer_delivery_seconds``             histogram  sending a batch's outputs and committing it
 ``streamer_latency_seconds``              histogram  event produced (its Kafka timestamp) to its
-                                                     prediction acknowledged by Kafka
+                                                     output (prediction or dead letter)
+                                                     acknowledged by Kafka
 ``streamer_consumer_lag{partition}``      gauge      events in the partition not yet committed
 ``streamer_assigned_partitions``          gauge      partitions this worker owns
 ``streamer_cache_hits_total``             counter    states read from the worker's cache
@@ -28,7 +29,7 @@ The names, as the README and ``deploy/grafana`` use them:
 ``streamer_cache_entities``               gauge      states in the cache
 ``streamer_cache_bytes``                  gauge      bytes of the states in the cache
 ``streamer_state_resets_total``           counter    stored states reset (model shape or policy)
-``streamer_rejected_writes_total``        counter    state writes refused (a newer state was stored)
+``streamer_rejected_writes_total``        counter    state writes refused (the stored state changed)
 ``streamer_model_info{version}``          gauge      1 for the model version served
 ``streamer_model_switches_total``         counter    hot swaps to another model version
 ``streamer_redis_retries_total``          counter    Redis calls retried (an outage)
@@ -313,9 +314,10 @@ class Metrics:
         self.cache_entities.set(len(cache))
         self.cache_bytes.set(cache.bytes)
 
-    def partitions(self, lag: Mapping[int, int]) -> None:
-        """The owned partitions and their lag; partitions no longer owned are dropped."""
-        self.assigned.set(len(lag))
+    def partitions(self, lag: Mapping[int, int], owned: int) -> None:
+        """The number of owned partitions and their lag (those it is known of); partitions no
+        longer owned are dropped."""
+        self.assigned.set(owned)
         for p in self._lagging.difference(lag):
             self.lag.remove(str(p))
         self._lagging = set(lag)

@@ -157,15 +157,28 @@ class BatchHandler:
         # A refused save means another writer applied these events first (a rebalance raced this
         # batch). Run them again: the fence skips them and the winner's kept outputs are re-emitted,
         # so no event is left without a prediction.
+        report = outcome.report
         for _ in range(3):
-            rejected = set(outcome.report.rejected_entities)
+            rejected = set(report.rejected_entities)
             if not rejected:
                 break
             again = await self._apply(
                 outcome, [e for e in good if e.unique_id in rejected], committed, pending.served
             )
             predictions += again.predictions
-            outcome.report.rejected_entities = again.rejected_entities
+            report.rejected_entities = again.rejected_entities
+            report.applied += again.applied
+            report.skipped += again.skipped
+            report.reemitted += again.reemitted
+            report.resets += again.resets
+            report.rejected += again.rejected
+        if report.rejected_entities:
+            log.error(
+                "the states of %d entities kept changing under this worker; %d of this batch's "
+                "events were not applied here and get no prediction from it",
+                len(report.rejected_entities),
+                sum(1 for e in good if e.unique_id in set(report.rejected_entities)),
+            )
         if len(predictions) != len(outcome.report.predictions):  # back in batch order
             order = {(e.partition, e.offset): i for i, e in enumerate(good)}
             predictions.sort(key=lambda p: order[(p.partition, p.offset)])

@@ -10,7 +10,7 @@ announcement is older than three periods, and removed by the next reader.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import orjson
 import redis.asyncio as aioredis
@@ -49,6 +49,9 @@ class WorkerInfo:
         return self.age_s <= 3 * self.period_s
 
 
+_FIELDS = {f.name for f in fields(WorkerInfo)}
+
+
 async def announce(client: aioredis.Redis, app_id: str, info: WorkerInfo) -> None:
     info.seen_ms = int(time.time() * 1000)
     await client.hset(presence_key(app_id), info.worker_id, orjson.dumps(asdict(info)))
@@ -65,10 +68,12 @@ async def live_workers(client: aioredis.Redis, app_id: str) -> list[WorkerInfo]:
     out, gone = [], []
     for wid, blob in raw.items():
         try:
-            info = WorkerInfo(**orjson.loads(blob))
-        except (orjson.JSONDecodeError, TypeError):
-            gone.append(wid)
-            continue
+            doc = orjson.loads(blob)
+            # Fields this version does not know (a newer worker's) are ignored, not fatal.
+            info = WorkerInfo(**{k: v for k, v in doc.items() if k in _FIELDS})
+        except (orjson.JSONDecodeError, TypeError, AttributeError):
+            continue  # not ours to judge: left alone
+
         if info.alive:
             out.append(info)
         elif info.age_s > 10 * info.period_s:

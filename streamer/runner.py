@@ -86,7 +86,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self.runner._settle()  # the last batch delivers and commits first
             self.runner._epoch += 1
             for tp in revoked:
-                self.runner._committed.pop(tp.partition, None)
+                for known in (self.runner._committed, self.runner._ends, self.runner._firsts):
+                    known.pop(tp.partition, None)
             self.runner.handler.predictor.forget_partitions({tp.partition for tp in revoked})
         if revoked:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
@@ -127,6 +128,9 @@ class Runner:
         self._assigned = asyncio.Event()
         #: partition -> committed offset (the next offset a restarted consumer reads)
         self._committed: dict[int, int] = {}
+        #: partition -> end offset and first offset, as the broker last told (for the lag)
+        self._ends: dict[int, int] = {}
+        self._firsts: dict[int, int] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -291,7 +295,8 @@ class Runner:
         if epoch != self._epoch:
             return
         started = time.perf_counter()
-        await self._deliver(outcome, offsets)
+        if not await self._deliver(outcome, offsets):
+            return  # not committed: the batch is consumed again, and counted then
         done = time.time()
         st = self.stats
         st.batches += 1
@@ -300,38 +305,67 @@ class Runner:
         st.dead_letters += len(outcome.dead_letters)
         st.reemitted += outcome.report.reemitted
         st.redis_retries += outcome.retries
-        m = self.metrics
-        produced = np.array([r.timestamp for r in records], np.float64)
-        m.batch(
-            size=len(records),
-            report=outcome.report,
-            predictions=len(outcome.predictions),
-            dead_letters=outcome.dead_letters,
-            latencies=np.maximum(done - produced / 1000.0, 0.0),
-            delivery_s=time.perf_counter() - started,
-        )
-        m.stepped(outcome.report)
-        m.cache(self.handler.predictor.cache)
-        m.serving(self.handler.predictor.version)
-        self.observe_partitions()
+        try:
+            m = self.metrics
+            produced = np.array([r.timestamp for r in records], np.float64)
+            produced = produced[produced > 0]  # (-1: a message without a timestamp)
+            m.batch(
+                size=len(records),
+                report=outcome.report,
+                predictions=len(outcome.predictions),
+                dead_letters=outcome.dead_letters,
+                latencies=np.maximum(done - produced / 1000.0, 0.0),
+                delivery_s=time.perf_counter() - started,
+            )
+            m.stepped(outcome.report)
+            m.cache(self.handler.predictor.cache)
+            m.serving(self.handler.predictor.version)
+            self.observe_partitions()
+        except Exception:  # a metric must never stop a worker whose batch was committed
+            log.exception("updating the metrics failed")
 
     def _kafka_retried(self) -> None:
         self.stats.kafka_retries += 1
         self.metrics.kafka_retries.inc()
 
     def observe_partitions(self) -> None:
-        """The owned partitions' lag: the broker's high watermark (as of the last fetch) less the
-        committed offset. After every batch, and on a timer (a batch can wait out an outage)."""
+        """Publish the owned partitions' lag: the end offset (the high watermark of the last
+        fetch, or the broker's answer to :meth:`refresh_lag`, whichever is newer) less the
+        committed offset (or the partition's first offset, before any commit)."""
         consumer = self._consumer
         if consumer is None:
             return
+        try:
+            assigned = consumer.assignment()
+        except IllegalStateError:
+            return
         lag: dict[int, int] = {}
-        with contextlib.suppress(IllegalStateError):
-            for tp in consumer.assignment():
-                high = consumer.highwater(tp)
-                if high is not None:
-                    lag[tp.partition] = max(0, high - self._committed.get(tp.partition, 0))
-        self.metrics.partitions(lag)
+        for tp in assigned:
+            p = tp.partition
+            end = max(consumer.highwater(tp) or 0, self._ends.get(p, 0))
+            base = self._committed.get(p, self._firsts.get(p))
+            if end and base is not None:
+                lag[p] = max(0, end - base)
+        self.metrics.partitions(lag, owned=len(assigned))
+
+    async def refresh_lag(self) -> None:
+        """Ask the broker for the owned partitions' end offsets, then :meth:`observe_partitions`.
+        On a timer: the high watermarks a consumer learns from its fetches stop moving while the
+        records it fetched wait, as they do while a batch waits out a Redis outage."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            assigned = list(consumer.assignment())
+            ends = await consumer.end_offsets(assigned) if assigned else {}
+            new = [tp for tp in assigned if tp.partition not in self._committed]
+            firsts = await consumer.beginning_offsets(new) if new else {}
+        except (KafkaError, IllegalStateError) as exc:
+            log.debug("cannot read the end offsets: %s", exc)
+            return
+        self._ends.update({tp.partition: o for tp, o in ends.items()})
+        self._firsts.update({tp.partition: o for tp, o in firsts.items()})
+        self.observe_partitions()
 
     async def _send_all(self, outcome: Outcome) -> None:
         assert self._producer is not None
@@ -364,8 +398,9 @@ class Runner:
             )
         await asyncio.gather(*futures)
 
-    async def _deliver(self, outcome: Outcome, offsets: dict[TopicPartition, int]) -> None:
-        """Send the outputs and commit the offsets, retrying while Kafka is unavailable."""
+    async def _deliver(self, outcome: Outcome, offsets: dict[TopicPartition, int]) -> bool:
+        """Send the outputs and commit the offsets, retrying while Kafka is unavailable; False
+        when the commit was refused (the partitions moved on)."""
         assert self._consumer is not None and self._producer is not None
         delay = 0.2
         while True:
@@ -416,7 +451,7 @@ class Runner:
                     assigned = self._consumer.assignment()
                     if assigned:
                         await self._consumer.seek_to_committed(*assigned)
-                return
+                return False
             except KafkaError as exc:
                 if not (exc.retriable or isinstance(exc, KafkaConnectionError | KafkaTimeoutError)):
                     raise  # waiting cannot fix it: stop the worker, the batch is not committed
@@ -426,3 +461,4 @@ class Runner:
                 delay = min(delay * 2, 5.0)
         for tp, o in offsets.items():
             self._committed[tp.partition] = o
+        return True

@@ -1,7 +1,8 @@
 """The state store: where the per-entity records live, and the Redis store that keeps them.
 
 The record format and its codec are in :mod:`streamer.codec`; this module moves records in and out of
-Redis, a whole batch per round trip: ``MGET`` to read, one Lua compare-and-set on the fence to write.
+Redis, a whole batch per round trip: ``MGET`` to read, one Lua compare-and-set to write (on the
+record each new state was stepped from, and on the fence).
 Keys are readable: ``streamer:{model}:{entity}``.
 """
 
@@ -259,6 +260,8 @@ class RedisStateStore:
         stored record is no longer that one. True where saved (or already stored)."""
         if not items:
             return []
+        if bases is not None and len(bases) != len(items):
+            raise ValueError(f"{len(bases)} bases for {len(items)} records")
         command = _pack(
             [
                 b"EVALSHA",

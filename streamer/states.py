@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
+import os
+import re
 import sys
 import time
 from collections import Counter
@@ -97,13 +100,15 @@ async def _store(settings: Settings) -> AsyncIterator[RedisStateStore]:
 
 
 async def _scan(
-    store: RedisStateStore, pattern: str, cursor: int = 0
+    store: RedisStateStore, pattern: str, cursor: int = 0, count: int = PAGE
 ) -> AsyncIterator[tuple[int, list[str]]]:
     """Pages of entity ids whose key matches ``streamer:{model}:{pattern}``, with the cursor that
-    continues after each page (0 after the last)."""
+    continues after each page (0 after the last). SCAN may yield a key twice if Redis resizes its
+    table meanwhile."""
     prefix = store.key("")
+    match = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + pattern  # the model name is literal
     while True:
-        cursor, keys = await store.redis.scan(cursor, match=prefix + pattern, count=PAGE)
+        cursor, keys = await store.redis.scan(cursor, match=match, count=count)
         yield cursor, [_text(k)[len(prefix) :] for k in keys]
         if cursor == 0:
             return
@@ -176,7 +181,7 @@ async def list_states(
     now = time.time() * 1000
     next_cursor = 0
     async with _store(settings) as store:
-        async for page_cursor, entities in _scan(store, pattern, cursor):
+        async for page_cursor, entities in _scan(store, pattern, cursor, min(limit, PAGE)):
             next_cursor = page_cursor
             raws = await store.get_many(entities) if entities else []
             for entity, raw in zip(entities, raws, strict=True):
@@ -225,45 +230,89 @@ async def list_states(
     return 0
 
 
+class LogHistogram:
+    """Counts of positive values in log-spaced bins (50 a decade, so a percentile read from it is
+    within 5% of the exact one), with the exact minimum and maximum: the distribution of any
+    number of values in a few kilobytes.
+
+    >>> h = LogHistogram(1e-3, 1e9)
+    >>> h.add(np.arange(1.0, 1001.0))
+    >>> abs(h.percentile(50) / 500 - 1) < 0.05, h.min, h.max
+    (True, 1.0, 1000.0)
+    """
+
+    def __init__(self, low: float, high: float, per_decade: int = 50):
+        self.low = low
+        self.per_decade = per_decade
+        self.counts = np.zeros(int(np.ceil(np.log10(high / low) * per_decade)) + 2, np.int64)
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, values: np.ndarray[Any, Any]) -> None:
+        if not len(values):
+            return
+        v = np.maximum(np.asarray(values, np.float64), self.low)
+        idx = np.floor(np.log10(v / self.low) * self.per_decade).astype(np.int64) + 1
+        idx = np.clip(idx, 0, len(self.counts) - 1)
+        self.counts += np.bincount(idx, minlength=len(self.counts))
+        self.min = min(self.min, float(values.min()))
+        self.max = max(self.max, float(values.max()))
+
+    def percentile(self, q: float) -> float | None:
+        n = int(self.counts.sum())
+        if not n:
+            return None
+        i = int(np.searchsorted(np.cumsum(self.counts), q / 100 * n))
+        mid = self.low * 10 ** ((i - 0.5) / self.per_decade)  # the bin's geometric middle
+        return float(min(max(mid, self.min), self.max))
+
+
+#: last-update age buckets of ``state stats``: name, upper bound in seconds
+_AGE_BUCKETS = (("<1m", 60.0), ("<1h", 3600.0), ("<1d", 86400.0), ("<7d", 7 * 86400.0))
+
+
 @dataclass
 class StateStats:
+    """What ``state stats`` reports, accumulated page by page in bounded memory."""
+
     entities: int = 0
     value_bytes: int = 0
     undecodable: int = 0
     dtypes: Counter[str] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)
     shapes: Counter[str] = field(default_factory=Counter)
-    ages_s: list[float] = field(default_factory=list)
-    steps: list[int] = field(default_factory=list)
+    ages_s: LogHistogram = field(default_factory=lambda: LogHistogram(1e-3, 1e10))
+    steps: LogHistogram = field(default_factory=lambda: LogHistogram(1.0, 1e13))
+    age_buckets: Counter[str] = field(default_factory=Counter)
 
-    def add(self, raw: bytes, now_ms: float) -> None:
-        self.entities += 1
-        self.value_bytes += len(raw)
-        rec = _decoded(raw)
-        if rec is None:
-            self.undecodable += 1
-            return
-        self.dtypes[rec.dtype] += 1
-        self.versions[rec.model_version] += 1
-        tensors = 2 if len(rec.c) else 1
-        self.shapes[f"{rec.layers}x{rec.hidden_size}x{tensors}"] += 1
-        self.ages_s.append(max(0.0, (now_ms - rec.updated_ms) / 1000))
-        self.steps.append(rec.step)
+    def add_page(self, raws: list[bytes], now_ms: float) -> None:
+        ages, steps = [], []
+        for raw in raws:
+            self.entities += 1
+            self.value_bytes += len(raw)
+            rec = _decoded(raw)
+            if rec is None:
+                self.undecodable += 1
+                continue
+            self.dtypes[rec.dtype] += 1
+            self.versions[rec.model_version] += 1
+            tensors = 2 if len(rec.c) else 1
+            self.shapes[f"{rec.layers}x{rec.hidden_size}x{tensors}"] += 1
+            ages.append(max(0.0, (now_ms - rec.updated_ms) / 1000))
+            steps.append(rec.step)
+        a = np.asarray(ages)
+        self.ages_s.add(a)
+        self.steps.add(np.asarray(steps, np.float64))
+        low = 0.0
+        for name, high in _AGE_BUCKETS:
+            self.age_buckets[name] += int(((a >= low) & (a < high)).sum())
+            low = high
+        self.age_buckets[">=7d"] += int((a >= low).sum())
 
     def summary(self) -> dict[str, Any]:
-        ages = np.asarray(self.ages_s)
-        steps = np.asarray(self.steps)
-
-        def pct(a: np.ndarray[Any, Any], q: float) -> float | None:
-            return float(np.percentile(a, q)) if len(a) else None
-
-        buckets = {"<1m": 60, "<1h": 3600, "<1d": 86400, "<7d": 7 * 86400}
-        age_buckets: dict[str, int] = {}
-        low = 0.0
-        for name, high in buckets.items():
-            age_buckets[name] = int(((ages >= low) & (ages < high)).sum())
-            low = high
-        age_buckets[">=7d"] = int((ages >= low).sum())
+        ages, steps = self.ages_s, self.steps
+        known = self.entities > self.undecodable
+        p50 = steps.percentile(50)
         return {
             "entities": self.entities,
             "value_bytes": self.value_bytes,
@@ -273,14 +322,18 @@ class StateStats:
             "model_versions": dict(self.versions.most_common()),
             "shapes": dict(self.shapes.most_common()),
             "last_update_age_s": {
-                "min": float(ages.min()) if len(ages) else None,
-                "p50": pct(ages, 50),
-                "p90": pct(ages, 90),
-                "p99": pct(ages, 99),
-                "max": float(ages.max()) if len(ages) else None,
-                "buckets": age_buckets,
+                "min": ages.min if known else None,
+                "p50": ages.percentile(50),
+                "p90": ages.percentile(90),
+                "p99": ages.percentile(99),
+                "max": ages.max if known else None,
+                "buckets": {name: self.age_buckets[name] for name, _ in _AGE_BUCKETS}
+                | {">=7d": self.age_buckets[">=7d"]},
             },
-            "steps": {"p50": pct(steps, 50), "max": int(steps.max()) if len(steps) else None},
+            "steps": {
+                "p50": round(p50) if p50 is not None else None,
+                "max": int(steps.max) if known else None,
+            },
         }
 
 
@@ -298,10 +351,7 @@ async def state_stats(
                 if sample is not None:
                     entities = entities[: max(0, sample - st.entities)]
                 raws = await store.get_many(entities) if entities else []
-                now = time.time() * 1000
-                for raw in raws:
-                    if raw is not None:
-                        st.add(raw, now)
+                st.add_page([r for r in raws if r is not None], time.time() * 1000)
                 advance(len(entities))
                 if sample is not None and st.entities >= sample:
                     break
@@ -430,27 +480,34 @@ async def delete_state(settings: Settings, entity: str) -> int:
 
 async def export_states(settings: Settings, pattern: str, path: Path) -> int:
     """Decoded states of the entities matching ``pattern`` to Parquet (``.parquet``) or JSON lines
-    (``.jsonl``, ``.ndjson``), written page by page."""
+    (``.jsonl``, ``.ndjson``), written page by page to a temporary file that takes the name once
+    complete (a failed export leaves no partial file)."""
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".jsonl", ".ndjson"):
         raise ConfigError(f"export writes .parquet or .jsonl files, not {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     n = skipped = 0
-    async with _store(settings) as store:
-        dbsize = await store.redis.dbsize()
-        with _progress("export", total=dbsize) as advance, _writer(path) as write:
-            async for _, entities in _scan(store, pattern):
-                raws = await store.get_many(entities) if entities else []
-                rows = []
-                for entity, raw in zip(entities, raws, strict=True):
-                    rec = _decoded(raw)
-                    if rec is None:
-                        skipped += raw is not None
-                        continue
-                    rows.append(record_to_dict(entity, store.key(entity), rec))
-                write(rows)
-                n += len(rows)
-                advance(len(entities))
+    part = path.with_name(f".{path.name}.part")
+    try:
+        async with _store(settings) as store:
+            dbsize = await store.redis.dbsize()
+            with _progress("export", total=dbsize) as advance, _writer(part, suffix) as write:
+                async for _, entities in _scan(store, pattern):
+                    raws = await store.get_many(entities) if entities else []
+                    rows = []
+                    for entity, raw in zip(entities, raws, strict=True):
+                        rec = _decoded(raw)
+                        if rec is None:
+                            skipped += raw is not None
+                            continue
+                        rows.append(record_to_dict(entity, store.key(entity), rec))
+                    write(rows)
+                    n += len(rows)
+                    advance(len(entities))
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     print(
         f"exported {n} states matching {pattern!r} to {path}"
         + (f" ({skipped} undecodable skipped)" if skipped else "")
@@ -459,8 +516,8 @@ async def export_states(settings: Settings, pattern: str, path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _writer(path: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
-    if path.suffix.lower() != ".parquet":
+def _writer(path: Path, suffix: str) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
+    if suffix != ".parquet":
         with path.open("wb") as fh:
 
             def write_lines(rows: list[dict[str, Any]]) -> None:

@@ -178,10 +178,11 @@ class StreamerService(Service):
 
     @Service.task
     async def _observe(self) -> None:
-        """Refresh the lag gauges while no batch completes (idle, or waiting out an outage)."""
+        """Refresh the lag gauges from the broker's end offsets, also while no batch completes
+        (idle, or waiting out an outage)."""
         while not self.should_stop:
             await self.sleep(2.0)
-            self.runner.observe_partitions()
+            await self.runner.refresh_lag()
 
     @Service.task
     async def _announce(self) -> None:

@@ -107,7 +107,7 @@ def test_a_worker_exposition_is_read_by_name() -> None:
     m.dead_letters.labels("invalid_json").inc(1)
     m.batch_size.observe(12)
     m.step.observe(0.004)
-    m.partitions({0: 5, 3: 0})
+    m.partitions({0: 5, 3: 0}, owned=2)
     m.serving("abc123")
     s = parse_metrics(generate_latest(m.registry).decode())
     assert s.counters["events"] == 12 and s.counters["predictions"] == 11
