@@ -83,6 +83,7 @@ _TIME_BUCKETS = (
 #: events per batch: powers of two up to 4096
 _SIZE_BUCKETS = tuple(float(2**k) for k in range(13))
 #: end-to-end latency: 1 ms to 10 minutes (a worker catching up has minutes of it)
+_LATENCY_BUCKETS = (*_TIME_BUCKETS[3:], 120.0, 300.0, 600.0)
 _LATENCY_BUCKETS = (
     0.001,
     0.0025,
