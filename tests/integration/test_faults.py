@@ -139,21 +139,23 @@ async def test_redis_restart_mid_stream_loses_nothing(
             subprocess.run(
                 ["redis-cli", "-p", port, "shutdown", "save"], capture_output=True, timeout=30
             )
-            stalled = len(out.records)
-            await asyncio.sleep(5)
-            await out.drain(quiet_s=0.5)
-            assert len(out.records) - stalled < 200, "predictions went on without Redis"
-            # The retries show in the metrics while the outage lasts, and so does the lag.
-            samples = await asyncio.to_thread(scrape, metrics_url)
-            assert value(samples, "streamer_redis_retries_total") > 0
-            assert sum(labelled(samples, "streamer_consumer_lag").values()) > 0
-            await asyncio.to_thread(_services, "up", "redis")
+            try:
+                stalled = len(out.records)
+                await asyncio.sleep(5)
+                await out.drain(quiet_s=0.5)
+                assert len(out.records) - stalled < 200, "predictions went on without Redis"
+                # The retries show in the metrics while the outage lasts, and so does the lag.
+                during = await asyncio.to_thread(scrape, metrics_url)
+            finally:
+                await asyncio.to_thread(_services, "up", "redis")  # whatever failed above
             while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
                 await out.read_until(len(out.records) + 1, timeout=120, proc=w)
             await out.drain(quiet_s=2)
         finally:
             assert w.stop() == 0, w.tail()
         assert "state store unavailable" in w.log.read_text()
+        assert value(during, "streamer_redis_retries_total") > 0
+        assert sum(labelled(during, "streamer_consumer_lag").values()) > 0, during
         await verify(services, ns, model_dir, df, out.records, exactly_once=False)
 
 

@@ -60,10 +60,16 @@ class WorkerProcess:
         self._fh.close()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal the worker and wait for it; one that does not stop in time is killed (so no
+        test leaves a worker behind) and the timeout raised."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+            raise
         finally:
             if not self._fh.closed:
                 self._fh.close()
