@@ -238,7 +238,12 @@ async def test_a_worker_that_cannot_be_scraped_is_listed_as_such(
 
         (w,) = await until(listed, 20, "the unreachable worker was not listed", dashboard)
         assert w["url"] == dead and not w["ok"]
-        status = get_json(url + "api/status")
+        status = await until(
+            lambda: (s := get_json(url + "api/status"))["summary"]["lag_source"] and s,
+            20,
+            "no lag from Kafka",
+            dashboard,
+        )
         assert status["discovery"] == "--metrics"
         assert status["summary"]["lag_source"] == "kafka"
     finally:

@@ -82,6 +82,8 @@ async def test_kill_9_at_random_points_then_restart(
             w.kill()
         w = WorkerProcess(env, tmp_path / "final.log")
         try:
+            # The last worker killed may have finished the stream; this one still takes over.
+            await w.logged("partitions assigned")
             while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
                 await out.read_until(len(out.records) + 1, timeout=60, proc=w)
             await out.drain(quiet_s=2)
@@ -204,6 +206,7 @@ async def test_exactly_once_read_committed_sees_one_prediction_per_event_across_
             w.kill()
         w = WorkerProcess(env, tmp_path / "final.log")
         try:
+            await w.logged("partitions assigned")
             await out.read_until(len(df), timeout=180, proc=w)
             await out.drain(quiet_s=3)
         finally:
@@ -240,6 +243,7 @@ async def test_exactly_once_while_partitions_move_between_two_workers(
         await out.read_until(4 * n // 5, timeout=120, proc=b)
         assert b.stop(signal.SIGTERM) == 0, b.tail()
         try:
+            await a.logged("partitions assigned")
             await out.read_until(n, timeout=180, proc=a)
             await out.drain(quiet_s=3)
         finally:

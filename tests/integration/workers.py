@@ -74,6 +74,16 @@ class WorkerProcess:
             if not self._fh.closed:
                 self._fh.close()
 
+    async def logged(self, text: str, timeout: float = 120) -> None:
+        """Wait until the worker's log has ``text``; fail if it exits or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker never logged {text!r}:\n{self.tail()}")
+            await asyncio.sleep(0.2)
+
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
