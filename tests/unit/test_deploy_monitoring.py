@@ -230,3 +230,15 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in r.stdout
+
+
+def test_promtool_accepts_the_compose_configuration() -> None:
+    """deploy/prometheus/compose.yml (Prometheus inside deploy/compose.yaml) as it is."""
+    r = subprocess.run(
+        [promtool(), "check", "config", str(PROMETHEUS / "compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 1 rule files found" in r.stdout + r.stderr
