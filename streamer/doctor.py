@@ -35,6 +35,7 @@ from rich.table import Table
 from streamer.artifact import load_artifact
 from streamer.codec import decode
 from streamer.errors import StateCodecError, StoreUnavailable, StreamerError
+from streamer.kafka import group_lag, group_offsets
 from streamer.model import ModelSpec
 from streamer.predictor import resolve_device
 from streamer.presence import WorkerInfo, live_workers
@@ -393,7 +394,7 @@ def lag_check(offsets: GroupOffsets, live: int | None) -> Check:
     "group 'g' (Stable, 1 members): 5 events waiting on 'ev', most on partition 1 (5)"
     """
     o = offsets
-    lag = {p: max(0, e - o.committed.get(p, o.start.get(p, 0))) for p, e in o.end.items()}
+    lag = group_lag(o.committed, o.start, o.end)
     total = sum(lag.values())
     head = f"group {o.group!r} ({o.state}, {o.members} members)"
     if not total:
@@ -571,8 +572,6 @@ async def _group_offsets(
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     described = await admin.describe_consumer_groups([group])
     info = described[0].to_object()["groups"][0]
-    offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
-    committed = {tp.partition: om.offset for tp, om in offsets.items() if om.offset >= 0}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         group_id=None,
@@ -583,18 +582,11 @@ async def _group_offsets(
     )
     try:
         await consumer.start()  # inside: a start that times out is stopped too
-        end = await consumer.end_offsets(tps)
-        start = await consumer.beginning_offsets(tps)
+        committed, start, end = await group_offsets(admin, consumer, group, tps)
     finally:
         await consumer.stop()
     return GroupOffsets(
-        group,
-        topic,
-        str(info["state"]),
-        len(info["members"]),
-        {tp.partition: o for tp, o in end.items()},
-        {tp.partition: o for tp, o in start.items()},
-        committed,
+        group, topic, str(info["state"]), len(info["members"]), end, start, committed
     )
 
 

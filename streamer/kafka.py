@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -18,7 +18,14 @@ from streamer.errors import ConfigError
 from streamer.partitioning import partitions_of
 from streamer.settings import Settings
 
-__all__ = ["ensure_topics", "read_topic", "replay_events", "send_keyed"]
+__all__ = [
+    "ensure_topics",
+    "group_lag",
+    "group_offsets",
+    "read_topic",
+    "replay_events",
+    "send_keyed",
+]
 
 
 async def send_keyed(
@@ -157,3 +164,41 @@ async def read_topic(
                 return
     finally:
         await consumer.stop()
+
+
+Offsets = dict[int, int]
+
+
+async def group_offsets(
+    admin: AIOKafkaAdminClient,
+    consumer: AIOKafkaConsumer,
+    group: str,
+    partitions: Sequence[TopicPartition],
+) -> tuple[Offsets, Offsets, Offsets]:
+    """A consumer group's committed offsets (the partitions it committed on), and the partitions'
+    first and end offsets (as ``consumer``'s isolation level sees them), by partition."""
+    tps = list(partitions)
+    offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+    committed = {tp.partition: om.offset for tp, om in offsets.items() if om.offset >= 0}
+    end = await consumer.end_offsets(tps)
+    start = await consumer.beginning_offsets(tps)
+    return (
+        committed,
+        {tp.partition: o for tp, o in start.items()},
+        {tp.partition: o for tp, o in end.items()},
+    )
+
+
+def group_lag(
+    committed: Offsets, start: Offsets, end: Offsets, auto_offset_reset: str = "earliest"
+) -> Offsets:
+    """Events not yet committed, by partition: the end offset less the committed one, or, where
+    the group committed nothing, less where it will start (the first offset, or the end).
+
+    >>> group_lag({0: 8}, {0: 0, 1: 2}, {0: 10, 1: 5})
+    {0: 2, 1: 3}
+    >>> group_lag({}, {0: 0}, {0: 10}, "latest")
+    {0: 0}
+    """
+    first = start if auto_offset_reset == "earliest" else end
+    return {p: max(0, e - committed.get(p, first.get(p, e))) for p, e in end.items()}

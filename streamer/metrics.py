@@ -84,26 +84,6 @@ _TIME_BUCKETS = (
 _SIZE_BUCKETS = tuple(float(2**k) for k in range(13))
 #: end-to-end latency: 1 ms to 10 minutes (a worker catching up has minutes of it)
 _LATENCY_BUCKETS = (*_TIME_BUCKETS[3:], 120.0, 300.0, 600.0)
-_LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
 
 
 class BulkHistogram(Collector):

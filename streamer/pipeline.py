@@ -173,11 +173,12 @@ class BatchHandler:
             report.resets += again.resets
             report.rejected += again.rejected
         if report.rejected_entities:
+            left = set(report.rejected_entities)
             log.error(
                 "the states of %d entities kept changing under this worker; %d of this batch's "
                 "events were not applied here and get no prediction from it",
-                len(report.rejected_entities),
-                sum(1 for e in good if e.unique_id in set(report.rejected_entities)),
+                len(left),
+                sum(1 for e in good if e.unique_id in left),
             )
         if len(predictions) != len(outcome.report.predictions):  # back in batch order
             order = {(e.partition, e.offset): i for i, e in enumerate(good)}

@@ -328,6 +328,15 @@ class Runner:
         self.stats.kafka_retries += 1
         self.metrics.kafka_retries.inc()
 
+    def assigned(self) -> set[TopicPartition]:
+        """The partitions this worker owns now (none before it joined the group)."""
+        if self._consumer is None:
+            return set()
+        try:
+            return set(self._consumer.assignment())
+        except IllegalStateError:
+            return set()
+
     def observe_partitions(self) -> None:
         """Publish the owned partitions' lag: the end offset (the high watermark of the last
         fetch, or the broker's answer to :meth:`refresh_lag`, whichever is newer) less the
@@ -335,10 +344,7 @@ class Runner:
         consumer = self._consumer
         if consumer is None:
             return
-        try:
-            assigned = consumer.assignment()
-        except IllegalStateError:
-            return
+        assigned = self.assigned()
         lag: dict[int, int] = {}
         for tp in assigned:
             p = tp.partition
@@ -355,8 +361,8 @@ class Runner:
         consumer = self._consumer
         if consumer is None:
             return
+        assigned = list(self.assigned())
         try:
-            assigned = list(consumer.assignment())
             ends = await consumer.end_offsets(assigned) if assigned else {}
             new = [tp for tp in assigned if tp.partition not in self._committed]
             firsts = await consumer.beginning_offsets(new) if new else {}

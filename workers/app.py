@@ -192,9 +192,7 @@ class StreamerService(Service):
         while not self.should_stop:
             info = self.info
             info.model_version = self.runner.handler.serving
-            consumer = self.runner._consumer
-            if consumer is not None:
-                info.partitions = sorted(tp.partition for tp in consumer.assignment())
+            info.partitions = sorted(tp.partition for tp in self.runner.assigned())
             try:
                 await announce(self.registry.redis, app_id, info)
             except Exception as exc:  # never let the announcement stop the worker

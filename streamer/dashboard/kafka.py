@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from streamer.dashboard.entities import EntityStore
 from streamer.errors import ConfigError
+from streamer.kafka import group_lag, group_offsets
 from streamer.schemas import Prediction
 from streamer.settings import Settings
 
@@ -37,7 +38,10 @@ class KafkaView:
             **settings.kafka.client_options(),
         }
         self.admin = AIOKafkaAdminClient(**opts)
-        self._offsets = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **opts)
+        # read_committed: the end offsets the workers see (transaction markers excluded)
+        self._offsets = AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, isolation_level="read_committed", **opts
+        )
         self._partitions: dict[str, list[TopicPartition]] = {}
         self._partitions_at = -math.inf
 
@@ -77,19 +81,8 @@ class KafkaView:
         parts = await self.partitions(self.settings.topics.events)
         if not parts:
             return {}
-        committed = await self.admin.list_consumer_group_offsets(
-            self.settings.app_id, partitions=parts
-        )
-        ends = await self._offsets.end_offsets(parts)
-        fresh = [tp for tp in parts if tp not in committed or committed[tp].offset < 0]
-        starts: dict[TopicPartition, int] = dict(ends)
-        if fresh and self.settings.kafka.auto_offset_reset == "earliest":
-            starts.update(await self._offsets.beginning_offsets(fresh))
-        out = {}
-        for tp in parts:
-            at = committed[tp].offset if tp not in fresh else starts[tp]
-            out[tp.partition] = max(0, ends[tp] - at)
-        return out
+        offsets = await group_offsets(self.admin, self._offsets, self.settings.app_id, parts)
+        return group_lag(*offsets, self.settings.kafka.auto_offset_reset)
 
 
 class PredictionReader:
