@@ -15,6 +15,7 @@ about a missing topic creates it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -28,7 +29,14 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -448,16 +456,18 @@ def _why(exc: BaseException) -> str:
     return text if text.startswith(kind) else f"{kind}: {text}" if text else kind
 
 
-def _redis(settings: Settings, timeout_s: float) -> aioredis.Redis:
+def _redis(settings: Settings, timeout_s: float) -> Any:
     r = settings.redis
     quick = r.model_copy(update={"socket_timeout_s": min(timeout_s, r.socket_timeout_s)})
     return redis_client(settings.model_copy(update={"redis": quick}))
 
 
-async def _check_redis(client: aioredis.Redis, settings: Settings, timeout_s: float) -> _Redis:
+async def _check_redis(client: Any, settings: Settings, timeout_s: float) -> _Redis:
     url = redact(settings.redis.url)
     out = _Redis()
     try:
+        if isinstance(client, RedisCluster):
+            await _within(timeout_s, client.initialize())  # the nodes and the slot map
         await _within(timeout_s, client.ping())  # connects
         started = time.perf_counter()
         await _within(timeout_s, client.ping())
@@ -468,13 +478,16 @@ async def _check_redis(client: aioredis.Redis, settings: Settings, timeout_s: fl
         out.checks.append(
             Check("redis", "fail", f"Redis at {url} refused the credentials ({_why(exc)})")
         )
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         out.checks.append(Check("redis", "fail", f"cannot reach Redis at {url}: {_why(exc)}"))
     if out.checks:
         skipped = "not checked: Redis is unreachable"
         out.checks += [Check(n, "warn", skipped) for n in ("redis eviction", "redis persistence")]
         return out
     out.reachable = True
+    if isinstance(client, RedisCluster):
+        out.checks += await _check_cluster(client, settings, url, ping_ms, timeout_s)
+        return out
     try:
         info: dict[str, Any] = await _within(timeout_s, client.info())
     except (RedisError, TimeoutError) as exc:  # an ACL without +info
@@ -509,6 +522,54 @@ async def _check_redis(client: aioredis.Redis, settings: Settings, timeout_s: fl
         )
     )
     return out
+
+
+async def _check_cluster(
+    client: RedisCluster, settings: Settings, url: str, ping_ms: float, timeout_s: float
+) -> list[Check]:
+    """A Redis Cluster: its state and slots, then eviction and persistence on every primary (the
+    worst one shown)."""
+    try:
+        state: dict[str, Any] = await _within(timeout_s, client.cluster_info())
+        primaries = client.get_primaries()
+        infos = [await _within(timeout_s, n.execute_command("INFO")) for n in primaries]
+    except (RedisError, TimeoutError) as exc:
+        hidden = f"not checked: {_why(exc)}"
+        return [
+            Check("redis", "warn", f"Redis Cluster at {url}: PING {ping_ms:.1f} ms; {hidden}"),
+            *[Check(n, "warn", hidden) for n in ("redis eviction", "redis persistence")],
+        ]
+    ok_slots = int(state.get("cluster_slots_ok", 0))
+    replicas = len(client.get_replicas())
+    detail = (
+        f"Redis Cluster {infos[0].get('redis_version', '?')} at {url}: {len(primaries)} "
+        f"primaries, {replicas} replicas, {ok_slots}/16384 slots ok, PING {ping_ms:.1f} ms, "
+        f"{sum(int(i.get('used_memory', 0)) for i in infos) / 2**20:.1f} MiB used"
+    )
+    healthy = state.get("cluster_state") == "ok" and ok_slots == 16384
+    if not healthy:
+        detail += f"; cluster_state {state.get('cluster_state')}: some states cannot be stored"
+    checks = [Check("redis", "ok" if healthy else "fail", detail)]
+    evictions, persistence = [], []
+    for node, info in zip(primaries, infos, strict=True):
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        limit = str(info.get("maxmemory_human")) if int(info.get("maxmemory", 0)) else None
+        evictions.append(eviction_check(policy, limit, settings.state_ttl_s))
+        try:
+            got = await _within(timeout_s, node.execute_command("CONFIG GET", "save"))
+            raw = got.get(b"save", got.get("save", b"")) if isinstance(got, dict) else b""
+            save: str | None = (raw.decode() if isinstance(raw, bytes) else str(raw)).strip()
+        except (ResponseError, TimeoutError):
+            save = None
+        aof = bool(int(info.get("aof_enabled", 0)))
+        persistence.append(
+            persistence_check(save, aof, info.get("rdb_last_bgsave_status", "ok") == "ok")
+        )
+    for named in (evictions, persistence):
+        worst = next(c for c in named if c.status == overall(named))
+        n = sum(c.status == worst.status for c in named)
+        checks.append(dataclasses.replace(worst, detail=f"{worst.detail} ({n} of {len(named)})"))
+    return checks
 
 
 async def _check_kafka(settings: Settings, timeout_s: float) -> _Kafka:
@@ -644,13 +705,23 @@ async def _check_states(client: aioredis.Redis, settings: Settings, model: _Mode
     pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
     keys: list[bytes] = []
     cursor, calls = 0, 0
-    while len(keys) < SAMPLE_KEYS and calls < _SCAN_CALLS:
-        cursor, page = await client.scan(cursor, match=pattern, count=1000)
-        keys, calls = keys + [k for k in page if isinstance(k, bytes)], calls + 1
-        if cursor == 0:
-            break
+    if isinstance(client, RedisCluster):  # every primary in turn; keys of many slots
+        async for key in client.scan_iter(match=pattern, count=1000):
+            keys.append(key)
+            if len(keys) > SAMPLE_KEYS:
+                break
+        more = len(keys) > SAMPLE_KEYS
+        raws = await client.mget_nonatomic(keys[:SAMPLE_KEYS]) if keys else []
+    else:
+        while len(keys) < SAMPLE_KEYS and calls < _SCAN_CALLS:
+            cursor, page = await client.scan(cursor, match=pattern, count=1000)
+            keys, calls = keys + [k for k in page if isinstance(k, bytes)], calls + 1
+            if cursor == 0:
+                break
+        more = cursor != 0 or len(keys) > SAMPLE_KEYS
+        raws = await client.mget(keys[:SAMPLE_KEYS]) if keys else []
     records: list[tuple[str, tuple[int, int, int]] | None] = []
-    for raw in await client.mget(keys[:SAMPLE_KEYS]) if keys else []:
+    for raw in raws:
         if not isinstance(raw, bytes):  # expired since, or not a string
             continue
         try:
@@ -660,7 +731,6 @@ async def _check_states(client: aioredis.Redis, settings: Settings, model: _Mode
             continue
         tensors = 2 if rec.c.shape[0] else 1
         records.append((rec.model_version, (rec.layers, rec.hidden_size, tensors)))
-    more = cursor != 0 or len(keys) > SAMPLE_KEYS
     return states_check(records, more, model.spec, model.version, settings.on_model_change)
 
 

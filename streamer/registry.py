@@ -1,11 +1,12 @@
 """The model registry: artifacts published to Redis, one of them active per model name.
 
-Keys (``redis-cli`` readable; ``{name}`` is the model name of the state keys)::
+Keys (``redis-cli`` readable; ``NAME`` is the model name of the state keys, in braces: a Redis
+Cluster hash tag, so one model's keys share a slot and a publish is one transaction there too)::
 
-    streamer-models:{name}:versions        hash   version -> JSON: when published, from where, spec
-    streamer-models:{name}:artifact:{v}    hash   spec -> spec.json bytes, weights -> safetensors
-    streamer-models:{name}:active          string the active version
-    streamer-models:{name}:activations     list   JSON {version, previous, at_ms}, newest first
+    streamer-models:{NAME}:versions        hash   version -> JSON: when published, from where, spec
+    streamer-models:{NAME}:artifact:V      hash   spec -> spec.json bytes, weights -> safetensors
+    streamer-models:{NAME}:active          string the active version
+    streamer-models:{NAME}:activations     list   JSON {version, previous, at_ms}, newest first
 
 Workers poll the active key (:attr:`streamer.settings.Settings.registry_poll_s`) and switch to a
 newly activated version at their next batch boundary; a rollback is activating the old version
@@ -22,11 +23,13 @@ from typing import Any
 import torch
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.artifact import SPEC, WEIGHTS, Artifact, artifact_from_bytes, load_artifact
 from streamer.codec import now_ms
 from streamer.errors import ArtifactError, StoreUnavailable
+from streamer.state import classify_redis_error
 
 __all__ = ["Registry", "VersionInfo"]
 
@@ -41,13 +44,19 @@ class VersionInfo:
     active: bool = False
 
 
+_PUBLISH_LUA = """
+redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'weights', ARGV[2])
+return redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4])
+"""
+
+
 class Registry:
     """Published model versions of one model name, in Redis."""
 
     def __init__(self, client: aioredis.Redis, name: str):
         self.redis = client
         self.name = name
-        self._prefix = f"streamer-models:{name}:"
+        self._prefix = f"streamer-models:{{{name}}}:"
 
     def _key(self, what: str) -> str:
         return self._prefix + what
@@ -57,6 +66,8 @@ class Registry:
             return await coro
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"cannot reach the model registry in Redis: {exc}") from None
+        except (RedisError, RedisClusterException) as exc:  # e.g. a cluster read as one Redis
+            raise classify_redis_error(exc, "registry") from None
 
     async def publish(self, path: Path) -> str:
         """Store the artifact directory ``path``; returns its version. Publishing the same
@@ -69,12 +80,20 @@ class Registry:
             "spec": art.spec.to_dict(),
             "training": art.training,
         }
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            self._key(f"artifact:{art.version}"), mapping={"spec": spec_json, "weights": weights}
+        # One script, atomic in a Redis and in a cluster (the keys share a hash tag); not a
+        # MULTI pipeline: redis-py's asyncio cluster client runs those on a thread of its own.
+        await self._run(
+            self.redis.eval(
+                _PUBLISH_LUA,
+                2,
+                self._key(f"artifact:{art.version}"),
+                self._key("versions"),
+                spec_json,
+                weights,
+                art.version,
+                json.dumps(info),
+            )
         )
-        pipe.hsetnx(self._key("versions"), art.version, json.dumps(info))
-        await self._run(pipe.execute())
         return art.version
 
     async def versions(self) -> list[VersionInfo]:

@@ -81,6 +81,9 @@ class RedisSettings(_Group):
     ssl_ca_certs: Path | None = None
     #: Seconds for one Redis command before it counts as a failure (and is retried).
     socket_timeout_s: float = 5.0
+    #: The URL names one node of a Redis Cluster (any node: the others are discovered). States are
+    #: read and written per node, a batch split by hash slot.
+    cluster: bool = False
 
 
 class TopicSettings(_Group):

@@ -2,7 +2,9 @@
 
 The record format and its codec are in :mod:`streamer.codec`; this module moves records in and out of
 Redis, a whole batch per round trip: ``MGET`` to read, one Lua compare-and-set to write (on the
-record each new state was stepped from, and on the fence).
+record each new state was stepped from, and on the fence). Against Redis Cluster
+(``STREAMER_REDIS__CLUSTER``) a batch is split by hash slot and sent as one pipeline per node, all
+nodes at once.
 Keys are readable: ``streamer:{model}:{entity}``.
 """
 
@@ -10,17 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from binascii import crc_hqx
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    MovedError,
     NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -31,7 +48,17 @@ from streamer.errors import StateError, StoreUnavailable
 if TYPE_CHECKING:
     from streamer.settings import Settings
 
-__all__ = ["RedisStateStore", "StateStore", "base_of", "redis_client", "state_key"]
+__all__ = [
+    "RedisClusterStateStore",
+    "RedisStateStore",
+    "StateStore",
+    "base_of",
+    "redis_client",
+    "state_key",
+]
+
+#: A client of one Redis server or of a Redis Cluster; both take the same single-key commands.
+Client = aioredis.Redis | RedisCluster
 
 
 def state_key(model: str, entity: str) -> str:
@@ -49,7 +76,8 @@ def _client(
     username: str | None = None,
     password: str | None = None,
     ssl_ca_certs: str | None = None,
-) -> aioredis.Redis:
+    cluster: bool = False,
+) -> Any:
     extra: dict[str, Any] = {}
     if username:
         extra["username"] = username
@@ -57,17 +85,21 @@ def _client(
         extra["password"] = password
     if ssl_ca_certs and url.startswith("rediss://"):
         extra["ssl_ca_certs"] = ssl_ca_certs
-    return aioredis.Redis.from_url(
-        url,
+    opts = dict(
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=socket_timeout_s,
         decode_responses=False,
         **extra,
     )
+    if cluster:
+        # The URL is one node; the client asks it for the others and the slot map.
+        return RedisCluster.from_url(url, **opts)
+    return aioredis.Redis.from_url(url, **opts)
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """A Redis client as the settings describe it (URL, credentials, TLS, timeouts)."""
+def redis_client(settings: Settings) -> Any:
+    """A client as the settings describe it (URL, credentials, TLS, timeouts): of one Redis, or of
+    a Redis Cluster (``redis.cluster``)."""
     r = settings.redis
     return _client(
         r.url,
@@ -75,6 +107,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         r.username,
         r.password.get_secret_value() if r.password else None,
         str(r.ssl_ca_certs) if r.ssl_ca_certs else None,
+        r.cluster,
     )
 
 
@@ -166,20 +199,26 @@ def _pack(args: Sequence[bytes]) -> bytes:
     return b"".join([b"*%d\r\n" % len(args), *[b"$%d\r\n%s\r\n" % (len(a), a) for a in args]])
 
 
-#: Redis replies that mean "not now" (out of memory, a replica, loading, a failover): wait and retry.
-_TRANSIENT = (
-    "OOM",
-    "READONLY",
-    "BUSY",
-    "LOADING",
-    "MASTERDOWN",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
+#: Redis replies that mean "not now" (out of memory, a replica, loading, a failover, a cluster
+#: moving slots): wait and retry. redis-py gives most their own class and strips the code from the
+#: message; the others keep it as their message's first word.
+_TRANSIENT_TYPES = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    BusyLoadingError,
+    MasterDownError,
+    TryAgainError,
+    ClusterDownError,
+    ClusterError,
+    SlotNotCoveredError,
 )
+_TRANSIENT = ("BUSY", "NOREPLICAS", "OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
+_UNREACHABLE = "Redis Cluster cannot be connected"
+#: What a store call can raise from the client.
+_FAULTS = (RedisError, RedisClusterException, OSError)
 
 
-def _classify(exc: BaseException, what: str) -> Exception:
+def classify_redis_error(exc: BaseException, what: str) -> Exception:
     """:class:`StoreUnavailable` for faults that pass; other Redis errors are bugs and propagate."""
     if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError) or (
         isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
@@ -187,8 +226,21 @@ def _classify(exc: BaseException, what: str) -> Exception:
         return StateError(
             f"redis refused the credentials ({type(exc).__name__}); check STREAMER_REDIS__*"
         )
-    transient = isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError) or (
-        isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT)
+    if isinstance(exc, AskError | ClusterCrossSlotError):  # (MovedError is an AskError)
+        return StateError(
+            f"redis {what} failed: {type(exc).__name__}: {exc}: this Redis is a cluster; "
+            "set STREAMER_REDIS__CLUSTER=1"
+        )
+    if isinstance(exc, RedisClusterException) and "not enabled" in str(exc):
+        return StateError(
+            f"redis {what} failed: {exc}: STREAMER_REDIS__CLUSTER is set, but this Redis is no "
+            "cluster node"
+        )
+    transient = (
+        isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, *_TRANSIENT_TYPES))
+        or (isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT))
+        # no node of the cluster answers (not: a node that is no cluster, a cross-slot call)
+        or (isinstance(exc, RedisClusterException) and str(exc).startswith(_UNREACHABLE))
     )
     if transient:
         return StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}")
@@ -202,7 +254,7 @@ class RedisStateStore:
     connection.
     """
 
-    def __init__(self, client: aioredis.Redis, model: str, ttl_s: int = 0):
+    def __init__(self, client: Any, model: str, ttl_s: int = 0):
         self._redis = client
         self._model = model
         self._prefix = state_key(model, "").encode()
@@ -226,16 +278,19 @@ class RedisStateStore:
         username: str | None = None,
         password: str | None = None,
         ssl_ca_certs: str | None = None,
+        cluster: bool = False,
     ) -> RedisStateStore:
-        client = _client(url, socket_timeout_s, username, password, ssl_ca_certs)
-        return cls(client, model, ttl_s)
+        client = _client(url, socket_timeout_s, username, password, ssl_ca_certs, cluster)
+        return (RedisClusterStateStore if cluster else RedisStateStore)(client, model, ttl_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStateStore:
-        return cls(redis_client(settings), settings.model_name, settings.state_ttl_s)
+        """The store the settings name: of one Redis, or of a Redis Cluster."""
+        kind = RedisClusterStateStore if settings.redis.cluster else RedisStateStore
+        return kind(redis_client(settings), settings.model_name, settings.state_ttl_s)
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> Any:
         return self._redis
 
     def key(self, entity: str) -> str:
@@ -248,8 +303,8 @@ class RedisStateStore:
             values: list[bytes | None] = await self._call(
                 _pack([b"MGET", *(self._prefix + e.encode() for e in entities)]), "read"
             )
-        except (RedisError, OSError) as exc:
-            raise _classify(exc, "read") from exc
+        except _FAULTS as exc:
+            raise classify_redis_error(exc, "read") from exc
         return values
 
     async def put_many(
@@ -262,27 +317,30 @@ class RedisStateStore:
             return []
         if bases is not None and len(bases) != len(items):
             raise ValueError(f"{len(bases)} bases for {len(items)} records")
-        command = _pack(
-            [
-                b"EVALSHA",
-                self._put_sha,
-                b"%d" % len(items),
-                *(self._prefix + e.encode() for e, _ in items),
-                b"%d" % self._ttl_ms,
-                b"0" if bases is None else b"1",
-                *(blob for _, blob in items),
-                *(bases or ()),
-            ]
-        )
+        command = _pack(self._put_args(items, bases))
         try:
             try:
                 result = await self._call(command, "write")
             except NoScriptError:
                 await self._redis.script_load(_PUT_MANY_LUA)  # a restarted Redis forgot it
                 result = await self._call(command, "write")
-        except (RedisError, OSError) as exc:
-            raise _classify(exc, "write") from exc
+        except _FAULTS as exc:
+            raise classify_redis_error(exc, "write") from exc
         return [r != 0 for r in result]  # 1 written, 2 already stored (a retried write), 0 refused
+
+    def _put_args(
+        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None
+    ) -> list[bytes]:
+        return [
+            b"EVALSHA",
+            self._put_sha,
+            b"%d" % len(items),
+            *(self._prefix + e.encode() for e, _ in items),
+            b"%d" % self._ttl_ms,
+            b"0" if bases is None else b"1",
+            *(blob for _, blob in items),
+            *(bases or ()),
+        ]
 
     async def _call(self, command: bytes, lane: str) -> Any:
         """Send one packed command and read its reply, on the lane's own connection (taken from
@@ -290,7 +348,7 @@ class RedisStateStore:
         lock, held = self._lanes[lane]
         async with lock:
             if not held:
-                held.append(await self._redis.connection_pool.get_connection())  # type: ignore[no-untyped-call]
+                held.append(await self._redis.connection_pool.get_connection())
             conn = held[0]
             try:
                 await conn.send_packed_command(command)  # reconnects after a disconnect
@@ -308,3 +366,233 @@ class RedisStateStore:
             while held:
                 await self._redis.connection_pool.release(held.pop())
         await self._redis.aclose()
+
+
+#: Redirections followed for one batch before it fails (and the worker waits and retries).
+_MAX_REDIRECTS = 5
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+
+
+class RedisClusterStateStore(RedisStateStore):
+    """States in Redis Cluster: the same keys, records and compare-and-set as :class:`RedisStateStore`.
+
+    A key's slot decides its node, and Redis refuses a command whose keys span slots. So a batch is
+    split by slot, one ``MGET`` or compare-and-set per slot (the set stays atomic per key, as it
+    is per key on one Redis), and every node gets its slots' commands as one pipeline, all nodes at
+    once: one round trip per batch whatever the number of nodes. The slot map is redis-py's
+    cluster client's; a reply that moves a key (a resharding, a failover) is sent again through
+    that client, which follows the redirection and updates the map for the next batch.
+    """
+
+    def __init__(self, client: RedisCluster, model: str, ttl_s: int = 0):
+        super().__init__(client, model, ttl_s)
+        #: per lane, a connection of each node, taken once (like the single store's lanes)
+        self._nodes: dict[str, dict[str, tuple[ClusterNode, Any]]] = {"read": {}, "write": {}}
+        self._stale = False  # a node failed: ask the cluster for its map again before going on
+
+    async def get_many(self, entities: Sequence[str]) -> list[bytes | None]:
+        if not entities:
+            return []
+        keys = [self._prefix + e.encode() for e in entities]
+        groups = _by_slot(keys)
+
+        def args(idx: list[int]) -> list[bytes]:
+            return [b"MGET", *[keys[i] for i in idx]]
+
+        # Most slots of a batch hold one of its keys: those are packed with one format.
+        packed = [
+            b"*2\r\n$4\r\nMGET\r\n$%d\r\n%s\r\n" % (len(keys[idx[0]]), keys[idx[0]])
+            if len(idx) == 1
+            else _pack(args(idx))
+            for _, idx in groups
+        ]
+        try:
+            replies = await self._send(groups, packed, "read")
+        except _FAULTS as exc:
+            raise classify_redis_error(exc, "read") from exc
+        out: list[bytes | None] = [None] * len(keys)
+        for (_, idx), values in zip(groups, replies, strict=True):
+            for i, v in zip(idx, values, strict=True):
+                out[i] = v
+        return out
+
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None = None
+    ) -> list[bool]:
+        if not items:
+            return []
+        if bases is not None and len(bases) != len(items):
+            raise ValueError(f"{len(bases)} bases for {len(items)} records")
+        keys = [self._prefix + e.encode() for e, _ in items]
+        groups = _by_slot(keys)
+
+        def args(idx: list[int]) -> list[bytes]:
+            return self._put_args(
+                [items[i] for i in idx], None if bases is None else [bases[i] for i in idx]
+            )
+
+        # One key's compare-and-set: the script, 1 key, the key, ttl, flag, record[, base].
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
+            7 if bases is None else 8,
+            self._put_sha,
+        )
+        ttl = b"%d" % self._ttl_ms
+        mid = b"$%d\r\n%s\r\n$1\r\n%s\r\n" % (len(ttl), ttl, b"0" if bases is None else b"1")
+        packed = []
+        for _, idx in groups:
+            if len(idx) > 1:
+                packed.append(_pack(args(idx)))
+                continue
+            i = idx[0]
+            blob = items[i][1]
+            one = b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+                head,
+                len(keys[i]),
+                keys[i],
+                mid,
+                len(blob),
+                blob,
+            )
+            if bases is not None:
+                one += b"$%d\r\n%s\r\n" % (len(bases[i]), bases[i])
+            packed.append(one)
+        try:
+            try:
+                replies = await self._send(groups, packed, "write")
+            except NoScriptError:
+                await self._redis.script_load(_PUT_MANY_LUA)  # on every primary
+                replies = await self._send(groups, packed, "write")
+        except _FAULTS as exc:
+            raise classify_redis_error(exc, "write") from exc
+        saved = [False] * len(items)
+        for (_, idx), result in zip(groups, replies, strict=True):
+            for i, r in zip(idx, result, strict=True):
+                saved[i] = r != 0
+        return saved
+
+    async def _send(
+        self, groups: list[tuple[int, list[int]]], packed: list[bytes], lane: str
+    ) -> list[Any]:
+        """Each group's packed command to its slot's primary, a pipeline per node, the nodes at
+        once; the replies in order.
+
+        A command a node sends elsewhere goes again, in the next round: after MOVED to the slot's
+        new owner (redis-py's slot map updated), after ASK to the importing node preceded by
+        ASKING on the same connection. (redis-py's own async ASK path sends ASKING and the command
+        on connections it takes from the node's pool one at a time, not always the same one.)
+        """
+        async with self._lanes[lane][0]:
+            cluster: RedisCluster = self._redis
+            if self._stale:  # a node failed: its slots may have a new primary by now
+                await self._drop(lane)
+                await cluster.nodes_manager.initialize()
+                self._stale = False
+            await cluster.initialize()  # once: the slot map from the first node that answers
+            manager = cluster.nodes_manager
+            targets = [manager.get_node_from_slot(slot) for slot, _ in groups]
+            asking = [False] * len(groups)
+            replies: list[Any] = [None] * len(groups)
+            pending = list(range(len(groups)))
+            for _ in range(_MAX_REDIRECTS):
+                per_node: dict[str, list[int]] = {}
+                for j in pending:
+                    per_node.setdefault(targets[j].name, []).append(j)
+                done = await asyncio.gather(
+                    *(
+                        self._pipeline(
+                            lane, targets[js[0]], [packed[j] for j in js], [asking[j] for j in js]
+                        )
+                        for js in per_node.values()
+                    ),
+                    return_exceptions=True,
+                )
+                pending = []
+                for js, got in zip(per_node.values(), done, strict=True):
+                    if isinstance(got, BaseException):
+                        self._stale = isinstance(
+                            got, RedisConnectionError | RedisTimeoutError | OSError
+                        )
+                        raise got
+                    for j, reply in zip(js, got, strict=True):
+                        if isinstance(reply, MovedError):  # the slot has a new owner
+                            await manager.move_slot(reply)
+                            targets[j], asking[j] = manager.get_node_from_slot(groups[j][0]), False
+                            pending.append(j)
+                        elif isinstance(reply, AskError):  # the slot is migrating, the key gone
+                            node = cluster.get_node(host=reply.host, port=reply.port)
+                            if node is None:  # a node the map does not know yet
+                                self._stale = True
+                                raise reply
+                            targets[j], asking[j] = node, True
+                            pending.append(j)
+                        else:
+                            replies[j] = reply
+                if not pending:
+                    break
+            else:
+                raise ClusterError(f"redirected {_MAX_REDIRECTS} times: the slots keep moving")
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
+    async def _pipeline(
+        self, lane: str, node: ClusterNode, commands: list[bytes], asking: list[bool]
+    ) -> list[Any]:
+        """The commands to one node in one write (each with ASKING before it where ``asking``),
+        their replies (errors as values) in order."""
+        held = self._nodes[lane]
+        if node.name in held and held[node.name][0] is not node:  # the map changed: a new node
+            old, conn = held.pop(node.name)
+            await conn.disconnect()
+            old.release(conn)
+        if node.name not in held:
+            held[node.name] = (node, node.acquire_connection())
+        conn = held[node.name][1]
+        try:
+            await conn.send_packed_command(
+                b"".join([_ASKING + c if a else c for c, a in zip(commands, asking, strict=True)])
+            )
+            # The replies are read from the connection's parser under one time limit for all:
+            # `read_response` arms a timer per reply, most of the client's time for a batch of
+            # hundreds of one-key commands. The parser hands error replies over as values.
+            read = conn._parser.read_response
+            out = []
+            async with asyncio.timeout(conn.socket_timeout):
+                for a in asking:
+                    if a:
+                        await read()  # ASKING's OK
+                    out.append(await read())
+            return out
+        except BaseException:
+            await conn.disconnect()  # a reply may still be on its way: never reuse the stream
+            raise
+
+    async def _drop(self, lane: str) -> None:
+        held = self._nodes[lane]
+        while held:
+            _, (node, conn) = held.popitem()
+            await conn.disconnect()
+            node.release(conn)
+
+    async def aclose(self) -> None:
+        for lane in self._nodes:
+            await self._drop(lane)
+        await self._redis.aclose()
+
+
+def _by_slot(keys: Sequence[bytes]) -> list[tuple[int, list[int]]]:
+    """The keys' positions grouped by hash slot, in order of first appearance.
+
+    >>> _by_slot([b"a", b"b", b"{a}x"])
+    [(15495, [0, 2]), (3300, [1])]
+    """
+    groups: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        # key_slot() itself for keys with a hash tag; the same CRC16 inline for the others
+        slot = key_slot(key) if b"{" in key else crc_hqx(key, 0) & 16383
+        if slot in groups:
+            groups[slot].append(i)
+        else:
+            groups[slot] = [i]
+    return list(groups.items())

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -39,7 +39,7 @@ from streamer import scaling
 from streamer.codec import StateRecord, decode, encode
 from streamer.errors import ConfigError, StateCodecError, StateError, StoreUnavailable
 from streamer.settings import Settings
-from streamer.state import RedisStateStore, state_key
+from streamer.state import RedisClusterStateStore, RedisStateStore, state_key
 
 __all__ = [
     "delete_state",
@@ -92,10 +92,10 @@ async def _store(settings: Settings) -> AsyncIterator[RedisStateStore]:
         raise StoreUnavailable(f"cannot reach Redis at {settings.redis.url}: {exc}") from None
     except StoreUnavailable:
         raise StoreUnavailable(f"cannot reach Redis at {settings.redis.url}") from None
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         raise StateError(f"redis at {settings.redis.url}: {type(exc).__name__}: {exc}") from None
     finally:
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
             await store.aclose()
 
 
@@ -104,14 +104,51 @@ async def _scan(
 ) -> AsyncIterator[tuple[int, list[str]]]:
     """Pages of entity ids whose key matches ``streamer:{model}:{pattern}``, with the cursor that
     continues after each page (0 after the last). SCAN may yield a key twice if Redis resizes its
-    table meanwhile."""
+    table meanwhile.
+
+    In a Redis Cluster each primary is scanned in turn (by name); the cursor is then the node's
+    SCAN cursor times the number of primaries plus the node's position."""
     prefix = store.key("")
     match = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + pattern  # the model name is literal
-    while True:
-        cursor, keys = await store.redis.scan(cursor, match=match, count=count)
-        yield cursor, [_text(k)[len(prefix) :] for k in keys]
+    if not isinstance(store, RedisClusterStateStore):
+        while True:
+            cursor, keys = await store.redis.scan(cursor, match=match, count=count)
+            yield cursor, [_text(k)[len(prefix) :] for k in keys]
+            if cursor == 0:
+                return
+    cluster: RedisCluster = store.redis
+    await cluster.initialize()
+    nodes = sorted(cluster.get_primaries(), key=lambda n: n.name)
+    at, cursor = cursor % len(nodes), cursor // len(nodes)
+    while at < len(nodes):
+        cursor, keys = await nodes[at].execute_command(
+            "SCAN", cursor, "MATCH", match, "COUNT", count
+        )
+        cursor = int(cursor)
         if cursor == 0:
+            at += 1
+        following = 0 if at == len(nodes) else cursor * len(nodes) + at
+        yield following, [_text(k)[len(prefix) :] for k in keys]
+        if following == 0:
             return
+
+
+async def _server(store: RedisStateStore) -> tuple[int, dict[str, Any]]:
+    """The number of keys and the memory facts (INFO memory) of the Redis, or of all the primaries
+    of a cluster: their sums, and the first primary's policy."""
+    if not isinstance(store, RedisClusterStateStore):
+        return int(await store.redis.dbsize()), dict(await store.redis.info("memory"))
+    cluster: RedisCluster = store.redis
+    await cluster.initialize()
+    infos = [dict(await n.execute_command("INFO", "memory")) for n in cluster.get_primaries()]
+    keys = sum([int(await n.execute_command("DBSIZE")) for n in cluster.get_primaries()])
+    used = sum(int(i.get("used_memory", 0)) for i in infos)
+    return keys, {
+        "used_memory": used,
+        "used_memory_human": f"{used / 2**20:.2f}M over {len(infos)} primaries",
+        "maxmemory": sum(int(i.get("maxmemory", 0)) for i in infos),
+        "maxmemory_policy": infos[0].get("maxmemory_policy") if infos else None,
+    }
 
 
 def _text(b: bytes | str) -> str:
@@ -344,8 +381,7 @@ async def state_stats(
     them, or the first ``sample`` the SCAN finds)."""
     st = StateStats()
     async with _store(settings) as store:
-        dbsize = await store.redis.dbsize()
-        info = await store.redis.info("memory")
+        dbsize, info = await _server(store)
         with _progress("scan", total=dbsize) as advance:
             async for _, entities in _scan(store, "*"):
                 if sample is not None:
@@ -437,32 +473,35 @@ def _zeroed(rec: StateRecord) -> StateRecord:
     )
 
 
+#: Write ARGV[2] over a record only if it still is ARGV[1], keeping its TTL.
+_SWAP_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+"""
+
+
 async def _change(
-    client: aioredis.Redis, key: str, entity: str, change: Callable[[StateRecord], StateRecord]
+    client: Any, key: str, entity: str, change: Callable[[StateRecord], StateRecord]
 ) -> StateRecord:
-    """Read, change and write back a record if no one wrote it meanwhile (WATCH), keeping its TTL;
-    the new record's write time is later than the old one's, so a worker that read the old one
-    is refused by its compare-and-set."""
+    """Read, change and write back a record if no one wrote it meanwhile (a compare-and-set
+    script: the same in a Redis and a Redis Cluster), keeping its TTL; the new record's write time
+    is later than the old one's, so a worker that read the old one is refused by its own
+    compare-and-set."""
     for _ in range(50):
-        async with client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                raw = await pipe.get(key)
-                if not isinstance(raw, bytes):
-                    raise StateError(f"no state for entity {entity!r} (key {key})")
-                try:
-                    rec = decode(raw)
-                except StateCodecError as exc:
-                    raise StateError(f"the state of {entity!r} cannot be decoded ({exc})") from None
-                rec = dataclasses.replace(
-                    change(rec), updated_ms=max(int(time.time() * 1000), rec.updated_ms + 1)
-                )
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.set(key, encode(rec), keepttl=True)
-                await pipe.execute()
-                return rec
-            except WatchError:
-                await asyncio.sleep(0.01)  # a worker wrote it: read it again
+        raw = await client.get(key)
+        if not isinstance(raw, bytes):
+            raise StateError(f"no state for entity {entity!r} (key {key})")
+        try:
+            rec = decode(raw)
+        except StateCodecError as exc:
+            raise StateError(f"the state of {entity!r} cannot be decoded ({exc})") from None
+        rec = dataclasses.replace(
+            change(rec), updated_ms=max(int(time.time() * 1000), rec.updated_ms + 1)
+        )
+        if await client.eval(_SWAP_LUA, 1, key, raw, encode(rec)):
+            return rec
+        await asyncio.sleep(0.01)  # a worker wrote it: read it again
     raise StateError(f"the state of {entity!r} kept changing; try again")
 
 
@@ -490,7 +529,7 @@ async def export_states(settings: Settings, pattern: str, path: Path) -> int:
     part = path.with_name(f".{path.name}.part")
     try:
         async with _store(settings) as store:
-            dbsize = await store.redis.dbsize()
+            dbsize, _ = await _server(store)
             with _progress("export", total=dbsize) as advance, _writer(part, suffix) as write:
                 async for _, entities in _scan(store, pattern):
                     raws = await store.get_many(entities) if entities else []

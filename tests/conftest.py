@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "deploy" / "local" / "services.sh"
 KAFKA_PORT = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
 REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "16379"))
+REDIS_CLUSTER_PORT = int(os.environ.get("TEST_REDIS_CLUSTER_PORT", "17000"))
 
 
 def services_env() -> dict[str, str]:
@@ -33,6 +34,7 @@ def services_env() -> dict[str, str]:
         KAFKA_CONTROLLER_PORT=str(KAFKA_PORT + 1),
         KAFKA_SASL_PORT=str(KAFKA_PORT + 2),
         REDIS_PORT=str(REDIS_PORT),
+        REDIS_CLUSTER_PORT=str(REDIS_CLUSTER_PORT),
         STREAMER_SERVICES_DIR=str(Path.home() / ".cache" / "streamer" / "test-services"),
     )
     return env
@@ -53,6 +55,39 @@ def services() -> dict[str, str]:
         "sasl_bootstrap": f"127.0.0.1:{KAFKA_PORT + 2}",
         "redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0",
     }
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(services: dict[str, str]) -> dict[str, str]:
+    """A real Redis Cluster of three masters (Debian's redis-server, `services.sh up
+    redis-cluster`), and the services dict a worker uses to keep its states there. `make test`
+    stops it with the other services."""
+    proc = subprocess.run(
+        [str(SERVICES), "up", "redis-cluster"],
+        env=services_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"could not start a Redis Cluster:\n{proc.stderr}\n{proc.stdout}", pytrace=False
+        )
+    return {
+        **services,
+        "redis_url": f"redis://127.0.0.1:{REDIS_CLUSTER_PORT}/0",
+        "redis_cluster": "1",
+        "cluster_ports": ",".join(str(REDIS_CLUSTER_PORT + i) for i in range(3)),
+    }
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_kind(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The services with states in a single Redis, then in a Redis Cluster: tests that take this
+    run against both."""
+    if request.param == "redis":
+        return request.getfixturevalue("services")  # type: ignore[no-any-return]
+    return request.getfixturevalue("redis_cluster")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

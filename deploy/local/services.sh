@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Start, check and stop a single-node Apache Kafka (KRaft) and a Redis server on loopback, no Docker.
 #
-#   deploy/local/services.sh up|down|status|logs [all|kafka|redis]
+#   deploy/local/services.sh up|down|status|logs [all|kafka|redis|redis-cluster]
 #
 # Kafka is the real broker: its jars come from Maven Central (deploy/local/kafka-pom.xml, resolved
 # once with `mvn dependency:copy-dependencies` into $STREAMER_CACHE, outside the repository) and run
 # on the installed JDK (17+). Redis is Debian's redis-server, installed with apt-get when missing,
 # run without persistence. `up` is idempotent and returns only once each service answers.
+# `redis-cluster` is a Redis Cluster of three masters (no replicas) on three ports from
+# REDIS_CLUSTER_PORT, made with `redis-cli --cluster create`; `all` is Kafka and Redis, and
+# `down all` also stops a cluster that runs.
 #
 # Settings (environment):
 #   STREAMER_CACHE          jar and tool cache                 (~/.cache/streamer)
@@ -18,6 +21,7 @@
 #   KAFKA_SASL_USERS        user:password list for SASL/PLAIN   (streamer:streamer-secret)
 #   REDIS_PORT              Redis port                         (6379)
 #   REDIS_PASSWORD          if set, Redis requires it          (unset)
+#   REDIS_CLUSTER_PORT      first of the cluster's 3 ports      (7000; bus ports 1000 higher)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +37,9 @@ KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HER
 KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
 KAFKA_DIR="$RUN_DIR/kafka-$KAFKA_PORT"
 REDIS_DIR="$RUN_DIR/redis-$REDIS_PORT"
+REDIS_CLUSTER_PORT="${REDIS_CLUSTER_PORT:-7000}"
+CLUSTER_PORTS=("$REDIS_CLUSTER_PORT" "$((REDIS_CLUSTER_PORT + 1))" "$((REDIS_CLUSTER_PORT + 2))")
+CLUSTER_DIR="$RUN_DIR/redis-cluster-$REDIS_CLUSTER_PORT"
 WAIT_S="${SERVICES_WAIT_S:-90}"
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -198,6 +205,58 @@ redis_down() {
     stop_pid "$REDIS_DIR/redis.pid" redis 10
 }
 
+# -------------------------------------------------------------------------------- Redis Cluster --
+
+cluster_ok() {
+    local p
+    for p in "${CLUSTER_PORTS[@]}"; do
+        redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+    done
+}
+
+cluster_up() {
+    if cluster_ok; then log "redis cluster already up on 127.0.0.1:${CLUSTER_PORTS[*]}"; return 0; fi
+    [[ -x "$(redis_bin)" ]] || { log "installing redis-server from Debian"; apt_install redis-server; }
+    local p i
+    for p in "${CLUSTER_PORTS[@]}"; do
+        if pid_alive "$CLUSTER_DIR/$p/redis.pid"; then continue; fi
+        port_open "$p" && die "port $p is taken by another process (set REDIS_CLUSTER_PORT)"
+        rm -rf "${CLUSTER_DIR:?}/$p"  # a half-made cluster is made again from scratch
+        mkdir -p "$CLUSTER_DIR/$p"
+        "$(redis_bin)" --bind 127.0.0.1 --port "$p" --cluster-enabled yes \
+            --cluster-port "$((p + 1000))" --cluster-config-file nodes.conf \
+            --cluster-node-timeout 5000 --dir "$CLUSTER_DIR/$p" --save "" --appendonly no \
+            --daemonize yes --pidfile "$CLUSTER_DIR/$p/redis.pid" --logfile "$CLUSTER_DIR/$p/redis.log" \
+            --maxmemory-policy noeviction 9>&-
+    done
+    for p in "${CLUSTER_PORTS[@]}"; do
+        for ((i = 0; i < WAIT_S * 4; i++)); do
+            [[ "$(redis-cli -h 127.0.0.1 -p "$p" ping 2>/dev/null)" == PONG ]] && break
+            sleep 0.25
+        done
+    done
+    if ! redis-cli -h 127.0.0.1 -p "${CLUSTER_PORTS[0]}" cluster info | grep -q '^cluster_slots_assigned:16384'; then
+        log "creating a redis cluster of 3 masters on 127.0.0.1:${CLUSTER_PORTS[*]} (logs: $CLUSTER_DIR)"
+        redis-cli --cluster create "${CLUSTER_PORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 \
+            --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 \
+            || die "redis-cli --cluster create failed (see $CLUSTER_DIR/create.log)"
+    fi
+    for ((i = 0; i < WAIT_S * 4; i++)); do
+        cluster_ok && { log "redis cluster up on 127.0.0.1:${CLUSTER_PORTS[*]}"; return 0; }
+        sleep 0.25
+    done
+    die "the redis cluster on 127.0.0.1:${CLUSTER_PORTS[*]} is not ok within ${WAIT_S}s (see $CLUSTER_DIR)"
+}
+
+cluster_down() {
+    local p
+    for p in "${CLUSTER_PORTS[@]}"; do
+        [[ -f "$CLUSTER_DIR/$p/redis.pid" ]] || continue
+        stop_pid "$CLUSTER_DIR/$p/redis.pid" "redis cluster node $p" 10
+    done
+    rm -rf "$CLUSTER_DIR"  # no persistence: a cluster made again starts empty
+}
+
 # --------------------------------------------------------------------------------------- common --
 
 stop_pid() {
@@ -227,11 +286,21 @@ status() {
     else
         echo "redis  down  127.0.0.1:$REDIS_PORT"; rc=1
     fi
+    if [[ "$what" == redis-cluster ]] || [[ -d "$CLUSTER_DIR" ]]; then
+        if cluster_ok; then
+            echo "redis-cluster  up    127.0.0.1:${CLUSTER_PORTS[*]}  $CLUSTER_DIR"
+        else
+            echo "redis-cluster  down  127.0.0.1:${CLUSTER_PORTS[*]}"; rc=1
+        fi
+    fi
 }
 
 cmd="${1:-}"
 what="${2:-all}"
-case "$what" in all | kafka | redis) ;; *) die "unknown service '$what' (all, kafka, redis)" ;; esac
+case "$what" in
+all | kafka | redis | redis-cluster) ;;
+*) die "unknown service '$what' (all, kafka, redis, redis-cluster)" ;;
+esac
 mkdir -p "$RUN_DIR"
 # One start or stop at a time per services directory: two `up`s racing would start two brokers.
 # (The servers are started with fd 9 closed, so they do not hold the lock after this script ends.)
@@ -240,19 +309,31 @@ flock -w 600 9 || die "another services.sh holds $RUN_DIR/.lock"
 rc=0
 case "$cmd" in
 up)
-    [[ "$what" == kafka ]] || redis_up
-    [[ "$what" == redis ]] || kafka_up
+    case "$what" in
+    redis-cluster) cluster_up ;;
+    *) [[ "$what" == kafka ]] || redis_up; [[ "$what" == redis ]] || kafka_up ;;
+    esac
     ;;
 down)
-    [[ "$what" == redis ]] || kafka_down
-    [[ "$what" == kafka ]] || redis_down
+    case "$what" in
+    redis-cluster) cluster_down ;;
+    *)
+        [[ "$what" == redis ]] || kafka_down
+        [[ "$what" == kafka ]] || redis_down
+        [[ "$what" != all ]] || [[ ! -d "$CLUSTER_DIR" ]] || cluster_down
+        ;;
+    esac
     ;;
 status) status ;;
 logs)
     [[ "$what" == redis ]] || { echo "== $KAFKA_DIR/server.log"; tail -n 50 "$KAFKA_DIR/server.log" 2>/dev/null || true; }
     [[ "$what" == kafka ]] || { echo "== $REDIS_DIR/redis.log"; tail -n 50 "$REDIS_DIR/redis.log" 2>/dev/null || true; }
+    for p in "${CLUSTER_PORTS[@]}"; do
+        [[ -f "$CLUSTER_DIR/$p/redis.log" ]] || continue
+        echo "== $CLUSTER_DIR/$p/redis.log"; tail -n 20 "$CLUSTER_DIR/$p/redis.log"
+    done
     ;;
 install) kafka_install; [[ -x "$(redis_bin)" ]] || apt_install redis-server ;;
-*) die "usage: $0 up|down|status|logs|install [all|kafka|redis]" ;;
+*) die "usage: $0 up|down|status|logs|install [all|kafka|redis|redis-cluster]" ;;
 esac
 exit "$rc"

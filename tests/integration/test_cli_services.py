@@ -23,6 +23,7 @@ def cli_env(services: dict[str, str], ns: str) -> dict[str, str]:
     return {
         "STREAMER_MODEL_NAME": ns,
         "STREAMER_REDIS__URL": services["redis_url"],
+        "STREAMER_REDIS__CLUSTER": services.get("redis_cluster", "0"),
         "STREAMER_KAFKA__BOOTSTRAP_SERVERS": services["bootstrap"],
         "STREAMER_TOPICS__EVENTS": f"{ns}.events",
         "STREAMER_TOPICS__PREDICTIONS": f"{ns}.predictions",

@@ -33,7 +33,10 @@ def settings_for(services: dict[str, str], ns: str, **over: object) -> Settings:
             "app_id": ns,
             "model_name": ns,
             "kafka": {"bootstrap_servers": services["bootstrap"]},
-            "redis": {"url": services["redis_url"]},
+            "redis": {
+                "url": services["redis_url"],
+                "cluster": services.get("redis_cluster") == "1",
+            },
             "topics": {
                 "events": f"{ns}.events",
                 "predictions": f"{ns}.predictions",
@@ -79,7 +82,8 @@ def silent_port() -> Iterator[int]:
         sock.close()
 
 
-async def test_a_healthy_setup_passes(services: dict[str, str], ns: str, model_dir: Path) -> None:
+async def test_a_healthy_setup_passes(redis_kind: dict[str, str], ns: str, model_dir: Path) -> None:
+    services = redis_kind
     settings = settings_for(services, ns, model_path=model_dir)
     await ensure_topics(settings)
     version = load_artifact(model_dir).version
@@ -93,6 +97,9 @@ async def test_a_healthy_setup_passes(services: dict[str, str], ns: str, model_d
     assert checks["topic windows"][1] == f"'{ns}.windows': 2 partitions, replication 1"
     assert checks["model"][1].startswith(f"{version} from {model_dir}: lstm forecast, 2x16")
     assert checks["states"] == ("✓", "no stored states of this model name yet")
+    if services.get("redis_cluster") == "1":
+        assert "3 primaries, 0 replicas, 16384/16384 slots ok" in checks["redis"][1], out
+        assert checks["redis eviction"][1].endswith("(3 of 3)"), out
     assert checks["workers"][0] == "!" and "no live worker" in checks["workers"][1]
     assert checks["consumer lag"][1].endswith(f"no lag on '{ns}.events'")
     assert took < 20, took
@@ -104,10 +111,12 @@ async def test_a_healthy_setup_passes(services: dict[str, str], ns: str, model_d
 
 
 async def test_states_workers_lag_and_the_registry_as_a_worker_would_see_them(
-    services: dict[str, str], ns: str, model_dir: Path
+    redis_kind: dict[str, str], ns: str, model_dir: Path
 ) -> None:
     """In process: stored states of the model's shape and of another, an announced worker, events
-    nobody consumed, and the registry's active version taking precedence over the path."""
+    nobody consumed, and the registry's active version taking precedence over the path; in a
+    Redis and in a Redis Cluster."""
+    services = redis_kind
     settings = settings_for(services, ns, model_path=model_dir)
     await ensure_topics(settings)
     art = load_artifact(model_dir)

@@ -25,6 +25,7 @@ from tests.integration.workers import (
     event_message,
     predictions_of,
     produce,
+    store_for,
     worker_env,
 )
 from tests.reference import check_predictions, expected_by_entity, synthetic_events
@@ -32,11 +33,12 @@ from tests.unit.test_cli import run
 
 
 @pytest.fixture
-async def stepped(services: dict[str, str], ns: str, model_dir: Path) -> pd.DataFrame:
-    """Twelve entities stepped by a predictor into Redis under the model name ``ns``."""
+async def stepped(redis_kind: dict[str, str], ns: str, model_dir: Path) -> pd.DataFrame:
+    """Twelve entities stepped by a predictor into Redis (or a Redis Cluster: ``redis_kind``)
+    under the model name ``ns``."""
     art = load_artifact(model_dir)
     df = make_panel(12, 4, 9, seed=21)
-    pred = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
+    pred = Predictor(art.model, art.version, store_for(redis_kind, ns))
     await pred.step_many(synthetic_events(df))
     await pred.aclose()
     return df
@@ -44,9 +46,9 @@ async def stepped(services: dict[str, str], ns: str, model_dir: Path) -> pd.Data
 
 @pytest.mark.integration
 async def test_list_pages_through_every_state_with_scan(
-    services: dict[str, str], ns: str, stepped: pd.DataFrame
+    redis_kind: dict[str, str], ns: str, stepped: pd.DataFrame
 ) -> None:
-    env = cli_env(services, ns)
+    env = cli_env(redis_kind, ns)
     seen: list[str] = []
     cursor, pages = 0, 0
     while True:  # --limit 1: a page per SCAN call, the cursor goes on from it
@@ -73,10 +75,10 @@ async def test_list_pages_through_every_state_with_scan(
 
 @pytest.mark.integration
 async def test_stats_counts_entities_bytes_versions_and_ages(
-    services: dict[str, str], ns: str, model_dir: Path, stepped: pd.DataFrame
+    redis_kind: dict[str, str], ns: str, model_dir: Path, stepped: pd.DataFrame
 ) -> None:
-    env = cli_env(services, ns)
-    store = RedisStateStore.from_url(services["redis_url"], ns)
+    env = cli_env(redis_kind, ns)
+    store = store_for(redis_kind, ns)
     entities = sorted(stepped["unique_id"].unique())
     raws = await store.get_many(entities)
     await store.aclose()
@@ -102,10 +104,10 @@ async def test_stats_counts_entities_bytes_versions_and_ages(
 
 @pytest.mark.integration
 async def test_export_writes_decoded_states_to_parquet_and_jsonl(
-    services: dict[str, str], ns: str, stepped: pd.DataFrame, tmp_path: Path
+    redis_kind: dict[str, str], ns: str, stepped: pd.DataFrame, tmp_path: Path
 ) -> None:
-    env = cli_env(services, ns)
-    store = RedisStateStore.from_url(services["redis_url"], ns)
+    env = cli_env(redis_kind, ns)
+    store = store_for(redis_kind, ns)
     rec = decode((await store.get_many(["e0003"]))[0])  # type: ignore[arg-type]
     await store.aclose()
 
@@ -128,6 +130,28 @@ async def test_export_writes_decoded_states_to_parquet_and_jsonl(
     assert r.returncode == 1 and r.stderr.strip() == (
         "streamer: error: export writes .parquet or .jsonl files, not 'x.csv'"
     )
+
+
+@pytest.mark.integration
+async def test_reset_and_delete_in_place(
+    redis_kind: dict[str, str], ns: str, stepped: pd.DataFrame
+) -> None:
+    env = cli_env(redis_kind, ns)
+    store = store_for(redis_kind, ns)
+    try:
+        before = decode((await store.get_many(["e0004"]))[0])  # type: ignore[arg-type]
+        r = run("state", "reset", "e0004", env=env)
+        assert r.returncode == 0, r.stderr
+        after = decode((await store.get_many(["e0004"]))[0])  # type: ignore[arg-type]
+        assert after.step == 0 and not after.h.any() and not after.c.any()
+        assert (after.partition, after.offset) == (before.partition, before.offset)
+        assert after.updated_ms > before.updated_ms
+        r = run("state", "delete", "e0004", env=env)
+        assert r.returncode == 0 and f"deleted streamer:{ns}:e0004" in r.stdout, r.stderr
+        assert await store.get_many(["e0004", "e0005"]) != [None, None]
+        assert (await store.get_many(["e0004"]))[0] is None
+    finally:
+        await store.aclose()
 
 
 @pytest.mark.integration

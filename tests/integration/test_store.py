@@ -1,12 +1,22 @@
-"""RedisStateStore against a real Redis: one round trip each way, compare-and-set, TTL."""
+"""The state store against a real Redis and a real Redis Cluster: one round trip each way,
+compare-and-set, TTL; in the cluster, batches over every node and many slots, slots that move
+(ASK during a migration, MOVED after it) and scripts a node forgot."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from streamer.codec import StateRecord, decode, encode
-from streamer.state import RedisStateStore
+from streamer.errors import StoreUnavailable
+from streamer.state import RedisClusterStateStore, RedisStateStore, base_of
+from tests.conftest import REDIS_PORT
+from tests.unit.test_cli import run
 
 
 def rec(offset: int, partition: int = 0, step: int = 1, fill: float = 0.0) -> bytes:
@@ -27,8 +37,10 @@ def rec(offset: int, partition: int = 0, step: int = 1, fill: float = 0.0) -> by
 
 
 @pytest.fixture
-async def store(services: dict[str, str], ns: str):  # type: ignore[no-untyped-def]
-    s = RedisStateStore.from_url(services["redis_url"], ns, ttl_s=600)
+async def store(redis_kind: dict[str, str], ns: str):  # type: ignore[no-untyped-def]
+    cluster = redis_kind.get("redis_cluster") == "1"
+    s = RedisStateStore.from_url(redis_kind["redis_url"], ns, ttl_s=600, cluster=cluster)
+    assert isinstance(s, RedisClusterStateStore) == cluster
     yield s
     await s.aclose()
 
@@ -70,10 +82,151 @@ async def test_garbage_under_a_key_is_overwritten(store: RedisStateStore) -> Non
     assert await store.put_many([("g", rec(0))]) == [True]
 
 
-async def test_ttl_zero_keeps_states_forever(services: dict[str, str], ns: str) -> None:
-    s = RedisStateStore.from_url(services["redis_url"], ns, ttl_s=0)
+async def test_a_write_stepped_from_a_record_no_longer_stored_is_refused(
+    store: RedisStateStore,
+) -> None:
+    first = rec(1, step=1)
+    assert await store.put_many([("b", first)], [base_of(None)]) == [True]
+    second = rec(2, step=2)
+    # Stepped from the stored record: saved. Stepped from nothing while a record is stored (a
+    # worker's stale cache after someone else wrote): refused.
+    assert await store.put_many([("b", second), ("n", rec(2))], [base_of(first), b""]) == [
+        True,
+        True,
+    ]
+    assert await store.put_many([("b", rec(3, step=3))], [base_of(first)]) == [False]
+    # The same write again (its reply was lost): counted as saved, nothing changes.
+    assert await store.put_many([("b", second)], [base_of(first)]) == [True]
+    assert decode((await store.get_many(["b"]))[0]).offset == 2  # type: ignore[arg-type]
+
+
+async def test_ttl_zero_keeps_states_forever(redis_kind: dict[str, str], ns: str) -> None:
+    cluster = redis_kind.get("redis_cluster") == "1"
+    s = RedisStateStore.from_url(redis_kind["redis_url"], ns, ttl_s=0, cluster=cluster)
     try:
         await s.put_many([("k", rec(0))])
         assert await s.redis.pttl(s.key("k")) == -1
     finally:
         await s.aclose()
+
+
+# -------------------------------------------------------------------------------- Redis Cluster --
+
+
+@pytest.fixture
+async def cluster_store(redis_cluster: dict[str, str], ns: str):  # type: ignore[no-untyped-def]
+    s = RedisStateStore.from_url(redis_cluster["redis_url"], ns, ttl_s=600, cluster=True)
+    yield s
+    await s.aclose()
+
+
+async def test_a_batch_over_every_node_and_shared_slots(cluster_store: RedisStateStore) -> None:
+    # Entities with a hash tag share a slot: those go as one MGET and one compare-and-set.
+    entities = [f"e{i}" for i in range(600)] + [f"{{tag}}{i}" for i in range(40)]
+    items = [(e, rec(i, fill=float(i))) for i, e in enumerate(entities)]
+    assert await cluster_store.put_many(items) == [True] * len(items)
+    cluster: RedisCluster = cluster_store.redis
+    owners = {
+        cluster.nodes_manager.get_node_from_slot(key_slot(cluster_store.key(e).encode())).name
+        for e in entities
+    }
+    assert len(owners) == 3, owners
+    got = await cluster_store.get_many([*reversed(entities), "absent"])
+    assert got[-1] is None
+    assert [decode(g).h[0, 0] for g in got[:-1]] == [float(i) for i in reversed(range(640))]  # type: ignore[arg-type]
+    # A mixed batch, decided key by key across nodes: every even one is stale.
+    mixed = [(e, rec(i + (1 if i % 2 else -1))) for i, e in enumerate(entities)]
+    assert await cluster_store.put_many(mixed) == [i % 2 == 1 for i in range(len(entities))]
+
+
+def _cli(port: int, *args: str) -> str:
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0 and not out.stdout.startswith("ERR"), (args, out.stdout)
+    return out.stdout.strip()
+
+
+async def test_slots_moving_under_a_running_store(
+    redis_cluster: dict[str, str], cluster_store: RedisStateStore, ns: str
+) -> None:
+    """A slot migrates between nodes while the store keeps its old slot map: a key not yet moved
+    is served where it was, a new key is redirected (ASK) to the importing node, a batch needing
+    both waits (TRYAGAIN: the worker retries), and once the slot has moved every key is
+    redirected (MOVED) and the map updated for the next batch."""
+    ports = [int(p) for p in redis_cluster["cluster_ports"].split(",")]
+    cluster: RedisCluster = cluster_store.redis
+    old, new = f"{{{ns}}}old", f"{{{ns}}}new"  # one hash tag: one slot
+    slot = key_slot(ns.encode())
+    assert await cluster_store.put_many([(old, rec(1)), ("elsewhere", rec(1))]) == [True, True]
+    src = cluster.nodes_manager.get_node_from_slot(slot).port
+    dst = next(p for p in ports if p != src)
+    ids = {p: _cli(p, "cluster", "myid") for p in ports}
+    moved = False
+    try:
+        _cli(dst, "cluster", "setslot", str(slot), "importing", ids[src])
+        _cli(src, "cluster", "setslot", str(slot), "migrating", ids[dst])
+        # Mid-migration: the old key is still on the source; a new key is sent on (ASK).
+        assert await cluster_store.put_many([(old, rec(2))]) == [True]
+        assert await cluster_store.put_many([(new, rec(1))]) == [True]
+        assert _cli(dst, "cluster", "countkeysinslot", str(slot)) == "1"  # the new key
+        with pytest.raises(StoreUnavailable, match="TryAgain"):
+            await cluster_store.get_many([old, new])  # one MGET over both sides of the move
+        got = await cluster_store.get_many(["elsewhere"])
+        assert decode(got[0]).offset == 1  # type: ignore[arg-type]
+        # Move the old key, then hand the slot over.
+        _cli(src, "migrate", "127.0.0.1", str(dst), "", "0", "5000", "keys", cluster_store.key(old))
+        for p in ports:
+            _cli(p, "cluster", "setslot", str(slot), "node", ids[dst])
+        moved = True
+        # The store still believes the source owns the slot: MOVED, followed.
+        assert await cluster_store.put_many([(old, rec(3)), (new, rec(2))]) == [True, True]
+        assert cluster.nodes_manager.get_node_from_slot(slot).port == dst
+        got = await cluster_store.get_many([old, new])
+        assert [decode(g).offset for g in got] == [3, 2]  # type: ignore[arg-type]
+        assert await cluster_store.put_many([(old, rec(1))]) == [False]  # the fence still holds
+    finally:  # give the slot back, with its keys, whatever happened
+        for p in ports:
+            _cli(p, "cluster", "setslot", str(slot), "stable")
+        keys = _cli(dst, "cluster", "getkeysinslot", str(slot), "100").split()
+        if moved:
+            _cli(src, "cluster", "setslot", str(slot), "importing", ids[dst])
+            _cli(dst, "cluster", "setslot", str(slot), "migrating", ids[src])
+        if keys:
+            _cli(dst, "migrate", "127.0.0.1", str(src), "", "0", "5000", "keys", *keys)
+        if moved:
+            for p in ports:
+                _cli(p, "cluster", "setslot", str(slot), "node", ids[src])
+    got = await cluster_store.get_many([old, new])
+    assert [decode(g).offset for g in got] == [3, 2]  # type: ignore[arg-type]
+
+
+async def test_a_node_that_forgot_the_script_gets_it_again(
+    redis_cluster: dict[str, str], cluster_store: RedisStateStore
+) -> None:
+    entities = [f"s{i}" for i in range(60)]
+    assert await cluster_store.put_many([(e, rec(1)) for e in entities]) == [True] * 60
+    for p in redis_cluster["cluster_ports"].split(","):
+        _cli(int(p), "script", "flush")  # as after a restart
+    assert await cluster_store.put_many([(e, rec(2)) for e in entities]) == [True] * 60
+    assert {decode(g).offset for g in await cluster_store.get_many(entities)} == {2}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("wrong", ["cluster-read-as-one-redis", "one-redis-read-as-a-cluster"])
+def test_a_worker_told_the_wrong_kind_of_redis_says_so_in_one_line(
+    redis_cluster: dict[str, str], ns: str, model_dir: Path, wrong: str
+) -> None:
+    cluster = wrong == "one-redis-read-as-a-cluster"
+    url = redis_cluster["redis_url"] if not cluster else f"redis://127.0.0.1:{REDIS_PORT}/0"
+    env = {
+        "STREAMER_APP_ID": ns,
+        "STREAMER_MODEL_PATH": str(model_dir),
+        "STREAMER_REDIS__URL": url,
+        "STREAMER_REDIS__CLUSTER": "1" if cluster else "0",
+        "STREAMER_KAFKA__BOOTSTRAP_SERVERS": redis_cluster["bootstrap"],
+        "STREAMER_METRICS__PORT": "0",
+    }
+    r = run("worker", env=env, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    hint = "no cluster node" if cluster else "set STREAMER_REDIS__CLUSTER=1"
+    assert r.stderr.startswith("streamer: error: ") and hint in r.stderr, r.stderr

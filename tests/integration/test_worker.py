@@ -15,7 +15,6 @@ from streamer.codec import decode
 from streamer.data import event_rows
 from streamer.kafka import ensure_topics
 from streamer.settings import Settings
-from streamer.state import RedisStateStore
 from tests.conftest import make_panel
 from tests.integration.workers import (
     TopicReader,
@@ -23,6 +22,7 @@ from tests.integration.workers import (
     event_message,
     predictions_of,
     produce,
+    store_for,
     worker_env,
 )
 from tests.reference import check_predictions, expected_by_entity
@@ -65,7 +65,7 @@ async def check_states(
     password: str | None = None,  # type: ignore[type-arg]
 ) -> None:
     """Every entity's state in Redis equals the offline nn.LSTM state over its events, to 1e-5."""
-    store = RedisStateStore.from_url(services["redis_url"], ns, password=password)
+    store = store_for(services, ns, password=password)
     try:
         raws = await store.get_many(list(expected))
     finally:
@@ -82,8 +82,10 @@ async def check_states(
 @pytest.mark.integration
 @pytest.mark.parametrize("restart", [False, True], ids=["one-worker", "stop-halfway-and-restart"])
 async def test_every_event_gets_one_prediction_equal_to_nn_lstm(
-    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, restart: bool
+    redis_kind: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, restart: bool
 ) -> None:
+    """Against a single Redis and against a Redis Cluster (``redis_kind``)."""
+    services = redis_kind
     art = load_artifact(model_dir)
     df = make_panel(300, 5, 30, seed=11)
     expected = expected_by_entity(art.model, df)

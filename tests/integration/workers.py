@@ -10,11 +10,13 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamer.schemas import Prediction
+from streamer.state import RedisStateStore
 
 
 def worker_env(services: dict[str, str], ns: str, model: Path, **extra: str) -> dict[str, str]:
@@ -30,12 +32,19 @@ def worker_env(services: dict[str, str], ns: str, model: Path, **extra: str) -> 
         STREAMER_KAFKA__BOOTSTRAP_SERVERS=services["bootstrap"],
         STREAMER_KAFKA__SESSION_TIMEOUT_S="6",
         STREAMER_REDIS__URL=services["redis_url"],
+        STREAMER_REDIS__CLUSTER=services.get("redis_cluster", "0"),
         STREAMER_BATCH__MAX_SIZE="64",
         STREAMER_BATCH__MAX_WAIT_S="0.02",
         STREAMER_METRICS__PORT="0",  # a free port each: workers run side by side
     )
     env.update(extra)
     return env
+
+
+def store_for(services: dict[str, str], ns: str, **kwargs: Any) -> RedisStateStore:
+    """The state store of model ``ns`` in the services' Redis or Redis Cluster."""
+    cluster = services.get("redis_cluster") == "1"
+    return RedisStateStore.from_url(services["redis_url"], ns, cluster=cluster, **kwargs)
 
 
 class WorkerProcess:
