@@ -221,7 +221,8 @@ cluster_up() {
     for p in "${CLUSTER_PORTS[@]}"; do
         if pid_alive "$CLUSTER_DIR/$p/redis.pid"; then continue; fi
         port_open "$p" && die "port $p is taken by another process (set REDIS_CLUSTER_PORT)"
-        rm -rf "${CLUSTER_DIR:?}/$p"  # a half-made cluster is made again from scratch
+        # A node that stopped starts again from its directory: its nodes.conf (its id and slots)
+        # and, if it was shut down with SAVE, its data.
         mkdir -p "$CLUSTER_DIR/$p"
         "$(redis_bin)" --bind 127.0.0.1 --port "$p" --cluster-enabled yes \
             --cluster-port "$((p + 1000))" --cluster-config-file nodes.conf \

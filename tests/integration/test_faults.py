@@ -161,6 +161,39 @@ async def test_redis_restart_mid_stream_loses_nothing(
         await verify(services, ns, model_dir, df, out.records, exactly_once=False)
 
 
+async def test_a_redis_cluster_node_restart_mid_stream_loses_nothing(
+    redis_cluster: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    """One of the cluster's three primaries goes away mid-stream: batches wait (every batch has
+    keys on it), then the node comes back with its slots and data and the worker goes on, from
+    the cluster's new map, losing and doubling nothing."""
+    services = redis_cluster
+    df, settings = await stream_panel(services, ns, 150, seed=25)
+    env = worker_env(services, ns, model_dir, **FAST)
+    port = services["cluster_ports"].split(",")[1]
+    async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+        w = WorkerProcess(env, tmp_path / "w.log")
+        try:
+            await out.read_until(len(df) // 3, timeout=120, proc=w)
+            subprocess.run(
+                ["redis-cli", "-p", port, "shutdown", "save"], capture_output=True, timeout=30
+            )
+            try:
+                stalled = len(out.records)
+                await asyncio.sleep(5)
+                await out.drain(quiet_s=0.5)
+                assert len(out.records) - stalled < 200, "predictions went on without a node"
+            finally:
+                await asyncio.to_thread(_services, "up", "redis-cluster")  # whatever failed
+            while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
+                await out.read_until(len(out.records) + 1, timeout=120, proc=w)
+            await out.drain(quiet_s=2)
+        finally:
+            assert w.stop() == 0, w.tail()
+        assert "state store unavailable" in w.log.read_text()
+        await verify(services, ns, model_dir, df, out.records, exactly_once=False)
+
+
 async def test_kafka_broker_restart_mid_stream_loses_nothing(
     services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
 ) -> None:
