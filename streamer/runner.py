@@ -198,12 +198,43 @@ class Runner:
                 self.observe_partitions()
                 continue
             async with self._lock:
-                if self._stopping.is_set() or epoch != self._epoch or not self._assigned.is_set():
-                    continue  # refetched from the committed offsets after the rebalance
+                if self._stopping.is_set():
+                    continue
+                if epoch != self._epoch or not self._assigned.is_set():
+                    await self._rewind(records)
+                    continue
                 owned = {tp.partition for tp in self._consumer.assignment()}
                 records = [r for r in records if r.partition in owned]
                 if records:
                     await self._process(records)
+
+    async def _rewind(self, dropped: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Send the partitions of a batch taken across a rebalance back to their committed
+        offsets. A fetch that was waiting when the partitions were assigned again returns records
+        of the new assignment, read from its committed offsets, and moves the position past them:
+        dropped without this, those events would never be stepped, and the next commit would skip
+        them."""
+        assert self._consumer is not None
+        first: dict[int, int] = {}
+        for r in dropped:
+            first[r.partition] = min(r.offset, first.get(r.partition, r.offset))
+        topic = self.settings.topics.events
+        with contextlib.suppress(IllegalStateError):  # no assignment now: it resets anyway
+            owned = self._consumer.assignment()
+            back = []
+            for p, offset in sorted(first.items()):
+                tp = TopicPartition(topic, p)
+                if tp in owned:
+                    # (aiokafka's seek_to_committed leaves a partition committed at 0 or never)
+                    committed = await self._consumer.committed(tp)
+                    self._consumer.seek(tp, offset if committed is None else committed)
+                    back.append(p)
+            if back:
+                log.info(
+                    "a batch taken across a rebalance was dropped; partitions %s read again "
+                    "from their committed offsets",
+                    back,
+                )
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -165,6 +165,8 @@ class StreamerService(Service):
                     continue
                 art = await self.registry.load(version, handler.predictor.device)
             except StoreUnavailable as exc:
+                if self.should_stop:  # the client was closed by on_stop
+                    break
                 log.warning("%s; serving %s", exc, handler.serving)
                 continue
             except StreamerError as exc:
