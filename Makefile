@@ -13,7 +13,7 @@ PYTHON   ?= python3
 TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 KAFKA_SASL_PORT=19094 REDIS_PORT=16379 \
             REDIS_CLUSTER_PORT=17000 STREAMER_SERVICES_DIR=$(HOME)/.cache/streamer/test-services
 
-.PHONY: install demo test unit lint bench services-up services-down services-status clean
+.PHONY: install demo test unit lint bench bench-scale services-up services-down services-status clean
 
 # Installs into the shared env when it is missing, when pyproject.toml changed, or when the env's
 # editable install points at another checkout (CI clones the repository elsewhere).
@@ -46,6 +46,10 @@ unit: install
 # Starts its own Kafka and Redis (ports 29092, 26379) and stops them at the end; a few minutes.
 bench: install
 	$(PY) bench/throughput.py
+
+# Throughput with 1 and 2 workers, failover (kill -9), leave and join times; same services, minutes.
+bench-scale: install
+	$(PY) bench/scale.py
 
 lint: install
 	$(VENV)/bin/ruff check streamer workers tests bench

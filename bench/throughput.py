@@ -5,6 +5,8 @@
 (``make bench`` runs it with the defaults.) In one run, on the same broker and Redis:
 
 - **streamer**: ``streamer worker``, the batched pipeline (state in Redis, one prediction per event);
+- **streamer-cluster**: the same worker with its states in a Redis Cluster of three masters (ports
+  27000-27002, started for it);
 - **naive**: a hand-written Faust agent doing GET, one LSTM step, SET and send per event;
 - **faust-pass**: a Faust agent that only consumes and sends (Faust's own ceiling);
 - **raw-pass**: plain aiokafka fetching and sending in batches (the ceiling of any Python consumer).
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamer.artifact import save_artifact
@@ -59,9 +61,12 @@ SERVICE_ENV = {
     "KAFKA_PORT": "29092",
     "KAFKA_CONTROLLER_PORT": "29093",
     "REDIS_PORT": "26379",
+    "REDIS_CLUSTER_PORT": "27000",
     "STREAMER_SERVICES_DIR": str(SERVICES_DIR),
 }
-KINDS = ("raw-pass", "faust-pass", "streamer", "naive")
+#: streamer-cluster is streamer's worker with its states in a Redis Cluster of three masters
+KINDS = ("raw-pass", "faust-pass", "streamer", "streamer-cluster", "naive")
+CLUSTER_PORTS = [int(SERVICE_ENV["REDIS_CLUSTER_PORT"]) + i for i in range(3)]
 CLOCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -78,10 +83,27 @@ def cpu_seconds(pid: int) -> float:
 
 def service_pid(name: str) -> int | None:
     port = SERVICE_ENV["KAFKA_PORT"] if name == "kafka" else SERVICE_ENV["REDIS_PORT"]
-    path = SERVICES_DIR / f"{name}-{port}" / f"{name}.pid"
+    return _pid(SERVICES_DIR / f"{name}-{port}" / f"{name}.pid")
+
+
+def cluster_pids() -> list[int]:
+    """The benchmark's Redis Cluster nodes."""
+    where = SERVICES_DIR / f"redis-cluster-{SERVICE_ENV['REDIS_CLUSTER_PORT']}"
+    return [p for p in (_pid(where / str(port) / "redis.pid") for port in CLUSTER_PORTS) if p]
+
+
+def _pid(path: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         return int(path.read_text().strip())
     return None
+
+
+def redis_urls(args: argparse.Namespace, kind: str) -> list[str]:
+    """Where a kind's states live: the Redis, or each node of the Redis Cluster (the first one
+    is the URL its workers are given)."""
+    if kind == "streamer-cluster":
+        return [f"redis://127.0.0.1:{port}/0" for port in CLUSTER_PORTS]
+    return [str(args.redis_url)]
 
 
 @dataclass
@@ -93,6 +115,7 @@ class Worker:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        if self.proc.returncode is None:
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -103,6 +126,15 @@ class Worker:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
 
+def stop_all(workers: Sequence[Worker]) -> None:
+    """SIGTERM to all at once (no rebalance onto one that is about to go), then wait for each."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    for w in workers:
+        w.stop()
+
+
 @dataclass
 class Run:
     """One benchmark run: its services, model and scratch space."""
@@ -111,29 +143,56 @@ class Run:
     tmp: Path
     model_dir: Path
     run_id: str = field(default_factory=lambda: f"{int(time.time())}")
+    #: more environment for streamer's workers, over the settings the benchmark gives them
+    worker_env: dict[str, str] = field(default_factory=dict)
+    #: streamer's workers' log level (``info`` logs their partition assignments)
+    loglevel: str = "warning"
 
     @property
     def bootstrap(self) -> str:
         return str(self.args.bootstrap)
 
-    def start(self, kind: str, ns: str, src: str, out: str) -> Worker:
-        log = self.tmp / f"{ns}.log"
+    def start(
+        self,
+        kind: str,
+        ns: str,
+        src: str,
+        out: str,
+        name: str | None = None,
+        defaults: bool = False,
+    ) -> Worker:
+        """A worker of consumer group ``ns`` from ``src`` to ``out``, logging to ``{name}.log``.
+        ``defaults``: streamer's own settings but where to connect and what to serve (else the
+        benchmark's: a 6 s session, the batch, cache and thread options)."""
+        log = self.tmp / f"{name or ns}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-        if kind == "streamer":
+        if kind.startswith("streamer"):
+            kafka: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
+            tuned: dict[str, Any] = {}
+            if not defaults:
+                kafka["session_timeout_s"] = 6
+                tuned = {
+                    "batch": {"max_size": self.args.batch, "max_wait_s": self.args.batch_wait_s},
+                    "cache_max_mb": self.args.cache_mb,
+                    "torch_threads": self.args.torch_threads,
+                }
             settings = Settings(
                 app_id=ns,
                 model_name=ns,
                 model_path=self.model_dir,
                 device="cpu",
-                kafka={"bootstrap_servers": self.bootstrap, "session_timeout_s": 6},
-                redis={"url": self.args.redis_url},
+                kafka=kafka,
+                redis={
+                    "url": redis_urls(self.args, kind)[0],
+                    "cluster": kind == "streamer-cluster",
+                },
                 topics={"events": src, "predictions": out, "dead_letter": f"{ns}.dlq"},
-                batch={"max_size": self.args.batch, "max_wait_s": self.args.batch_wait_s},
-                cache_max_mb=self.args.cache_mb,
-                torch_threads=self.args.torch_threads,
+                metrics={"port": 0},  # any free port: several workers, or a demo's on 9108
+                **tuned,
             )
             env.update(to_env(settings))
-            cmd = [sys.executable, "-m", "streamer.cli", "worker", "-l", "warning"]
+            env.update(self.worker_env)
+            cmd = [sys.executable, "-m", "streamer.cli", "worker", "-l", self.loglevel]
         else:
             cmd = [
                 sys.executable,
@@ -200,6 +259,8 @@ class Reader:
             max_partition_fetch_bytes=4 * 2**20,
         )
         self.count = 0
+        #: messages per partition of the topic
+        self.by_partition: dict[int, int] = {}
         self.first_at: float | None = None
         #: produce-to-receive latency in ms of messages whose ``ds`` is at or after this
         self.latency_from_ns = latency_from_ns
@@ -214,15 +275,21 @@ class Reader:
         while True:
             got = await self.consumer.getmany(timeout_ms=50, max_records=20000)
             now_ns = time.time_ns()
-            for records in got.values():
+            for tp, records in got.items():
                 self.count += len(records)
+                n = self.by_partition.get(tp.partition, 0)
+                self.by_partition[tp.partition] = n + len(records)
                 if self.latency_from_ns is not None:
                     for r in records:
                         ds = int(orjson.loads(r.value)["ds"])
                         if ds >= self.latency_from_ns:
                             self.latencies_ms.append((now_ns - ds) / 1e6)
+                self.observe(records)
             if got and self.first_at is None:
                 self.first_at = time.monotonic()
+
+    def observe(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Called with every fetched run of messages of one partition: for subclasses."""
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -233,14 +300,21 @@ class Reader:
 
 
 async def wait_for(
-    cond: Callable[[], bool], timeout: float, worker: Worker, what: str, step: float = 0.05
+    cond: Callable[[], bool],
+    timeout: float,
+    worker: Worker | Sequence[Worker],
+    what: str,
+    step: float = 0.05,
 ) -> bool:
+    """Wait until ``cond()``; False after ``timeout`` seconds; raises if a worker exits."""
+    workers = [worker] if isinstance(worker, Worker) else list(worker)
     deadline = time.monotonic() + timeout
     while not cond():
-        if worker.proc.poll() is not None:
-            raise RuntimeError(f"{worker.kind} exited ({worker.proc.returncode}):\n{worker.tail()}")
+        for w in workers:
+            if w.proc.poll() is not None:
+                raise RuntimeError(f"{w.kind} exited ({w.proc.returncode}):\n{w.tail()}")
         if time.monotonic() > deadline:
-            print(f"  {worker.kind}: {what} not reached in {timeout:.0f} s", file=sys.stderr)
+            print(f"  {workers[0].kind}: {what} not reached in {timeout:.0f} s", file=sys.stderr)
             return False
         await asyncio.sleep(step)
     return True
@@ -249,65 +323,98 @@ async def wait_for(
 # ------------------------------------------------------------------------------ the phases --
 
 
-async def redis_memory(url: str) -> tuple[int, int]:
-    """(used_memory, keys) of the Redis server."""
-    r = aioredis.Redis.from_url(url)
-    try:
-        info = await r.info("memory")
-        return int(info["used_memory"]), int(await r.dbsize())
-    finally:
-        await r.aclose()
+async def redis_memory(*urls: str) -> tuple[int, int]:
+    """(used_memory, keys) of the Redis servers (summed over a cluster's nodes)."""
+    used = keys = 0
+    for url in urls:
+        r = aioredis.Redis.from_url(url)
+        try:
+            info = await r.info("memory")
+            used, keys = used + int(info["used_memory"]), keys + int(await r.dbsize())
+        finally:
+            await r.aclose()
+    return used, keys
 
 
-async def mean_value_size(url: str, sample: int = 500) -> float:
-    r = aioredis.Redis.from_url(url)
-    try:
-        sizes = []
-        for _ in range(sample):
-            key = await r.randomkey()
-            if key is not None:
-                sizes.append(await r.strlen(key))
-        return float(np.mean(sizes)) if sizes else 0.0
-    finally:
-        await r.aclose()
+async def mean_value_size(*urls: str, sample: int = 500) -> float:
+    sizes = []
+    for url in urls:
+        r = aioredis.Redis.from_url(url)
+        try:
+            for _ in range(sample // len(urls)):
+                key = await r.randomkey()
+                if key is not None:
+                    sizes.append(await r.strlen(key))
+        finally:
+            await r.aclose()
+    return float(np.mean(sizes)) if sizes else 0.0
 
 
-async def flush_redis(url: str) -> None:
-    r = aioredis.Redis.from_url(url)
-    try:
-        await r.flushall()
-    finally:
-        await r.aclose()
+async def flush_redis(*urls: str) -> None:
+    for url in urls:
+        r = aioredis.Redis.from_url(url)
+        try:
+            await r.flushall()
+        finally:
+            await r.aclose()
 
 
-async def throughput(run: Run, kind: str, src: str) -> dict[str, Any]:
-    """Events per second over the backlog in ``src`` (or until the time budget runs out)."""
+async def throughput(
+    run: Run,
+    kind: str,
+    src: str,
+    workers: int = 1,
+    settled: Callable[[list[Worker]], bool] | None = None,
+    tag: str = "",
+) -> dict[str, Any]:
+    """Events per second over the backlog in ``src`` (or until the time budget runs out), by
+    ``workers`` processes in one consumer group (``bench-{kind}{tag}-{run id}``). The measurement
+    starts past the first 2% of the outputs and, with ``settled``, once it holds of the workers
+    (their group has settled; asked again at the end: ``settled_to_end``). With several workers:
+    each one's CPU, and the outputs measured per partition."""
     args = run.args
-    ns = f"bench-{kind}-{run.run_id}"
+    ns = f"bench-{kind}{tag}-{run.run_id}"
     out = f"{ns}.out"
     await create_topics(run.bootstrap, [out, f"{ns}.dlq"], args.partitions)
-    await flush_redis(args.redis_url)
-    mem0, _ = await redis_memory(args.redis_url)
+    urls = redis_urls(args, kind)
+    await flush_redis(*urls)
+    mem0, _ = await redis_memory(*urls)
     reader = Reader(run.bootstrap, out)
     await reader.start()
-    worker = run.start(kind, ns, src, out)
-    pids = {"kafka": service_pid("kafka"), "redis": service_pid("redis")}
+    started: list[Worker] = []
+    pids = {"kafka": [service_pid("kafka")], "redis": [service_pid("redis")]}
+    if kind == "streamer-cluster":
+        pids["redis"] = list(cluster_pids())
+
+    def cpu() -> tuple[dict[str, float], list[float]]:
+        each = [cpu_seconds(w.proc.pid) for w in started]
+        total = {"worker": sum(each)}
+        total.update({k: sum(cpu_seconds(p) for p in ps if p) for k, ps in pids.items()})
+        return total, each
+
     try:
-        await wait_for(lambda: reader.count > 0, 120, worker, "first output")
+        for i in range(workers):
+            started.append(run.start(kind, ns, src, out, name=f"{ns}-{i}" if workers > 1 else None))
+        await wait_for(lambda: reader.count > 0, 120, started, "first output")
         # Measure from the first 2% on: past the group join and the first batches.
         warm = max(1, args.events // 50)
-        await wait_for(lambda: reader.count >= warm, args.budget_s, worker, "warm-up")
-        t0, n0 = time.monotonic(), reader.count
-        spy = start_profile(run, worker) if kind == "streamer" and args.profile else None
-        cpu0 = {"worker": cpu_seconds(worker.proc.pid)}
-        cpu0.update({k: cpu_seconds(p) for k, p in pids.items() if p})
-        await wait_for(lambda: reader.count >= args.events, args.budget_s, worker, "all outputs")
-        t1, n1 = time.monotonic(), reader.count
-        cpu1 = {"worker": cpu_seconds(worker.proc.pid)}
-        cpu1.update({k: cpu_seconds(p) for k, p in pids.items() if p})
+        await wait_for(
+            lambda: reader.count >= warm and (settled is None or settled(started)),
+            args.budget_s,
+            started,
+            "warm-up",
+        )
+        t0, n0, by0 = time.monotonic(), reader.count, dict(reader.by_partition)
+        profiled = kind.startswith("streamer") and getattr(args, "profile", False)
+        spy = start_profile(run, started[0]) if profiled else None
+        cpu0, each0 = cpu()
+        await wait_for(lambda: reader.count >= args.events, args.budget_s, started, "all outputs")
+        t1, n1, by1 = time.monotonic(), reader.count, dict(reader.by_partition)
+        cpu1, each1 = cpu()
+        still = settled(started) if settled is not None else None
         profile = stop_profile(spy) if spy is not None else None
     finally:
-        worker.stop()
+        stop_all(started)
         await reader.stop()
     n = n1 - n0
     result: dict[str, Any] = {
@@ -319,11 +426,16 @@ async def throughput(run: Run, kind: str, src: str) -> dict[str, Any]:
             k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0 if k in cpu1 and n
         },
     }
+    if still is not None:
+        result["settled_to_end"] = still
+    if workers > 1:
+        result["worker_cpu_seconds"] = [round(b - a, 2) for a, b in zip(each0, each1, strict=True)]
+        result["events_by_partition"] = {p: by1[p] - by0.get(p, 0) for p in sorted(by1)}
     if profile is not None:
         result["profile"] = profile
-    if kind in ("streamer", "naive"):
-        mem1, keys = await redis_memory(args.redis_url)
-        payload = await mean_value_size(args.redis_url)
+    if kind in ("streamer", "streamer-cluster", "naive"):
+        mem1, keys = await redis_memory(*urls)
+        payload = await mean_value_size(*urls)
         result["redis"] = {
             "entities": keys,
             "bytes_per_entity": round((mem1 - mem0) / max(keys, 1), 1),
@@ -375,6 +487,35 @@ def stop_profile(spy: tuple[subprocess.Popen[bytes], Path], top: int = 20) -> di
     }
 
 
+async def offer(
+    producer: AIOKafkaProducer,
+    topic: str,
+    rate: float,
+    entities: int,
+    rng: random.Random,
+    done: Callable[[float], bool],
+    tick: float = 0.005,
+) -> tuple[int, float]:
+    """Send events of random entities to ``topic`` at ``rate`` per second until ``done(seconds
+    elapsed)``; once all are acknowledged, the number sent and the rate achieved."""
+    sent, t_start = 0, time.monotonic()
+    pending: list[asyncio.Future[Any]] = []
+    while not done(elapsed := time.monotonic() - t_start):
+        due = int(elapsed * rate) - sent
+        if due > 0:
+            batch = [event(rng.randrange(entities), rng.gauss(100, 10)) for _ in range(due)]
+            pending += await send_keyed(producer, topic, batch)
+            sent += due
+        if len(pending) > 10_000:  # a long run: keep only the deliveries still open
+            for f in pending:
+                if f.done():
+                    f.result()  # a failed delivery fails here
+            pending = [f for f in pending if not f.done()]
+        await asyncio.sleep(tick)
+    await asyncio.gather(*pending)
+    return sent, sent / (time.monotonic() - t_start)
+
+
 async def latency(run: Run, kind: str, rate: float) -> dict[str, Any]:
     """Produce-to-prediction latency at ``rate`` events per second, after a warm-up."""
     args = run.args
@@ -393,19 +534,9 @@ async def latency(run: Run, kind: str, rate: float) -> dict[str, Any]:
         await wait_for(lambda: reader.count >= len(warm), 120, worker, "warm-up outputs")
         start_ns = time.time_ns()
         reader.latency_from_ns = start_ns
-        sent, t_start, tick = 0, time.monotonic(), 0.005
-        pending: list[asyncio.Future[Any]] = []
-        while (elapsed := time.monotonic() - t_start) < args.latency_s:
-            due = int(elapsed * rate) - sent
-            if due > 0:
-                batch = [
-                    event(rng.randrange(args.entities), rng.gauss(100, 10)) for _ in range(due)
-                ]
-                pending += await send_keyed(producer, src, batch)
-                sent += due
-            await asyncio.sleep(tick)
-        await asyncio.gather(*pending)
-        achieved = sent / (time.monotonic() - t_start)
+        sent, achieved = await offer(
+            producer, src, rate, args.entities, rng, lambda elapsed: elapsed >= args.latency_s
+        )
         await wait_for(
             lambda: len(reader.latencies_ms) >= sent, args.drain_s, worker, "all latency outputs"
         )
@@ -507,46 +638,58 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+def new_run(args: argparse.Namespace, tmp: Path) -> Run:
+    """A run in scratch directory ``tmp``, with the benchmark's model (H=64, 2 layers) saved."""
     torch.manual_seed(0)
+    model_dir = tmp / "model"
+    save_artifact(SequenceModel(ModelSpec(hidden_size=64, num_layers=2, horizon=1)), model_dir)
+    return Run(args, tmp, model_dir)
+
+
+async def backlog(run: Run) -> str:
+    """A new topic holding ``--events`` events of ``--entities`` entities; its name."""
+    args = run.args
+    src = f"bench-events-{run.run_id}"
+    await create_topics(run.bootstrap, [src], args.partitions)
+    order = np.random.default_rng(0).permutation(np.resize(np.arange(args.entities), args.events))
+    ys = np.random.default_rng(1).normal(100, 10, args.events)
+    producer = await new_producer(run.bootstrap)
+    t = time.monotonic()
+    events = [event(int(e), float(y)) for e, y in zip(order, ys, strict=True)]
+    await asyncio.gather(*await send_keyed(producer, src, events))
+    await producer.stop()
+    print(
+        f"produced {args.events:,} events of {args.entities:,} entities "
+        f"in {time.monotonic() - t:.1f} s",
+        file=sys.stderr,
+    )
+    return src
+
+
+def config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's parameters, as the JSON document reports them."""
+    return {
+        "events": args.events,
+        "entities": args.entities,
+        "partitions": args.partitions,
+        "model": {"cell": "lstm", "hidden_size": 64, "layers": 2, "horizon": 1},
+        "state_dtype": "float32",
+        "batch_max_size": args.batch,
+        "batch_max_wait_s": args.batch_wait_s,
+        "cache_max_mb": args.cache_mb,
+        "torch_threads": args.torch_threads,
+        "budget_s": args.budget_s,
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        model_dir = tmp / "model"
-        save_artifact(SequenceModel(ModelSpec(hidden_size=64, num_layers=2, horizon=1)), model_dir)
-        run = Run(args, tmp, model_dir)
+        run = new_run(args, Path(tmp_name))
         kinds = [k for k in KINDS if k in args.kinds]
-
-        src = f"bench-events-{run.run_id}"
-        await create_topics(run.bootstrap, [src], args.partitions)
-        order = np.random.default_rng(0).permutation(
-            np.resize(np.arange(args.entities), args.events)
-        )
-        ys = np.random.default_rng(1).normal(100, 10, args.events)
-        producer = await new_producer(run.bootstrap)
-        t = time.monotonic()
-        events = [event(int(e), float(y)) for e, y in zip(order, ys, strict=True)]
-        await asyncio.gather(*await send_keyed(producer, src, events))
-        await producer.stop()
-        print(
-            f"produced {args.events:,} events of {args.entities:,} entities "
-            f"in {time.monotonic() - t:.1f} s",
-            file=sys.stderr,
-        )
-
+        src = await backlog(run)
         doc: dict[str, Any] = {
             "benchmark": "throughput",
-            "config": {
-                "events": args.events,
-                "entities": args.entities,
-                "partitions": args.partitions,
-                "model": {"cell": "lstm", "hidden_size": 64, "layers": 2, "horizon": 1},
-                "state_dtype": "float32",
-                "batch_max_size": args.batch,
-                "batch_max_wait_s": args.batch_wait_s,
-                "cache_max_mb": args.cache_mb,
-                "torch_threads": args.torch_threads,
-                "budget_s": args.budget_s,
-            },
+            "config": config(args),
             "throughput": {},
             "latency": {},
         }
@@ -579,6 +722,11 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
             "value": round(s / eps["faust-pass"], 2),
             "target": "> 1",
         }
+    if s and "streamer-cluster" in eps:
+        out["redis_cluster_over_single_redis"] = {
+            "value": round(eps["streamer-cluster"] / s, 2),
+            "target": "none (3 masters on this machine's 2 cores)",
+        }
     if s and "raw-pass" in eps:
         out["streamer_over_raw_pass"] = {"value": round(s / eps["raw-pass"], 2), "target": ">= 0.5"}
     p99 = doc["latency"].get("streamer", {}).get("latency_ms", {}).get("p99")
@@ -592,8 +740,8 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_options(ap: argparse.ArgumentParser, budget_s: float = 40.0) -> None:
+    """The options of every benchmark on this module's runs: services, backlog, worker tuning."""
     ap.add_argument("--bootstrap", help="use this Kafka instead of starting one")
     ap.add_argument("--redis-url", help="use this Redis (it is flushed!) instead of starting one")
     ap.add_argument("--events", type=int, default=300_000)
@@ -605,14 +753,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache-mb", type=float, default=Settings().cache_max_mb, help="streamer's cache_max_mb"
     )
     ap.add_argument("--torch-threads", type=int, default=1, help="streamer's torch_threads")
-    ap.add_argument("--budget-s", type=float, default=40.0, help="most seconds per throughput run")
+    ap.add_argument(
+        "--budget-s", type=float, default=budget_s, help="most seconds per throughput run"
+    )
+    ap.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_options(ap)
     ap.add_argument("--latency-s", type=float, default=10.0, help="seconds of offered load")
     ap.add_argument("--drain-s", type=float, default=15.0, help="wait for late outputs")
     ap.add_argument("--rate", type=float, help="offered rate (default: half of streamer's max)")
     ap.add_argument("--memory-entities", type=int, default=1_000_000)
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"subset of {','.join(KINDS)}")
     ap.add_argument("--profile", action="store_true", help="sample streamer's worker with py-spy")
-    ap.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")
     args = ap.parse_args(argv)
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = set(args.kinds) - set(KINDS)
@@ -621,32 +776,49 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def services(action: str) -> None:
+def services(action: str, what: str = "all") -> None:
     subprocess.run(
-        ["bash", str(SERVICES), action],
+        ["bash", str(SERVICES), action, what],
         env={**os.environ, **SERVICE_ENV},
         check=True,
         stdout=sys.stderr,
     )
 
 
-if __name__ == "__main__":
-    # Fresh topics have no leader for a moment: the clients retry and say so, noisily.
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    args = parse()
+@contextlib.contextmanager
+def bench_services(args: argparse.Namespace) -> Iterator[None]:
+    """The benchmark's own Kafka and Redis (ports 29092, 26379) unless ``--bootstrap`` and
+    ``--redis-url`` name others, whose addresses it sets in ``args``; stopped at the end unless
+    ``--keep-services``."""
     own = not (args.bootstrap and args.redis_url)
     if own:
         services("up")
         args.bootstrap = f"127.0.0.1:{SERVICE_ENV['KAFKA_PORT']}"
         args.redis_url = f"redis://127.0.0.1:{SERVICE_ENV['REDIS_PORT']}/0"
+    if "streamer-cluster" in getattr(args, "kinds", ()):
+        services("up", "redis-cluster")  # always the benchmark's own, on 27000-27002
     try:
-        doc = asyncio.run(main(args))
+        yield
     finally:
         if own and not args.keep_services:
             services("down")
+
+
+def save(doc: dict[str, Any], stem: str) -> str:
+    """The document as JSON, also written to ``build/bench/{stem}-{time}.json``."""
     out_dir = ROOT / "build" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=2)
-    (out_dir / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text + "\n")
+    (out_dir / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    # Fresh topics have no leader for a moment: the clients retry and say so, noisily.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    args = parse()
+    with bench_services(args):
+        doc = asyncio.run(main(args))
+    text = save(doc, "throughput")
     print(table(doc), file=sys.stderr)
     print(text)
