@@ -380,8 +380,8 @@ class RedisClusterStateStore(RedisStateStore):
     split by slot, one ``MGET`` or compare-and-set per slot (the set stays atomic per key, as it
     is per key on one Redis), and every node gets its slots' commands as one pipeline, all nodes at
     once: one round trip per batch whatever the number of nodes. The slot map is redis-py's
-    cluster client's; a reply that moves a key (a resharding, a failover) is sent again through
-    that client, which follows the redirection and updates the map for the next batch.
+    cluster client's; a command that a node sends elsewhere (MOVED after a resharding or a
+    failover, ASK during a migration) is sent there in a next round (:meth:`_send`).
     """
 
     def __init__(self, client: RedisCluster, model: str, ttl_s: int = 0):

@@ -125,19 +125,22 @@ def _services(*args: str) -> None:
     )
 
 
-async def test_redis_restart_mid_stream_loses_nothing(
-    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
-) -> None:
-    df, settings = await stream_panel(services, ns, 150, seed=23)
+async def redis_outage_mid_stream(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, port: str, service: str
+) -> str:
+    """Stream a panel through a worker, shut the Redis on ``port`` down a third of the way in
+    (SHUTDOWN SAVE writes its data to disk), check that predictions stall, start ``service`` again
+    (which loads the data), and check that nothing was lost or doubled. The worker's metrics as
+    scraped during the outage."""
+    df, settings = await stream_panel(services, ns, 150, seed=int(port) % 97)
     env = worker_env(services, ns, model_dir, **FAST)
     async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
         w = WorkerProcess(env, tmp_path / "w.log")
         try:
             await out.read_until(len(df) // 3, timeout=120, proc=w)
-            metrics_url = (await announced(ns, services["redis_url"])).metrics_url
+            cluster = services.get("redis_cluster") == "1"
+            metrics_url = (await announced(ns, services["redis_url"], cluster=cluster)).metrics_url
             assert metrics_url is not None
-            port = services["redis_url"].rsplit(":", 1)[1].split("/")[0]
-            # SHUTDOWN SAVE writes the data to disk; `up` starts Redis again, which loads it.
             subprocess.run(
                 ["redis-cli", "-p", port, "shutdown", "save"], capture_output=True, timeout=30
             )
@@ -146,19 +149,27 @@ async def test_redis_restart_mid_stream_loses_nothing(
                 await asyncio.sleep(5)
                 await out.drain(quiet_s=0.5)
                 assert len(out.records) - stalled < 200, "predictions went on without Redis"
-                # The retries show in the metrics while the outage lasts, and so does the lag.
                 during = await asyncio.to_thread(scrape, metrics_url)
             finally:
-                await asyncio.to_thread(_services, "up", "redis")  # whatever failed above
+                await asyncio.to_thread(_services, "up", service)  # whatever failed above
             while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
                 await out.read_until(len(out.records) + 1, timeout=120, proc=w)
             await out.drain(quiet_s=2)
         finally:
             assert w.stop() == 0, w.tail()
         assert "state store unavailable" in w.log.read_text()
-        assert value(during, "streamer_redis_retries_total") > 0
-        assert sum(labelled(during, "streamer_consumer_lag").values()) > 0, during
         await verify(services, ns, model_dir, df, out.records, exactly_once=False)
+    return during
+
+
+async def test_redis_restart_mid_stream_loses_nothing(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    port = services["redis_url"].rsplit(":", 1)[1].split("/")[0]
+    during = await redis_outage_mid_stream(services, ns, model_dir, tmp_path, port, "redis")
+    # The retries show in the metrics while the outage lasts, and so does the lag.
+    assert value(during, "streamer_redis_retries_total") > 0
+    assert sum(labelled(during, "streamer_consumer_lag").values()) > 0, during
 
 
 async def test_a_redis_cluster_node_restart_mid_stream_loses_nothing(
@@ -167,31 +178,11 @@ async def test_a_redis_cluster_node_restart_mid_stream_loses_nothing(
     """One of the cluster's three primaries goes away mid-stream: batches wait (every batch has
     keys on it), then the node comes back with its slots and data and the worker goes on, from
     the cluster's new map, losing and doubling nothing."""
-    services = redis_cluster
-    df, settings = await stream_panel(services, ns, 150, seed=25)
-    env = worker_env(services, ns, model_dir, **FAST)
-    port = services["cluster_ports"].split(",")[1]
-    async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
-        w = WorkerProcess(env, tmp_path / "w.log")
-        try:
-            await out.read_until(len(df) // 3, timeout=120, proc=w)
-            subprocess.run(
-                ["redis-cli", "-p", port, "shutdown", "save"], capture_output=True, timeout=30
-            )
-            try:
-                stalled = len(out.records)
-                await asyncio.sleep(5)
-                await out.drain(quiet_s=0.5)
-                assert len(out.records) - stalled < 200, "predictions went on without a node"
-            finally:
-                await asyncio.to_thread(_services, "up", "redis-cluster")  # whatever failed
-            while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(df):
-                await out.read_until(len(out.records) + 1, timeout=120, proc=w)
-            await out.drain(quiet_s=2)
-        finally:
-            assert w.stop() == 0, w.tail()
-        assert "state store unavailable" in w.log.read_text()
-        await verify(services, ns, model_dir, df, out.records, exactly_once=False)
+    port = redis_cluster["cluster_ports"].split(",")[1]
+    during = await redis_outage_mid_stream(
+        redis_cluster, ns, model_dir, tmp_path, port, "redis-cluster"
+    )
+    assert value(during, "streamer_redis_retries_total") > 0
 
 
 async def test_kafka_broker_restart_mid_stream_loses_nothing(

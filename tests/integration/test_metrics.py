@@ -43,13 +43,16 @@ def labelled(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], f
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
-def redis_at(url: str) -> Redis:
-    return redis_client(Settings.model_validate({"redis": {"url": url}}))
+def redis_at(url: str, cluster: bool = False) -> Redis:
+    return redis_client(Settings.model_validate({"redis": {"url": url, "cluster": cluster}}))
 
 
-async def announced(app_id: str, redis_url: str, timeout: float = 30) -> WorkerInfo:
-    """The worker of ``app_id``, once it announced itself in Redis with its metrics URL."""
-    client = redis_at(redis_url)
+async def announced(
+    app_id: str, redis_url: str, timeout: float = 30, *, cluster: bool = False
+) -> WorkerInfo:
+    """The worker of ``app_id``, once it announced itself in Redis (or a Redis Cluster) with its
+    metrics URL."""
+    client = redis_at(redis_url, cluster)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -46,6 +46,7 @@ from streamer.schemas import Prediction
 from streamer.settings import Settings
 from tests.conftest import make_panel
 from tests.integration.test_faults import verify
+from tests.integration.test_worker import settings_for as worker_settings
 from tests.integration.workers import TopicReader, WorkerProcess, worker_env
 from tests.reference import check_predictions, expected_by_entity
 
@@ -62,18 +63,7 @@ _OWNERSHIP = re.compile(
 
 
 def settings_for(services: dict[str, str], ns: str) -> Settings:
-    return Settings.model_validate(
-        {
-            "kafka": {"bootstrap_servers": services["bootstrap"]},
-            "topics": {
-                "events": f"{ns}.events",
-                "predictions": f"{ns}.predictions",
-                "windows": f"{ns}.windows",
-                "dead_letter": f"{ns}.dlq",
-                "partitions": PARTITIONS,
-            },
-        }
-    )
+    return worker_settings(services, ns, partitions=PARTITIONS)
 
 
 def env_for(services: dict[str, str], ns: str, model_dir: Path, session_s: float) -> dict[str, str]:

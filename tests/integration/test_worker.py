@@ -45,14 +45,17 @@ BAD = [
 ]
 
 
-def settings_for(services: dict[str, str], ns: str) -> Settings:
+def settings_for(services: dict[str, str], ns: str, partitions: int = 4) -> Settings:
+    """The settings of a test's topics (namespace ``ns``) on the test broker."""
     return Settings.model_validate(
         {
             "kafka": {"bootstrap_servers": services["bootstrap"]},
             "topics": {
                 "events": f"{ns}.events",
                 "predictions": f"{ns}.predictions",
+                "windows": f"{ns}.windows",
                 "dead_letter": f"{ns}.dlq",
+                "partitions": partitions,
             },
         }
     )
