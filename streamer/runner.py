@@ -225,9 +225,10 @@ class Runner:
             for p, offset in sorted(first.items()):
                 tp = TopicPartition(topic, p)
                 if tp in owned:
-                    # (aiokafka's seek_to_committed leaves a partition committed at 0 or never)
-                    committed = await self._consumer.committed(tp)
-                    self._consumer.seek(tp, offset if committed is None else committed)
+                    # The committed offset as read at the assignment (or since committed here);
+                    # with none, the dropped batch's first offset. (aiokafka's seek_to_committed
+                    # asks the broker, and leaves a partition committed at 0 or never alone.)
+                    self._consumer.seek(tp, self._committed.get(p, offset))
                     back.append(p)
             if back:
                 log.info(
