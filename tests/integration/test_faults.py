@@ -145,10 +145,13 @@ async def redis_outage_mid_stream(
                 ["redis-cli", "-p", port, "shutdown", "save"], capture_output=True, timeout=30
             )
             try:
+                # What was produced before the shutdown (the reader lags the worker), and the
+                # batches already saved, still arrive; then nothing while Redis is away.
+                await out.drain(quiet_s=1.0)
                 stalled = len(out.records)
                 await asyncio.sleep(5)
                 await out.drain(quiet_s=0.5)
-                assert len(out.records) - stalled < 200, "predictions went on without Redis"
+                assert len(out.records) - stalled < 100, "predictions went on without Redis"
                 during = await asyncio.to_thread(scrape, metrics_url)
             finally:
                 await asyncio.to_thread(_services, "up", service)  # whatever failed above
