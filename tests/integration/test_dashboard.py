@@ -23,7 +23,6 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
 
 from streamer.data import event_rows
 from streamer.kafka import ensure_topics, replay_events
@@ -198,9 +197,14 @@ async def test_the_page_draws_the_replayed_entity_and_the_workers_throughput(
         assert state["future"] == pytest.approx(list(preds[-1].forecast), rel=1e-6)
         # The per-second metrics saw the replay, and the worker is listed as scraped.
         assert state["eventsPerSecondMax"] > 0 and state["predictionsPerSecondMax"] > 0
-        rows_html = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr[data-ok='true']")
-        assert len(rows_html) == 1 and "ok" in rows_html[0].text
-        assert browser.find_element(By.ID, "conn").text == "live"
+        # (read in one script: the table is drawn again every second, and an element found
+        # before a redraw is gone by the time its text is asked for)
+        rows_text, conn = browser.execute_script(
+            "return [[...document.querySelectorAll(\"#workers tbody tr[data-ok='true']\")]"
+            ".map(r => r.innerText), document.getElementById('conn').innerText]"
+        )
+        assert len(rows_text) == 1 and "ok" in rows_text[0], rows_text
+        assert conn == "live"
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
 
