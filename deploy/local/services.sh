@@ -47,6 +47,16 @@ die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Run a check every 0.25 s until it passes (status 0) or WAIT_S seconds are over (status 1).
+wait_for() {
+    local i
+    for ((i = 0; i < WAIT_S * 4; i++)); do
+        "$@" && return 0
+        sleep 0.25
+    done
+    return 1
+}
+
 # A pid file names a live process that is still the service (not a reused pid after a reboot).
 pid_alive() {
     [[ -f "$1" ]] || return 1
@@ -193,11 +203,7 @@ redis_up() {
     [[ -n "${REDIS_PASSWORD:-}" ]] && args+=(--requirepass "$REDIS_PASSWORD")
     log "starting redis on 127.0.0.1:$REDIS_PORT (logs: $REDIS_DIR)"
     "$(redis_bin)" "${args[@]}" 9>&-  # the daemon must not inherit the lock
-    local i
-    for ((i = 0; i < WAIT_S * 4; i++)); do
-        redis_ping && { log "redis up on 127.0.0.1:$REDIS_PORT"; return 0; }
-        sleep 0.25
-    done
+    wait_for redis_ping && { log "redis up on 127.0.0.1:$REDIS_PORT"; return 0; }
     die "redis did not answer on 127.0.0.1:$REDIS_PORT within ${WAIT_S}s (see $REDIS_DIR/redis.log)"
 }
 
@@ -206,6 +212,8 @@ redis_down() {
 }
 
 # -------------------------------------------------------------------------------- Redis Cluster --
+
+node_ping() { [[ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" == PONG ]]; }
 
 cluster_ok() {
     local p
@@ -217,7 +225,7 @@ cluster_ok() {
 cluster_up() {
     if cluster_ok; then log "redis cluster already up on 127.0.0.1:${CLUSTER_PORTS[*]}"; return 0; fi
     [[ -x "$(redis_bin)" ]] || { log "installing redis-server from Debian"; apt_install redis-server; }
-    local p i
+    local p
     for p in "${CLUSTER_PORTS[@]}"; do
         if pid_alive "$CLUSTER_DIR/$p/redis.pid"; then continue; fi
         port_open "$p" && die "port $p is taken by another process (set REDIS_CLUSTER_PORT)"
@@ -231,10 +239,7 @@ cluster_up() {
             --maxmemory-policy noeviction 9>&-
     done
     for p in "${CLUSTER_PORTS[@]}"; do
-        for ((i = 0; i < WAIT_S * 4; i++)); do
-            [[ "$(redis-cli -h 127.0.0.1 -p "$p" ping 2>/dev/null)" == PONG ]] && break
-            sleep 0.25
-        done
+        wait_for node_ping "$p" || die "redis cluster node $p did not answer within ${WAIT_S}s (see $CLUSTER_DIR/$p/redis.log)"
     done
     if ! redis-cli -h 127.0.0.1 -p "${CLUSTER_PORTS[0]}" cluster info | grep -q '^cluster_slots_assigned:16384'; then
         log "creating a redis cluster of 3 masters on 127.0.0.1:${CLUSTER_PORTS[*]} (logs: $CLUSTER_DIR)"
@@ -242,10 +247,7 @@ cluster_up() {
             --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 \
             || die "redis-cli --cluster create failed (see $CLUSTER_DIR/create.log)"
     fi
-    for ((i = 0; i < WAIT_S * 4; i++)); do
-        cluster_ok && { log "redis cluster up on 127.0.0.1:${CLUSTER_PORTS[*]}"; return 0; }
-        sleep 0.25
-    done
+    wait_for cluster_ok && { log "redis cluster up on 127.0.0.1:${CLUSTER_PORTS[*]}"; return 0; }
     die "the redis cluster on 127.0.0.1:${CLUSTER_PORTS[*]} is not ok within ${WAIT_S}s (see $CLUSTER_DIR)"
 }
 

@@ -186,29 +186,24 @@ def promtool() -> str:
     return found
 
 
-def test_promtool_accepts_the_rules_and_the_configuration(tmp_path: Path) -> None:
-    tool = promtool()
+def check(what: str, path: Path) -> str:
+    """``promtool check WHAT PATH``, which must pass; its output."""
     r = subprocess.run(
-        [tool, "check", "rules", str(PROMETHEUS / "alerts.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [promtool(), "check", what, str(path)], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def test_promtool_accepts_the_rules_and_the_configuration(tmp_path: Path) -> None:
+    check("rules", PROMETHEUS / "alerts.yml")
     cfg = load_yaml(PROMETHEUS / "prometheus.yml")
     for job in cfg["scrape_configs"]:
         if job.pop("kubernetes_sd_configs", None) is not None:  # not built into Debian's promtool
             job["static_configs"] = [{"targets": ["10.0.0.7:8080"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
-    r = subprocess.run(
-        [tool, "check", "config", str(tmp_path / "prometheus.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 1 rule files found" in r.stdout + r.stderr
+    assert "SUCCESS: 1 rule files found" in check("config", tmp_path / "prometheus.yml")
 
 
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
@@ -222,23 +217,9 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     (tmp_path / "queries.yml").write_text(
         yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]})
     )
-    r = subprocess.run(
-        [promtool(), "check", "rules", str(tmp_path / "queries.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"SUCCESS: {len(exprs)} rules found" in r.stdout
+    assert f"SUCCESS: {len(exprs)} rules found" in check("rules", tmp_path / "queries.yml")
 
 
 def test_promtool_accepts_the_compose_configuration() -> None:
     """deploy/prometheus/compose.yml (Prometheus inside deploy/compose.yaml) as it is."""
-    r = subprocess.run(
-        [promtool(), "check", "config", str(PROMETHEUS / "compose.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 1 rule files found" in r.stdout + r.stderr
+    assert "SUCCESS: 1 rule files found" in check("config", PROMETHEUS / "compose.yml")
