@@ -49,7 +49,7 @@ from streamer.predictor import resolve_device
 from streamer.presence import WorkerInfo, live_workers
 from streamer.registry import Registry
 from streamer.settings import Settings
-from streamer.state import redis_client, state_key
+from streamer.state import RedisStateStore, redis_client
 
 __all__ = ["Check", "diagnose", "run_doctor"]
 
@@ -701,25 +701,15 @@ def _model(spec: ModelSpec, version: str, source: str) -> _Model:
 
 async def _check_states(client: aioredis.Redis, settings: Settings, model: _Model) -> Check:
     """Decode a sample of the model name's stored states (SCAN, never KEYS)."""
-    prefix = state_key(settings.model_name, "")
-    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
-    keys: list[bytes] = []
+    store = RedisStateStore.around(client, settings.model_name)  # the client is closed later
+    entities: list[str] = []
     cursor, calls = 0, 0
-    if isinstance(client, RedisCluster):  # every primary in turn; keys of many slots
-        async for key in client.scan_iter(match=pattern, count=1000):
-            keys.append(key)
-            if len(keys) > SAMPLE_KEYS:
-                break
-        more = len(keys) > SAMPLE_KEYS
-        raws = await client.mget_nonatomic(keys[:SAMPLE_KEYS]) if keys else []
-    else:
-        while len(keys) < SAMPLE_KEYS and calls < _SCAN_CALLS:
-            cursor, page = await client.scan(cursor, match=pattern, count=1000)
-            keys, calls = keys + [k for k in page if isinstance(k, bytes)], calls + 1
-            if cursor == 0:
-                break
-        more = cursor != 0 or len(keys) > SAMPLE_KEYS
-        raws = await client.mget(keys[:SAMPLE_KEYS]) if keys else []
+    async for page_cursor, page in store.scan("*"):
+        entities, calls, cursor = entities + page, calls + 1, page_cursor
+        if len(entities) >= SAMPLE_KEYS or calls >= _SCAN_CALLS:
+            break
+    more = cursor != 0 or len(entities) > SAMPLE_KEYS
+    raws = await store.get_many(entities[:SAMPLE_KEYS]) if entities else []
     records: list[tuple[str, tuple[int, int, int]] | None] = []
     for raw in raws:
         if not isinstance(raw, bytes):  # expired since, or not a string

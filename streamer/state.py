@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from binascii import crc_hqx
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
@@ -357,6 +358,29 @@ class RedisStateStore:
                 await conn.disconnect()  # a reply may still be on its way: never reuse the stream
                 raise
 
+    @classmethod
+    def around(cls, client: Any, model: str, ttl_s: int = 0) -> RedisStateStore:
+        """The store of ``model`` on a client made elsewhere (of one Redis, or of a cluster)."""
+        kind = RedisClusterStateStore if isinstance(client, RedisCluster) else RedisStateStore
+        return kind(client, model, ttl_s)
+
+    def _match(self, pattern: str) -> str:
+        """The SCAN pattern of the entities matching ``pattern`` (the model name is literal)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", state_key(self._model, "")) + pattern
+
+    async def scan(
+        self, pattern: str, cursor: int = 0, count: int = 1000
+    ) -> AsyncIterator[tuple[int, list[str]]]:
+        """Pages of entity ids whose key matches ``streamer:{model}:{pattern}``, with the cursor
+        that continues after each page (0 after the last): SCAN, never KEYS. SCAN may yield a key
+        twice if Redis resizes its table meanwhile."""
+        match, skip = self._match(pattern), len(self._prefix)
+        while True:
+            cursor, keys = await self._redis.scan(cursor, match=match, count=count)
+            yield cursor, [_text(k)[skip:] for k in keys]
+            if cursor == 0:
+                return
+
     async def get(self, entity: str) -> StateRecord | None:
         (raw,) = await self.get_many([entity])
         return None if raw is None else decode(raw)
@@ -568,6 +592,28 @@ class RedisClusterStateStore(RedisStateStore):
             await conn.disconnect()  # a reply may still be on its way: never reuse the stream
             raise
 
+    async def scan(
+        self, pattern: str, cursor: int = 0, count: int = 1000
+    ) -> AsyncIterator[tuple[int, list[str]]]:
+        """Each primary scanned in turn (in order of name); the cursor is the node's SCAN cursor
+        times the number of primaries plus the node's position."""
+        cluster: RedisCluster = self._redis
+        await cluster.initialize()
+        nodes = sorted(cluster.get_primaries(), key=lambda n: n.name)
+        match, skip = self._match(pattern), len(self._prefix)
+        at, cursor = cursor % len(nodes), cursor // len(nodes)
+        while at < len(nodes):
+            cursor, keys = await nodes[at].execute_command(
+                "SCAN", cursor, "MATCH", match, "COUNT", count
+            )
+            cursor = int(cursor)
+            if cursor == 0:
+                at += 1
+            following = 0 if at == len(nodes) else cursor * len(nodes) + at
+            yield following, [_text(k)[skip:] for k in keys]
+            if following == 0:
+                return
+
     async def _drop(self, lane: str) -> None:
         held = self._nodes[lane]
         while held:
@@ -579,6 +625,10 @@ class RedisClusterStateStore(RedisStateStore):
         for lane in self._nodes:
             await self._drop(lane)
         await self._redis.aclose()
+
+
+def _text(b: bytes | str) -> str:
+    return b.decode() if isinstance(b, bytes) else b
 
 
 def _by_slot(keys: Sequence[bytes]) -> list[tuple[int, list[int]]]:

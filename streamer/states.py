@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -97,40 +96,6 @@ async def _store(settings: Settings) -> AsyncIterator[RedisStateStore]:
     finally:
         with contextlib.suppress(RedisError, RedisClusterException, OSError):
             await store.aclose()
-
-
-async def _scan(
-    store: RedisStateStore, pattern: str, cursor: int = 0, count: int = PAGE
-) -> AsyncIterator[tuple[int, list[str]]]:
-    """Pages of entity ids whose key matches ``streamer:{model}:{pattern}``, with the cursor that
-    continues after each page (0 after the last). SCAN may yield a key twice if Redis resizes its
-    table meanwhile.
-
-    In a Redis Cluster each primary is scanned in turn (by name); the cursor is then the node's
-    SCAN cursor times the number of primaries plus the node's position."""
-    prefix = store.key("")
-    match = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + pattern  # the model name is literal
-    if not isinstance(store, RedisClusterStateStore):
-        while True:
-            cursor, keys = await store.redis.scan(cursor, match=match, count=count)
-            yield cursor, [_text(k)[len(prefix) :] for k in keys]
-            if cursor == 0:
-                return
-    cluster: RedisCluster = store.redis
-    await cluster.initialize()
-    nodes = sorted(cluster.get_primaries(), key=lambda n: n.name)
-    at, cursor = cursor % len(nodes), cursor // len(nodes)
-    while at < len(nodes):
-        cursor, keys = await nodes[at].execute_command(
-            "SCAN", cursor, "MATCH", match, "COUNT", count
-        )
-        cursor = int(cursor)
-        if cursor == 0:
-            at += 1
-        following = 0 if at == len(nodes) else cursor * len(nodes) + at
-        yield following, [_text(k)[len(prefix) :] for k in keys]
-        if following == 0:
-            return
 
 
 async def _server(store: RedisStateStore) -> tuple[int, dict[str, Any]]:
@@ -218,7 +183,7 @@ async def list_states(
     now = time.time() * 1000
     next_cursor = 0
     async with _store(settings) as store:
-        async for page_cursor, entities in _scan(store, pattern, cursor, min(limit, PAGE)):
+        async for page_cursor, entities in store.scan(pattern, cursor, min(limit, PAGE)):
             next_cursor = page_cursor
             raws = await store.get_many(entities) if entities else []
             for entity, raw in zip(entities, raws, strict=True):
@@ -383,7 +348,7 @@ async def state_stats(
     async with _store(settings) as store:
         dbsize, info = await _server(store)
         with _progress("scan", total=dbsize) as advance:
-            async for _, entities in _scan(store, "*"):
+            async for _, entities in store.scan("*"):
                 if sample is not None:
                     entities = entities[: max(0, sample - st.entities)]
                 raws = await store.get_many(entities) if entities else []
@@ -531,7 +496,7 @@ async def export_states(settings: Settings, pattern: str, path: Path) -> int:
         async with _store(settings) as store:
             dbsize, _ = await _server(store)
             with _progress("export", total=dbsize) as advance, _writer(part, suffix) as write:
-                async for _, entities in _scan(store, pattern):
+                async for _, entities in store.scan(pattern):
                     raws = await store.get_many(entities) if entities else []
                     rows = []
                     for entity, raw in zip(entities, raws, strict=True):
