@@ -83,6 +83,14 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was faster
                 await admin.create_topics(new)
+            # A broker that just started answers the creation before its metadata lists the new
+            # topics: return once it does, so whoever looks next (a worker, `streamer doctor`)
+            # finds them.
+            deadline = asyncio.get_running_loop().time() + 15
+            while set(wanted) - set(await admin.list_topics()):
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
