@@ -159,6 +159,8 @@ async def test_slots_moving_under_a_running_store(
     old, new = f"{{{ns}}}old", f"{{{ns}}}new"  # one hash tag: one slot
     slot = key_slot(ns.encode())
     assert await cluster_store.put_many([(old, rec(1)), ("elsewhere", rec(1))]) == [True, True]
+    foreign = f"not-streamer:{{{ns}}}"  # another key in the slot: a resharding moves it too
+    await cluster.set(foreign, b"kept")
     src = cluster.nodes_manager.get_node_from_slot(slot).port
     dst = next(p for p in ports if p != src)
     ids = {p: _cli(p, "cluster", "myid") for p in ports}
@@ -174,8 +176,10 @@ async def test_slots_moving_under_a_running_store(
             await cluster_store.get_many([old, new])  # one MGET over both sides of the move
         got = await cluster_store.get_many(["elsewhere"])
         assert decode(got[0]).offset == 1  # type: ignore[arg-type]
-        # Move the old key, then hand the slot over.
-        _cli(src, "migrate", "127.0.0.1", str(dst), "", "0", "5000", "keys", cluster_store.key(old))
+        # Move the slot's keys (ours, and any other test's that hash to it), then hand it over.
+        keys = _cli(src, "cluster", "getkeysinslot", str(slot), "1000").split()
+        assert cluster_store.key(old) in keys
+        _cli(src, "migrate", "127.0.0.1", str(dst), "", "0", "5000", "keys", *keys)
         for p in ports:
             _cli(p, "cluster", "setslot", str(slot), "node", ids[dst])
         moved = True
@@ -188,7 +192,7 @@ async def test_slots_moving_under_a_running_store(
     finally:  # give the slot back, with its keys, whatever happened
         for p in ports:
             _cli(p, "cluster", "setslot", str(slot), "stable")
-        keys = _cli(dst, "cluster", "getkeysinslot", str(slot), "100").split()
+        keys = _cli(dst, "cluster", "getkeysinslot", str(slot), "1000").split()
         if moved:
             _cli(src, "cluster", "setslot", str(slot), "importing", ids[dst])
             _cli(dst, "cluster", "setslot", str(slot), "migrating", ids[src])
@@ -199,6 +203,8 @@ async def test_slots_moving_under_a_running_store(
                 _cli(p, "cluster", "setslot", str(slot), "node", ids[src])
     got = await cluster_store.get_many([old, new])
     assert [decode(g).offset for g in got] == [3, 2]  # type: ignore[arg-type]
+    assert await cluster.get(foreign) == b"kept"
+    await cluster.delete(foreign)
 
 
 async def test_a_node_that_forgot_the_script_gets_it_again(
