@@ -48,11 +48,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamer.artifact import save_artifact
-from streamer.codec import StateBatch, encode_many
 from streamer.kafka import send_keyed
 from streamer.model import ModelSpec, SequenceModel
 from streamer.settings import Settings, to_env
 from streamer.state import RedisStateStore
+from streamer.state.codec import StateBatch, encode_many
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "deploy" / "local" / "services.sh"

@@ -20,7 +20,7 @@ _EXPORTS = {
     "SequenceModel": "streamer.model",
     "ModelSpec": "streamer.model",
     "StackedLSTM": "streamer.model",
-    "StateRecord": "streamer.codec",
+    "StateRecord": "streamer.state",
     "StateStore": "streamer.state",
     "RedisStateStore": "streamer.state",
     "Predictor": "streamer.predictor",
@@ -53,7 +53,6 @@ assert set(__all__) == {"__version__", *_EXPORTS}
 
 if TYPE_CHECKING:
     from streamer.artifact import load_artifact, save_artifact
-    from streamer.codec import StateRecord
     from streamer.errors import StreamerError
     from streamer.model import ModelSpec, SequenceModel, StackedLSTM
     from streamer.pipeline import BatchHandler
@@ -61,6 +60,7 @@ if TYPE_CHECKING:
     from streamer.schemas import DeadLetter, Event, Prediction, decode_event
     from streamer.settings import Settings
     from streamer.state import RedisStateStore, StateStore
+    from streamer.state.codec import StateRecord
 
 
 def __getattr__(name: str) -> Any:

@@ -41,7 +41,6 @@ from rich.console import Console
 from rich.table import Table
 
 from streamer.artifact import load_artifact
-from streamer.codec import decode
 from streamer.errors import StateCodecError, StoreUnavailable, StreamerError
 from streamer.kafka import group_lag, group_offsets
 from streamer.model import ModelSpec
@@ -50,6 +49,7 @@ from streamer.presence import WorkerInfo, live_workers
 from streamer.registry import Registry
 from streamer.settings import Settings
 from streamer.state import RedisStateStore, redis_client
+from streamer.state.codec import decode
 
 __all__ = ["Check", "diagnose", "run_doctor"]
 

@@ -53,9 +53,9 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from streamer.cache import StateCache
     from streamer.predictor import BatchReport
     from streamer.schemas import DeadLetter
+    from streamer.state.cache import StateCache
 
 __all__ = ["BulkHistogram", "Metrics", "serve_metrics"]
 

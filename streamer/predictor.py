@@ -38,12 +38,12 @@ import torch
 
 from streamer import scaling
 from streamer.batching import plan_waves
-from streamer.cache import StateCache
-from streamer.codec import Dtype, StateBatch, decode_many, encode_many, group_ranks, now_ms
 from streamer.errors import ConfigError, StaleBatch
 from streamer.model import ModelSpec, SequenceModel
 from streamer.schemas import Event, Prediction
 from streamer.state import StateStore, base_of
+from streamer.state.cache import StateCache
+from streamer.state.codec import Dtype, StateBatch, decode_many, encode_many, group_ranks, now_ms
 
 __all__ = ["BatchReport", "PendingBatch", "Predictor", "Served", "resolve_device"]
 

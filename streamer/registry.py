@@ -27,9 +27,9 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.artifact import SPEC, WEIGHTS, Artifact, artifact_from_bytes, load_artifact
-from streamer.codec import now_ms
 from streamer.errors import ArtifactError, StoreUnavailable
 from streamer.state import classify_redis_error
+from streamer.state.codec import now_ms
 
 __all__ = ["Registry", "VersionInfo"]
 

@@ -35,10 +35,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamer import scaling
-from streamer.codec import StateRecord, decode, encode
 from streamer.errors import ConfigError, StateCodecError, StateError, StoreUnavailable
 from streamer.settings import Settings
 from streamer.state import RedisClusterStateStore, RedisStateStore, state_key
+from streamer.state.codec import StateRecord, decode, encode
 
 __all__ = [
     "delete_state",

@@ -20,7 +20,6 @@ import torch
 from mode import Service
 
 from streamer.artifact import Artifact, load_artifact
-from streamer.cache import StateCache
 from streamer.errors import ConfigError, StoreUnavailable, StreamerError
 from streamer.metrics import Metrics, serve_metrics
 from streamer.pipeline import BatchHandler
@@ -30,6 +29,7 @@ from streamer.registry import Registry
 from streamer.runner import Runner
 from streamer.settings import Settings
 from streamer.state import RedisStateStore, redis_client
+from streamer.state.cache import StateCache
 
 __all__ = ["StreamerService", "build_handler"]
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from streamer.artifact import load_artifact
-from streamer.codec import StateRecord, encode
 from streamer.doctor import Check, diagnose
 from streamer.kafka import ensure_topics
 from streamer.presence import WorkerInfo, announce, withdraw
 from streamer.registry import Registry
 from streamer.settings import Settings, to_env
 from streamer.state import redis_client, state_key
+from streamer.state.codec import StateRecord, encode
 from tests.integration.workers import produce
 from tests.unit.test_cli import run
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from streamer.artifact import Artifact, load_artifact, save_artifact
-from streamer.codec import decode
 from streamer.data import event_rows, split_series
 from streamer.errors import ArtifactError
 from streamer.kafka import ensure_topics
@@ -25,6 +24,7 @@ from streamer.registry import Registry
 from streamer.schemas import Event, Prediction
 from streamer.settings import Settings
 from streamer.state import RedisStateStore
+from streamer.state.codec import decode
 from streamer.training import offline_predict, offline_windows, series_inputs
 from tests.conftest import make_panel
 from tests.integration.workers import (

@@ -12,9 +12,9 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from streamer.codec import StateRecord, decode, encode
 from streamer.errors import StoreUnavailable
 from streamer.state import RedisClusterStateStore, RedisStateStore, base_of
+from streamer.state.codec import StateRecord, decode, encode
 from tests.conftest import REDIS_PORT
 from tests.unit.test_cli import run
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from streamer.artifact import load_artifact
-from streamer.codec import decode
 from streamer.data import event_rows
 from streamer.kafka import ensure_topics
 from streamer.settings import Settings
+from streamer.state.codec import decode
 from tests.conftest import make_panel
 from tests.integration.workers import (
     TopicReader,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import time
 
-from streamer.cache import StateCache
+from streamer.state.cache import StateCache
 
 
 def test_hits_misses_and_the_least_recently_written_out_first() -> None:

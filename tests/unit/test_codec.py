@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from streamer.codec import (
+from streamer.errors import StateCodecError
+from streamer.state.codec import (
     HEADER,
     StateBatch,
     StateRecord,
@@ -14,7 +15,6 @@ from streamer.codec import (
     encode,
     encode_many,
 )
-from streamer.errors import StateCodecError
 
 
 def record(

@@ -12,7 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
 from streamer.errors import StateError, StoreUnavailable
-from streamer.state import _by_slot, classify_redis_error
+from streamer.state.cluster import _by_slot
+from streamer.state.redis import classify_redis_error
 
 
 @pytest.mark.parametrize(

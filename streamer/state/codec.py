@@ -1,6 +1,6 @@
 """The state record: its binary format and the one codec that reads and writes it.
 
-One Redis value per (model name, entity) (the store, :mod:`streamer.state`, names the keys)::
+One Redis value per (model name, entity) (:func:`streamer.state.store.state_key` names the keys)::
 
     offset  size  field
     0       4     magic b"STRM"
@@ -31,8 +31,9 @@ format 2 records (the layers field was two bytes, S always 2) are still read.
 
 Little-endian throughout. This module's functions (:func:`encode` and :func:`decode` for one record,
 :func:`encode_many` and :func:`decode_many` for a batch) are the only code that touches the bytes;
-the Lua script of :class:`streamer.state.RedisStateStore` reads the fence fields at their fixed
-offsets.
+the Lua script of :class:`streamer.state.redis.RedisStateStore` reads the fence and base fields at
+the offsets named here (:data:`FENCE`, :data:`BASE`). Nothing outside :mod:`streamer.state` knows a
+byte offset of the record.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "Dtype",
     "StateBatch",
     "StateRecord",
+    "base_of",
     "decode",
     "decode_many",
     "encode",
@@ -67,6 +69,10 @@ _READABLE_FORMATS = (1, 2, 3)
 _TAIL = struct.Struct("<IH")
 HEADER = struct.Struct("<4sBBBBI16sQiqQddd")
 assert HEADER.size == 80
+#: Where the fence (source partition, offset of the last applied event) lies in every record.
+FENCE = slice(36, 48)
+#: What a store's compare-and-set knows a record by: its fence and its time of writing.
+BASE = slice(36, 56)
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 _DTYPE_CODES: dict[str, int] = {"float32": 0, "float16": 1, "bfloat16": 2}
@@ -256,13 +262,23 @@ def decode(buf: bytes) -> StateRecord:
     )
 
 
+def base_of(record: bytes | None) -> bytes:
+    """What the store's compare-and-set knows a record by: its fence and time of writing (the
+    header's :data:`BASE` bytes), ``b""`` for no record.
+
+    >>> base_of(None), len(base_of(bytes(80)))
+    (b'', 20)
+    """
+    return b"" if record is None else record[BASE]
+
+
 def read_fence(buf: bytes) -> tuple[int, int] | None:
     """``(partition, offset)`` of a record's fence, read as the Lua script reads it: also from a
     record whose body cannot be decoded, so the predictor and the store agree on what was applied.
     """
-    if len(buf) < 48 or buf[:4] != MAGIC:
+    if len(buf) < FENCE.stop or buf[:4] != MAGIC:
         return None
-    partition, offset = struct.unpack_from("<iq", buf, 36)
+    partition, offset = struct.unpack_from("<iq", buf, FENCE.start)
     return int(partition), int(offset)
 
 
