@@ -1,5 +1,5 @@
-"""The state store against a real Redis and a real Redis Cluster: one round trip each way,
-compare-and-set, TTL; in the cluster, batches over every node and many slots, slots that move
+"""What is Redis's own in the Redis stores (the contract every store keeps is ``tests/contract/``):
+TTLs as Redis keeps them; in the cluster, batches over every node and many slots, slots that move
 (ASK during a migration, MOVED after it) and scripts a node forgot."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from streamer.errors import StoreUnavailable
-from streamer.state import RedisClusterStateStore, RedisStateStore, base_of
+from streamer.state import RedisClusterStateStore, RedisStateStore
 from streamer.state.codec import StateRecord, decode, encode
 from tests.conftest import REDIS_PORT
 from tests.unit.test_cli import run
@@ -53,51 +53,6 @@ async def test_get_and_put_many_round_trip(store: RedisStateStore) -> None:
     assert decode(a).offset == 5 and decode(b).h[0, 0] == 1.0
     ttl = await store.redis.pttl(store.key("a"))
     assert 590_000 < ttl <= 600_000
-
-
-async def test_a_stale_writer_cannot_roll_back_newer_state(store: RedisStateStore) -> None:
-    assert await store.put_many([("e", rec(10, step=10, fill=10.0))]) == [True]
-    # A zombie worker still holding the state of offset 4 tries to save it, and a replay of
-    # offset 10 tries to save again: both refused, the newer state stays.
-    assert await store.put_many([("e", rec(4, step=4, fill=4.0))]) == [False]
-    assert await store.put_many([("e", rec(10, step=10, fill=99.0))]) == [False]
-    got = decode((await store.get_many(["e"]))[0])  # type: ignore[arg-type]
-    assert (got.offset, got.step, got.h[0, 0]) == (10, 10, 10.0)
-    # A newer offset is accepted; mixed batches are decided key by key.
-    assert await store.put_many([("e", rec(11, step=11)), ("f", rec(0))]) == [True, True]
-    assert await store.put_many([("e", rec(3)), ("f", rec(1))]) == [False, True]
-
-
-async def test_a_new_source_partition_takes_over(store: RedisStateStore) -> None:
-    """Topic recreated or repartitioned: offsets of the new partition start low, and must apply."""
-    assert await store.put_many([("e", rec(1000, partition=1))]) == [True]
-    assert await store.put_many([("e", rec(0, partition=3))]) == [True]
-    assert decode((await store.get_many(["e"]))[0]).partition == 3  # type: ignore[arg-type]
-
-
-async def test_garbage_under_a_key_is_overwritten(store: RedisStateStore) -> None:
-    await store.redis.set(
-        store.key("g"), b"not a state record at all, long enough to be read......"
-    )
-    assert await store.put_many([("g", rec(0))]) == [True]
-
-
-async def test_a_write_stepped_from_a_record_no_longer_stored_is_refused(
-    store: RedisStateStore,
-) -> None:
-    first = rec(1, step=1)
-    assert await store.put_many([("b", first)], [base_of(None)]) == [True]
-    second = rec(2, step=2)
-    # Stepped from the stored record: saved. Stepped from nothing while a record is stored (a
-    # worker's stale cache after someone else wrote): refused.
-    assert await store.put_many([("b", second), ("n", rec(2))], [base_of(first), b""]) == [
-        True,
-        True,
-    ]
-    assert await store.put_many([("b", rec(3, step=3))], [base_of(first)]) == [False]
-    # The same write again (its reply was lost): counted as saved, nothing changes.
-    assert await store.put_many([("b", second)], [base_of(first)]) == [True]
-    assert decode((await store.get_many(["b"]))[0]).offset == 2  # type: ignore[arg-type]
 
 
 async def test_ttl_zero_keeps_states_forever(redis_kind: dict[str, str], ns: str) -> None:
