@@ -13,7 +13,7 @@ PYTHON   ?= python3
 TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 KAFKA_SASL_PORT=19094 REDIS_PORT=16379 \
             REDIS_CLUSTER_PORT=17000 STREAMER_SERVICES_DIR=$(HOME)/.cache/streamer/test-services
 
-.PHONY: install demo test unit lint bench bench-scale services-up services-down services-status clean
+.PHONY: install demo test unit lint bench bench-scale gpu-check gpu-wheels services-up services-down services-status clean
 
 # Installs into the shared env when it is missing, when pyproject.toml changed, or when the env's
 # editable install points at another checkout (CI clones the repository elsewhere).
@@ -50,6 +50,22 @@ bench: install
 # Throughput with 1 and 2 workers, failover (kill -9), leave and join times; same services, minutes.
 bench-scale: install
 	$(PY) bench/scale.py
+
+# The GPU check (bench/gpu_check.sh): the predictor's equality tests on CUDA against the in-memory
+# store, and entity-steps/s on CUDA and CPU. On a machine with an NVIDIA GPU and PyTorch, from the
+# repository root: `bash bench/gpu_check.sh` (the wheels of `make gpu-wheels` travel in .whl/).
+# Here, without a GPU, the same script runs on the CPU.
+gpu-check: install
+	PATH=$(VENV)/bin:$$PATH bench/gpu_check.sh
+
+# The project's pure-Python and binary wheels that a CUDA machine with Python 3.12 lacks, into .whl/.
+GPU_WHEELS := orjson pydantic pydantic_core annotated-types typing-inspection redis pydantic-settings \
+              python-dotenv typing_extensions pytest pytest-asyncio pytest-timeout
+gpu-wheels: install
+	rm -rf .whl && $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl \
+	  $$($(PY) -m pip freeze | grep -i -E "^($$(echo $(GPU_WHEELS) | tr ' ' '|'))==" )
 
 lint: install
 	$(VENV)/bin/ruff check streamer workers tests bench

@@ -175,14 +175,17 @@ class Predictor:
         self._unconfirmed: dict[str, bytes] = {}
         #: saves refused so far; a batch read from unconfirmed records before a refusal is stale
         self._refusals = 0
-        #: Waves of at least this many events run the fused LSTM kernel (0: never). By default
-        #: always on a GPU (cuDNN); never on CPU, where one ``lstm_cell`` per layer was as fast
-        #: or faster at every batch size measured (64 to 2048, one thread).
-        if fused_cell_from is None:
-            fused_cell_from = 1 if self.device.type == "cuda" else 0
-        self.fused_cell_from = fused_cell_from
+        #: Waves of at least this many events run the fused sequence kernel (0: never, the
+        #: default). One cell call per layer was faster on both: on an H200 at every batch size
+        #: from 1k to 64k (4.4M against 3.7M entity-steps/s at 1k, 145M against 7.6M at 64k:
+        #: cuDNN's sequence kernel pays a fixed cost per call), on CPU as fast or faster from
+        #: 64 to 2048 with one thread (``bench/gpu_check.py`` measures both).
+        self.fused_cell_from = fused_cell_from or 0
         #: On a GPU, inputs and states go over in one pinned buffer and come back in one copy.
         self.staged = self.device.type != "cpu"
+        #: the pinned host buffer of the copy to the device, kept from batch to batch (pinning
+        #: memory is a slow driver call) and grown when a batch needs more
+        self._pinned: torch.Tensor | None = None
 
     @property
     def model(self) -> SequenceModel:
@@ -669,9 +672,15 @@ class Predictor:
         pinned host buffer and moved in one asynchronous copy."""
         if not self.staged:
             return torch.from_numpy(h), torch.from_numpy(c), torch.from_numpy(x)
-        host = torch.empty(h.size + c.size + x.size, dtype=torch.float32)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
+        size = h.size + c.size + x.size
+        if self._pinned is None or self._pinned.numel() < size:
+            # (the copy from it of the batch before is over: that batch synced in _to_host)
+            self._pinned = torch.empty(
+                max(size, 2 * (0 if self._pinned is None else self._pinned.numel())),
+                dtype=torch.float32,
+                pin_memory=self.device.type == "cuda",
+            )
+        host = self._pinned[:size]
         flat = host.numpy()
         flat[: h.size] = h.ravel()
         flat[h.size : h.size + c.size] = c.ravel()

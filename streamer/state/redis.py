@@ -144,7 +144,7 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-    % {  # noqa: UP031 (the script has braces of its own)
+    % {
         # Lua strings count from 1, both ends included
         "base_a": BASE.start + 1,
         "base_b": BASE.stop,

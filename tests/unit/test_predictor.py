@@ -1,0 +1,232 @@
+"""The predictor on the in-memory store: no Redis, no Kafka, and on any device.
+
+Every test here steps interleaved entities in random batches and holds each prediction and final
+state to the torch module run over the whole series. The device is ``STREAMER_TEST_DEVICE``
+(``cpu`` by default; ``bench/gpu_check.sh`` runs this file with ``cuda`` on a machine with an
+NVIDIA GPU): all cells, forecasters and classifiers, float32, float16 and bfloat16 states, the
+fused and the per-layer kernels, the GPU path's staging.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from streamer.data import split_series
+from streamer.model import ModelSpec, SequenceModel
+from streamer.predictor import Predictor, resolve_device
+from streamer.schemas import Event, Prediction
+from streamer.state import MemoryStateStore, StateCache, decode
+from streamer.state.codec import Dtype
+from streamer.training import offline_predict, series_inputs
+from tests.conftest import make_panel
+from tests.reference import synthetic_events
+
+DEVICE = resolve_device(os.environ.get("STREAMER_TEST_DEVICE", "cpu"))
+ON_GPU = DEVICE.type == "cuda"
+if ON_GPU:  # full float32 matrix products, as on the CPU (TF32 would round at 1e-3)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+#: How close a streamed value must be to the reference: float32 states on the CPU are the torch
+#: module's arithmetic; on a GPU (cuDNN's kernels, other summation orders) a little looser.
+TOL = 1e-4 if ON_GPU else 1e-5
+#: Compact states round h and c at every event: held to a reference that rounds the same way.
+DTYPE_TOL = {"float32": TOL, "float16": 3e-3, "bfloat16": 2.5e-2}
+
+
+def make(cell: str, task: str = "forecast", features: tuple[str, ...] = ()) -> SequenceModel:
+    torch.manual_seed(3)
+    spec = ModelSpec(
+        cell=cell,
+        hidden_size=16,
+        num_layers=2,
+        horizon=3,
+        features=features,
+        feature_mean=tuple(0.5 for _ in features),
+        feature_std=tuple(2.0 for _ in features),
+        task=task,  # type: ignore[arg-type]
+        classes=("down", "flat", "up") if task == "classify" else (),
+    )
+    model = SequenceModel(spec)
+    with torch.no_grad():  # larger than default weights: states move far from zero
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model.eval()
+
+
+def predictor(
+    model: SequenceModel,
+    store: MemoryStateStore,
+    variant: str = "plain",
+    dtype: Dtype = "float32",
+) -> Predictor:
+    pred = Predictor(
+        model,
+        "v1",
+        store,
+        device=DEVICE,
+        state_dtype=dtype,
+        cache=StateCache(2**24) if variant == "cached" else None,
+        fused_cell_from={"fused": 1, "per-layer": 0}.get(variant),
+    )
+    if variant == "staged":  # the GPU path's one packed buffer each way, also on the CPU
+        pred.staged = True
+    return pred
+
+
+async def in_batches(pred: Predictor, events: list[Event], seed: int) -> list[Prediction]:
+    rng = random.Random(seed)
+    out: list[Prediction] = []
+    i = 0
+    while i < len(events):
+        n = rng.choice([1, 3, 17, 64, 200])
+        out += await pred.step_many(events[i : i + n])
+        i += n
+    return out
+
+
+def reference(
+    model: SequenceModel, df: pd.DataFrame, dtype: Dtype
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per entity: each event's served output ``(T, K)`` and the final h, c, on the CPU. Float32:
+    the module over the whole series (the fused sequence kernel). Compact dtypes: one step at a
+    time, h and c rounded to the dtype after every event, as a stored state is."""
+    cpu = model.to("cpu")
+    out = {}
+    for s in split_series(df, list(model.spec.features)):
+        if dtype == "float32":
+            out[s.unique_id] = offline_predict(cpu, s)
+            continue
+        x, mean, scale = series_inputs(s, model.spec)
+        torch_dtype = getattr(torch, dtype)
+        h, c = cpu.rnn.zero_state(1)
+        rows = []
+        with torch.no_grad():
+            for t in range(len(x)):
+                raw, (h, c) = cpu.step(torch.from_numpy(x[t : t + 1]), (h, c))
+                h, c = h.to(torch_dtype).float(), c.to(torch_dtype).float()
+                rows.append(cpu.serve(raw)[0].numpy().astype(np.float64))
+        fc = np.stack(rows)
+        if model.spec.task == "forecast":
+            fc = fc * scale[:, None] + mean[:, None]
+        out[s.unique_id] = (fc, h[:, 0].numpy(), c[:, 0].numpy())
+    return out
+
+
+def check(
+    preds: list[Prediction],
+    ref: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    tol: float,
+) -> None:
+    for p in preds:
+        np.testing.assert_allclose(
+            p.values, ref[p.unique_id][0][p.step - 1], rtol=tol, atol=tol, err_msg=p.unique_id
+        )
+
+
+async def check_states(
+    store: MemoryStateStore, ref: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], tol: float
+) -> None:
+    raws = await store.get_many(list(ref))
+    for uid, raw in zip(ref, raws, strict=True):
+        assert raw is not None
+        rec = decode(raw)
+        fc, h, c = ref[uid]
+        assert rec.step == len(fc)
+        np.testing.assert_allclose(rec.h, h, atol=tol, rtol=tol)
+        np.testing.assert_allclose(rec.c, c[: len(rec.c)], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("variant", ["plain", "cached", "fused", "per-layer", "staged"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+async def test_stepping_equals_the_module_per_entity(cell: str, variant: str) -> None:
+    model = make(cell, features=("temp",))
+    df = make_panel(60, 3, 30, seed=1, features=("temp",))
+    events = synthetic_events(df)
+    ref = reference(model, df, "float32")
+    store = MemoryStateStore()
+    pred = predictor(model.to(DEVICE), store, variant)
+    half = len(events) // 2
+    out = await in_batches(pred, events[:half], seed=2)
+    # A restart: nothing in memory, the store has it all.
+    pred = predictor(model.to(DEVICE), store, variant)
+    out += await in_batches(pred, events[half:], seed=3)
+    assert sorted((p.partition, p.offset) for p in out) == sorted(
+        (e.partition, e.offset) for e in events
+    )
+    check(out, ref, TOL)
+    await check_states(store, ref, TOL)
+    # A replay of everything applies nothing and sends the kept predictions again, bit for bit.
+    before = await store.get_many(list(ref))
+    again = await pred.process(events)
+    assert again.applied == 0 and again.reemitted == len(events)
+    by_id = {(p.partition, p.offset): p for p in out}
+    assert all(p == by_id[(p.partition, p.offset)] for p in again.predictions)
+    assert await store.get_many(list(ref)) == before
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+async def test_compact_states_round_as_the_reference_does(cell: str, dtype: Dtype) -> None:
+    model = make(cell)
+    df = make_panel(40, 3, 25, seed=4)
+    events = synthetic_events(df)
+    ref = reference(model, df, dtype)
+    store = MemoryStateStore()
+    out = await in_batches(predictor(model.to(DEVICE), store, "fused", dtype), events, seed=5)
+    assert len(out) == len(events)
+    check(out, ref, DTYPE_TOL[dtype])
+    await check_states(store, ref, DTYPE_TOL[dtype])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+async def test_classifier_probabilities_equal_the_module(cell: str) -> None:
+    model = make(cell, task="classify")
+    df = make_panel(30, 3, 20, seed=6)
+    ref = reference(model, df, "float32")
+    store = MemoryStateStore()
+    out = await in_batches(predictor(model.to(DEVICE), store), synthetic_events(df), seed=7)
+    check(out, ref, TOL)
+    assert all(abs(sum(p.values) - 1) < 1e-5 and p.label in p.classes for p in out)
+
+
+async def test_fused_and_per_layer_kernels_agree_on_large_batches() -> None:
+    """The two kernels over the same 4,096 entities, many waves: the same predictions."""
+    model = make("lstm").to(DEVICE)
+    df = make_panel(4096, 2, 4, seed=8)
+    events = synthetic_events(df)
+    a = await predictor(model, MemoryStateStore(), "fused").step_many(events)
+    b = await predictor(model, MemoryStateStore(), "per-layer").step_many(events)
+    assert [(p.unique_id, p.step) for p in a] == [(p.unique_id, p.step) for p in b]
+    np.testing.assert_allclose(
+        np.array([p.values for p in a]), np.array([p.values for p in b]), rtol=TOL, atol=TOL
+    )
+
+
+async def test_a_write_refused_by_the_store_gives_no_prediction_and_is_counted() -> None:
+    """Another writer saved the entity after this predictor read it: the save is refused, the
+    events get no prediction from here, and the store keeps the other writer's state."""
+    model = make("lstm")
+    df = make_panel(3, 6, 6, seed=9)
+    events = synthetic_events(df)
+    store = MemoryStateStore()
+    pred = predictor(model, store)
+    pending = await pred.prepare(events[:6])
+    other = MemoryStateStore()  # another worker applied some of them first
+    await predictor(model, other).step_many(events[:3])
+    taken = {ev.unique_id for ev in events[:3]}
+    for e in taken:
+        (raw,) = await other.get_many([e])
+        assert raw is not None
+        store.set_raw(e, raw)
+    report = await pred.commit(pending)
+    assert sorted(report.rejected_entities) == sorted(taken)
+    assert {p.unique_id for p in report.predictions}.isdisjoint(taken)
+    assert report.applied == sum(1 for ev in events[:6] if ev.unique_id not in taken)
+    assert await store.get_many(sorted(taken)) == await other.get_many(sorted(taken))
