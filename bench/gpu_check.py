@@ -48,7 +48,9 @@ def sync(device: torch.device) -> None:
 async def time_predictor(
     m: SequenceModel, device: torch.device, batch: int, rounds: int, fused: int
 ) -> dict[str, float]:
-    pred = Predictor(m.to(device), "bench", MemoryStateStore(), device=device, fused_cell_from=fused)
+    pred = Predictor(
+        m.to(device), "bench", MemoryStateStore(), device=device, fused_cell_from=fused
+    )
     await pred.process(events(batch, 0))  # warm: every entity has a state from here on
     took = []
     for r in range(1, rounds + 1):
@@ -78,7 +80,7 @@ def time_cell(
     sync(device)
     started = time.perf_counter()
     for _ in range(rounds):
-        out, (h, c) = m.step(x, (h, c), fused)
+        _, (h, c) = m.step(x, (h, c), fused)
     sync(device)
     each = (time.perf_counter() - started) / rounds
     return {"steps_per_s": batch / each, "call_ms": each * 1e3}
@@ -113,18 +115,18 @@ async def main() -> dict[str, Any]:
         for b in sizes:
             row: dict[str, Any] = {"device": dev.type, "batch": b}
             # On CUDA the fused (cuDNN) kernel serves every wave by default; on the CPU, per layer.
-            row["predictor"] = await time_predictor(m, dev, b, rounds, 1 if dev.type == "cuda" else 0)
+            row["predictor"] = await time_predictor(
+                m, dev, b, rounds, 1 if dev.type == "cuda" else 0
+            )
             row["cell_fused"] = time_cell(m, dev, b, True, rounds * 4)
             row["cell_per_layer"] = time_cell(m, dev, b, False, rounds * 4)
             result["runs"].append(row)
             print(json.dumps(row), flush=True)
     by = {(r["device"], r["batch"]): r for r in result["runs"]}
     if devices[0].type == "cuda":
+        rate = {k: r["predictor"]["steps_per_s"] for k, r in by.items()}
         result["cuda_over_cpu_predictor"] = {
-            b: round(
-                by[("cuda", b)]["predictor"]["steps_per_s"] / by[("cpu", b)]["predictor"]["steps_per_s"], 2
-            )
-            for b in sizes
+            b: round(rate[("cuda", b)] / rate[("cpu", b)], 2) for b in sizes
         }
     return result
 

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
+from string import Template
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -109,7 +110,7 @@ def redis_client(settings: Settings) -> Any:
 #
 # A refused write whose bytes are already stored counts as saved: retrying a write whose reply was
 # lost (a timeout after Redis applied it) succeeds instead of dropping the batch's predictions.
-_PUT_MANY_LUA = (
+_PUT_MANY_LUA = Template(
     """
 local ttl = tonumber(ARGV[1])
 local based = ARGV[2] == '1'
@@ -117,17 +118,17 @@ local n = #KEYS
 local out = {}
 for i, key in ipairs(KEYS) do
   local new = ARGV[i + 2]
-  local cur = redis.call('GETRANGE', key, 0, %(base_last)d)
+  local cur = redis.call('GETRANGE', key, 0, ${base_last})
   local result = 1
-  if based and string.sub(cur, %(base_a)d, %(base_b)d) ~= ARGV[n + i + 2] then
+  if based and string.sub(cur, ${base_a}, ${base_b}) ~= ARGV[n + i + 2] then
     result = 0
-    if string.sub(cur, %(base_a)d, %(base_b)d) == string.sub(new, %(base_a)d, %(base_b)d)
+    if string.sub(cur, ${base_a}, ${base_b}) == string.sub(new, ${base_a}, ${base_b})
         and redis.call('GET', key) == new then
       result = 2
     end
-  elseif #cur >= %(fence_b)d and string.sub(cur, 1, 4) == '%(magic)s' then
-    local cp, co = struct.unpack('<i4i8', string.sub(cur, %(fence_a)d, %(fence_b)d))
-    local np, no = struct.unpack('<i4i8', string.sub(new, %(fence_a)d, %(fence_b)d))
+  elseif #cur >= ${fence_b} and string.sub(cur, 1, 4) == '${magic}' then
+    local cp, co = struct.unpack('<i4i8', string.sub(cur, ${fence_a}, ${fence_b}))
+    local np, no = struct.unpack('<i4i8', string.sub(new, ${fence_a}, ${fence_b}))
     if cp == np and co >= no then
       result = 0
       if co == no and redis.call('GET', key) == new then result = 2 end
@@ -144,15 +145,14 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-    % {
-        # Lua strings count from 1, both ends included
-        "base_a": BASE.start + 1,
-        "base_b": BASE.stop,
-        "base_last": BASE.stop - 1,
-        "fence_a": FENCE.start + 1,
-        "fence_b": FENCE.stop,
-        "magic": MAGIC.decode(),
-    }
+).substitute(
+    # Lua strings count from 1, both ends included
+    base_a=BASE.start + 1,
+    base_b=BASE.stop,
+    base_last=BASE.stop - 1,
+    fence_a=FENCE.start + 1,
+    fence_b=FENCE.stop,
+    magic=MAGIC.decode(),
 )
 
 
