@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from streamer.model import ModelSpec, SequenceModel
-from streamer.predictor import Predictor
 from streamer.schemas import Event
+from streamer.serve.predictor import Predictor
 from streamer.state import MemoryStateStore
 
 

@@ -24,8 +24,8 @@ import torch
 
 from streamer.artifact import load_artifact, save_artifact
 from streamer.model import ModelSpec, SequenceModel
-from streamer.predictor import Predictor
 from streamer.schemas import Event
+from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 
 

@@ -22,8 +22,8 @@ import torch
 
 from streamer.artifact import load_artifact
 from streamer.data import demo_panel, event_rows, split_series
-from streamer.predictor import Predictor
 from streamer.schemas import Event
+from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from streamer.training import offline_predict
 

@@ -23,7 +23,7 @@ _EXPORTS = {
     "StateRecord": "streamer.state",
     "StateStore": "streamer.state",
     "RedisStateStore": "streamer.state",
-    "Predictor": "streamer.predictor",
+    "Predictor": "streamer.serve.predictor",
     "BatchHandler": "streamer.pipeline",
     "load_artifact": "streamer.artifact",
     "save_artifact": "streamer.artifact",
@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from streamer.errors import StreamerError
     from streamer.model import ModelSpec, SequenceModel, StackedLSTM
     from streamer.pipeline import BatchHandler
-    from streamer.predictor import Predictor
     from streamer.schemas import DeadLetter, Event, Prediction, decode_event
+    from streamer.serve.predictor import Predictor
     from streamer.settings import Settings
     from streamer.state import RedisStateStore, StateStore
     from streamer.state.codec import StateRecord

@@ -322,7 +322,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from streamer.artifact import save_artifact
     from streamer.data import read_long
-    from streamer.predictor import resolve_device
+    from streamer.serve.predictor import resolve_device
     from streamer.training import TrainConfig, train
 
     device = resolve_device(args.device)

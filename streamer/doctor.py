@@ -44,9 +44,9 @@ from streamer.artifact import load_artifact
 from streamer.errors import StateCodecError, StoreUnavailable, StreamerError
 from streamer.kafka import group_lag, group_offsets
 from streamer.model import ModelSpec
-from streamer.predictor import resolve_device
 from streamer.presence import WorkerInfo, live_workers
 from streamer.registry import Registry
+from streamer.serve.predictor import resolve_device
 from streamer.settings import Settings
 from streamer.state import RedisStateStore, redis_client
 from streamer.state.codec import decode

@@ -53,8 +53,8 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from streamer.predictor import BatchReport
     from streamer.schemas import DeadLetter
+    from streamer.serve.predictor import BatchReport
     from streamer.state.cache import StateCache
 
 __all__ = ["BulkHistogram", "Metrics", "serve_metrics"]

@@ -16,10 +16,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from streamer.errors import StoreUnavailable
 from streamer.model import SequenceModel
-from streamer.predictor import BatchReport, PendingBatch, Predictor, Served
-from streamer.schemas import DeadLetter, Event, Message, Prediction, decode_batch
+from streamer.schemas import DeadLetter, Message, Prediction
+from streamer.serve.columns import EventColumns, Outputs, decode_columns, encode_outputs
+from streamer.serve.predictor import BatchReport, PendingBatch, Predictor, Served
 
 __all__ = ["BatchHandler", "Message", "Outcome", "RawMessage"]
 
@@ -37,12 +41,40 @@ class RawMessage:
     offset: int
 
 
+#: Times a batch's events whose saves were refused are run again (with a growing pause) before
+#: what is still refused is dead-lettered as ``contended``: never dropped.
+MAX_RERUNS = 6
+
+
 @dataclass
 class Outcome:
-    predictions: list[Prediction] = field(default_factory=list)
+    """A batch's results: its valid events and the outputs to send for them (columns, batch
+    order), and its dead letters."""
+
+    events: EventColumns = field(default_factory=EventColumns.empty)
+    outputs: Outputs = field(default_factory=Outputs.empty)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     report: BatchReport = field(default_factory=BatchReport)
     retries: int = 0
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        """The outputs as :class:`Prediction` objects (tests and the Python API)."""
+        return self.outputs.predictions(self.events, self.report.classes)
+
+    def encoded(self) -> tuple[list[bytes], list[bytes], list[bytes], list[bytes]]:
+        """The keys and values of the step predictions, then of the window predictions."""
+        keys, values = encode_outputs(self.events, self.outputs, self.report.classes)
+        windows = self.outputs.window
+        if not windows.any():
+            return keys, values, [], []
+        on = windows.tolist()
+        return (
+            [k for k, w in zip(keys, on, strict=True) if not w],
+            [v for v, w in zip(values, on, strict=True) if not w],
+            [k for k, w in zip(keys, on, strict=True) if w],
+            [v for v, w in zip(values, on, strict=True) if w],
+        )
 
 
 class BatchHandler:
@@ -76,8 +108,8 @@ class BatchHandler:
         """The version batches are stepped with from now on (the staged one, if any)."""
         return self._staged[1] if self._staged else self.predictor.version
 
-    def decode(self, messages: Sequence[Message]) -> tuple[list[Event], list[DeadLetter]]:
-        return decode_batch(messages, self.predictor.features, self.max_event_bytes)
+    def decode(self, messages: Sequence[Message]) -> tuple[EventColumns, list[DeadLetter]]:
+        return decode_columns(messages, self.predictor.features, self.max_event_bytes)
 
     async def handle(
         self, messages: Sequence[Message], committed: Mapping[int, int] | None = None
@@ -114,11 +146,11 @@ class BatchHandler:
                 "switched from model %s to %s at a batch boundary", old, self.predictor.version
             )
         good, bad = self.decode(messages)
-        outcome = Outcome(dead_letters=bad)
+        outcome = Outcome(events=good, dead_letters=bad)
         pending = await self._retrying(outcome, lambda: self.predictor.prepare(good, committed))
         stepped = asyncio.get_running_loop().create_future()
         saving = asyncio.ensure_future(
-            self._save(outcome, good, pending, committed, self._saving, stepped)
+            self._save(outcome, messages, good, pending, committed, self._saving, stepped)
         )
         self._saving, self._stepped = saving, stepped
         return saving
@@ -126,7 +158,8 @@ class BatchHandler:
     async def _save(
         self,
         outcome: Outcome,
-        good: list[Event],
+        messages: Sequence[Message],
+        good: EventColumns,
         pending: PendingBatch,
         committed: Mapping[int, int] | None,
         previous: asyncio.Future[Outcome] | None,
@@ -147,49 +180,73 @@ class BatchHandler:
         finally:
             stepped.set_result(None)  # every save before this one is over: no more re-stepping
         try:
-            outcome.report = await self._retrying(
+            outcome.report = report = await self._retrying(
                 outcome, functools.partial(self.predictor.commit, pending)
             )
         except BaseException:
             self.predictor.abandon(pending)
             raise
-        predictions = list(outcome.report.predictions)
-        # A refused save means another writer applied these events first (a rebalance raced this
-        # batch). Run them again: the fence skips them and the winner's kept outputs are re-emitted,
-        # so no event is left without a prediction.
-        report = outcome.report
-        for _ in range(3):
-            rejected = set(report.rejected_entities)
+        parts = [report.outputs]
+        conflicts = [report.conflicts]
+        # A refused save means the stored state changed under this batch (another writer applied
+        # these events first, as when a rebalance races this batch). Run them again: the fence
+        # skips what the other writer applied and its kept outputs are re-emitted, so no event
+        # is left without a prediction. Refused again and again: wait a little longer each time;
+        # what is still refused at the end is dead-lettered, never dropped.
+        rejected = report.rejected_entities
+        for attempt in range(MAX_RERUNS):
             if not rejected:
                 break
-            again = await self._apply(
-                outcome, [e for e in good if e.unique_id in rejected], committed, pending.served
-            )
-            predictions += again.predictions
-            report.rejected_entities = again.rejected_entities
+            if attempt:
+                await asyncio.sleep(self.retry_initial_s * 2 ** (attempt - 1))
+            rows = _rows_of(good, rejected)
+            again = await self._apply(outcome, good.take(rows), committed, pending.served)
+            parts.append(again.outputs.remap(rows))
+            conflicts.append(rows[again.conflicts])
+            rejected = again.rejected_entities
             report.applied += again.applied
             report.skipped += again.skipped
             report.reemitted += again.reemitted
             report.resets += again.resets
             report.rejected += again.rejected
-        if report.rejected_entities:
-            left = set(report.rejected_entities)
+        report.rejected_entities = rejected
+        outcome.outputs = report.outputs = Outputs.join(parts)
+        flagged = np.concatenate(conflicts)
+        if len(flagged):
+            outcome.dead_letters += _dead(
+                messages,
+                good,
+                flagged,
+                "partition_conflict",
+                "the entity's state belongs to partition {home}; this event came from partition "
+                "{partition} (producers with different partitioners?). Set "
+                "STREAMER_ON_PARTITION_CHANGE=takeover after recreating or repartitioning a topic",
+                report,
+            )
+        if rejected:
+            rows = _rows_of(good, rejected)
             log.error(
                 "the states of %d entities kept changing under this worker; %d of this batch's "
-                "events were not applied here and get no prediction from it",
-                len(left),
-                sum(1 for e in good if e.unique_id in left),
+                "events are dead-lettered (contended) after %d runs",
+                len(rejected),
+                len(rows),
+                MAX_RERUNS + 1,
             )
-        if len(predictions) != len(outcome.report.predictions):  # back in batch order
-            order = {(e.partition, e.offset): i for i, e in enumerate(good)}
-            predictions.sort(key=lambda p: order[(p.partition, p.offset)])
-        outcome.predictions = predictions
+            outcome.dead_letters += _dead(
+                messages,
+                good,
+                rows,
+                "contended",
+                "the entity's stored state kept changing under this worker (another worker "
+                "writes it); replay this event once that stops",
+                report,
+            )
         return outcome
 
     async def _apply(
         self,
         outcome: Outcome,
-        events: list[Event],
+        events: EventColumns,
         committed: Mapping[int, int] | None,
         served: Served,
     ) -> BatchReport:
@@ -212,6 +269,31 @@ class BatchHandler:
                 log.warning("state store unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+
+
+def _rows_of(good: EventColumns, entities: Sequence[str]) -> npt.NDArray[np.int64]:
+    """The rows of the events of these entities, in batch order."""
+    wanted = set(entities)
+    mask = np.fromiter((e in wanted for e in good.entities), bool, len(good.entities))
+    return np.flatnonzero(mask[good.entity]).astype(np.int64)
+
+
+def _dead(
+    messages: Sequence[Message],
+    good: EventColumns,
+    rows: npt.NDArray[np.int64],
+    reason: str,
+    detail: str,
+    report: BatchReport,
+) -> list[DeadLetter]:
+    """Dead letters of valid events (their original bytes), for a reason the predictor found."""
+    out = []
+    for r in np.sort(rows).tolist():
+        m = messages[int(good.source[r])]
+        home = report.homes.get(good.entities[int(good.entity[r])], "?")
+        text = detail.format(home=home, partition=m.partition)
+        out.append(DeadLetter(m.key, m.value, reason, text, m.partition, m.offset))  # type: ignore[arg-type]
+    return out
 
 
 def _failed(fut: asyncio.Future[T] | None) -> bool:

@@ -333,7 +333,7 @@ class Runner:
         st = self.stats
         st.batches += 1
         st.events += len(records)
-        st.predictions += len(outcome.predictions)
+        st.predictions += len(outcome.outputs)
         st.dead_letters += len(outcome.dead_letters)
         st.reemitted += outcome.report.reemitted
         st.redis_retries += outcome.retries
@@ -344,7 +344,7 @@ class Runner:
             m.batch(
                 size=len(records),
                 report=outcome.report,
-                predictions=len(outcome.predictions),
+                predictions=len(outcome.outputs),
                 dead_letters=outcome.dead_letters,
                 latencies=np.maximum(done - produced / 1000.0, 0.0),
                 delivery_s=time.perf_counter() - started,
@@ -419,20 +419,14 @@ class Runner:
             futures.append(
                 await self._producer.send(topics.dead_letter, value, key=d.key, headers=headers)
             )
-        preds = outcome.predictions
-        windows = [p for p in preds if p.window]
-        if windows:  # a window model's (or re-emitted ones): to their own topic
+        keys, values, window_keys, window_values = outcome.encoded()
+        if window_values:  # a window model's (or re-emitted ones): to their own topic
             futures += await send_keyed(
-                self._producer,
-                topics.windows,
-                [(p.unique_id.encode(), p.to_json()) for p in windows],
+                self._producer, topics.windows, list(zip(window_keys, window_values, strict=True))
             )
-            preds = [p for p in preds if not p.window]
-        if preds:
+        if values:
             futures += await send_keyed(
-                self._producer,
-                topics.predictions,
-                [(p.unique_id.encode(), p.to_json()) for p in preds],
+                self._producer, topics.predictions, list(zip(keys, values, strict=True))
             )
         await asyncio.gather(*futures)
 

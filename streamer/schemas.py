@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeGuard
 
+import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,7 +31,6 @@ __all__ = [
     "Message",
     "Prediction",
     "Reason",
-    "decode_batch",
     "decode_event",
 ]
 
@@ -47,6 +48,9 @@ Reason = Literal[
     "non_finite",
     "out_of_range",
     "wrong_feature_count",
+    "duplicate_field",
+    "partition_conflict",
+    "contended",
 ]
 
 #: Largest magnitude accepted for ``y`` and features. Larger finite values would overflow the
@@ -220,15 +224,9 @@ def decode_event(
     'non_finite'
     """
 
-    if value is not None and len(value) <= max_bytes:
-        try:
-            data: Any = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            fast = _well_formed(key, data, features, partition, offset)
-            if fast is not None:
-                return fast
+    fast = _plain(key, value, features, partition, offset, max_bytes)
+    if fast is not None:
+        return fast
     return _decode_checked(key, value, partition, offset, features, max_bytes)
 
 
@@ -245,41 +243,38 @@ class Message(Protocol):
     def offset(self) -> int: ...
 
 
-def decode_batch(
-    messages: Iterable[Message], features: Sequence[str] = (), max_bytes: int = 64 * 1024
-) -> tuple[list[Event], list[DeadLetter]]:
-    """:func:`decode_event` for every message, in order: the valid events and the dead letters."""
-    good: list[Event] = []
-    bad: list[DeadLetter] = []
-    for m in messages:
-        key, value = m.key, m.value
-        try:
-            r = decode_event(key, value, m.partition, m.offset, features, max_bytes)
-        except Exception as exc:  # the decoder must never take the worker down
-            log.exception("the event decoder failed on %s/%s", m.partition, m.offset)
-            r = DeadLetter(
-                key, value, "wrong_type", f"undecodable: {exc!r}"[:500], m.partition, m.offset
-            )
-        if isinstance(r, Event):
-            good.append(r)
-        else:
-            bad.append(r)
-    return good, bad
-
-
 def _is_number(v: object) -> TypeGuard[float]:
     """A finite int or float within the accepted range (never a bool, NaN or infinity)."""
     return (type(v) is float or type(v) is int) and -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE
 
 
-def _well_formed(
-    key: bytes | None, data: Any, features: Sequence[str], partition: int, offset: int
+def _plain(
+    key: bytes | None,
+    value: bytes | None,
+    features: Sequence[str],
+    partition: int,
+    offset: int,
+    max_bytes: int,
 ) -> Event | None:
     """The event, when it is plainly valid; ``None`` sends it through the full checks.
 
-    The hot path: a few type checks per event instead of a pydantic model. It accepts a subset of
-    what :func:`_decode_checked` accepts, with the same result (a property test holds them equal).
+    The hot path (:func:`streamer.serve.columns.decode_columns` inlines the same rules): a flat
+    object with exactly the fields and no backslash escapes, whose quotes are those of its keys
+    and of two text values, so that no field is given twice (JSON parsers keep the last of a
+    duplicated key without a word). It accepts a subset of what :func:`_decode_checked` accepts,
+    with the same result (a property test holds them equal).
     """
+    if (
+        value is None
+        or len(value) > max_bytes
+        or b"\\" in value
+        or value.count(b'"') != 2 * len(features) + 10
+    ):
+        return None
+    try:
+        data: Any = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
     if type(data) is not dict or len(data) != 3 + len(features):
         return None
     uid, ds, y = data.get("unique_id"), data.get("ds"), data.get("y")
@@ -321,20 +316,18 @@ def _decode_checked(
         return dead("invalid_json", "empty message (tombstone)")
     if len(value) > max_bytes:
         return dead("too_large", f"{len(value)} bytes, limit {max_bytes}")
-    try:
-        data: Any = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        # orjson refuses NaN and Infinity; tell those apart from text that is not JSON at all.
-        try:
-            data = json.loads(value)
-        except (ValueError, UnicodeDecodeError):
-            return dead("invalid_json", str(exc))
+    parsed = _parse(value)
+    if isinstance(parsed, str):
+        return dead("invalid_json", parsed)
+    data, duplicated = parsed
     if not isinstance(data, dict):
         return dead("not_an_object", f"expected a JSON object, got {type(data).__name__}")
     try:
         body = EventBody.model_validate(data)
     except ValidationError as exc:
         return dead(*_reason_of(exc))
+    if duplicated:
+        return dead("duplicate_field", f"fields given more than once: {duplicated[:10]}")
     if not key:
         return dead("empty_key", "the message key must be the entity id")
     if key != body.unique_id.encode():
@@ -346,7 +339,7 @@ def _decode_checked(
             f"expected features {sorted(features)}, got {sorted(extra)[:50]}",
         )
     if abs(body.y) > MAX_ABS_VALUE:
-        return dead("out_of_range", f"y: |{body.y:.3g}| > {MAX_ABS_VALUE:g}")
+        return dead("out_of_range", f"y: {_magnitude(body.y)} > {MAX_ABS_VALUE:g}")
     values: list[float] = []
     for name in features:
         v = extra[name]
@@ -355,9 +348,76 @@ def _decode_checked(
         if isinstance(v, float) and not math.isfinite(v):
             return dead("non_finite", f"{name}: {v}")
         if abs(v) > MAX_ABS_VALUE:
-            return dead(
-                "out_of_range",
-                f"{name}: |{float(v) if abs(v) < 1e300 else 'huge'}| > {MAX_ABS_VALUE:g}",
-            )
+            return dead("out_of_range", f"{name}: {_magnitude(v)} > {MAX_ABS_VALUE:g}")
         values.append(float(v))
     return Event(body.unique_id, body.ds, body.y, tuple(values), partition, offset)
+
+
+#: Nesting deeper than this is not an event, whatever else it is: refused before any parser
+#: recurses into it.
+MAX_DEPTH = 64
+#: A number beyond the range of a double (``1e400``, a 400-digit integer) stands for this value:
+#: finite, and out of range like any other number above :data:`MAX_ABS_VALUE`.
+_BEYOND = 1.7976931348623157e308
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_OPEN = np.frombuffer(b"[{", np.uint8)
+_CLOSE = np.frombuffer(b"]}", np.uint8)
+
+
+def _depth(value: bytes) -> int:
+    """How deeply a JSON text nests arrays and objects (strings left out), without recursion.
+
+    >>> _depth(b'{"a": [[1], "]]]"]}'), _depth(b"1")
+    (3, 0)
+    """
+    bare = np.frombuffer(_STRING.sub(b'""', value), np.uint8)
+    step = np.isin(bare, _OPEN).astype(np.int64) - np.isin(bare, _CLOSE)
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _number(text: str) -> float | int:
+    """A JSON number as Python's parser reads it, but never infinite nor an integer too long to
+    convert: a literal beyond a double's range is :data:`_BEYOND` (out of range, not "not a
+    number")."""
+    if "." in text or "e" in text or "E" in text or len(text) > 18:
+        v = float(text)
+        return v if math.isfinite(v) else math.copysign(_BEYOND, v)
+    return int(text)
+
+
+def _parse(value: bytes) -> tuple[Any, list[str]] | str:
+    """The JSON value of a message and the top-level keys it gives twice; or why it is not JSON.
+
+    Strict: UTF-8 only, no byte-order mark (orjson's rules; Python's ``json`` also takes UTF-16
+    and UTF-32 from bytes), nothing nested deeper than :data:`MAX_DEPTH`. ``NaN`` and
+    ``Infinity`` are read (as the non-finite floats they name) so that the checks can say so.
+    """
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8: {exc}"
+    if text.startswith("\ufeff"):
+        return "starts with a byte-order mark (JSON text is UTF-8 without one)"
+    if _depth(value) > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH} levels"
+    seen: list[list[str]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) != len(items):
+            names = [k for k, _ in items]
+            seen.append(sorted({k for k in names if names.count(k) > 1}))
+        else:
+            seen.append([])
+        return out
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs, parse_int=_number, parse_float=_number)
+    except (ValueError, RecursionError) as exc:
+        return str(exc)[:200] or type(exc).__name__
+    # the hook saw the innermost objects first: the last call was the top-level object's
+    return data, seen[-1] if seen and isinstance(data, dict) else []
+
+
+def _magnitude(v: float) -> str:
+    return "beyond a double's range" if abs(v) >= _BEYOND else f"|{float(v):.3g}|"

@@ -104,7 +104,7 @@ class TrainResult:
 def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
     """Model inputs ``(T, I)`` of one series and the running (mean, scale) ``(T,)`` that made them.
 
-    The same arithmetic, in the same precision, as :class:`streamer.predictor.Predictor`.
+    The same arithmetic, in the same precision, as :class:`streamer.serve.predictor.Predictor`.
     """
     t = len(s.y)
     if spec.scaling == "entity":

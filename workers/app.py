@@ -23,10 +23,10 @@ from streamer.artifact import Artifact, load_artifact
 from streamer.errors import ConfigError, StoreUnavailable, StreamerError
 from streamer.metrics import Metrics, serve_metrics
 from streamer.pipeline import BatchHandler
-from streamer.predictor import Predictor, resolve_device
 from streamer.presence import WorkerInfo, announce, withdraw
 from streamer.registry import Registry
 from streamer.runner import Runner
+from streamer.serve.predictor import Predictor, resolve_device
 from streamer.settings import Settings
 from streamer.state import RedisStateStore, redis_client
 from streamer.state.cache import StateCache

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamer.artifact import load_artifact
-from streamer.predictor import Predictor
+from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from tests.conftest import make_panel
 from tests.integration.workers import WorkerProcess, produce, worker_env

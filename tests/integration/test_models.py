@@ -19,9 +19,9 @@ from streamer.data import event_rows, split_series
 from streamer.errors import ArtifactError
 from streamer.kafka import ensure_topics
 from streamer.model import ModelSpec, SequenceModel
-from streamer.predictor import Predictor
 from streamer.registry import Registry
 from streamer.schemas import Event, Prediction
+from streamer.serve.predictor import Predictor
 from streamer.settings import Settings
 from streamer.state import RedisStateStore
 from streamer.state.codec import decode

@@ -14,8 +14,8 @@ from streamer.artifact import Artifact, load_artifact, save_artifact
 from streamer.data import Series
 from streamer.errors import StateError, StoreUnavailable
 from streamer.pipeline import BatchHandler, RawMessage
-from streamer.predictor import Predictor
 from streamer.schemas import Event, Prediction
+from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from streamer.state.cache import StateCache
 from streamer.state.codec import StateRecord, decode, encode

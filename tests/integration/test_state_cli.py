@@ -13,7 +13,7 @@ import pytest
 from streamer.artifact import load_artifact
 from streamer.data import event_rows
 from streamer.kafka import ensure_topics
-from streamer.predictor import Predictor
+from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from streamer.state.codec import decode
 from tests.conftest import make_panel

@@ -19,8 +19,8 @@ import torch
 
 from streamer.data import split_series
 from streamer.model import ModelSpec, SequenceModel
-from streamer.predictor import Predictor, resolve_device
 from streamer.schemas import Event, Prediction
+from streamer.serve.predictor import Predictor, resolve_device
 from streamer.state import MemoryStateStore, StateCache, decode
 from streamer.state.codec import Dtype
 from streamer.training import offline_predict, series_inputs

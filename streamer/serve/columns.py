@@ -1,0 +1,364 @@
+"""A batch as columns: raw messages in, :class:`EventColumns` out; predictions out as JSON bytes.
+
+No Kafka client here. A batch of messages becomes a few arrays (entity index, partition, offset,
+y, features) and two lists (the distinct entity ids, each event's ``ds``), in batch order. Each
+message takes one short fast path (:func:`decode_columns`); a message it does not plainly accept
+takes the full checks of :func:`streamer.schemas.decode_event`, which give the dead-letter reasons.
+
+Predictions go out the other way (:func:`encode_outputs`): the JSON of :meth:`Prediction.to_json`,
+byte for byte, written from the columns, with every float formatted in one ``orjson`` call per
+batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from streamer.schemas import (
+    MAX_ABS_VALUE,
+    DeadLetter,
+    Event,
+    Message,
+    Prediction,
+    decode_event,
+)
+
+__all__ = ["EventColumns", "Outputs", "decode_columns", "encode_outputs"]
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+_EMPTY_I = np.zeros(0, np.int64)
+
+
+@dataclass
+class EventColumns:
+    """Valid events of one batch, in batch order.
+
+    ``entities`` holds each distinct entity id once (in order of first appearance) and
+    ``entity`` the index into it of every event; ``source`` is each event's position among the
+    batch's messages (dead letters and valid events share those positions).
+    """
+
+    entities: list[str]
+    entity: I64  # (N,)
+    partition: I64  # (N,)
+    offset: I64  # (N,)
+    y: F64  # (N,)
+    features: F64  # (N, F)
+    ds: list[str]  # (N,)
+    source: I64  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.entity)
+
+    @classmethod
+    def empty(cls, n_features: int = 0) -> EventColumns:
+        return cls(
+            [], _EMPTY_I, _EMPTY_I, _EMPTY_I, np.zeros(0), np.zeros((0, n_features)), [], _EMPTY_I
+        )
+
+    @classmethod
+    def of(cls, events: Sequence[Event]) -> EventColumns:
+        """Columns of events made one by one (tests, the Python API)."""
+        index: dict[str, int] = {}
+        entity = np.fromiter(
+            (index.setdefault(e.unique_id, len(index)) for e in events), np.int64, len(events)
+        )
+        n_features = len(events[0].features) if events else 0
+        return cls(
+            entities=list(index),
+            entity=entity,
+            partition=np.fromiter((e.partition for e in events), np.int64, len(events)),
+            offset=np.fromiter((e.offset for e in events), np.int64, len(events)),
+            y=np.fromiter((e.y for e in events), np.float64, len(events)),
+            features=np.asarray([e.features for e in events], np.float64).reshape(
+                len(events), n_features
+            ),
+            ds=[e.ds for e in events],
+            source=np.arange(len(events), dtype=np.int64),
+        )
+
+    def take(self, rows: I64) -> EventColumns:
+        """The events at ``rows`` (in that order), their entities numbered again."""
+        distinct, entity = np.unique(self.entity[rows], return_inverse=True)
+        names = self.entities
+        return EventColumns(
+            entities=[names[j] for j in distinct.tolist()],
+            entity=entity.astype(np.int64),
+            partition=self.partition[rows],
+            offset=self.offset[rows],
+            y=self.y[rows],
+            features=self.features[rows],
+            ds=[self.ds[i] for i in rows.tolist()],
+            source=self.source[rows],
+        )
+
+    def events(self) -> list[Event]:
+        """One :class:`Event` per row (tests, the Python API; not the hot path)."""
+        names = self.entities
+        return [
+            Event(names[j], ds, y, tuple(f), p, o)
+            for j, ds, y, f, p, o in zip(
+                self.entity.tolist(),
+                self.ds,
+                self.y.tolist(),
+                self.features.tolist(),
+                self.partition.tolist(),
+                self.offset.tolist(),
+                strict=True,
+            )
+        ]
+
+
+def decode_columns(
+    messages: Sequence[Message], features: Sequence[str] = (), max_bytes: int = 64 * 1024
+) -> tuple[EventColumns, list[DeadLetter]]:
+    """Validate a batch: its valid events as columns, and its dead letters, both in batch order.
+
+    The fast path takes a message whose value is a flat JSON object with exactly the fields, no
+    backslash escapes, and as many quoted strings as its keys and two text values (so no field is
+    given twice: a JSON parser keeps the last of a duplicated key silently). Anything else takes
+    the full checks (:func:`streamer.schemas.decode_event`), with the same result for what both
+    accept (a property test holds them equal).
+    """
+    nf = len(features)
+    n_fields = 3 + nf
+    quotes = 2 * n_fields + 4  # the keys' quotes and those of unique_id's and ds's values
+    loads, bad_json = orjson.loads, orjson.JSONDecodeError
+    names = tuple(features)
+    index: dict[str, int] = {}
+    entity: list[int] = []
+    parts: list[int] = []
+    offs: list[int] = []
+    ys: list[float] = []
+    feats: list[float] = []
+    dss: list[str] = []
+    source: list[int] = []
+    dead: list[DeadLetter] = []
+    for i, m in enumerate(messages):
+        key, value = m.key, m.value
+        ok = (
+            value is not None
+            and len(value) <= max_bytes
+            and b"\\" not in value
+            and value.count(b'"') == quotes
+        )
+        if ok:
+            try:
+                d = loads(value)  # type: ignore[arg-type]
+            except bad_json:
+                ok = False
+            else:
+                ok = type(d) is dict and len(d) == n_fields
+        if ok:
+            uid, ds, y = d.get("unique_id"), d.get("ds"), d.get("y")
+            ok = (
+                type(uid) is str
+                and 0 < len(uid) <= 512
+                and type(ds) is str
+                and 0 < len(ds) <= 64
+                and (type(y) is float or type(y) is int)
+                and -MAX_ABS_VALUE <= y <= MAX_ABS_VALUE
+                and key == uid.encode()
+            )
+            if ok and nf:
+                row = [d.get(f) for f in names]
+                ok = all(
+                    (type(v) is float or type(v) is int) and -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE
+                    for v in row
+                ) and not any(f in _FIELDS for f in names)
+                if ok:
+                    feats.extend(row)
+        if not ok:  # the full checks, for their reason or for an event the fast path passed up
+            got = decode_event(key, value, m.partition, m.offset, features, max_bytes)
+            if isinstance(got, DeadLetter):
+                dead.append(got)
+                continue
+            uid, ds, y = got.unique_id, got.ds, got.y
+            feats.extend(got.features)
+        entity.append(index.setdefault(uid, len(index)))
+        parts.append(m.partition)
+        offs.append(m.offset)
+        ys.append(y)
+        dss.append(ds)
+        source.append(i)
+    n = len(entity)
+    return (
+        EventColumns(
+            entities=list(index),
+            entity=np.asarray(entity, np.int64),
+            partition=np.asarray(parts, np.int64),
+            offset=np.asarray(offs, np.int64),
+            y=np.asarray(ys, np.float64),
+            features=np.asarray(feats, np.float64).reshape(n, nf),
+            ds=dss,
+            source=np.asarray(source, np.int64),
+        ),
+        dead,
+    )
+
+
+_FIELDS = frozenset(("unique_id", "ds", "y"))
+
+
+@dataclass
+class Outputs:
+    """Predictions of one batch as columns: ``row`` is the event each answers (a row of the
+    batch's :class:`EventColumns`), in increasing order."""
+
+    row: I64  # (M,)
+    step: I64  # (M,)
+    values: F64  # (M, K): forecasts, or class probabilities
+    #: model version of each prediction (a fresh one: the batch's model; a re-emitted one: the
+    #: version that made it), ASCII
+    version: list[str]
+    #: a window model's window length per prediction (0: a step model's prediction)
+    window: I64  # (M,)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @classmethod
+    def empty(cls, k: int = 0) -> Outputs:
+        return cls(_EMPTY_I, _EMPTY_I, np.zeros((0, k)), [], _EMPTY_I)
+
+    @classmethod
+    def join(cls, parts: Iterable[Outputs]) -> Outputs:
+        """One table of several (each in row order, rows of the same batch), in row order."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        row = np.concatenate([p.row for p in parts])
+        order = np.argsort(row, kind="stable")
+        version = [v for p in parts for v in p.version]
+        return cls(
+            row=row[order],
+            step=np.concatenate([p.step for p in parts])[order],
+            values=np.concatenate([p.values for p in parts])[order],
+            version=[version[i] for i in order.tolist()],
+            window=np.concatenate([p.window for p in parts])[order],
+        )
+
+    def remap(self, rows: I64) -> Outputs:
+        """The same outputs with their rows mapped through ``rows`` (a sub-batch's rows back to
+        the batch it was taken from)."""
+        return Outputs(rows[self.row], self.step, self.values, self.version, self.window)
+
+    def predictions(self, events: EventColumns, classes: tuple[str, ...] = ()) -> list[Prediction]:
+        """One :class:`Prediction` per row (tests, the Python API; not the hot path)."""
+        names = events.entities
+        ent, part, off, y = (
+            events.entity.tolist(),
+            events.partition.tolist(),
+            events.offset.tolist(),
+            events.y.tolist(),
+        )
+        return [
+            Prediction(
+                names[ent[r]], events.ds[r], y[r], part[r], off[r], v, s, tuple(f), classes, w
+            )
+            for r, s, f, v, w in zip(
+                self.row.tolist(),
+                self.step.tolist(),
+                self.values.tolist(),
+                self.version,
+                self.window.tolist(),
+                strict=True,
+            )
+        ]
+
+
+def _floats(a: F64) -> list[bytes]:
+    """Each value's JSON, as ``orjson`` writes a Python float (one call for all of them).
+
+    >>> _floats(np.array([3.0, 0.1, 1e22]))
+    [b'3.0', b'0.1', b'1e+22']
+    """
+    if not len(a):
+        return []
+    return orjson.dumps(np.ascontiguousarray(a, np.float64), option=orjson.OPT_SERIALIZE_NUMPY)[
+        1:-1
+    ].split(b",")
+
+
+def _rows(a: F64) -> list[bytes]:
+    """Each row's JSON array of floats, ``[..]``, from one ``orjson`` call.
+
+    >>> _rows(np.array([[1.0, 2.5], [0.1, -3.0]]))
+    [b'[1.0,2.5]', b'[0.1,-3.0]']
+    """
+    if not len(a):
+        return []
+    if a.shape[1] == 0:
+        return [b"[]"] * len(a)
+    text = orjson.dumps(np.ascontiguousarray(a, np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+    return [b"[" + r + b"]" for r in text[2:-2].split(b"],[")]
+
+
+_FORECAST = (
+    b'{"unique_id":%s,"ds":%s,"y":%s,"partition":%d,"offset":%d,"model_version":%s,"step":%d,'
+    b'"forecast":%s%s}'
+)
+_CLASSES = (
+    b'{"unique_id":%s,"ds":%s,"y":%s,"partition":%d,"offset":%d,"model_version":%s,"step":%d,'
+    b'"probabilities":{%s},"label":%s%s}'
+)
+
+
+def encode_outputs(
+    events: EventColumns, out: Outputs, classes: tuple[str, ...] = ()
+) -> tuple[list[bytes], list[bytes]]:
+    """The message key (the entity id) and value (:meth:`Prediction.to_json`'s bytes) of each
+    prediction, in the order of ``out``."""
+    rows = out.row
+    if not len(rows):
+        return [], []
+    dumps = orjson.dumps
+    ent = events.entity[rows].tolist()
+    names = events.entities
+    # each distinct entity's key and JSON string once
+    keys_of = [n.encode() for n in names]
+    ids_of = [dumps(n) for n in names]
+    ds = events.ds
+    ds_json = [dumps(ds[r]) for r in rows.tolist()]
+    ys = _floats(events.y[rows])
+    versions = {v: dumps(v) for v in set(out.version)}
+    ver = [versions[v] for v in out.version]
+    windows = [b',"window":%d' % w if w else b"" for w in out.window.tolist()]
+    part, off, step = (
+        events.partition[rows].tolist(),
+        events.offset[rows].tolist(),
+        out.step.tolist(),
+    )
+    if classes:
+        labels = (
+            [dumps(classes[a]) for a in np.argmax(out.values, axis=1).tolist()]
+            if len(out.values)
+            else []
+        )
+        names_json = [dumps(c) + b":" for c in classes]
+        probs = [
+            b",".join(n + v for n, v in zip(names_json, row[1:-1].split(b","), strict=True))
+            for row in _rows(out.values)
+        ]
+        values = [
+            _CLASSES % (ids_of[e], d, y, p, o, v, s, pr, lb, w)
+            for e, d, y, p, o, v, s, pr, lb, w in zip(
+                ent, ds_json, ys, part, off, ver, step, probs, labels, windows, strict=True
+            )
+        ]
+    else:
+        values = [
+            _FORECAST % (ids_of[e], d, y, p, o, v, s, f, w)
+            for e, d, y, p, o, v, s, f, w in zip(
+                ent, ds_json, ys, part, off, ver, step, _rows(out.values), windows, strict=True
+            )
+        ]
+    return [keys_of[e] for e in ent], values

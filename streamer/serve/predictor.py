@@ -1,0 +1,475 @@
+"""The predictor: a batch of events (as columns) in, one prediction per newly applied event out.
+
+Plain Python, numpy and torch; no Kafka. For one batch:
+
+1. read the states of its entities in one store round trip (:mod:`streamer.state`);
+2. fence: applied, skipped (a replay) and conflicting events (:mod:`streamer.serve.fence`);
+3. step the applied events wave by wave, one batched cell call per wave (:mod:`streamer.serve.step`);
+4. save all touched states in one conditional round trip (a state that changed under the batch
+   is never overwritten: its events get no prediction from here and are run again);
+5. return the outputs: the predictions of saved events, and the kept predictions of skipped ones
+   whose offsets were not committed (re-emitted, bit for bit), as columns in batch order.
+
+Model/state policy: every state records the version of the model that wrote it. A stored state
+whose shape differs from the model's (another cell, layers or hidden size, window length), or
+whose bytes cannot be decoded, is reset to zeros (counted in ``resets``). A state written by
+another version with the same shape continues under the current model (``on_model_change="keep"``,
+the default) or is reset too (``"reset"``). A reset keeps the fence and the kept outputs, so no
+event it applied is applied again and none of its predictions is lost.
+
+The served model can change between batches (:meth:`Predictor.use`, a hot swap): a batch is
+stepped by one model from start to end, and :class:`PendingBatch` remembers which.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from streamer.errors import ConfigError, StaleBatch
+from streamer.model import SequenceModel
+from streamer.schemas import Event, Prediction
+from streamer.serve.columns import EventColumns, Outputs
+from streamer.serve.fence import fence, group_ranks, waves
+from streamer.serve.step import Served, Stepper, resolve_device
+from streamer.state import StateCache, StateStore, base_of
+from streamer.state.codec import Dtype, StateBatch, decode_many, encode_many, now_ms
+
+__all__ = ["BatchReport", "PendingBatch", "Predictor", "Served", "resolve_device"]
+
+log = logging.getLogger("streamer.serve.predictor")
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class BatchReport:
+    """What happened to one batch, for logs and metrics."""
+
+    events: int = 0
+    applied: int = 0
+    #: Events at or below the stored offset: already applied before (a replay).
+    skipped: int = 0
+    #: Skipped events whose kept prediction was sent again (their offsets were not committed).
+    reemitted: int = 0
+    #: Entities whose save was refused because the stored state changed under this batch.
+    rejected: int = 0
+    rejected_entities: list[str] = field(default_factory=list)
+    #: Entities whose stored state did not fit the model (or the policy) and was reset.
+    resets: int = 0
+    #: Rows of events from another partition than their entity's (see :mod:`~.fence`).
+    conflicts: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: the partition each conflicting event's entity belongs to
+    homes: dict[str, int] = field(default_factory=dict)
+    #: The batch's valid events and the predictions to send for them (columns, batch order).
+    batch: EventColumns = field(default_factory=EventColumns.empty)
+    outputs: Outputs = field(default_factory=Outputs.empty)
+    classes: tuple[str, ...] = ()
+    #: seconds of the store's read and write round trips (None: none was needed), and of the
+    #: model's steps
+    read_s: float | None = None
+    write_s: float | None = None
+    step_s: float | None = None
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        """The outputs as :class:`Prediction` objects (tests and the Python API)."""
+        return self.outputs.predictions(self.batch, self.classes)
+
+
+@dataclass
+class PendingBatch:
+    """A stepped batch whose states are not saved yet (see :meth:`Predictor.commit`)."""
+
+    report: BatchReport
+    served: Served
+    events: EventColumns
+    #: kept predictions of skipped events, sent again
+    reemit: Outputs = field(default_factory=Outputs.empty)
+    #: predictions of newly applied events, and the position of each one's entity in ``items``
+    fresh: Outputs = field(default_factory=Outputs.empty)
+    fresh_slot: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: the position in ``items`` of every newly applied event's entity
+    stepped: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: encoded states to save, one per stepped entity
+    items: list[tuple[str, bytes]] = field(default_factory=list)
+    #: what the store knows each state stepped from by (:func:`streamer.state.base_of`)
+    bases: list[bytes] = field(default_factory=list)
+    #: partition of each saved state's events (for the cache)
+    partitions: list[int] = field(default_factory=list)
+    #: some states were read from writes still on their way (see :meth:`Predictor.is_stale`)
+    overlaid: bool = False
+    #: the predictor's count of refused saves when the states were read
+    refusals: int = 0
+
+
+class Predictor:
+    """Steps batches of events through a model, with state kept in a :class:`StateStore`."""
+
+    def __init__(
+        self,
+        model: SequenceModel,
+        version: str,
+        store: StateStore,
+        *,
+        device: torch.device | str = "cpu",
+        state_dtype: Dtype = "float32",
+        max_kept_outputs: int = 1024,
+        cache: StateCache | None = None,
+        fused_cell_from: int | None = None,
+        on_model_change: str = "keep",
+        on_partition_change: str = "refuse",
+    ):
+        self.device = torch.device(device)
+        self.served = Served.of(model, version, self.device)
+        if on_model_change not in ("keep", "reset"):
+            raise ConfigError(f"on_model_change is keep or reset, not {on_model_change!r}")
+        if on_partition_change not in ("refuse", "takeover"):
+            raise ConfigError(
+                f"on_partition_change is refuse or takeover, not {on_partition_change!r}"
+            )
+        #: what becomes of a state written by another version of the same shape
+        self.on_model_change = on_model_change
+        #: what becomes of an event from another partition than its entity's (see fence)
+        self.takeover = on_partition_change == "takeover"
+        self.store = store
+        self.state_dtype: Dtype = state_dtype
+        #: Most outputs kept per entity for re-emission (the newest ones).
+        self.max_kept_outputs = max_kept_outputs
+        self.cache = cache
+        self.stepper = Stepper(self.device, fused_cell_from or 0)
+        #: records being written: the next batch reads an entity's state here first, so it can
+        #: be stepped while the write is on its way
+        self._unconfirmed: dict[str, bytes] = {}
+        #: saves refused so far; a batch read from unconfirmed records before a refusal is stale
+        self._refusals = 0
+
+    @property
+    def model(self) -> SequenceModel:
+        return self.served.model
+
+    @property
+    def version(self) -> str:
+        return self.served.version
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The fields an event must carry besides ``unique_id``, ``ds`` and ``y``."""
+        return self.served.spec.features
+
+    @property
+    def staged(self) -> bool:
+        """Whether inputs and states go to the device in one packed buffer (on a GPU)."""
+        return self.stepper.staged
+
+    @staged.setter
+    def staged(self, on: bool) -> None:
+        self.stepper.staged = on
+
+    @property
+    def fused_cell_from(self) -> int:
+        return self.stepper.fused_from
+
+    def use(self, model: SequenceModel, version: str) -> None:
+        """Serve another model from the next :meth:`prepare` on (a hot swap; call it between
+        batches). Batches prepared before are saved with the model that stepped them."""
+        self.served = Served.of(model, version, self.device)
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drop cached states of partitions this worker no longer owns."""
+        if self.cache is not None:
+            dropped = self.cache.drop_partitions(partitions)
+            log.debug("cache: dropped %d states of partitions %s", dropped, sorted(partitions))
+
+    async def step_many(self, events: Sequence[Event] | EventColumns) -> list[Prediction]:
+        """Apply the events and return the predictions of those newly applied, in batch order."""
+        return (await self.process(events)).predictions
+
+    async def process(
+        self, events: Sequence[Event] | EventColumns, committed: Mapping[int, int] | None = None
+    ) -> BatchReport:
+        """:meth:`prepare` then :meth:`commit`; callers that retry use the two steps directly."""
+        pending = await self.prepare(events, committed)
+        try:
+            return await self.commit(pending)
+        except BaseException:
+            self.abandon(pending)  # a caller that tries again starts from the store
+            raise
+
+    async def prepare(
+        self,
+        events: Sequence[Event] | EventColumns,
+        committed: Mapping[int, int] | None = None,
+        served: Served | None = None,
+    ) -> PendingBatch:
+        """Read the states (one round trip) and step the events; nothing is written yet.
+
+        The stepped states are what the next ``prepare`` reads for these entities until
+        :meth:`commit` confirms them (or the store refuses them), so batches can be stepped while
+        the one before is saved; they must then be committed in the order they were prepared.
+
+        ``committed`` maps a partition to its committed offset (the next one a restarted consumer
+        reads): outputs of events below it were delivered and need not be kept any longer.
+        ``served``: the model to step with (default: the current one). Safe to call again after a
+        failure: it has no effect outside this process.
+        """
+        cols = events if isinstance(events, EventColumns) else EventColumns.of(events)
+        sv = served or self.served
+        spec = sv.spec
+        k = spec.outputs
+        report = BatchReport(events=len(cols), batch=cols, classes=spec.classes)
+        pending = PendingBatch(report=report, served=sv, events=cols, refusals=self._refusals)
+        pending.reemit = pending.fresh = report.outputs = Outputs.empty(k)
+        if not len(cols):
+            return pending
+        committed = committed or {}
+        entities = cols.entities
+        raws, pending.overlaid, report.read_s = await self._read(entities)
+        rows_, width = spec.state_shape
+        loaded, problems = decode_many(
+            raws, rows_, width, sv.kept_width, self.state_dtype, spec.state_tensors
+        )
+        for j, why in problems.items():
+            log.warning("resetting the state of %r: %s", entities[j], why)
+        report.resets = len(problems)
+        if self.on_model_change == "reset":
+            report.resets += self._reset_other_versions(loaded, sv.version, problems)
+
+        f = fence(
+            cols.entity, cols.partition, cols.offset, loaded.partition, loaded.offset, self.takeover
+        )
+        report.conflicts = f.conflict
+        if len(f.conflict):
+            _, first = np.unique(cols.entity, return_index=True)
+            for j in np.unique(cols.entity[f.conflict]).tolist():
+                stored = int(loaded.partition[j])
+                report.homes[entities[j]] = stored if stored >= 0 else int(cols.partition[first[j]])
+            log.warning(
+                "%d events came from another partition than their entity's state (producers "
+                "with different partitioners?); they are dead-lettered (partition_conflict)",
+                len(f.conflict),
+            )
+        if len(f.skipped):
+            pending.reemit = self._reemit(cols, f.skipped, loaded, committed, k, bool(spec.window))
+        report.skipped = len(f.skipped)
+        report.reemitted = len(pending.reemit)
+        if not len(f.applied):
+            return pending
+
+        w = waves(cols.entity[f.applied])
+        st = loaded.take(w.entities)
+        ev = cols.take(f.applied) if len(f.applied) != len(cols) else cols
+        pending.stepped = w.slot
+        started = time.perf_counter()
+        if spec.window:
+            sel, values, steps, lengths = self.stepper.windows(sv, ev, w.slot, w.waves, st)
+            kept = np.concatenate([values, lengths[:, None].astype(np.float64)], axis=1)
+            self._keep_outputs(
+                st, loaded, w.entities, w.slot[sel], ev.offset[sel], steps, kept, committed
+            )
+            rows, slots, window = f.applied[sel], w.slot[sel], lengths
+        else:
+            values, steps = self.stepper.step(sv, ev, w.slot, w.waves, st)
+            self._keep_outputs(st, loaded, w.entities, w.slot, ev.offset, steps, values, committed)
+            rows, slots, window = f.applied, w.slot, np.zeros(len(steps), np.int64)
+        pending.fresh = Outputs(rows, steps, values, [sv.version] * len(rows), window)
+        pending.fresh_slot = slots
+        report.step_s = time.perf_counter() - started
+        st.version[:] = sv.version.encode("ascii")
+        st.updated_ms[:] = now_ms()
+        blobs = encode_many(st, self.state_dtype)
+        stepped = w.entities.tolist()
+        pending.items = [(entities[j], b) for j, b in zip(stepped, blobs, strict=True)]
+        pending.bases = [base_of(raws[j]) for j in stepped]
+        pending.partitions = st.partition.tolist()
+        if not self.is_stale(pending):  # (a stale batch is stepped again before it is saved)
+            self._unconfirmed.update(pending.items)  # the next batch steps on from these
+        return pending
+
+    async def commit(self, pending: PendingBatch) -> BatchReport:
+        """Save the stepped states in one conditional round trip; return the report whose
+        outputs are those of saved states and the re-emitted ones, in batch order.
+
+        Retrying a commit whose reply was lost is safe: a record already stored counts as saved.
+        """
+        report = pending.report
+        if self.is_stale(pending):
+            raise StaleBatch("states it read from unconfirmed writes were refused by the store")
+        saved: list[bool] = []
+        if pending.items:
+            started = time.perf_counter()
+            saved = await self.store.put_many(pending.items, pending.bases)
+            report.write_s = time.perf_counter() - started
+        unconfirmed = self._unconfirmed
+        for (e, blob), ok in zip(pending.items, saved, strict=True):
+            if not ok:  # whatever a later batch stepped on from it does not hold either
+                unconfirmed.pop(e, None)
+            elif unconfirmed.get(e) is blob:  # (a later batch may have stepped on from it)
+                del unconfirmed[e]
+        took = np.asarray(saved, bool)
+        report.rejected = int(len(took) - took.sum())
+        report.rejected_entities = [
+            e for (e, _), good in zip(pending.items, saved, strict=True) if not good
+        ]
+        if self.cache is not None:
+            self.cache.put_many(
+                (e, part, blob)
+                for (e, blob), part, good in zip(
+                    pending.items, pending.partitions, saved, strict=True
+                )
+                if good
+            )
+            self.cache.discard(report.rejected_entities)
+        if report.rejected:
+            self._refusals += 1
+            log.warning(
+                "%d states changed in the store under this batch; their events were not applied "
+                "here and are run again",
+                report.rejected,
+            )
+            fresh = pending.fresh
+            keep = took[pending.fresh_slot]
+            pending.fresh = Outputs(
+                fresh.row[keep],
+                fresh.step[keep],
+                fresh.values[keep],
+                [v for v, good in zip(fresh.version, keep.tolist(), strict=True) if good],
+                fresh.window[keep],
+            )
+            report.applied = int(took[pending.stepped].sum())
+        else:
+            report.applied = len(pending.stepped)
+        report.outputs = (
+            Outputs.join([pending.reemit, pending.fresh]) if len(pending.reemit) else pending.fresh
+        )
+        return report
+
+    def abandon(self, pending: PendingBatch) -> None:
+        """Forget a prepared batch that will not be committed as it is (before preparing it
+        again): the next batch must not step on from its states."""
+        for e, blob in pending.items:
+            if self._unconfirmed.get(e) is blob:
+                del self._unconfirmed[e]
+
+    def is_stale(self, pending: PendingBatch) -> bool:
+        """Whether a prepared batch read a state from a write the store then refused: it must be
+        prepared again before it is saved (its steps started from a state that does not hold)."""
+        return pending.overlaid and pending.refusals != self._refusals
+
+    async def _read(self, entities: list[str]) -> tuple[list[bytes | None], bool, float | None]:
+        """The latest records: from writes on their way, then the cache, the rest in one round
+        trip to the store; whether any came from a write on its way; the round trip's seconds."""
+        over = self._unconfirmed
+        raws: list[bytes | None] = (
+            [over.get(e) for e in entities] if over else [None] * len(entities)
+        )
+        overlaid = len(raws) != raws.count(None)
+        missed = [j for j, raw in enumerate(raws) if raw is None]
+        if self.cache is not None and missed:
+            hits = self.cache.get_many([entities[j] for j in missed])
+            for j, raw in zip(missed, hits, strict=True):
+                raws[j] = raw
+            missed = [j for j, raw in zip(missed, hits, strict=True) if raw is None]
+        if not missed:
+            return raws, overlaid, None
+        started = time.perf_counter()
+        got = await self.store.get_many([entities[j] for j in missed])
+        took = time.perf_counter() - started
+        for j, raw in zip(missed, got, strict=True):
+            raws[j] = raw
+        return raws, overlaid, took
+
+    @staticmethod
+    def _reemit(
+        cols: EventColumns,
+        skipped: I64,
+        loaded: StateBatch,
+        committed: Mapping[int, int],
+        k: int,
+        window: bool,
+    ) -> Outputs:
+        """The kept predictions of skipped events whose offsets were not committed: sent again,
+        each once, as the state kept them."""
+        if not len(loaded.out_entity):
+            return Outputs.empty(k)
+        ent, part, off = cols.entity[skipped], cols.partition[skipped], cols.offset[skipped]
+        floor = np.fromiter((committed.get(p, -1) for p in part.tolist()), np.int64, len(part))
+        # the kept table is sorted by (entity, offset): find each skipped event's row in it
+        span = int(max(loaded.out_offset.max(), off.max())) + 2
+        table = loaded.out_entity * span + loaded.out_offset
+        want = ent * span + off
+        at = np.minimum(np.searchsorted(table, want), len(table) - 1)
+        found = (table[at] == want) & (loaded.partition[ent] == part) & (off >= floor)
+        # each (partition, offset) once: a rebalance can deliver an event twice in one batch
+        rows, at = skipped[found], at[found]
+        _, first = np.unique(cols.partition[rows] * span + cols.offset[rows], return_index=True)
+        first.sort()
+        rows, at = rows[first], at[first]
+        kept = loaded.out_forecast[at]
+        versions = loaded.version[cols.entity[rows]]
+        return Outputs(
+            row=rows,
+            step=loaded.out_step[at],
+            values=kept[:, :k],
+            version=[v.decode("ascii", errors="replace") for v in versions.tolist()],
+            window=kept[:, k].astype(np.int64) if window else np.zeros(len(rows), np.int64),
+        )
+
+    def _keep_outputs(
+        self,
+        st: StateBatch,
+        loaded: StateBatch,
+        rows: I64,
+        slot: I64,
+        offsets: I64,
+        steps: I64,
+        forecasts: F64,
+        committed: Mapping[int, int],
+    ) -> None:
+        """The outputs each saved state keeps: the older ones not committed yet, then this
+        batch's, the newest ``max_kept_outputs`` of them."""
+        ent, off, stp, fc = slot, offsets, steps, forecasts
+        if len(loaded.out_entity):
+            where = np.full(len(loaded), -1, np.int64)
+            where[rows] = np.arange(len(rows))
+            owner = where[loaded.out_entity]  # the old outputs' entity in ``st``, -1 if not stepped
+            part = loaded.partition[loaded.out_entity]
+            floor = np.fromiter((committed.get(p, -1) for p in part.tolist()), np.int64, len(part))
+            old = (owner >= 0) & (part == st.partition[np.maximum(owner, 0)])
+            old &= loaded.out_offset >= floor
+            if old.any():
+                ent = np.concatenate([owner[old], slot])
+                off = np.concatenate([loaded.out_offset[old], offsets])
+                stp = np.concatenate([loaded.out_step[old], steps])
+                fc = np.concatenate([loaded.out_forecast[old], forecasts])
+        st.set_outputs(ent, off, stp, fc)
+        n = np.bincount(st.out_entity, minlength=len(st))
+        cap = self.max_kept_outputs
+        if n.max(initial=0) > cap:
+            e = st.out_entity
+            keep = group_ranks(e) >= n[e] - cap
+            st.out_entity, st.out_offset = e[keep], st.out_offset[keep]
+            st.out_step, st.out_forecast = st.out_step[keep], st.out_forecast[keep]
+
+    def _reset_other_versions(
+        self, loaded: StateBatch, version: str, problems: Mapping[int, str]
+    ) -> int:
+        """Start over the states written by another model version (fence and outputs kept)."""
+        other = (loaded.version != b"") & (loaded.version != version.encode("ascii"))
+        other[list(problems)] = False  # reset already
+        if not other.any():
+            return 0
+        loaded.h[:, other] = 0
+        loaded.c[:, other] = 0
+        for name in ("step", "count", "mean", "var"):
+            getattr(loaded, name)[other] = 0
+        return int(other.sum())
+
+    async def aclose(self) -> None:
+        await self.store.aclose()

@@ -1,0 +1,260 @@
+"""Stepping a batch's states through the model on the device: the waves, the scaling, the heads.
+
+No store and no Kafka here: a :class:`~streamer.state.codec.StateBatch` of the stepped entities
+and the applied events (columns) in, the states advanced in place and each event's prediction
+values out. On a GPU the inputs and states of a batch go to the device in one copy from a pinned
+buffer and come back in one copy: the batch's one synchronisation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from streamer import scaling
+from streamer.errors import ConfigError
+from streamer.model import ModelSpec, SequenceModel
+from streamer.serve.columns import EventColumns
+from streamer.state.codec import StateBatch
+
+__all__ = ["Served", "Stepper", "resolve_device"]
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when there is one, else CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass(frozen=True, eq=False)
+class Served:
+    """A model as the predictor serves it, with what every batch needs of its spec."""
+
+    model: SequenceModel
+    version: str
+    fmean: F64  # (F,) of the input features
+    fstd: F64
+    #: columns of the event features that are model inputs, and of the window end marker
+    inputs: I64
+    end: int | None
+
+    @classmethod
+    def of(cls, model: SequenceModel, version: str, device: torch.device) -> Served:
+        if len(version.encode("ascii")) > 16:
+            raise ConfigError(f"model version {version!r} is longer than 16 ASCII characters")
+        spec = model.spec
+        nf = len(spec.features)
+        mean = np.asarray(spec.feature_mean or [0.0] * nf, np.float64)
+        std = np.asarray(spec.feature_std or [1.0] * nf, np.float64)
+        inputs = np.asarray(
+            [i for i, f in enumerate(spec.features) if f != spec.window_end], np.int64
+        )
+        end = spec.features.index(spec.window_end) if spec.window_end else None
+        return cls(model.eval().to(device), version, mean[inputs], std[inputs], inputs, end)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    @property
+    def kept_width(self) -> int:
+        """Values per kept output: the prediction's, and a window's length for window models."""
+        return self.spec.outputs + (1 if self.spec.window else 0)
+
+
+class Stepper:
+    """Runs waves of events through a model on one device."""
+
+    def __init__(self, device: torch.device, fused_from: int = 0):
+        self.device = device
+        #: Waves of at least this many events run the fused sequence kernel (0: never, the
+        #: default). One cell call per layer was faster on both: on an H200 at every batch size
+        #: from 1k to 64k (4.4M against 3.7M entity-steps/s at 1k, 145M against 7.6M at 64k:
+        #: cuDNN's sequence kernel pays a fixed cost per call), on CPU as fast or faster from
+        #: 64 to 2048 with one thread (``bench/gpu_check.py`` measures both).
+        self.fused_from = fused_from
+        #: On a GPU, inputs and states go over in one pinned buffer and come back in one copy.
+        self.staged = device.type != "cpu"
+        #: the pinned host buffer of the copy to the device, kept from batch to batch (pinning
+        #: memory is a slow driver call) and grown when a batch needs more
+        self._pinned: torch.Tensor | None = None
+
+    def _fused(self, batch: int) -> bool:
+        return 0 < self.fused_from <= batch
+
+    @staticmethod
+    def _inputs(sv: Served, ev: EventColumns, y: F64) -> tuple[F32, F64 | None]:
+        """Model inputs ``(N, I)`` with y unscaled in column 0, and the raw features ``(N, F)``."""
+        x = np.empty((len(ev), sv.spec.input_size), np.float32)
+        x[:, 0] = y
+        if not sv.spec.features:
+            return x, None
+        feats = ev.features
+        x[:, 1:] = (feats[:, sv.inputs] - sv.fmean) / sv.fstd
+        return x, feats
+
+    @staticmethod
+    def _advance(ev: EventColumns, slot: I64, waves: list[I64], st: StateBatch) -> I64:
+        """Count the events into their states' steps and move the fences to them (``st`` in
+        place, wave by wave); return each event's step."""
+        steps = np.empty(len(ev), np.int64)
+        for w in waves:
+            s = slot[w]
+            st.step[s] += 1
+            steps[w] = st.step[s]
+            st.partition[s], st.offset[s] = ev.partition[w], ev.offset[w]
+        return steps
+
+    def step(
+        self, sv: Served, ev: EventColumns, slot: I64, waves: list[I64], st: StateBatch
+    ) -> tuple[F64, I64]:
+        """Advance the states ``st`` (in place) through the applied events ``ev``; return the
+        predictions' values (forecasts, or class probabilities) and steps."""
+        n = len(ev)
+        y = ev.y
+        steps = self._advance(ev, slot, waves, st)
+        if len(waves) == 1:  # every entity once: the statistics of all at once
+            stats = scaling.update((st.count, st.mean, st.var), y)
+            st.count, st.mean, st.var = stats
+            mean_e, scale_e = stats[1], scaling.scale_of(stats)
+        else:
+            mean_e, scale_e = np.empty(n), np.empty(n)
+            for w in waves:  # scaling statistics advance in event order, per entity
+                s = slot[w]
+                stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w])
+                st.count[s], st.mean[s], st.var[s] = stats
+                mean_e[w], scale_e[w] = stats[1], scaling.scale_of(stats)
+
+        x_host, _ = self._inputs(sv, ev, y)  # (N, I)
+        if sv.spec.scaling == "entity":
+            x_host[:, 0] = (y - mean_e) / scale_e
+
+        h, c, x = self._to_device(st.h, st.c, x_host)  # (L, U, H), (L, U, H), (N, I)
+        model = sv.model
+        with torch.inference_mode():
+            if len(waves) == 1:  # every entity once, in slot order: no gather, no scatter
+                out, (h, c) = model.step(x, (h, c), self._fused(n))
+            else:
+                dev = self.device
+                order = np.concatenate(waves)
+                bounds = np.cumsum([0, *(len(w) for w in waves)]).tolist()
+                order_d = torch.from_numpy(order).to(dev, non_blocking=True)
+                slot_d = torch.from_numpy(slot[order]).to(dev, non_blocking=True)
+                out = torch.empty((n, sv.spec.outputs), device=dev)  # (N, K)
+                for a, b in itertools.pairwise(bounds):
+                    rows, ent = order_d[a:b], slot_d[a:b]
+                    state = (h[:, ent], c[:, ent])
+                    yk, (hk, ck) = model.step(x[rows], state, self._fused(b - a))  # (B, K)
+                    h[:, ent], c[:, ent], out[rows] = hk, ck, yk
+            out = model.serve(out)
+        st.h[...], st.c[...], raw = self._to_host(h, c, out)
+        values = raw.astype(np.float64)
+        if sv.spec.task == "forecast" and sv.spec.scaling == "entity":
+            values = values * scale_e[:, None] + mean_e[:, None]
+        return values, steps
+
+    def windows(
+        self, sv: Served, ev: EventColumns, slot: I64, waves: list[I64], st: StateBatch
+    ) -> tuple[I64, F64, I64, I64]:
+        """Add the events to their entities' open windows (``st`` in place) and score the windows
+        they close. Returns the closing events' positions, their predictions' values, steps and
+        window lengths.
+
+        A window state is one row: the raw inputs of the open window's events, ``window`` x I
+        values; its ``count``, ``mean`` and ``var`` are the plain statistics of the open window's
+        y (``spec.scaling="entity"`` scales a closed window's y by them, as training does).
+        """
+        spec = sv.spec
+        size, width = spec.window, spec.input_size
+        y = ev.y
+        x, feats = self._inputs(sv, ev, y)
+        ends = feats[:, sv.end] != 0 if feats is not None and sv.end is not None else None
+        steps = self._advance(ev, slot, waves, st)
+        buf = st.h[0].reshape(len(st), size, width)  # a view: writes go to ``st``
+        closing: list[int] = []
+        windows: list[F32] = []
+        for w in waves:  # in event order, per entity
+            s = slot[w]
+            fill = np.minimum(st.count[s].astype(np.int64), size - 1)
+            buf[s, fill] = x[w]
+            stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w], alpha=0.0)
+            st.count[s], st.mean[s], st.var[s] = stats
+            done = fill + 1 >= size
+            if ends is not None:
+                done |= ends[w]
+            if not done.any():
+                continue
+            mean, scale = stats[1][done], scaling.scale_of(stats)[done]
+            for e, j, length, mu, sd in zip(
+                w[done].tolist(),
+                s[done].tolist(),
+                (fill[done] + 1).tolist(),
+                mean.tolist(),
+                scale.tolist(),
+                strict=True,
+            ):
+                win = buf[j, :length].copy()
+                if spec.scaling == "entity":
+                    win[:, 0] = (win[:, 0] - mu) / sd
+                closing.append(e)
+                windows.append(win)
+            shut = s[done]
+            buf[shut] = 0
+            st.count[shut], st.mean[shut], st.var[shut] = 0.0, 0.0, 0.0
+        sel = np.asarray(closing, np.int64)
+        lengths = np.fromiter(map(len, windows), np.int64, len(windows))
+        values = np.empty((len(windows), spec.outputs))
+        with torch.inference_mode():
+            for length in np.unique(lengths).tolist():  # one call per window length
+                at = np.flatnonzero(lengths == length)
+                xw = torch.from_numpy(np.stack([windows[a] for a in at])).to(self.device)
+                values[at] = sv.model.serve(sv.model.window_logits(xw)).cpu().numpy()
+        order = np.argsort(sel, kind="stable")  # in batch order
+        return sel[order], values[order], steps[sel][order], lengths[order]
+
+    def _to_device(self, h: F32, c: F32, x: F32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """States and inputs on the device: on CPU as views of the arrays; on a GPU packed into one
+        pinned host buffer and moved in one asynchronous copy."""
+        if not self.staged:
+            return torch.from_numpy(h), torch.from_numpy(c), torch.from_numpy(x)
+        size = h.size + c.size + x.size
+        if self._pinned is None or self._pinned.numel() < size:
+            # (the copy from it of the batch before is over: that batch synced in _to_host)
+            self._pinned = torch.empty(
+                max(size, 2 * (0 if self._pinned is None else self._pinned.numel())),
+                dtype=torch.float32,
+                pin_memory=self.device.type == "cuda",
+            )
+        host = self._pinned[:size]
+        flat = host.numpy()
+        flat[: h.size] = h.ravel()
+        flat[h.size : h.size + c.size] = c.ravel()
+        flat[h.size + c.size :] = x.ravel()
+        dev = host.to(self.device, non_blocking=True)
+        return (
+            dev[: h.size].view(h.shape),
+            dev[h.size : h.size + c.size].view(c.shape),
+            dev[h.size + c.size :].view(x.shape),
+        )
+
+    def _to_host(self, h: torch.Tensor, c: torch.Tensor, out: torch.Tensor) -> tuple[F32, F32, F32]:
+        """States and outputs back on the host, from a GPU in one copy (the batch's one sync)."""
+        if not self.staged:
+            return h.numpy(), c.numpy(), out.numpy()
+        flat = torch.cat([h.reshape(-1), c.reshape(-1), out.reshape(-1)]).cpu().numpy()
+        return (
+            flat[: h.numel()].reshape(h.shape),
+            flat[h.numel() : h.numel() + c.numel()].reshape(c.shape),
+            flat[h.numel() + c.numel() :].reshape(out.shape),
+        )

@@ -1,0 +1,115 @@
+"""The columnar decoder and encoder against the one-message ones they replace on the hot path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.pipeline import RawMessage
+from streamer.schemas import DeadLetter, Event, Prediction, decode_event
+from streamer.serve.columns import EventColumns, Outputs, decode_columns, encode_outputs
+from tests.hostile import hostile_message
+from tests.unit.test_schemas import HOSTILE
+
+_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**40), 10**40),
+    st.floats(),
+    st.text(max_size=3),
+    st.sampled_from(["e1", "e2", "2024-01", 'q"uote', "back\\slash", "\u00e9t\u00e9"]),
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> tuple[bytes | None, bytes | None]:
+    if draw(st.booleans()):
+        return draw(hostile_message(["e1", "e2"], max_bytes=4096))
+    body = draw(
+        st.fixed_dictionaries(
+            {"unique_id": st.sampled_from(["e1", "e2", 'q"uote']), "ds": st.just("2024")},
+            optional={"y": _value, "f": _value, "g": _value},
+        )
+    )
+    try:
+        raw = orjson.dumps(body)
+    except TypeError:  # an int beyond 64 bits
+        raw = json.dumps(body).encode()
+    if draw(st.booleans()):
+        raw = json.dumps(body, indent=draw(st.sampled_from([None, 1]))).encode()
+    key = draw(st.sampled_from([b"e1", b"e2", b'q"uote', None]))
+    return key, raw
+
+
+@settings(max_examples=600, deadline=None)
+@given(msgs=st.lists(messages(), max_size=14), features=st.sampled_from([(), ("f",), ("f", "g")]))
+def test_a_batch_decodes_as_its_messages_one_by_one(
+    msgs: list[tuple[bytes | None, bytes | None]], features: tuple[str, ...]
+) -> None:
+    raw = [RawMessage(k, v, 1, 10 + i) for i, (k, v) in enumerate(msgs)]
+    one_by_one = [decode_event(k, v, 1, 10 + i, features, 4096) for i, (k, v) in enumerate(msgs)]
+    cols, dead = decode_columns(raw, features, 4096)
+    assert cols.events() == [r for r in one_by_one if isinstance(r, Event)]
+    assert dead == [r for r in one_by_one if isinstance(r, DeadLetter)]
+    assert cols.source.tolist() == [i for i, r in enumerate(one_by_one) if isinstance(r, Event)]
+    assert cols.features.shape == (len(cols), len(features))
+
+
+def test_the_hostile_kinds_are_refused_in_a_batch_too() -> None:
+    raw = [RawMessage(k, v, 0, i) for i, (v, k, _, _) in enumerate(HOSTILE)]
+    for feats in {f for _, _, f, _ in HOSTILE}:
+        _, dead = decode_columns(raw, feats)
+        want = [r for v, k, f, r in HOSTILE if f == feats]
+        got = {d.offset: d.reason for d in dead}
+        assert [got.get(i) for i, (_, _, f, _) in enumerate(HOSTILE) if f == feats] == want
+
+
+def test_entities_are_interned_in_order_of_first_appearance() -> None:
+    evs = [Event(e, "d", 1.0, (), 0, i) for i, e in enumerate(["b", "a", "b", "c", "a"])]
+    cols = EventColumns.of(evs)
+    assert cols.entities == ["b", "a", "c"] and cols.entity.tolist() == [0, 1, 0, 2, 1]
+    sub = cols.take(np.array([3, 4]))
+    assert sub.entities == ["a", "c"] and sub.entity.tolist() == [1, 0]
+    assert sub.events() == [evs[3], evs[4]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=8),
+            st.text(max_size=12),
+            st.floats(allow_nan=False, allow_infinity=False, width=64),
+            st.integers(0, 2**31 - 1),
+            st.integers(0, 2**62),
+            st.integers(1, 2**40),
+            st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=3, max_size=3),
+            st.sampled_from(["v1", "1cd2483550ce", "a\u00e9"]),
+            st.sampled_from([0, 0, 24]),
+        ),
+        max_size=20,
+    ),
+    classify=st.booleans(),
+)
+def test_predictions_are_encoded_as_to_json_byte_for_byte(rows: list, classify: bool) -> None:  # type: ignore[type-arg]
+    classes = ("down", 'f"lat', "up") if classify else ()
+    evs = [Event(u, d, y, (), p, o) for u, d, y, p, o, *_ in rows]
+    cols = EventColumns.of(evs)
+    out = Outputs(
+        row=np.arange(len(rows), dtype=np.int64),
+        step=np.array([r[5] for r in rows], np.int64),
+        values=np.array([r[6] for r in rows], np.float64).reshape(len(rows), 3),
+        version=[r[7] for r in rows],
+        window=np.array([r[8] for r in rows], np.int64),
+    )
+    keys, values = encode_outputs(cols, out, classes)
+    want = [
+        Prediction(u, d, y, p, o, v, s, tuple(f), classes, w) for u, d, y, p, o, s, f, v, w in rows
+    ]
+    assert values == [p.to_json() for p in want]
+    assert keys == [p.unique_id.encode() for p in want]
+    assert out.predictions(cols, classes) == want
