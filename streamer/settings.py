@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     #: size) is ``keep``-t and continues under the new model, or ``reset`` to zeros. States of
     #: another shape are always reset. Either way the fence and the kept predictions stay.
     on_model_change: Literal["keep", "reset"] = "keep"
+    #: An event from another partition than its entity's state (producers that hash keys
+    #: differently: librdkafka and kcat default to CRC32, Java clients and streamer to murmur2)
+    #: is dead-lettered (``partition_conflict``) under ``refuse``; ``takeover`` moves the
+    #: entity to the event's partition (its offsets start again), as needed after recreating or
+    #: repartitioning the events topic.
+    on_partition_change: Literal["refuse", "takeover"] = "refuse"
     #: ``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``.
     device: str = "auto"
     #: Storage dtype of h and c in Redis.

@@ -81,6 +81,7 @@ def build_handler(settings: Settings) -> BatchHandler:
         else None,
         fused_cell_from=settings.fused_cell_from,
         on_model_change=settings.on_model_change,
+        on_partition_change=settings.on_partition_change,
     )
     log.info("model %s from %s on %s", art.version, source, device)
     return BatchHandler(predictor, max_event_bytes=settings.topics.max_event_bytes)

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 import torch
 
 from streamer.data import split_series
 from streamer.model import ModelSpec, SequenceModel
+from streamer.pipeline import MAX_RERUNS, BatchHandler, RawMessage
 from streamer.schemas import Event, Prediction
 from streamer.serve.predictor import Predictor, resolve_device
 from streamer.state import MemoryStateStore, StateCache, decode
@@ -230,3 +233,106 @@ async def test_a_write_refused_by_the_store_gives_no_prediction_and_is_counted()
     assert {p.unique_id for p in report.predictions}.isdisjoint(taken)
     assert report.applied == sum(1 for ev in events[:6] if ev.unique_id not in taken)
     assert await store.get_many(sorted(taken)) == await other.get_many(sorted(taken))
+
+
+# ------------------------------------------------------------------ partitions and contention --
+
+
+def raw(events: list[Event]) -> list[RawMessage]:
+    return [
+        RawMessage(
+            e.unique_id.encode(),
+            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
+            e.partition,
+            e.offset,
+        )
+        for e in events
+    ]
+
+
+def moved(events: list[Event], entity: str, partition: int) -> list[Event]:
+    """The events of one entity sent to another partition (as a CRC32-hashing producer would),
+    with that partition's offsets."""
+    out, nxt = [], 1000
+    for e in events:
+        if e.unique_id == entity:
+            e = Event(e.unique_id, e.ds, e.y, e.features, partition, nxt)
+            nxt += 1
+        out.append(e)
+    return out
+
+
+async def test_events_of_an_entity_on_another_partition_are_dead_lettered() -> None:
+    model = make("lstm")
+    df = make_panel(4, 8, 8, seed=10)
+    events = synthetic_events(df, partitions=2)
+    first, second = events[:16], events[16:]
+    handler = BatchHandler(predictor(model, MemoryStateStore()))
+    got = await handler.handle(raw(first))
+    assert len(got.outputs) == 16 and not got.dead_letters
+    # e0001's later events arrive on the other partition: refused with their reason, nothing else
+    # changes; every event gets a prediction or a dead letter
+    other = 1 - next(e.partition for e in first if e.unique_id == "e0001")
+    batch = moved(second, "e0001", other)
+    got = await handler.handle(raw(batch))
+    dead = [d for d in got.dead_letters if d.reason == "partition_conflict"]
+    assert sorted(d.offset for d in dead) == sorted(
+        e.offset for e in batch if e.unique_id == "e0001"
+    )
+    assert f"belongs to partition {1 - other}" in dead[0].detail
+    assert {p.unique_id for p in got.predictions} == {"e0000", "e0002", "e0003"}
+    assert len(got.outputs) + len(got.dead_letters) == len(batch)
+    assert got.report.applied == len(batch) - len(dead)
+    (raw_state,) = await handler.predictor.store.get_many(["e0001"])
+    assert raw_state is not None and decode(raw_state).step == 4
+
+
+async def test_a_takeover_moves_the_entity_to_the_new_partition() -> None:
+    model = make("lstm")
+    df = make_panel(2, 6, 6, seed=11)
+    events = synthetic_events(df, partitions=1)
+    store = MemoryStateStore()
+    await BatchHandler(predictor(model, store)).handle(raw(events[:6]))
+    pred = Predictor(model, "v1", store, on_partition_change="takeover")
+    got = await BatchHandler(pred).handle(raw(moved(events[6:], "e0000", 3)))
+    assert not got.dead_letters and len(got.outputs) == 6
+    (raw_state,) = await store.get_many(["e0000"])
+    assert raw_state is not None and decode(raw_state).partition == 3
+
+
+class Contended(MemoryStateStore):
+    """A store whose record of some entities another writer changes before every write of ours
+    (a zombie that never stops): each of our writes for them is refused."""
+
+    def __init__(self, hot: set[str]):
+        super().__init__()
+        self.hot = hot
+        self.changes = 0
+
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None = None
+    ) -> list[bool]:
+        for e, _ in items:
+            if e in self.hot:
+                (cur,) = await self.get_many([e])
+                if cur is not None:  # the other writer's version: same fence, another time
+                    self.changes += 1
+                    self.set_raw(e, cur[:48] + self.changes.to_bytes(8, "little") + cur[56:])
+        return await super().put_many(items, bases)
+
+
+async def test_events_whose_state_keeps_changing_are_dead_lettered_never_dropped() -> None:
+    model = make("lstm")
+    df = make_panel(3, 5, 5, seed=12)
+    events = synthetic_events(df, partitions=1)
+    store = Contended({"e0002"})
+    handler = BatchHandler(predictor(model, store), retry_initial_s=0.001)
+    await handler.handle(raw(events[:3]))  # every entity has a state
+    got = await handler.handle(raw(events[3:]))
+    contended = [d for d in got.dead_letters if d.reason == "contended"]
+    assert sorted(d.offset for d in contended) == [
+        e.offset for e in events[3:] if e.unique_id == "e0002"
+    ]
+    assert {p.unique_id for p in got.predictions} == {"e0000", "e0001"}
+    assert len(got.outputs) + len(got.dead_letters) == len(events) - 3
+    assert store.changes == 1 + MAX_RERUNS  # the batch, then every run again: all refused
