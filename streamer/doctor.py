@@ -142,6 +142,7 @@ async def diagnose(settings: Settings, *, timeout_s: float = 5.0) -> list[Check]
         model.check,
         states,
         workers,
+        producers_check(live if redis.reachable else None),
         lag,
     ]
 
@@ -737,3 +738,38 @@ async def _check_workers(
         workers, settings.app_id, model.version, None if events is None else events[0]
     )
     return check, workers
+
+
+def producers_check(workers: Sequence[WorkerInfo] | None) -> Check:
+    """What the live workers' dead letters say of the producers: events of one entity on two
+    partitions (producers that hash keys differently), and states that kept changing under a
+    worker (two workers writing one entity)."""
+    name = "producers"
+    if workers is None:
+        return Check(name, "warn", "not checked: the workers could not be read")
+    if not workers:
+        return Check(name, "warn", "not checked: no live worker")
+    conflicts = sum(w.dead_letters.get("partition_conflict", 0) for w in workers)
+    contended = sum(w.dead_letters.get("contended", 0) for w in workers)
+    problems = []
+    if conflicts:
+        problems.append(
+            f"{conflicts} events came on another partition than their entity's and were "
+            "dead-lettered (partition_conflict): a producer hashes keys differently (librdkafka "
+            "and kcat default to CRC32; produce with -X topic.partitioner=murmur2_random), or "
+            "the topic was repartitioned (STREAMER_ON_PARTITION_CHANGE=takeover for a while)"
+        )
+    if contended:
+        problems.append(
+            f"{contended} events were dead-lettered because their entity's state kept changing "
+            "under a worker (contended): something else writes the states"
+        )
+    if problems:
+        return Check(name, "warn", "; ".join(problems))
+    total = sum(sum(w.dead_letters.values()) for w in workers)
+    return Check(
+        name,
+        "ok",
+        f"every entity's events on one partition ({total} dead letters since the workers "
+        "started, none for that)",
+    )

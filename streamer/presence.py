@@ -1,10 +1,11 @@
 """Workers announce themselves in Redis, so tools find them without configuration.
 
 Each worker writes one field of the hash ``streamer-workers:{app_id}`` every few seconds
-(``STREAMER_METRICS__ANNOUNCE_S``): its id, host, pid, metrics URL, model version, owned partitions
-and the time. ``streamer dashboard`` scrapes the metrics URLs of the live ones, ``streamer doctor``
-lists them. A worker removes its field when it stops; one that died is ignored once its last
-announcement is older than three periods, and removed by the next reader.
+(``STREAMER_METRICS__ANNOUNCE_S``): its id, host, pid, metrics URL, model version, owned
+partitions, its dead letters by reason and the time. ``streamer dashboard`` scrapes the metrics
+URLs of the live ones, ``streamer doctor`` lists them. A worker removes its field when it stops;
+one that died is ignored once its last announcement is older than three periods, and removed by
+the next reader.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class WorkerInfo:
     seen_ms: int = 0
     #: seconds between announcements: a worker not seen for three is gone
     period_s: float = 5.0
+    #: dead letters sent since the worker started, by reason (``streamer doctor`` reads the
+    #: reasons that point at a producer's fault, such as ``partition_conflict``)
+    dead_letters: dict[str, int] = field(default_factory=dict)
 
     @property
     def age_s(self) -> float:

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -67,6 +68,8 @@ class RunnerStats:
         self.events = 0
         self.predictions = 0
         self.dead_letters = 0
+        #: dead letters by reason (announced to ``streamer doctor``)
+        self.dead_by_reason: Counter[str] = Counter()
         self.reemitted = 0
         self.redis_retries = 0
         self.kafka_retries = 0
@@ -335,6 +338,7 @@ class Runner:
         st.events += len(records)
         st.predictions += len(outcome.outputs)
         st.dead_letters += len(outcome.dead_letters)
+        st.dead_by_reason.update(d.reason for d in outcome.dead_letters)
         st.reemitted += outcome.report.reemitted
         st.redis_retries += outcome.retries
         try:

@@ -196,6 +196,7 @@ class StreamerService(Service):
             info = self.info
             info.model_version = self.runner.handler.serving
             info.partitions = sorted(tp.partition for tp in self.runner.assigned())
+            info.dead_letters = dict(self.runner.stats.dead_by_reason)
             try:
                 await announce(self.registry.redis, app_id, info)
             except Exception as exc:  # never let the announcement stop the worker

@@ -146,11 +146,14 @@ async def test_states_workers_lag_and_the_registry_as_a_worker_would_see_them(
         )
 
         info = WorkerInfo("w1", "host", 1, None, ns, art.version, partitions=[0, 1])
+        info.dead_letters = {"partition_conflict": 2}
         await announce(client, ns, info)
         got = by_name(await diagnose(settings))
         assert got["workers"] == Check(
             "workers", "ok", f"1 live: w1 ({art.version}, partitions 0-1)"
         )
+        assert got["producers"].status == "warn"
+        assert got["producers"].detail.startswith("2 events came on another partition")
         assert got["consumer lag"].status == "ok"
 
         registry = Registry(redis_client(settings), ns)

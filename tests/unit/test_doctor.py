@@ -12,6 +12,7 @@ from streamer.doctor import (
     eviction_check,
     lag_check,
     persistence_check,
+    producers_check,
     redact,
     render,
     settings_check,
@@ -103,6 +104,23 @@ def test_workers() -> None:
     assert c.detail.endswith("a serve another model than v1; 1 idle: more workers than partitions")
     c = workers_check([worker("a", "v1", [0])], "app", "v1", 3)
     assert c.detail.endswith("partitions 1-2 owned by none (a rebalance?)")
+
+
+def test_producers() -> None:
+    assert producers_check(None).status == "warn" and producers_check([]).status == "warn"
+    a, b = worker("a", "v1", [0]), worker("b", "v1", [1])
+    a.dead_letters = {"invalid_json": 3}
+    assert producers_check([a, b]) == Check(
+        "producers",
+        "ok",
+        "every entity's events on one partition (3 dead letters since the workers started, "
+        "none for that)",
+    )
+    b.dead_letters = {"partition_conflict": 4, "contended": 1}
+    c = producers_check([a, b])
+    assert c.status == "warn"
+    assert c.detail.startswith("4 events came on another partition than their entity's")
+    assert "murmur2_random" in c.detail and "1 events were dead-lettered" in c.detail
 
 
 def test_lag() -> None:
