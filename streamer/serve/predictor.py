@@ -241,8 +241,15 @@ class Predictor:
         if self.on_model_change == "reset":
             report.resets += self._reset_other_versions(loaded, sv.version, problems)
 
+        distinct = len(entities) == len(cols)  # (the usual batch: many entities, each once)
         f = fence(
-            cols.entity, cols.partition, cols.offset, loaded.partition, loaded.offset, self.takeover
+            cols.entity,
+            cols.partition,
+            cols.offset,
+            loaded.partition,
+            loaded.offset,
+            self.takeover,
+            distinct,
         )
         report.conflicts = f.conflict
         if len(f.conflict):
@@ -262,7 +269,7 @@ class Predictor:
         if not len(f.applied):
             return pending
 
-        w = waves(cols.entity[f.applied])
+        w = waves(cols.entity[f.applied], distinct)
         st = loaded.take(w.entities)
         ev = cols.take(f.applied) if len(f.applied) != len(cols) else cols
         pending.stepped = w.slot

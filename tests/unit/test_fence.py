@@ -36,6 +36,9 @@ def test_every_entity_on_its_home_partition_is_fenced_as_event_by_event(b: tuple
     assert f.applied.tolist() == seq.applied.tolist()
     assert f.skipped.tolist() == seq.skipped.tolist()
     assert not len(f.conflict)
+    if len(set(entity.tolist())) == len(entity):  # the shortcut for batches of distinct entities
+        d = fence(entity, partition, offset, sp, so, distinct=True)
+        assert (d.applied.tolist(), d.skipped.tolist()) == (f.applied.tolist(), f.skipped.tolist())
 
 
 @settings(max_examples=500, deadline=None)
@@ -43,6 +46,11 @@ def test_every_entity_on_its_home_partition_is_fenced_as_event_by_event(b: tuple
 def test_events_off_their_entitys_partition_are_conflicts_and_the_rest_is_fenced(b: tuple) -> None:  # type: ignore[type-arg]
     entity, partition, offset, sp, so = b
     f = fence(entity, partition, offset, sp, so)
+    if len(set(entity.tolist())) == len(entity):
+        d = fence(entity, partition, offset, sp, so, distinct=True)
+        assert [x.tolist() for x in (d.applied, d.skipped, d.conflict)] == [
+            x.tolist() for x in (f.applied, f.skipped, f.conflict)
+        ]
     rows = np.sort(np.concatenate([f.applied, f.skipped, f.conflict]))
     assert rows.tolist() == list(range(len(entity)))
     for r in f.conflict.tolist():
@@ -73,3 +81,5 @@ def test_waves_step_each_entity_once_per_wave_in_order(entity: list[int]) -> Non
             assert int((e[:i] == e[i]).sum()) == k
     if len(set(entity)) == len(entity):
         assert w.slot.tolist() == list(range(len(entity)))
+        d = waves(e, distinct=True)
+        assert d.entities.tolist() == entity and d.slot.tolist() == w.slot.tolist()
