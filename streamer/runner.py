@@ -47,6 +47,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
+from streamer.errors import StreamerError
 from streamer.kafka import send_keyed
 from streamer.metrics import Metrics
 from streamer.pipeline import BatchHandler, Outcome
@@ -131,6 +132,8 @@ class Runner:
         self._assigned = asyncio.Event()
         #: partition -> committed offset (the next offset a restarted consumer reads)
         self._committed: dict[int, int] = {}
+        #: the committed offsets the outbox was last trimmed to, while idle
+        self._trimmed: dict[int, int] = {}
         #: partition -> end offset and first offset, as the broker last told (for the lag)
         self._ends: dict[int, int] = {}
         self._firsts: dict[int, int] = {}
@@ -199,6 +202,7 @@ class Runner:
             if not records:
                 await self._settle()  # surfaces a delivery failure while idle
                 self.observe_partitions()
+                await self._trim()
                 continue
             async with self._lock:
                 if self._stopping.is_set():
@@ -359,6 +363,20 @@ class Runner:
             self.observe_partitions()
         except Exception:  # a metric must never stop a worker whose batch was committed
             log.exception("updating the metrics failed")
+
+    async def _trim(self) -> None:
+        """At rest: let the store drop the kept predictions of what is committed (the outbox of
+        the last batches), so that Redis holds only the states. Best effort: an outage only
+        delays it (the next batch's write trims too)."""
+        committed = {p: o for p, o in self._committed.items() if self._trimmed.get(p) != o}
+        if not committed:
+            return
+        try:
+            await self.handler.predictor.trim(committed)
+        except StreamerError as exc:
+            log.debug("cannot trim the outbox: %s", exc)
+            return
+        self._trimmed.update(committed)
 
     def _kafka_retried(self) -> None:
         self.stats.kafka_retries += 1

@@ -23,6 +23,7 @@ stepped by one model from start to end, and :class:`PendingBatch` remembers whic
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,16 @@ from streamer.serve.columns import EventColumns, Outputs
 from streamer.serve.fence import fence, group_ranks, waves
 from streamer.serve.step import Served, Stepper, resolve_device
 from streamer.state import StateCache, StateStore, base_of
-from streamer.state.codec import Dtype, StateBatch, decode_many, encode_many, now_ms
+from streamer.state.codec import (
+    Dtype,
+    StateBatch,
+    decode_many,
+    decode_outbox,
+    encode_many,
+    now_ms,
+    outbox_dtype,
+)
+from streamer.state.store import OutboxPart
 
 __all__ = ["BatchReport", "PendingBatch", "Predictor", "Served", "resolve_device"]
 
@@ -107,6 +117,10 @@ class PendingBatch:
     overlaid: bool = False
     #: the predictor's count of refused saves when the states were read
     refusals: int = 0
+    #: a store with an outbox: the predictions of the applied events, per partition, and their
+    #: entries (what a replay of this batch's events in flight re-emits)
+    outbox: list[OutboxPart] = field(default_factory=list)
+    entries: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class Predictor:
@@ -149,6 +163,8 @@ class Predictor:
         self._unconfirmed: dict[str, bytes] = {}
         #: saves refused so far; a batch read from unconfirmed records before a refusal is stale
         self._refusals = 0
+        #: batches prepared and not committed yet (their outbox entries, for replays in flight)
+        self._in_flight: list[PendingBatch] = []
 
     @property
     def model(self) -> SequenceModel:
@@ -263,7 +279,7 @@ class Predictor:
                 len(f.conflict),
             )
         if len(f.skipped):
-            pending.reemit = self._reemit(cols, f.skipped, loaded, committed, k, bool(spec.window))
+            pending.reemit = await self._reemit(pending, f.skipped, loaded, committed, sv)
         report.skipped = len(f.skipped)
         report.reemitted = len(pending.reemit)
         if not len(f.applied):
@@ -274,19 +290,26 @@ class Predictor:
         ev = cols.take(f.applied) if len(f.applied) != len(cols) else cols
         pending.stepped = w.slot
         started = time.perf_counter()
+        inline = not self.store.outbox  # (else the kept predictions go to the outbox)
         if spec.window:
             sel, values, steps, lengths = self.stepper.windows(sv, ev, w.slot, w.waves, st)
-            kept = np.concatenate([values, lengths[:, None].astype(np.float64)], axis=1)
-            self._keep_outputs(
-                st, loaded, w.entities, w.slot[sel], ev.offset[sel], steps, kept, committed
-            )
+            if inline:
+                kept = np.concatenate([values, lengths[:, None].astype(np.float64)], axis=1)
+                self._keep_outputs(
+                    st, loaded, w.entities, w.slot[sel], ev.offset[sel], steps, kept, committed
+                )
             rows, slots, window = f.applied[sel], w.slot[sel], lengths
         else:
             values, steps = self.stepper.step(sv, ev, w.slot, w.waves, st)
-            self._keep_outputs(st, loaded, w.entities, w.slot, ev.offset, steps, values, committed)
+            if inline:
+                self._keep_outputs(
+                    st, loaded, w.entities, w.slot, ev.offset, steps, values, committed
+                )
             rows, slots, window = f.applied, w.slot, np.zeros(len(steps), np.int64)
         pending.fresh = Outputs(rows, steps, values, [sv.version] * len(rows), window)
         pending.fresh_slot = slots
+        if not inline:
+            self._fill_outbox(pending, cols, sv, committed)
         report.step_s = time.perf_counter() - started
         st.version[:] = sv.version.encode("ascii")
         st.updated_ms[:] = now_ms()
@@ -297,6 +320,8 @@ class Predictor:
         pending.partitions = st.partition.tolist()
         if not self.is_stale(pending):  # (a stale batch is stepped again before it is saved)
             self._unconfirmed.update(pending.items)  # the next batch steps on from these
+            if pending.entries:
+                self._in_flight.append(pending)
         return pending
 
     async def commit(self, pending: PendingBatch) -> BatchReport:
@@ -311,8 +336,9 @@ class Predictor:
         saved: list[bool] = []
         if pending.items:
             started = time.perf_counter()
-            saved = await self.store.put_many(pending.items, pending.bases)
+            saved = await self.store.put_many(pending.items, pending.bases, pending.outbox)
             report.write_s = time.perf_counter() - started
+        self._leave(pending)  # its saved entries are in the store's outbox now
         unconfirmed = self._unconfirmed
         for (e, blob), ok in zip(pending.items, saved, strict=True):
             if not ok:  # whatever a later batch stepped on from it does not hold either
@@ -363,6 +389,15 @@ class Predictor:
         for e, blob in pending.items:
             if self._unconfirmed.get(e) is blob:
                 del self._unconfirmed[e]
+        self._leave(pending)
+
+    def _leave(self, pending: PendingBatch) -> None:
+        self._in_flight = [b for b in self._in_flight if b is not pending]
+
+    async def trim(self, committed: Mapping[int, int]) -> None:
+        """Let the store drop the kept predictions of committed events (a worker at rest)."""
+        if self.store.outbox and committed:
+            await self.store.trim(committed)
 
     def is_stale(self, pending: PendingBatch) -> bool:
         """Whether a prepared batch read a state from a write the store then refused: it must be
@@ -392,41 +427,137 @@ class Predictor:
             raws[j] = raw
         return raws, overlaid, took
 
-    @staticmethod
-    def _reemit(
-        cols: EventColumns,
+    async def _reemit(
+        self,
+        pending: PendingBatch,
         skipped: I64,
         loaded: StateBatch,
         committed: Mapping[int, int],
-        k: int,
-        window: bool,
+        sv: Served,
     ) -> Outputs:
         """The kept predictions of skipped events whose offsets were not committed: sent again,
-        each once, as the state kept them."""
-        if not len(loaded.out_entity):
-            return Outputs.empty(k)
+        each once, as they were made. From inside the states (a store without an outbox, or
+        records written before it), else from the outbox: the store's, and that of batches still
+        being saved by this worker."""
+        cols, k, window = pending.events, sv.spec.outputs, bool(sv.spec.window)
         ent, part, off = cols.entity[skipped], cols.partition[skipped], cols.offset[skipped]
         floor = np.fromiter((committed.get(p, -1) for p in part.tolist()), np.int64, len(part))
-        # the kept table is sorted by (entity, offset): find each skipped event's row in it
-        span = int(max(loaded.out_offset.max(), off.max())) + 2
-        table = loaded.out_entity * span + loaded.out_offset
-        want = ent * span + off
-        at = np.minimum(np.searchsorted(table, want), len(table) - 1)
-        found = (table[at] == want) & (loaded.partition[ent] == part) & (off >= floor)
-        # each (partition, offset) once: a rebalance can deliver an event twice in one batch
-        rows, at = skipped[found], at[found]
-        _, first = np.unique(cols.partition[rows] * span + cols.offset[rows], return_index=True)
-        first.sort()
-        rows, at = rows[first], at[first]
-        kept = loaded.out_forecast[at]
-        versions = loaded.version[cols.entity[rows]]
+        due = (off >= floor) & (loaded.partition[ent] == part)
+        if not due.any():
+            return Outputs.empty(k)
+        skipped, ent, part, off = skipped[due], ent[due], part[due], off[due]
+        found = np.zeros(len(skipped), bool)
+        at = np.zeros(len(skipped), np.int64)
+        if len(loaded.out_entity):  # the table is sorted by (entity, offset)
+            span = int(max(loaded.out_offset.max(), off.max())) + 2
+            table = loaded.out_entity * span + loaded.out_offset
+            want = ent * span + off
+            at = np.minimum(np.searchsorted(table, want), len(table) - 1)
+            found = table[at] == want
+        parts: list[tuple[I64, I64, F64, list[str], I64]] = []
+        if found.any():
+            kept = loaded.out_forecast[at[found]]
+            n = int(found.sum())
+            parts.append(
+                (
+                    skipped[found],
+                    loaded.out_step[at[found]],
+                    kept[:, :k],
+                    [v.decode("ascii", errors="replace") for v in loaded.version[ent[found]]],
+                    kept[:, k].astype(np.int64) if window else np.zeros(n, np.int64),
+                )
+            )
+        if self.store.outbox and not found.all():
+            rest = ~found
+            parts.append(await self._from_outbox(pending, skipped[rest], part[rest], off[rest], sv))
+        rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        if not len(rows):
+            return Outputs.empty(k)
+        # each (partition, offset) once, in batch order: a rebalance can deliver one twice
+        ident = cols.partition[rows] * (int(cols.offset.max()) + 2) + cols.offset[rows]
+        _, first = np.unique(ident, return_index=True)
+        order = first[np.argsort(rows[first], kind="stable")]
+        versions = [v for p in parts for v in p[3]]
         return Outputs(
-            row=rows,
-            step=loaded.out_step[at],
-            values=kept[:, :k],
-            version=[v.decode("ascii", errors="replace") for v in versions.tolist()],
-            window=kept[:, k].astype(np.int64) if window else np.zeros(len(rows), np.int64),
+            rows[order],
+            np.concatenate([p[1] for p in parts])[order],
+            np.concatenate([p[2] for p in parts])[order],
+            [versions[i] for i in order.tolist()],
+            np.concatenate([p[4] for p in parts])[order],
         )
+
+    async def _from_outbox(
+        self, pending: PendingBatch, rows: I64, part: I64, off: I64, sv: Served
+    ) -> tuple[I64, I64, F64, list[str], I64]:
+        """Kept predictions of these events from the outbox: of batches this worker still has in
+        flight (the batch then counts as read from unconfirmed writes), and the store's."""
+        k, width = sv.spec.outputs, sv.kept_width
+        chosen: list[npt.NDArray[np.void]] = []
+        got_rows: list[I64] = []
+        for p in np.unique(part).tolist():
+            mine = part == p
+            held = [b.entries[p] for b in self._in_flight if p in b.entries]
+            if held:
+                pending.overlaid = True
+            stored = decode_outbox(await self.store.kept(p, int(off[mine].min())), width)
+            entries = np.concatenate([*held, stored]) if held else stored
+            if not len(entries):
+                continue
+            entries = entries[np.argsort(entries["offset"], kind="stable")]
+            where = np.minimum(np.searchsorted(entries["offset"], off[mine]), len(entries) - 1)
+            hit = entries["offset"][where] == off[mine]
+            chosen.append(entries[where[hit]])
+            got_rows.append(rows[mine][hit])
+        e = np.concatenate(chosen) if chosen else np.zeros(0, outbox_dtype(width))
+        values = e["values"].reshape(len(e), width).astype(np.float64)
+        return (
+            np.concatenate(got_rows) if got_rows else np.zeros(0, np.int64),
+            e["step"].astype(np.int64),
+            values[:, :k],
+            [v.rstrip(b"\0").decode("ascii", errors="replace") for v in e["version"].tolist()],
+            values[:, k].astype(np.int64) if sv.spec.window else np.zeros(len(e), np.int64),
+        )
+
+    def _fill_outbox(
+        self,
+        pending: PendingBatch,
+        cols: EventColumns,
+        sv: Served,
+        committed: Mapping[int, int],
+    ) -> None:
+        """The outbox parts of a batch: per partition, the entries of its fresh predictions
+        grouped by the record (item) they belong to, with the bounds of each record's bytes."""
+        fresh, k = pending.fresh, sv.spec.outputs
+        if not len(fresh):
+            return
+        rows = fresh.row
+        part, off, key = cols.partition[rows], cols.offset[rows], pending.fresh_slot
+        dt = outbox_dtype(sv.kept_width)
+        e = np.zeros(len(rows), dt)
+        e["offset"], e["step"], e["version"] = off, fresh.step, sv.version.encode("ascii")
+        e["values"][:, :k] = fresh.values
+        if sv.spec.window:
+            e["values"][:, k] = fresh.window
+        order = np.lexsort((off, key, part))
+        e, part, key, off = e[order], part[order], key[order], off[order]
+        cuts = np.flatnonzero(np.r_[True, part[1:] != part[:-1], True])
+        size = dt.itemsize
+        for a, b in itertools.pairwise(cuts.tolist()):
+            p = int(part[a])
+            keys = key[a:b]
+            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+            lengths = np.diff(np.r_[starts, b - a])
+            bounds = np.stack([keys[starts] + 1, starts * size, lengths * size], axis=1)
+            pending.outbox.append(
+                OutboxPart(
+                    p,
+                    int(off[a:b].max()),
+                    e[a:b].tobytes(),
+                    bounds.astype("<u4").tobytes(),
+                    committed.get(p, -1),
+                )
+            )
+            pending.entries[p] = e[a:b]
 
     def _keep_outputs(
         self,

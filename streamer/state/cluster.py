@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from binascii import crc_hqx
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -21,6 +21,7 @@ from streamer.state.redis import (
     _text,
     classify_redis_error,
 )
+from streamer.state.store import OutboxPart
 
 __all__ = ["RedisClusterStateStore"]
 
@@ -30,7 +31,10 @@ _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 
 
 class RedisClusterStateStore(RedisStateStore):
-    """States in Redis Cluster: the same keys, records and compare-and-set as :class:`RedisStateStore`.
+    """States in Redis Cluster: the same keys, records and compare-and-set as :class:`RedisStateStore`,
+    but no outbox: a partition's outbox would live in one slot, and a script cannot write it
+    together with states of other slots, so the predictions kept for re-emission stay inside the
+    records (a state at rest holds the predictions of its last batch).
 
     A key's slot decides its node, and Redis refuses a command whose keys span slots. So a batch is
     split by slot, one ``MGET`` or compare-and-set per slot (the set stays atomic per key, as it
@@ -39,6 +43,8 @@ class RedisClusterStateStore(RedisStateStore):
     cluster client's; a command that a node sends elsewhere (MOVED after a resharding or a
     failover, ASK during a migration) is sent there in a next round (:meth:`_send`).
     """
+
+    outbox = False
 
     def __init__(self, client: RedisCluster, model: str, ttl_s: int = 0):
         super().__init__(client, model, ttl_s)
@@ -73,8 +79,13 @@ class RedisClusterStateStore(RedisStateStore):
         return out
 
     async def put_many(
-        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None = None
+        self,
+        items: Sequence[tuple[str, bytes]],
+        bases: Sequence[bytes] | None = None,
+        outbox: Sequence[OutboxPart] = (),
     ) -> list[bool]:
+        if outbox:
+            raise ValueError("Redis Cluster keeps kept predictions inside the records: no outbox")
         if not items:
             return []
         if bases is not None and len(bases) != len(items):
@@ -87,13 +98,18 @@ class RedisClusterStateStore(RedisStateStore):
                 [items[i] for i in idx], None if bases is None else [bases[i] for i in idx]
             )
 
-        # One key's compare-and-set: the script, 1 key, the key, ttl, flag, record[, base].
+        # One key's compare-and-set: the script, 1 key, the key, ttl, flag, 0 outbox parts,
+        # record[, base].
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
-            7 if bases is None else 8,
+            8 if bases is None else 9,
             self._put_sha,
         )
-        ttl = b"%d" % self._ttl_ms
-        mid = b"$%d\r\n%s\r\n$1\r\n%s\r\n" % (len(ttl), ttl, b"0" if bases is None else b"1")
+        ttl = self._ttl_arg
+        mid = b"$%d\r\n%s\r\n$1\r\n%s\r\n$1\r\n0\r\n" % (
+            len(ttl),
+            ttl,
+            b"0" if bases is None else b"1",
+        )
         packed = []
         for _, idx in groups:
             if len(idx) > 1:
@@ -125,6 +141,12 @@ class RedisClusterStateStore(RedisStateStore):
             for i, r in zip(idx, result, strict=True):
                 saved[i] = r != 0
         return saved
+
+    async def kept(self, partition: int, since: int) -> list[bytes]:
+        return []
+
+    async def trim(self, committed: Mapping[int, int]) -> None:
+        return None
 
     async def _send(
         self, groups: list[tuple[int, list[int]]], packed: list[bytes], lane: str

@@ -591,3 +591,30 @@ def decode_many(
             np.concatenate([p[3] for p in out_parts]).reshape(-1, horizon),
         )
     return batch, problems
+
+
+# ------------------------------------------------------------------------------- the outbox --
+#
+# Stores that keep an outbox (one Redis, memory) keep the predictions of the events a batch
+# applied outside the states, until the batch's offsets are committed: one blob per partition and
+# batch, of fixed-size entries in offset order. A state at rest then holds only what the model
+# needs; a replay after a crash re-emits from the outbox.
+
+
+def outbox_dtype(width: int) -> np.dtype[np.void]:
+    """One kept prediction: its event's offset, the entity's step, the model version that made
+    it, and ``width`` values (the prediction's, then a window model's window length)."""
+    return np.dtype(
+        [("offset", "<i8"), ("step", "<i8"), ("version", "S16"), ("values", "<f8", (width,))]
+    )
+
+
+def decode_outbox(blobs: Sequence[bytes], width: int) -> npt.NDArray[np.void]:
+    """The entries of outbox blobs, in offset order (blobs of another width are passed over: a
+    model of another horizon cannot re-emit them)."""
+    dt = outbox_dtype(width)
+    good = [b for b in blobs if len(b) % dt.itemsize == 0]
+    if not good:
+        return np.zeros(0, dt)
+    entries = np.frombuffer(b"".join(good), dt)
+    return entries[np.argsort(entries["offset"], kind="stable")]

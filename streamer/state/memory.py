@@ -6,6 +6,7 @@ writes as the Lua compare-and-set of :mod:`streamer.state.redis` (the contract s
 ``tests/contract/`` runs the same checks on both): a write is refused when the stored record is not
 the one it was stepped from (with ``bases``), or when the stored record's fence is at or past the
 new one on the same partition; a refused write whose bytes are already stored counts as saved.
+Its outbox keeps the same blobs per partition as Redis's sorted sets.
 States expire ``ttl_s`` after their last write, as Redis keys do.
 
 Faults can be injected by wrapping it (see ``tests/contract/``): no mocks needed.
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from streamer.state.codec import FENCE, MAGIC, StateRecord, base_of, decode
+from streamer.state.store import OutboxPart
 
 __all__ = ["MemoryStateStore"]
 
@@ -27,10 +29,14 @@ _FENCE = struct.Struct("<iq")
 class MemoryStateStore:
     """States of one model in this process. Cheap to make: one per test."""
 
+    outbox = True
+
     def __init__(self, ttl_s: float = 0.0):
         self.ttl_s = ttl_s
         #: entity -> (record, expiry on the monotonic clock or 0.0 for none)
         self._items: dict[str, tuple[bytes, float]] = {}
+        #: partition -> {blob: its last offset}: the outbox, as Redis's sorted sets hold it
+        self._boxes: dict[int, dict[bytes, int]] = {}
         #: round trips served, and the records written (for tests)
         self.reads = 0
         self.writes = 0
@@ -51,7 +57,10 @@ class MemoryStateStore:
         return [self._get(e, now) for e in entities]
 
     async def put_many(
-        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None = None
+        self,
+        items: Sequence[tuple[str, bytes]],
+        bases: Sequence[bytes] | None = None,
+        outbox: Sequence[OutboxPart] = (),
     ) -> list[bool]:
         if not items:
             return []
@@ -59,15 +68,36 @@ class MemoryStateStore:
             raise ValueError(f"{len(bases)} bases for {len(items)} records")
         now = time.monotonic()
         expiry = now + self.ttl_s if self.ttl_s else 0.0
-        out = []
+        results = []
         for i, (entity, new) in enumerate(items):
             cur = self._get(entity, now)
             result = _verdict(cur, new, None if bases is None else bases[i])
             if result == 1:
                 self._items[entity] = (new, expiry)
                 self.writes += 1
-            out.append(result != 0)
-        return out
+            results.append(result)
+        for part in outbox:
+            box = self._boxes.setdefault(part.partition, {})
+            if part.trim != -1:
+                for blob in [b for b, last in box.items() if last < part.trim]:
+                    del box[blob]
+            blob = part.blob
+            if 0 in results:  # cut out the entries of refused records
+                bounds = struct.iter_unpack("<III", part.bounds)
+                blob = b"".join(part.blob[a : a + n] for i, a, n in bounds if results[i - 1] != 0)
+            if blob:
+                box[blob] = part.last_offset
+        return [r != 0 for r in results]
+
+    async def kept(self, partition: int, since: int) -> list[bytes]:
+        box = self._boxes.get(partition, {})
+        return [blob for blob, last in box.items() if last >= since]
+
+    async def trim(self, committed: Mapping[int, int]) -> None:
+        for p, offset in committed.items():
+            box = self._boxes.get(p, {})
+            for blob in [b for b, last in box.items() if last < offset]:
+                del box[blob]
 
     def delete(self, entity: str) -> bool:
         """Forget one state (``streamer state delete`` on Redis); whether there was one."""

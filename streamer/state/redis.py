@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from string import Template
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.errors import StateError, StoreUnavailable
 from streamer.state.codec import BASE, FENCE, MAGIC, StateRecord, decode
-from streamer.state.store import state_key
+from streamer.state.store import OutboxPart, outbox_key, state_key
 
 if TYPE_CHECKING:
     from streamer.settings import Settings
@@ -110,17 +110,26 @@ def redis_client(settings: Settings) -> Any:
 #
 # A refused write whose bytes are already stored counts as saved: retrying a write whose reply was
 # lost (a timeout after Redis applied it) succeeds instead of dropping the batch's predictions.
+#
+# The outbox: per partition of the batch, the predictions of its saved records go to a sorted set
+# (one member per batch, scored by its last offset), in the same atomic call; members of batches
+# whose events all lie below the partition's committed offset are dropped first. A refused record's
+# entries are cut out (the bounds say whose bytes are whose). ARGV[3] = the number of outbox
+# partitions, whose keys follow the state keys.
 _PUT_MANY_LUA = Template(
     """
-local ttl = tonumber(ARGV[1])
+local ttl = ARGV[1]
 local based = ARGV[2] == '1'
-local n = #KEYS
+local m = tonumber(ARGV[3])
+local n = #KEYS - m
 local out = {}
-for i, key in ipairs(KEYS) do
-  local new = ARGV[i + 2]
+local refused = false
+for i = 1, n do
+  local key = KEYS[i]
+  local new = ARGV[i + 3]
   local cur = redis.call('GETRANGE', key, 0, ${base_last})
   local result = 1
-  if based and string.sub(cur, ${base_a}, ${base_b}) ~= ARGV[n + i + 2] then
+  if based and string.sub(cur, ${base_a}, ${base_b}) ~= ARGV[n + i + 3] then
     result = 0
     if string.sub(cur, ${base_a}, ${base_b}) == string.sub(new, ${base_a}, ${base_b})
         and redis.call('GET', key) == new then
@@ -135,13 +144,35 @@ for i, key in ipairs(KEYS) do
     end
   end
   if result == 1 then
-    if ttl > 0 then
+    if ttl ~= '0' then
       redis.call('SET', key, new, 'PX', ttl)
     else
       redis.call('SET', key, new)
     end
+  elseif result == 0 then
+    refused = true
   end
   out[i] = result
+end
+local at = 3 + n
+if based then at = at + n end
+for j = 1, m do
+  local box = KEYS[n + j]
+  local score, blob, trim, bounds = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  at = at + 4
+  if trim ~= '-1' then redis.call('ZREMRANGEBYSCORE', box, '-inf', '(' .. trim) end
+  if refused then
+    local parts = {}
+    for b = 1, #bounds, 12 do
+      local i, start, len = struct.unpack('<I4I4I4', string.sub(bounds, b, b + 11))
+      if out[i] ~= 0 then parts[#parts + 1] = string.sub(blob, start + 1, start + len) end
+    end
+    blob = table.concat(parts)
+  end
+  if #blob > 0 then
+    redis.call('ZADD', box, score, blob)
+    if ttl ~= '0' then redis.call('PEXPIRE', box, ttl) end
+  end
 end
 return out
 """
@@ -217,17 +248,22 @@ def classify_redis_error(exc: BaseException, what: str) -> Exception:
 
 
 class RedisStateStore:
-    """States in Redis: MGET to read, one Lua compare-and-set to write, a TTL per key.
+    """States in Redis: MGET to read, one Lua compare-and-set to write, a TTL per key; the
+    predictions kept for re-emission in an outbox per partition, written in the same call.
 
     Both are one round trip per batch, packed by hand (:func:`_pack`) and sent on a pooled
     connection.
     """
+
+    outbox = True
 
     def __init__(self, client: Any, model: str, ttl_s: int = 0):
         self._redis = client
         self._model = model
         self._prefix = state_key(model, "").encode()
         self._ttl_ms = ttl_s * 1000
+        self._ttl_arg = b"%d" % self._ttl_ms
+        self._box = outbox_key(model, 0).encode()[:-1]
         self._put_sha = hashlib.sha1(_PUT_MANY_LUA.encode()).hexdigest().encode()
         #: one connection each for reads and writes, so the predictor can read the next batch's
         #: states while this batch's write is on its way
@@ -277,16 +313,20 @@ class RedisStateStore:
         return values
 
     async def put_many(
-        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None = None
+        self,
+        items: Sequence[tuple[str, bytes]],
+        bases: Sequence[bytes] | None = None,
+        outbox: Sequence[OutboxPart] = (),
     ) -> list[bool]:
         """Save ``(entity, record)`` items, each unless a newer record is stored, or (with
         ``bases``: :func:`base_of` the record each was stepped from, ``b""`` for none) unless the
-        stored record is no longer that one. True where saved (or already stored)."""
+        stored record is no longer that one. True where saved (or already stored). The outbox
+        parts' entries of the saved records are kept in the same call."""
         if not items:
             return []
         if bases is not None and len(bases) != len(items):
             raise ValueError(f"{len(bases)} bases for {len(items)} records")
-        command = _pack(self._put_args(items, bases))
+        command = _pack(self._put_args(items, bases, outbox))
         try:
             try:
                 result = await self._call(command, "write")
@@ -298,18 +338,49 @@ class RedisStateStore:
         return [r != 0 for r in result]  # 1 written, 2 already stored (a retried write), 0 refused
 
     def _put_args(
-        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None
+        self,
+        items: Sequence[tuple[str, bytes]],
+        bases: Sequence[bytes] | None,
+        outbox: Sequence[OutboxPart] = (),
     ) -> list[bytes]:
+        boxes = [
+            a
+            for part in outbox
+            for a in (b"%d" % part.last_offset, part.blob, b"%d" % part.trim, part.bounds)
+        ]
         return [
             b"EVALSHA",
             self._put_sha,
-            b"%d" % len(items),
+            b"%d" % (len(items) + len(outbox)),
             *(self._prefix + e.encode() for e, _ in items),
-            b"%d" % self._ttl_ms,
+            *(self._box + b"%d" % part.partition for part in outbox),
+            self._ttl_arg,
             b"0" if bases is None else b"1",
+            b"%d" % len(outbox),
             *(blob for _, blob in items),
             *(bases or ()),
+            *boxes,
         ]
+
+    async def kept(self, partition: int, since: int) -> list[bytes]:
+        try:
+            got: list[bytes] = await self._redis.zrangebyscore(
+                self._box + b"%d" % partition, since, "+inf"
+            )
+        except _FAULTS as exc:
+            raise classify_redis_error(exc, "read") from exc
+        return got
+
+    async def trim(self, committed: Mapping[int, int]) -> None:
+        if not committed:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for p, offset in committed.items():
+                    pipe.zremrangebyscore(self._box + b"%d" % p, "-inf", f"({offset}")
+                await pipe.execute()
+        except _FAULTS as exc:
+            raise classify_redis_error(exc, "write") from exc
 
     async def _call(self, command: bytes, lane: str) -> Any:
         """Send one packed command and read its reply, on the lane's own connection (taken from

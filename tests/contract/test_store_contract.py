@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from streamer.state import MemoryStateStore, RedisStateStore, StateStore, base_of
-from streamer.state.codec import StateRecord, decode, encode
+from streamer.state.codec import StateRecord, decode, decode_outbox, encode, outbox_dtype
+from streamer.state.store import OutboxPart
 
 KINDS = ["memory", "redis", "redis-cluster"]
 
@@ -198,3 +199,67 @@ async def test_a_random_history_gives_the_memory_stores_verdicts(
                     seen[e].append(raw)
     finally:
         await real.aclose()
+
+
+# ----------------------------------------------------------------------------------- outbox --
+
+OUTBOX_KINDS = ["memory", "redis"]
+
+
+def entries(offsets: list[int], step0: int = 1) -> bytes:
+    e = np.zeros(len(offsets), outbox_dtype(2))
+    e["offset"], e["step"], e["version"] = offsets, np.arange(len(offsets)) + step0, b"v1"
+    e["values"] = np.asarray(offsets, np.float64)[:, None] * [1.0, -1.0]
+    return e.tobytes()
+
+
+def part(p: int, per_key: list[list[int]], trim: int = -1) -> OutboxPart:
+    """Entries for items 1..n (one list of offsets each), as the predictor lays them out."""
+    blob, bounds, at = b"", [], 0
+    for i, offs in enumerate(per_key, start=1):
+        chunk = entries(offs)
+        bounds.append((i, at, len(chunk)))
+        blob, at = blob + chunk, at + len(chunk)
+    flat = [o for offs in per_key for o in offs]
+    return OutboxPart(p, max(flat), blob, np.asarray(bounds, "<u4").tobytes(), trim)
+
+
+@pytest.fixture(params=OUTBOX_KINDS)
+async def boxed(request: pytest.FixtureRequest, ns: str) -> AsyncIterator[StateStore]:
+    s = await open_store(request.param, request, ns, ttl_s=600)
+    assert s.outbox
+    yield s
+    await s.aclose()
+
+
+def offsets_in(blobs: list[bytes]) -> list[int]:
+    return decode_outbox(blobs, 2)["offset"].tolist()
+
+
+async def test_the_outbox_keeps_the_entries_of_saved_records_only(boxed: StateStore) -> None:
+    # "b" was written by someone else since it was read: its write and its entries are refused
+    await boxed.put_many([("b", rec(5, at=5))])
+    items = [("a", rec(3, at=9)), ("b", rec(7, at=9)), ("c", rec(4, at=9))]
+    write = (items, [b"", base_of(rec(1)), b""], [part(0, [[1, 3], [6, 7], [4]])])
+    assert await boxed.put_many(*write) == [True, False, True]
+    assert offsets_in(await boxed.kept(0, 0)) == [1, 3, 4]
+    got = decode_outbox(await boxed.kept(0, 0), 2)
+    assert got["values"][:, 1].tolist() == [-1.0, -3.0, -4.0] and set(got["version"]) == {b"v1"}
+    assert await boxed.kept(1, 0) == []
+    # a retry of the same write (its reply was lost) keeps them once
+    assert await boxed.put_many(*write) == [True, False, True]
+    assert offsets_in(await boxed.kept(0, 0)) == [1, 3, 4]
+
+
+async def test_the_outbox_drops_what_is_committed(boxed: StateStore) -> None:
+    await boxed.put_many([("a", rec(3))], None, [part(0, [[1, 2, 3]])])
+    await boxed.put_many([("b", rec(9))], None, [part(0, [[8, 9]])])
+    await boxed.put_many([("c", rec(5))], None, [part(2, [[5]])])
+    assert offsets_in(await boxed.kept(0, 0)) == [1, 2, 3, 8, 9]
+    assert offsets_in(await boxed.kept(0, 4)) == [8, 9]  # blobs holding offsets from 4 on
+    # a write trims its partition below the committed offset: whole blobs below it go
+    await boxed.put_many([("d", rec(12))], None, [part(0, [[12]], trim=9)])
+    assert offsets_in(await boxed.kept(0, 0)) == [8, 9, 12]
+    # a worker at rest trims the rest
+    await boxed.trim({0: 13, 2: 5})
+    assert await boxed.kept(0, 0) == [] and offsets_in(await boxed.kept(2, 0)) == [5]

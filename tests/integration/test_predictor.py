@@ -218,9 +218,16 @@ class WrappedStore:
 
     def __init__(self, inner: RedisStateStore):
         self.inner = inner
+        self.outbox = inner.outbox
 
     async def get_many(self, entities):  # type: ignore[no-untyped-def]
         return await self.inner.get_many(entities)
+
+    async def kept(self, partition, since):  # type: ignore[no-untyped-def]
+        return await self.inner.kept(partition, since)
+
+    async def trim(self, committed):  # type: ignore[no-untyped-def]
+        await self.inner.trim(committed)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -231,8 +238,8 @@ class LosesFirstReply(WrappedStore):
 
     lost = 0
 
-    async def put_many(self, items, bases=None):  # type: ignore[no-untyped-def]
-        result = await self.inner.put_many(items, bases)
+    async def put_many(self, items, bases=None, outbox=()):  # type: ignore[no-untyped-def]
+        result = await self.inner.put_many(items, bases, outbox)
         if not self.lost:
             self.lost += 1
             raise StoreUnavailable("reply lost after the write was applied")
@@ -309,11 +316,11 @@ class RacedByAnotherWorker(WrappedStore):
         super().__init__(inner)
         self.other, self.events, self.raced = other, events, False
 
-    async def put_many(self, items, bases=None):  # type: ignore[no-untyped-def]
+    async def put_many(self, items, bases=None, outbox=()):  # type: ignore[no-untyped-def]
         if not self.raced:
             self.raced = True
             self.winner = await self.other.process(self.events)
-        return await self.inner.put_many(items, bases)
+        return await self.inner.put_many(items, bases, outbox)
 
 
 async def test_a_refused_save_re_emits_the_winners_predictions(

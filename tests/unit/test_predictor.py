@@ -26,6 +26,7 @@ from streamer.schemas import Event, Prediction
 from streamer.serve.predictor import Predictor, resolve_device
 from streamer.state import MemoryStateStore, StateCache, decode
 from streamer.state.codec import Dtype
+from streamer.state.store import OutboxPart
 from streamer.training import offline_predict, series_inputs
 from tests.conftest import make_panel
 from tests.reference import synthetic_events
@@ -310,7 +311,10 @@ class Contended(MemoryStateStore):
         self.changes = 0
 
     async def put_many(
-        self, items: Sequence[tuple[str, bytes]], bases: Sequence[bytes] | None = None
+        self,
+        items: Sequence[tuple[str, bytes]],
+        bases: Sequence[bytes] | None = None,
+        outbox: Sequence[OutboxPart] = (),
     ) -> list[bool]:
         for e, _ in items:
             if e in self.hot:
@@ -318,7 +322,7 @@ class Contended(MemoryStateStore):
                 if cur is not None:  # the other writer's version: same fence, another time
                     self.changes += 1
                     self.set_raw(e, cur[:48] + self.changes.to_bytes(8, "little") + cur[56:])
-        return await super().put_many(items, bases)
+        return await super().put_many(items, bases, outbox)
 
 
 async def test_events_whose_state_keeps_changing_are_dead_lettered_never_dropped() -> None:
@@ -336,3 +340,23 @@ async def test_events_whose_state_keeps_changing_are_dead_lettered_never_dropped
     assert {p.unique_id for p in got.predictions} == {"e0000", "e0001"}
     assert len(got.outputs) + len(got.dead_letters) == len(events) - 3
     assert store.changes == 1 + MAX_RERUNS  # the batch, then every run again: all refused
+
+
+async def test_states_at_rest_hold_only_what_the_model_needs() -> None:
+    """Kept predictions live in the outbox until their offsets are committed; after the trim a
+    worker at rest does, the store holds the states alone: header, h and c."""
+    model = make("lstm")
+    df = make_panel(20, 5, 12, seed=13)
+    events = synthetic_events(df)
+    store = MemoryStateStore()
+    pred = predictor(model, store)
+    await in_batches(pred, events, seed=14)
+    raws = await store.get_many(sorted(df.unique_id.unique()))
+    header_h_c = 80 + 2 * 2 * 16 * 4
+    assert all(r is not None and len(r) == header_h_c + 6 for r in raws)  # (+ an empty tail)
+    assert all(len(decode(r).out_offsets) == 0 for r in raws if r is not None)
+    parts = sorted({e.partition for e in events})
+    assert all([await store.kept(p, 0) for p in parts])  # nothing committed yet: all kept
+    committed = {p: max(e.offset for e in events if e.partition == p) + 1 for p in parts}
+    await pred.trim(committed)
+    assert not any([await store.kept(p, 0) for p in parts])
