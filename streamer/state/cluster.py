@@ -17,6 +17,7 @@ from streamer.state.redis import (
     _FAULTS,
     _PUT_MANY_LUA,
     RedisStateStore,
+    _fenced,
     _pack,
     _text,
     classify_redis_error,
@@ -92,6 +93,8 @@ class RedisClusterStateStore(RedisStateStore):
             raise ValueError(f"{len(bases)} bases for {len(items)} records")
         keys = [self._prefix + e.encode() for e, _ in items]
         groups = _by_slot(keys)
+        if bases is not None:
+            bases = _fenced(items, bases)
 
         def args(idx: list[int]) -> list[bytes]:
             return self._put_args(

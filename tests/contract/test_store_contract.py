@@ -173,7 +173,7 @@ async def test_a_random_history_gives_the_memory_stores_verdicts(
     entities = [f"k{i}" for i in range(12)]
     seen: dict[str, list[bytes | None]] = {e: [None] for e in entities}
     try:
-        for round_ in range(60):
+        for round_ in range(150):
             batch = rng.sample(entities, rng.randint(1, 8))
             if rng.random() < 0.1:  # someone writes garbage or another record past the checks
                 e = rng.choice(entities)
