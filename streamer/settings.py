@@ -155,9 +155,9 @@ class Settings(BaseSettings):
     state_ttl_s: int = Field(default=30 * 24 * 3600, ge=0)
     #: Torch intra-op threads for the cell; 1 leaves the other core to Kafka and Redis clients.
     torch_threads: int = Field(default=1, ge=1)
-    #: Waves of at least this many events run the fused sequence kernel (cuDNN on a GPU)
-    #: instead of one cell call per layer; 0 or unset: never (per layer measured faster on an
-    #: H200 at 1k to 64k entities per wave, and on CPU from 64 to 2048; bench/gpu_check.py).
+    #: Waves of at least this many events run the fused sequence kernel instead of one cell call
+    #: per layer; 0 never. Unset: from 256 on CPU, never on a GPU (measured faster each way:
+    #: streamer.serve.step.Stepper, bench/gpu_check.py).
     fused_cell_from: int | None = Field(default=None, ge=0)
     #: Keep the states of recently seen entities of the owned partitions in memory, up to this
     #: many MiB (least recently used out first); 0 turns the cache off. Writes still go to Redis

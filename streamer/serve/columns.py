@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -131,7 +132,10 @@ def decode_columns(
     quotes = 2 * n_fields + 4  # the keys' quotes and those of unique_id's and ds's values
     loads, bad_json = orjson.loads, orjson.JSONDecodeError
     names = tuple(features)
+    plain_names = not any(f in _FIELDS for f in names)
+    top = MAX_ABS_VALUE
     index: dict[str, int] = {}
+    intern = index.setdefault
     entity: list[int] = []
     parts: list[int] = []
     offs: list[int] = []
@@ -140,52 +144,60 @@ def decode_columns(
     dss: list[str] = []
     source: list[int] = []
     dead: list[DeadLetter] = []
+    d: Any
+    y: Any
+    row: list[Any] | None = None
     for i, m in enumerate(messages):
-        key, value = m.key, m.value
-        ok = (
+        value = m.value
+        if (
             value is not None
             and len(value) <= max_bytes
-            and b"\\" not in value
             and value.count(b'"') == quotes
-        )
-        if ok:
+            and b"\\" not in value
+        ):
             try:
-                d = loads(value)  # type: ignore[arg-type]
+                d = loads(value)
             except bad_json:
-                ok = False
-            else:
-                ok = type(d) is dict and len(d) == n_fields
-        if ok:
-            uid, ds, y = d.get("unique_id"), d.get("ds"), d.get("y")
-            ok = (
-                type(uid) is str
-                and 0 < len(uid) <= 512
-                and type(ds) is str
-                and 0 < len(ds) <= 64
-                and (type(y) is float or type(y) is int)
-                and -MAX_ABS_VALUE <= y <= MAX_ABS_VALUE
-                and key == uid.encode()
-            )
-            if ok and nf:
-                row = [d.get(f) for f in names]
-                ok = all(
-                    (type(v) is float or type(v) is int) and -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE
-                    for v in row
-                ) and not any(f in _FIELDS for f in names)
-                if ok:
-                    feats.extend(row)
-        if not ok:  # the full checks, for their reason or for an event the fast path passed up
-            got = decode_event(key, value, m.partition, m.offset, features, max_bytes)
-            if isinstance(got, DeadLetter):
-                dead.append(got)
-                continue
-            uid, ds, y = got.unique_id, got.ds, got.y
-            feats.extend(got.features)
-        entity.append(index.setdefault(uid, len(index)))
+                d = None
+            if type(d) is dict and len(d) == n_fields:
+                uid, ds, y = d.get("unique_id"), d.get("ds"), d.get("y")
+                ty = type(y)
+                if (
+                    type(uid) is str
+                    and type(ds) is str
+                    and (ty is float or ty is int)
+                    and 0 < len(uid) <= 512
+                    and 0 < len(ds) <= 64
+                    and -top <= y <= top
+                    and m.key == uid.encode()
+                ):
+                    if nf:
+                        row = [d.get(f) for f in names]
+                        if not plain_names or not all(
+                            (type(v) is float or type(v) is int) and -top <= v <= top for v in row
+                        ):
+                            row = None
+                    if not nf or row is not None:
+                        if row is not None:
+                            feats.extend(row)
+                        entity.append(intern(uid, len(index)))
+                        parts.append(m.partition)
+                        offs.append(m.offset)
+                        ys.append(y)
+                        dss.append(ds)
+                        source.append(i)
+                        continue
+        # the full checks, for their reason or for an event the fast path passed up
+        got = decode_event(m.key, value, m.partition, m.offset, features, max_bytes)
+        if isinstance(got, DeadLetter):
+            dead.append(got)
+            continue
+        feats.extend(got.features)
+        entity.append(intern(got.unique_id, len(index)))
         parts.append(m.partition)
         offs.append(m.offset)
-        ys.append(y)
-        dss.append(ds)
+        ys.append(got.y)
+        dss.append(got.ds)
         source.append(i)
     n = len(entity)
     return (

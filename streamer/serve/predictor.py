@@ -157,7 +157,7 @@ class Predictor:
         #: Most outputs kept per entity for re-emission (the newest ones).
         self.max_kept_outputs = max_kept_outputs
         self.cache = cache
-        self.stepper = Stepper(self.device, fused_cell_from or 0)
+        self.stepper = Stepper(self.device, fused_cell_from)
         #: records being written: the next batch reads an entity's state here first, so it can
         #: be stepped while the write is on its way
         self._unconfirmed: dict[str, bytes] = {}

@@ -76,13 +76,17 @@ class Served:
 class Stepper:
     """Runs waves of events through a model on one device."""
 
-    def __init__(self, device: torch.device, fused_from: int = 0):
+    def __init__(self, device: torch.device, fused_from: int | None = None):
         self.device = device
-        #: Waves of at least this many events run the fused sequence kernel (0: never, the
-        #: default). One cell call per layer was faster on both: on an H200 at every batch size
-        #: from 1k to 64k (4.4M against 3.7M entity-steps/s at 1k, 145M against 7.6M at 64k:
-        #: cuDNN's sequence kernel pays a fixed cost per call), on CPU as fast or faster from
-        #: 64 to 2048 with one thread (``bench/gpu_check.py`` measures both).
+        #: Waves of at least this many events run the fused sequence kernel instead of one cell
+        #: call per layer (0: never). By default from 256 on CPU, never on a GPU, as measured:
+        #: on this project's 2-core machine with one thread (H=64, L=2) the fused kernel took
+        #: 1.5 against 2.7 µs per event at 1,000 entities and lost below about 128; on an H200
+        #: the per-layer cells were faster at every batch size from 1k to 64k (4.4M against 3.7M
+        #: entity-steps/s at 1k, 145M against 7.6M at 64k: cuDNN's sequence kernel pays a fixed
+        #: cost per call). ``bench/gpu_check.py`` measures both on any machine.
+        if fused_from is None:
+            fused_from = 0 if device.type == "cuda" else 256
         self.fused_from = fused_from
         #: On a GPU, inputs and states go over in one pinned buffer and come back in one copy.
         self.staged = device.type != "cpu"

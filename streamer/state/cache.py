@@ -20,7 +20,6 @@ batch reads and steps is written back in the same batch, so the write order is t
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
 
 __all__ = ["StateCache"]
@@ -31,8 +30,8 @@ class StateCache:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         #: entity -> (record, partition of its events, time stored); a write re-inserts, so the
-        #: first entry is the least recently written
-        self._items: OrderedDict[str, tuple[bytes, int, float]] = OrderedDict()
+        #: first entry (dicts keep insertion order) is the least recently written
+        self._items: dict[str, tuple[bytes, int, float]] = {}
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -67,8 +66,15 @@ class StateCache:
             entries[entity] = (record, partition, now)
             added += len(record)
         self.bytes += added
-        while self.bytes > self.max_bytes and entries:
-            self.bytes -= len(entries.popitem(last=False)[1][0])
+        if self.bytes > self.max_bytes:  # the least recently written out, as many as needed
+            excess, victims = self.bytes - self.max_bytes, []
+            for entity, entry in entries.items():
+                if excess <= 0:
+                    break
+                victims.append(entity)
+                excess -= len(entry[0])
+            for entity in victims:
+                self.bytes -= len(pop(entity)[0])
 
     def discard(self, entities: Iterable[str]) -> None:
         for e in entities:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from string import Template
@@ -206,13 +207,24 @@ return out
 def _pack(args: Sequence[bytes]) -> bytes:
     """One command in the Redis protocol (RESP).
 
-    A batch command has hundreds of arguments; redis-py packs each through several Python calls,
-    about three times the client CPU of this (measured: 5.2 against 2.3 µs per state written).
+    A batch command has thousands of arguments, most of them in runs of one length (the records
+    of a model are all as long, so are most keys and bases): each run is packed with one
+    ``join``. (redis-py packs each argument through several Python calls: about three times the
+    client CPU of packing them one by one here, which this halves again.)
 
     >>> _pack([b"GET", b"k"])
     b'*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n'
+    >>> _pack([b"a", b"b", b"cc"]) == b"*3\\r\\n$1\\r\\na\\r\\n$1\\r\\nb\\r\\n$2\\r\\ncc\\r\\n"
+    True
     """
-    return b"".join([b"*%d\r\n" % len(args), *[b"$%d\r\n%s\r\n" % (len(a), a) for a in args]])
+    n = len(args)
+    lengths = np.fromiter(map(len, args), np.int64, n)
+    cuts = np.flatnonzero(np.diff(lengths)) + 1
+    out = [b"*%d\r\n" % n]
+    for a, b in itertools.pairwise([0, *cuts.tolist(), n]):
+        head = b"$%d\r\n" % lengths[a]
+        out.append(head + (b"\r\n" + head).join(args[a:b]) + b"\r\n")
+    return b"".join(out)
 
 
 #: Redis replies that mean "not now" (out of memory, a replica, loading, a failover, a cluster
