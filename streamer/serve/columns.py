@@ -314,13 +314,14 @@ def _rows(a: F64) -> list[bytes]:
     return [b"[" + r + b"]" for r in text[2:-2].split(b"],[")]
 
 
-_FORECAST = (
-    b'{"unique_id":%s,"ds":%s,"y":%s,"partition":%d,"offset":%d,"model_version":%s,"step":%d,'
-    b'"forecast":%s%s}'
+#: A prediction's JSON, as :meth:`Prediction.to_json` writes it; its body is the forecast, or the
+#: probabilities and the label
+_ANY = (
+    b'{"unique_id":%s,"ds":%s,"y":%s,"partition":%d,"offset":%d,"model_version":%s,"step":%d,%s%s}'
 )
-_CLASSES = (
-    b'{"unique_id":%s,"ds":%s,"y":%s,"partition":%d,"offset":%d,"model_version":%s,"step":%d,'
-    b'"probabilities":{%s},"label":%s%s}'
+_TEMPLATE = (
+    b'{"unique_id":%s,"ds":%s,"y":%s,"partition":%d,"offset":%d,"model_version":%(version),'
+    b'"step":%d,%s}'
 )
 
 
@@ -335,42 +336,45 @@ def encode_outputs(
     dumps = orjson.dumps
     ent = events.entity[rows].tolist()
     names = events.entities
-    # each distinct entity's key and JSON string once
+    # each distinct entity's key and JSON string once, each distinct time's JSON once
     keys_of = [n.encode() for n in names]
     ids_of = [dumps(n) for n in names]
     ds = events.ds
-    ds_json = [dumps(ds[r]) for r in rows.tolist()]
+    picked = [ds[r] for r in rows.tolist()]
+    times = {d: dumps(d) for d in set(picked)}
+    ds_json = [times[d] for d in picked]
     ys = _floats(events.y[rows])
-    versions = {v: dumps(v) for v in set(out.version)}
-    ver = [versions[v] for v in out.version]
-    windows = [b',"window":%d' % w if w else b"" for w in out.window.tolist()]
     part, off, step = (
         events.partition[rows].tolist(),
         events.offset[rows].tolist(),
         out.step.tolist(),
     )
+    versions = {v: dumps(v) for v in set(out.version)}
+    one = len(versions) == 1 and not out.window.any()
     if classes:
-        labels = (
-            [dumps(classes[a]) for a in np.argmax(out.values, axis=1).tolist()]
-            if len(out.values)
-            else []
-        )
+        labels = [dumps(classes[a]) for a in np.argmax(out.values, axis=1).tolist()]
         names_json = [dumps(c) + b":" for c in classes]
-        probs = [
-            b",".join(n + v for n, v in zip(names_json, row[1:-1].split(b","), strict=True))
-            for row in _rows(out.values)
-        ]
-        values = [
-            _CLASSES % (ids_of[e], d, y, p, o, v, s, pr, lb, w)
-            for e, d, y, p, o, v, s, pr, lb, w in zip(
-                ent, ds_json, ys, part, off, ver, step, probs, labels, windows, strict=True
-            )
+        body = [
+            b'"probabilities":{%s},"label":%s'
+            % (b",".join(n + v for n, v in zip(names_json, row[1:-1].split(b","), strict=True)), lb)
+            for row, lb in zip(_rows(out.values), labels, strict=True)
         ]
     else:
+        body = [b'"forecast":' + f for f in _rows(out.values)]
+    if one:  # the usual batch: one model version, no windows: both go in the template
+        (only,) = versions.values()
+        template = _TEMPLATE.replace(b"%(version)", only.replace(b"%", b"%%"))
         values = [
-            _FORECAST % (ids_of[e], d, y, p, o, v, s, f, w)
+            template % (ids_of[e], d, y, p, o, s, f)
+            for e, d, y, p, o, s, f in zip(ent, ds_json, ys, part, off, step, body, strict=True)
+        ]
+    else:
+        ver = [versions[v] for v in out.version]
+        windows = [b',"window":%d' % w if w else b"" for w in out.window.tolist()]
+        values = [
+            _ANY % (ids_of[e], d, y, p, o, v, s, f, w)
             for e, d, y, p, o, v, s, f, w in zip(
-                ent, ds_json, ys, part, off, ver, step, _rows(out.values), windows, strict=True
+                ent, ds_json, ys, part, off, ver, step, body, windows, strict=True
             )
         ]
     return [keys_of[e] for e in ent], values

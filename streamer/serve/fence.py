@@ -58,7 +58,7 @@ def fence(
 
     ``entity`` indexes ``stored_partition`` and ``stored_offset``, the fence of each entity's
     stored state (``-1`` for an entity without one). ``distinct``: the caller knows that no
-    entity appears twice (the common batch of many entities), which saves the sorting.
+    entity appears twice (the common batch of many entities), which saves counting them.
 
     >>> f = fence(np.array([0, 0, 1, 0, 1]), np.array([2, 2, 3, 5, 3]), np.array([7, 8, 1, 9, 1]),
     ...           np.array([2, -1]), np.array([7, -1]))
@@ -69,63 +69,65 @@ def fence(
     rows = np.arange(n, dtype=np.int64)
     if not n:
         return Fenced(rows, rows, rows)
-    if distinct:  # every entity once: no earlier event of its own in the batch
-        sp, so = stored_partition[entity], stored_offset[entity]
-        other = (sp >= 0) & (partition != sp)
-        if takeover and other.any():
-            return _sequential(entity, partition, offset, stored_partition, stored_offset)
-        applied = ~other & ((sp != partition) | (offset > so))
-        return Fenced(rows[applied], rows[~other & ~applied], rows[other])
-    order = np.argsort(entity, kind="stable")  # grouped by entity, batch order within
-    ent = entity[order]
-    first = np.r_[True, ent[1:] != ent[:-1]]
-    # The home partition: the stored state's, else the entity's first event's in this batch.
-    first_part = partition[order][np.flatnonzero(first)][np.cumsum(first) - 1]
-    home = np.where(stored_partition[ent] >= 0, stored_partition[ent], first_part)
-    other = partition[order] != home
-    if takeover and other.any():
-        return _sequential(entity, partition, offset, stored_partition, stored_offset)
-    # Highest offset applied before each event: its entity's stored one (same partition only),
-    # or an earlier event's of this batch (a running maximum within each entity's run).
-    off = np.where(other, -1, offset[order])
-    ranks = np.unique(off, return_inverse=True)[1].reshape(-1).astype(np.int64)
-    group = np.cumsum(first) - 1
-    running = np.maximum.accumulate(group * (n + 1) + ranks) - group * (n + 1)
-    before = np.r_[-1, running[:-1]]
-    before[first] = -1
-    sorted_off = np.unique(off)
-    earlier = np.where(before >= 0, sorted_off[np.maximum(before, 0)], -1)
-    stored = np.where(stored_partition[ent] == home, stored_offset[ent], -1)
-    applied = ~other & (offset[order] > np.maximum(stored, earlier))
-    out = np.empty(n, np.int8)  # 0 skipped, 1 applied, 2 conflict
-    out[order] = np.where(other, 2, applied.astype(np.int8))
-    return Fenced(rows[out == 1], rows[out == 0], rows[out == 2])
+    # An entity seen once in the batch: its stored fence alone decides (the usual case).
+    sp, so = stored_partition[entity], stored_offset[entity]
+    moved = (sp >= 0) & (partition != sp)
+    applied = (sp != partition) | (offset > so)  # (a takeover applies an event that moved)
+    state = np.where(applied, 1, 0).astype(np.int8)  # 0 skipped, 1 applied, 2 conflict
+    if not takeover:
+        state[moved] = 2
+    if not distinct:
+        # The few entities seen more than once: event by event, their home partition and their
+        # running fence. (Sorting a batch by entity cost more than this loop over its repeats.)
+        repeated = np.flatnonzero(np.bincount(entity, minlength=len(sp))[entity] > 1)
+        if len(repeated):
+            sub = _sequential(
+                entity[repeated],
+                partition[repeated],
+                offset[repeated],
+                stored_partition,
+                stored_offset,
+                takeover,
+            )
+            state[repeated] = 0
+            state[repeated[sub.applied]] = 1
+            state[repeated[sub.conflict]] = 2
+    return Fenced(rows[state == 1], rows[state == 0], rows[state == 2])
 
 
 def _sequential(
-    entity: I64, partition: I64, offset: I64, stored_partition: I64, stored_offset: I64
+    entity: I64,
+    partition: I64,
+    offset: I64,
+    stored_partition: I64,
+    stored_offset: I64,
+    takeover: bool = True,
 ) -> Fenced:
-    """The takeover policy, event by event: an event from another partition moves its entity's
-    home there (its offsets start again)."""
+    """The rules event by event. ``takeover``: an event from another partition moves its
+    entity's home there (its offsets start again); else it is a conflict and changes nothing."""
     last_part, last_off = stored_partition.tolist(), stored_offset.tolist()
-    applied, skipped = [], []
+    applied, skipped, conflict = [], [], []
     for i, (j, p, o) in enumerate(
         zip(entity.tolist(), partition.tolist(), offset.tolist(), strict=True)
     ):
-        if p == last_part[j] and o <= last_off[j]:
+        if not takeover and last_part[j] >= 0 and p != last_part[j]:
+            conflict.append(i)
+        elif p == last_part[j] and o <= last_off[j]:
             skipped.append(i)
         else:
             last_part[j], last_off[j] = p, o
             applied.append(i)
     return Fenced(
-        np.asarray(applied, np.int64), np.asarray(skipped, np.int64), np.zeros(0, np.int64)
+        np.asarray(applied, np.int64),
+        np.asarray(skipped, np.int64),
+        np.asarray(conflict, np.int64),
     )
 
 
 @dataclass(frozen=True)
 class Waves:
-    #: the distinct entities stepped (indices into the batch's entities), ``(U,)``; in batch
-    #: order when there is one wave (then ``slot`` is ``0..U-1``)
+    #: the distinct entities stepped (indices into the batch's entities), ``(U,)``, in order of
+    #: first appearance (with one wave: in batch order, and ``slot`` is ``0..U-1``)
     entities: I64
     #: for each applied event, its entity's position in ``entities``, ``(A,)``
     slot: I64
@@ -142,17 +144,20 @@ def waves(entity: I64, distinct: bool = False) -> Waves:
     """
     n = len(entity)
     every = np.arange(n, dtype=np.int64)
-    if distinct:  # known: every entity once: one wave, the entities in batch order
+    counts = np.bincount(entity) if n and not distinct else np.zeros(1, np.int64)
+    if distinct or counts.max() <= 1:  # every entity once: one wave, in batch order
         return Waves(entity.astype(np.int64), every, [every] if n else [])
-    uniq, slot = np.unique(entity, return_inverse=True)
-    slot = slot.reshape(-1).astype(np.int64)
-    if len(uniq) == n:  # every entity once: one wave, the entities in batch order
-        return Waves(entity.astype(np.int64), every, [every] if n else [])
-    order = np.argsort(slot, kind="stable")
-    rank = np.empty(n, np.int64)
-    rank[order] = group_ranks(slot[order])
-    by_rank = np.argsort(rank, kind="stable")
-    bounds = np.searchsorted(rank[by_rank], np.arange(1, int(rank.max()) + 1))
+    # the rank of each event within its entity's: a loop over the repeated ones only
+    rank = np.zeros(n, np.int64)
+    repeated = np.flatnonzero(counts[entity] > 1)
+    seen: dict[int, int] = {}
+    for i, j in zip(repeated.tolist(), entity[repeated].tolist(), strict=True):
+        r = seen.get(j, 0)
+        rank[i] = r
+        seen[j] = r + 1
+    firsts = entity[rank == 0].astype(np.int64)  # the entities, in order of first appearance
+    where = np.full(len(counts), -1, np.int64)
+    where[firsts] = np.arange(len(firsts))
     return Waves(
-        uniq.astype(np.int64), slot, [w.astype(np.int64) for w in np.split(by_rank, bounds)]
+        firsts, where[entity], [np.flatnonzero(rank == w) for w in range(int(rank.max()) + 1)]
     )

@@ -88,7 +88,7 @@ def test_entities_are_interned_in_order_of_first_appearance() -> None:
             st.integers(0, 2**62),
             st.integers(1, 2**40),
             st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=3, max_size=3),
-            st.sampled_from(["v1", "1cd2483550ce", "a\u00e9"]),
+            st.sampled_from(["v1", "1cd2483550ce", "a\u00e9", "5%d"]),
             st.sampled_from([0, 0, 24]),
         ),
         max_size=20,
@@ -107,6 +107,13 @@ def test_predictions_are_encoded_as_to_json_byte_for_byte(rows: list, classify: 
         window=np.array([r[8] for r in rows], np.int64),
     )
     keys, values = encode_outputs(cols, out, classes)
+    if rows:  # one version and no windows: the batch's template path
+        same = Outputs(out.row, out.step, out.values, [rows[0][7]] * len(rows), 0 * out.window)
+        want_same = [
+            Prediction(u, d, y, p, o, rows[0][7], s, tuple(f), classes, 0)
+            for u, d, y, p, o, s, f, *_ in rows
+        ]
+        assert encode_outputs(cols, same, classes)[1] == [p.to_json() for p in want_same]
     want = [
         Prediction(u, d, y, p, o, v, s, tuple(f), classes, w) for u, d, y, p, o, s, f, v, w in rows
     ]
