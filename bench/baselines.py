@@ -47,9 +47,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from streamer import scaling
-from streamer.artifact import load_artifact
 from streamer.kafka import send_keyed
 from streamer.model import SequenceModel
+from streamer.model.artifact import load_artifact
 
 KINDS = ("naive", "faust-pass", "raw-pass")
 #: Producer linger of every kind, as streamer's worker (``STREAMER_KAFKA__PRODUCER_LINGER_MS``).

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamer.artifact import load_artifact, save_artifact
 from streamer.model import ModelSpec, SequenceModel
+from streamer.model.artifact import load_artifact, save_artifact
 from streamer.schemas import Event
 from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamer.artifact import load_artifact
-from streamer.data import demo_panel, event_rows, split_series
+from streamer.model.artifact import load_artifact
 from streamer.schemas import Event
 from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
-from streamer.training import offline_predict
+from streamer.train.data import demo_panel, event_rows, split_series
+from streamer.train.training import offline_predict
 
 
 def events_of(df) -> list[Event]:  # type: ignore[no-untyped-def]

@@ -47,9 +47,9 @@ import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streamer.artifact import save_artifact
 from streamer.kafka import send_keyed
 from streamer.model import ModelSpec, SequenceModel
+from streamer.model.artifact import save_artifact
 from streamer.settings import Settings, to_env
 from streamer.state import RedisStateStore
 from streamer.state.codec import StateBatch, encode_many
@@ -192,7 +192,7 @@ class Run:
             )
             env.update(to_env(settings))
             env.update(self.worker_env)
-            cmd = [sys.executable, "-m", "streamer.cli", "worker", "-l", self.loglevel]
+            cmd = [sys.executable, "-m", "streamer.ops.cli", "worker", "-l", self.loglevel]
         else:
             cmd = [
                 sys.executable,

@@ -24,9 +24,9 @@ _EXPORTS = {
     "StateStore": "streamer.state",
     "RedisStateStore": "streamer.state",
     "Predictor": "streamer.serve.predictor",
-    "BatchHandler": "streamer.pipeline",
-    "load_artifact": "streamer.artifact",
-    "save_artifact": "streamer.artifact",
+    "BatchHandler": "streamer.serve.pipeline",
+    "load_artifact": "streamer.model.artifact",
+    "save_artifact": "streamer.model.artifact",
     "StreamerError": "streamer.errors",
 }
 
@@ -52,11 +52,11 @@ __all__ = [
 assert set(__all__) == {"__version__", *_EXPORTS}
 
 if TYPE_CHECKING:
-    from streamer.artifact import load_artifact, save_artifact
     from streamer.errors import StreamerError
     from streamer.model import ModelSpec, SequenceModel, StackedLSTM
-    from streamer.pipeline import BatchHandler
+    from streamer.model.artifact import load_artifact, save_artifact
     from streamer.schemas import DeadLetter, Event, Prediction, decode_event
+    from streamer.serve.pipeline import BatchHandler
     from streamer.serve.predictor import Predictor
     from streamer.settings import Settings
     from streamer.state import RedisStateStore, StateStore

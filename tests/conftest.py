@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from streamer.artifact import save_artifact
 from streamer.model import ModelSpec, SequenceModel
+from streamer.model.artifact import save_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "deploy" / "local" / "services.sh"

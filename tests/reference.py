@@ -9,10 +9,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from streamer.data import event_rows, split_series
 from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
-from streamer.training import offline_predict
+from streamer.train.data import event_rows, split_series
+from streamer.train.training import offline_predict
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``mode`` is the service and worker framework Faust is built on: it gives the process its lifecycle
 (start, signals, graceful stop on SIGTERM/SIGINT, logging), exactly as for a Faust app. The hot path
-itself is :class:`streamer.runner.Runner`, which moves whole batches through plain aiokafka clients
+itself is :class:`streamer.kafka.runner.Runner`, which moves whole batches through plain aiokafka clients
 because Faust streams pay their per-message cost on every event.
 """
 
@@ -19,13 +19,13 @@ import time
 import torch
 from mode import Service
 
-from streamer.artifact import Artifact, load_artifact
 from streamer.errors import ConfigError, StoreUnavailable, StreamerError
-from streamer.metrics import Metrics, serve_metrics
-from streamer.pipeline import BatchHandler
-from streamer.presence import WorkerInfo, announce, withdraw
-from streamer.registry import Registry
-from streamer.runner import Runner
+from streamer.kafka.runner import Runner
+from streamer.model.artifact import Artifact, load_artifact
+from streamer.model.registry import Registry
+from streamer.ops.metrics import Metrics, serve_metrics
+from streamer.ops.presence import WorkerInfo, announce, withdraw
+from streamer.serve.pipeline import BatchHandler
 from streamer.serve.predictor import Predictor, resolve_device
 from streamer.settings import Settings
 from streamer.state import RedisStateStore, redis_client

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from streamer.artifact import load_artifact
-from streamer.data import event_rows
 from streamer.errors import StateError
 from streamer.kafka import ensure_topics
+from streamer.model.artifact import load_artifact
 from streamer.settings import Settings
 from streamer.state import RedisStateStore
+from streamer.train.data import event_rows
 from tests.conftest import make_panel
 from tests.integration.test_worker import check_states, settings_for
 from tests.integration.workers import TopicReader, WorkerProcess, event_message, produce, worker_env

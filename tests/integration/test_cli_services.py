@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.artifact import load_artifact
+from streamer.model.artifact import load_artifact
 from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from tests.conftest import make_panel

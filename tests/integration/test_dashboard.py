@@ -24,9 +24,9 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
-from streamer.data import event_rows
 from streamer.kafka import ensure_topics, replay_events
 from streamer.settings import Settings
+from streamer.train.data import event_rows
 from tests.conftest import ROOT, make_panel
 from tests.integration.workers import TopicReader, WorkerProcess, predictions_of, worker_env
 
@@ -42,7 +42,7 @@ class DashboardProcess:
         self.log = log
         self._fh = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "dashboard", "--port", "0", *args],
+            [sys.executable, "-m", "streamer.ops.cli", "dashboard", "--port", "0", *args],
             env=env,
             stdout=self._fh,
             stderr=subprocess.STDOUT,
@@ -258,7 +258,7 @@ async def test_a_worker_that_cannot_be_scraped_is_listed_as_such(
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "dashboard", *args],
+        [sys.executable, "-m", "streamer.ops.cli", "dashboard", *args],
         env=env,
         capture_output=True,
         text=True,

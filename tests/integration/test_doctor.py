@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.artifact import load_artifact
-from streamer.doctor import Check, diagnose
 from streamer.kafka import ensure_topics
-from streamer.presence import WorkerInfo, announce, withdraw
-from streamer.registry import Registry
+from streamer.model.artifact import load_artifact
+from streamer.model.registry import Registry
+from streamer.ops.doctor import Check, diagnose
+from streamer.ops.presence import WorkerInfo, announce, withdraw
 from streamer.settings import Settings, to_env
 from streamer.state import redis_client, state_key
 from streamer.state.codec import StateRecord, encode

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from streamer.artifact import load_artifact
-from streamer.data import event_rows
 from streamer.kafka import ensure_topics
+from streamer.model.artifact import load_artifact
+from streamer.train.data import event_rows
 from tests.conftest import SERVICES, make_panel, services_env
 from tests.integration.test_metrics import announced, labelled, scrape, value
 from tests.integration.test_worker import check_states, settings_for

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis.errors import NonInteractiveExampleWarning
 
-from streamer.data import event_rows
 from streamer.kafka import ensure_topics
+from streamer.train.data import event_rows
 from tests.conftest import make_panel
 from tests.hostile import REASONS, hostile_message
 from tests.integration.test_faults import verify

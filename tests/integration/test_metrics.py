@@ -12,12 +12,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from streamer.artifact import load_artifact
-from streamer.data import event_rows
 from streamer.kafka import ensure_topics
-from streamer.presence import WorkerInfo, live_workers
+from streamer.model.artifact import load_artifact
+from streamer.ops.presence import WorkerInfo, live_workers
 from streamer.settings import Settings
 from streamer.state import redis_client
+from streamer.train.data import event_rows
 from tests.conftest import make_panel
 from tests.integration.test_worker import BAD, settings_for
 from tests.integration.workers import TopicReader, WorkerProcess, event_message, produce, worker_env

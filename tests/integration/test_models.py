@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from streamer.artifact import Artifact, load_artifact, save_artifact
-from streamer.data import event_rows, split_series
 from streamer.errors import ArtifactError
 from streamer.kafka import ensure_topics
 from streamer.model import ModelSpec, SequenceModel
-from streamer.registry import Registry
+from streamer.model.artifact import Artifact, load_artifact, save_artifact
+from streamer.model.registry import Registry
 from streamer.schemas import Event, Prediction
 from streamer.serve.predictor import Predictor
 from streamer.settings import Settings
 from streamer.state import RedisStateStore
 from streamer.state.codec import decode
-from streamer.training import offline_predict, offline_windows, series_inputs
+from streamer.train.data import event_rows, split_series
+from streamer.train.training import offline_predict, offline_windows, series_inputs
 from tests.conftest import make_panel
 from tests.integration.workers import (
     TopicReader,
@@ -323,7 +323,7 @@ def test_evaluate_scores_what_the_worker_published(
         [
             sys.executable,
             "-m",
-            "streamer.cli",
+            "streamer.ops.cli",
             "evaluate",
             str(data),
             "--model",

@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streamer.artifact import load_artifact
-from streamer.data import event_rows
 from streamer.kafka import ensure_topics
-from streamer.partitioning import partitions_of
+from streamer.kafka.partitioning import partitions_of
+from streamer.model.artifact import load_artifact
+from streamer.train.data import event_rows
 from tests.conftest import make_panel
 from tests.integration.test_worker import check_states, settings_for
 from tests.integration.workers import (

@@ -10,16 +10,16 @@ import numpy as np
 import orjson
 import pytest
 
-from streamer.artifact import Artifact, load_artifact, save_artifact
-from streamer.data import Series
 from streamer.errors import StateError, StoreUnavailable
-from streamer.pipeline import BatchHandler, RawMessage
+from streamer.model.artifact import Artifact, load_artifact, save_artifact
 from streamer.schemas import Event, Prediction
+from streamer.serve.pipeline import BatchHandler, RawMessage
 from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from streamer.state.cache import StateCache
 from streamer.state.codec import StateRecord, decode, encode
-from streamer.training import offline_predict
+from streamer.train.data import Series
+from streamer.train.training import offline_predict
 from tests.conftest import make_model, make_panel
 from tests.reference import check_predictions, expected_by_entity, synthetic_events
 

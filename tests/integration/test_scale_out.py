@@ -39,11 +39,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from streamer.artifact import load_artifact
-from streamer.data import event_rows
 from streamer.kafka import ensure_topics, replay_events
+from streamer.model.artifact import load_artifact
 from streamer.schemas import Prediction
 from streamer.settings import Settings
+from streamer.train.data import event_rows
 from tests.conftest import make_panel
 from tests.integration.test_faults import verify
 from tests.integration.test_worker import settings_for as worker_settings

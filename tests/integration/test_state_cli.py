@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamer.artifact import load_artifact
-from streamer.data import event_rows
 from streamer.kafka import ensure_topics
+from streamer.model.artifact import load_artifact
 from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from streamer.state.codec import decode
+from streamer.train.data import event_rows
 from tests.conftest import make_panel
 from tests.integration.test_cli_services import cli_env
 from tests.integration.test_worker import settings_for

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.artifact import load_artifact
-from streamer.data import event_rows
 from streamer.kafka import ensure_topics
+from streamer.model.artifact import load_artifact
 from streamer.settings import Settings
 from streamer.state.codec import decode
+from streamer.train.data import event_rows
 from tests.conftest import make_panel
 from tests.integration.workers import (
     TopicReader,

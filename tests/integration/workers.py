@@ -54,7 +54,7 @@ class WorkerProcess:
         self.log = log
         self._fh = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "worker", "-l", "info"],
+            [sys.executable, "-m", "streamer.ops.cli", "worker", "-l", "info"],
             env=env,
             stdout=self._fh,
             stderr=subprocess.STDOUT,

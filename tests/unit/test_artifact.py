@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamer.artifact import load_artifact, save_artifact
 from streamer.errors import ArtifactError
+from streamer.model.artifact import load_artifact, save_artifact
 from tests.conftest import make_model
 
 

@@ -18,7 +18,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
     return subprocess.run(
-        [sys.executable, "-m", "streamer.cli", *args],
+        [sys.executable, "-m", "streamer.ops.cli", *args],
         capture_output=True,
         text=True,
         env={**base, **(env or {})},

@@ -9,9 +9,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.pipeline import RawMessage
 from streamer.schemas import DeadLetter, Event, Prediction, decode_event
 from streamer.serve.columns import EventColumns, Outputs, decode_columns, encode_outputs
+from streamer.serve.pipeline import RawMessage
 from tests.hostile import hostile_message
 from tests.unit.test_schemas import HOSTILE
 

@@ -14,17 +14,17 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
-from streamer.dashboard.collector import Collector, Tick
-from streamer.dashboard.entities import EntitySeries, EntityStore
-from streamer.dashboard.rates import (
+from streamer.ops.dashboard.collector import Collector, Tick
+from streamer.ops.dashboard.entities import EntitySeries, EntityStore
+from streamer.ops.dashboard.rates import (
     Interval,
     counter_deltas,
     histogram_quantile,
     interval_of,
     parse_metrics,
 )
-from streamer.dashboard.server import WEB, DashboardServer
-from streamer.metrics import Metrics
+from streamer.ops.dashboard.server import WEB, DashboardServer
+from streamer.ops.metrics import Metrics
 from streamer.schemas import Prediction
 from streamer.settings import Settings
 

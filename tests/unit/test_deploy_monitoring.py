@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streamer.metrics import Metrics
+from streamer.ops.metrics import Metrics
 from streamer.settings import MetricsSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +120,7 @@ def test_dashboard_queries_only_exported_metrics_and_shows_them_all() -> None:
     for expr in dashboard_exprs(dashboard()):
         found = metric_names(expr)
         assert found, expr
-        assert found <= names, f"not exported by streamer.metrics: {found - names} in {expr}"
+        assert found <= names, f"not exported by streamer.ops.metrics: {found - names} in {expr}"
         assert '{instance=~"$instance"}' in expr, f"not filtered by the worker variable: {expr}"
         used |= found
     families = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in names}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.doctor import (
+from streamer.model import ModelSpec
+from streamer.ops.doctor import (
     Check,
     GroupOffsets,
     eviction_check,
@@ -20,8 +21,7 @@ from streamer.doctor import (
     topic_checks,
     workers_check,
 )
-from streamer.model import ModelSpec
-from streamer.presence import WorkerInfo
+from streamer.ops.presence import WorkerInfo
 from streamer.settings import Settings
 
 SPEC = ModelSpec(hidden_size=16, num_layers=2)  # an LSTM: two tensors of 2x16

@@ -4,7 +4,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamer.partitioning import murmur2_many, partitions_of
+from streamer.kafka.partitioning import murmur2_many, partitions_of
 
 
 @given(st.lists(st.binary(max_size=40), max_size=60))

@@ -19,15 +19,15 @@ import pandas as pd
 import pytest
 import torch
 
-from streamer.data import split_series
 from streamer.model import ModelSpec, SequenceModel
-from streamer.pipeline import MAX_RERUNS, BatchHandler, RawMessage
 from streamer.schemas import Event, Prediction
+from streamer.serve.pipeline import MAX_RERUNS, BatchHandler, RawMessage
 from streamer.serve.predictor import Predictor, resolve_device
 from streamer.state import MemoryStateStore, StateCache, decode
 from streamer.state.codec import Dtype
 from streamer.state.store import OutboxPart
-from streamer.training import offline_predict, series_inputs
+from streamer.train.data import split_series
+from streamer.train.training import offline_predict, series_inputs
 from tests.conftest import make_panel
 from tests.reference import synthetic_events
 

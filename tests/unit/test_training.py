@@ -7,8 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from streamer.data import split_series
-from streamer.training import TrainConfig, offline_predict, offline_windows, train, window_bounds
+from streamer.train.data import split_series
+from streamer.train.training import (
+    TrainConfig,
+    offline_predict,
+    offline_windows,
+    train,
+    window_bounds,
+)
 from tests.conftest import make_panel
 
 

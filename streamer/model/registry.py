@@ -26,8 +26,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streamer.artifact import SPEC, WEIGHTS, Artifact, artifact_from_bytes, load_artifact
 from streamer.errors import ArtifactError, StoreUnavailable
+from streamer.model.artifact import SPEC, WEIGHTS, Artifact, artifact_from_bytes, load_artifact
 from streamer.state import classify_redis_error
 from streamer.state.codec import now_ms
 

@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streamer.errors import ConfigError
-from streamer.partitioning import partitions_of
+from streamer.kafka.partitioning import partitions_of
 from streamer.settings import Settings
 
 __all__ = [
@@ -35,7 +35,7 @@ async def send_keyed(
 
     ``producer.send`` costs a coroutine, a partitioner call and an accumulator lookup per message;
     this fills aiokafka batch builders directly, each message in the partition Kafka's default
-    partitioner picks for its key (:mod:`streamer.partitioning`), in the order given.
+    partitioner picks for its key (:mod:`streamer.kafka.partitioning`), in the order given.
     """
     parts = sorted(await producer.partitions_for(topic))
     where = partitions_of([k for k, _ in messages], len(parts)).tolist()

@@ -15,8 +15,8 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from streamer.dashboard.kafka import KafkaView
-from streamer.dashboard.rates import (
+from streamer.ops.dashboard.kafka import KafkaView
+from streamer.ops.dashboard.rates import (
     Interval,
     Scrape,
     counter_deltas,
@@ -26,7 +26,7 @@ from streamer.dashboard.rates import (
     merge_buckets,
     parse_metrics,
 )
-from streamer.presence import live_workers
+from streamer.ops.presence import live_workers
 from streamer.settings import Settings
 
 __all__ = ["Collector", "Tick"]

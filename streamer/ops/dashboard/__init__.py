@@ -2,22 +2,22 @@
 
 One process, one aiohttp server, no Faust. Beside the server, two jobs:
 
-- :class:`~streamer.dashboard.collector.Collector`, every second: scrape every live worker's
-  ``/metrics`` (the workers announce their URL in Redis, :mod:`streamer.presence`, unless
+- :class:`~streamer.ops.dashboard.collector.Collector`, every second: scrape every live worker's
+  ``/metrics`` (the workers announce their URL in Redis, :mod:`streamer.ops.presence`, unless
   ``--metrics`` names them) and turn counter deltas into rates, per worker and then summed.
   Latency quantiles come from the interval's bucket deltas of ``streamer_latency_seconds``,
-  interpolated as PromQL's ``histogram_quantile`` does (:mod:`streamer.dashboard.rates`). Lag is
+  interpolated as PromQL's ``histogram_quantile`` does (:mod:`streamer.ops.dashboard.rates`). Lag is
   read from Kafka itself (the group's committed offsets against the topic's end offsets), so it
   stays right while no worker runs; the workers' lag gauges stand in when Kafka does not answer.
   The last ten minutes are kept.
-- :class:`~streamer.dashboard.kafka.PredictionReader`: the predictions topic from its beginning
-  into an :class:`~streamer.dashboard.entities.EntityStore`: the last points of each entity (its
+- :class:`~streamer.ops.dashboard.kafka.PredictionReader`: the predictions topic from its beginning
+  into an :class:`~streamer.ops.dashboard.entities.EntityStore`: the last points of each entity (its
   ``y``, the one-step forecast made at the event before, the latest full forecast), for a bounded
   number of entities.
 
-The server (:mod:`streamer.dashboard.server`) streams both to each page as server-sent events:
+The server (:mod:`streamer.ops.dashboard.server`) streams both to each page as server-sent events:
 the metrics every second, the picked entity's new points as they arrive. The page is static
-(``streamer/web``), its charts drawn by uPlot, vendored: it works offline.
+(``streamer/ops/web``), its charts drawn by uPlot, vendored: it works offline.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import signal
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from streamer.dashboard.collector import Collector
-from streamer.dashboard.entities import EntityStore
-from streamer.dashboard.kafka import KafkaView, PredictionReader
-from streamer.dashboard.server import DashboardServer
 from streamer.errors import ConfigError, StoreUnavailable
+from streamer.ops.dashboard.collector import Collector
+from streamer.ops.dashboard.entities import EntityStore
+from streamer.ops.dashboard.kafka import KafkaView, PredictionReader
+from streamer.ops.dashboard.server import DashboardServer
 from streamer.settings import Settings
 from streamer.state import redis_client
 

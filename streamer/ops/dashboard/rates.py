@@ -1,7 +1,7 @@
 """Worker metrics as the dashboard reads them: parsed from the Prometheus text format, turned into
 per-interval deltas, summed over workers, and latency quantiles estimated from bucket deltas.
 
-Pure functions, no I/O: :class:`streamer.dashboard.collector.Collector` feeds them.
+Pure functions, no I/O: :class:`streamer.ops.dashboard.collector.Collector` feeds them.
 """
 
 from __future__ import annotations

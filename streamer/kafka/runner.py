@@ -2,7 +2,7 @@
 
 Faust handles each message one by one (about 135 µs of CPU per consumed event here), so the hot path
 does not go through Faust streams: it fetches whole batches with ``getmany``, hands them to the
-:class:`~streamer.pipeline.BatchHandler`, and delivers and commits per batch. Faust still runs the
+:class:`~streamer.serve.pipeline.BatchHandler`, and delivers and commits per batch. Faust still runs the
 worker process around it (``workers/app.py``).
 
 Per batch, in this order:
@@ -49,13 +49,13 @@ from aiokafka.structs import OffsetAndMetadata
 
 from streamer.errors import StreamerError
 from streamer.kafka import send_keyed
-from streamer.metrics import Metrics
-from streamer.pipeline import BatchHandler, Outcome
+from streamer.ops.metrics import Metrics
+from streamer.serve.pipeline import BatchHandler, Outcome
 from streamer.settings import Settings
 
 __all__ = ["Runner", "RunnerStats"]
 
-log = logging.getLogger("streamer.runner")
+log = logging.getLogger("streamer.kafka.runner")
 #: Largest record batch the producer builds; under the broker's default limit (1 MiB).
 _MAX_RECORD_BATCH = 512 * 1024
 C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)

@@ -1,6 +1,6 @@
 """One batch of raw Kafka messages through validation and the predictor; no Kafka client here.
 
-The worker's batch loop (:mod:`streamer.runner`) takes messages off the topic, calls
+The worker's batch loop (:mod:`streamer.kafka.runner`) takes messages off the topic, calls
 :meth:`BatchHandler.begin` (or :meth:`BatchHandler.handle`, which also waits for the save) and sends
 what the batch's outcome holds. Bad input becomes dead letters; an unreachable Redis makes the save
 wait and retry, with backoff, for as long as it takes: a batch is never dropped, and the offset

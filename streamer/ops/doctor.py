@@ -6,7 +6,7 @@ worker cannot run: Redis or Kafka unreachable, no events topic, no model). Each 
 short timeout, so an unreachable service fails its check in seconds instead of hanging the command;
 checks that need a failed service say so instead of failing again.
 
-Nothing is changed on the way, with one exception: :func:`streamer.presence.live_workers` removes
+Nothing is changed on the way, with one exception: :func:`streamer.ops.presence.live_workers` removes
 the announcements of workers gone for long. Topics are looked up in the cluster's topic list first
 and only those listed are described by name: asking a broker with ``auto.create.topics.enable``
 about a missing topic creates it.
@@ -40,12 +40,12 @@ from redis.exceptions import (
 from rich.console import Console
 from rich.table import Table
 
-from streamer.artifact import load_artifact
 from streamer.errors import StateCodecError, StoreUnavailable, StreamerError
 from streamer.kafka import group_lag, group_offsets
 from streamer.model import ModelSpec
-from streamer.presence import WorkerInfo, live_workers
-from streamer.registry import Registry
+from streamer.model.artifact import load_artifact
+from streamer.model.registry import Registry
+from streamer.ops.presence import WorkerInfo, live_workers
 from streamer.serve.predictor import resolve_device
 from streamer.settings import Settings
 from streamer.state import RedisStateStore, redis_client

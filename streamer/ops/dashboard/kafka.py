@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
-from streamer.dashboard.entities import EntityStore
 from streamer.errors import ConfigError
 from streamer.kafka import group_lag, group_offsets
+from streamer.ops.dashboard.entities import EntityStore
 from streamer.schemas import Prediction
 from streamer.settings import Settings
 

@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from streamer import scaling
-from streamer.data import Series, feature_columns, split_series
 from streamer.errors import DataError
 from streamer.model import ModelSpec, SequenceModel
+from streamer.train.data import Series, feature_columns, split_series
 
 __all__ = [
     "TrainConfig",

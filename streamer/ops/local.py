@@ -46,7 +46,7 @@ def worker_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Po
     }
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "worker", "-l", "info"],
+            [sys.executable, "-m", "streamer.ops.cli", "worker", "-l", "info"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

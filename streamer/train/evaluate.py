@@ -1,7 +1,7 @@
 """``streamer evaluate``: score a model on what a worker publishes, not on an offline forward pass.
 
 The data is replayed through Kafka to a worker of its own (its own topics, group and state keys, see
-:mod:`streamer.local`), the predictions are read back from the output topic and scored:
+:mod:`streamer.ops.local`), the predictions are read back from the output topic and scored:
 
 - a **forecaster**: the last ``horizon`` points of every entity are held out; the history before
   them is streamed, and the forecast the worker published for each entity's last history event
@@ -15,7 +15,7 @@ The data is replayed through Kafka to a worker of its own (its own topics, group
   that closed it.
 
 Every streamed prediction is also compared with the offline model over the same series
-(:func:`streamer.training.offline_predict`, :func:`streamer.training.offline_windows`): the
+(:func:`streamer.train.training.offline_predict`, :func:`streamer.train.training.offline_windows`): the
 command reports the largest difference and fails when it exceeds ``tolerance``.
 """
 
@@ -38,14 +38,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streamer.artifact import load_artifact
-from streamer.data import event_rows, split_series
 from streamer.errors import DataError, StreamerError
-from streamer.local import namespaced, stream_through, worker_process
 from streamer.model import SequenceModel
+from streamer.model.artifact import load_artifact
+from streamer.ops.local import namespaced, stream_through, worker_process
 from streamer.schemas import Prediction
 from streamer.settings import Settings
-from streamer.training import offline_predict, offline_windows, window_bounds
+from streamer.train.data import event_rows, split_series
+from streamer.train.training import offline_predict, offline_windows, window_bounds
 
 __all__ = ["forecast_scores", "infer_season", "run_evaluate", "write_json"]
 

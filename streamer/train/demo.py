@@ -23,12 +23,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from streamer.artifact import save_artifact
-from streamer.data import demo_panel, event_rows, format_ds
-from streamer.local import namespaced, stream_through, worker_process
+from streamer.model.artifact import save_artifact
+from streamer.ops.local import namespaced, stream_through, worker_process
 from streamer.schemas import Prediction
 from streamer.settings import Settings
-from streamer.training import TrainConfig, train
+from streamer.train.data import demo_panel, event_rows, format_ds
+from streamer.train.training import TrainConfig, train
 
 __all__ = ["Scoreboard", "run_demo"]
 

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from streamer.dashboard.collector import Collector
-from streamer.dashboard.entities import Cursor, EntitySeries, EntityStore
-from streamer.dashboard.kafka import PredictionReader
+from streamer.ops.dashboard.collector import Collector
+from streamer.ops.dashboard.entities import Cursor, EntitySeries, EntityStore
+from streamer.ops.dashboard.kafka import PredictionReader
 from streamer.settings import Settings
 
 __all__ = ["WEB", "DashboardServer"]

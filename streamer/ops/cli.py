@@ -265,8 +265,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from streamer.data import event_rows, read_long
     from streamer.kafka import ensure_topics, replay_events
+    from streamer.train.data import event_rows, read_long
 
     settings = _settings(args)
     df = read_long(args.file)
@@ -300,7 +300,7 @@ DATASETS = ("aus-retail", "italy-power-demand-train", "italy-power-demand-test")
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
-    from streamer.data import demo_panel, italy_power_demand
+    from streamer.train.data import demo_panel, italy_power_demand
 
     df = demo_panel() if args.name == "aus-retail" else italy_power_demand(args.name.split("-")[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -320,10 +320,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         TimeElapsedColumn,
     )
 
-    from streamer.artifact import save_artifact
-    from streamer.data import read_long
+    from streamer.model.artifact import save_artifact
     from streamer.serve.predictor import resolve_device
-    from streamer.training import TrainConfig, train
+    from streamer.train.data import read_long
+    from streamer.train.training import TrainConfig, train
 
     device = resolve_device(args.device)
     torch.set_num_threads(2)
@@ -383,9 +383,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from streamer.artifact import load_artifact
-    from streamer.data import read_long
-    from streamer.evaluate import run_evaluate, write_json
+    from streamer.model.artifact import load_artifact
+    from streamer.train.data import read_long
+    from streamer.train.evaluate import run_evaluate, write_json
 
     settings = _settings(args)
     load_artifact(args.model)  # a bad artifact fails before anything starts
@@ -405,14 +405,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from streamer.doctor import run_doctor
+    from streamer.ops.doctor import run_doctor
 
     return run_doctor(_settings(args), as_json=args.json, timeout_s=args.timeout)
 
 
 def _on_registry(args: argparse.Namespace, call: Any) -> Any:
     """``await call(registry)`` for the registry of the settings' model name."""
-    from streamer.registry import Registry
+    from streamer.model.registry import Registry
     from streamer.state import redis_client
 
     settings = _settings(args)
@@ -496,13 +496,13 @@ def _cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_state_get(args: argparse.Namespace) -> int:
-    from streamer.states import show_state
+    from streamer.ops.states import show_state
 
     return asyncio.run(show_state(_settings(args), args.entity, as_json=args.json))
 
 
 def _cmd_state_list(args: argparse.Namespace) -> int:
-    from streamer.states import list_states
+    from streamer.ops.states import list_states
 
     return asyncio.run(
         list_states(
@@ -512,31 +512,31 @@ def _cmd_state_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_state_stats(args: argparse.Namespace) -> int:
-    from streamer.states import state_stats
+    from streamer.ops.states import state_stats
 
     return asyncio.run(state_stats(_settings(args), sample=args.sample, as_json=args.json))
 
 
 def _cmd_state_reset(args: argparse.Namespace) -> int:
-    from streamer.states import reset_state
+    from streamer.ops.states import reset_state
 
     return asyncio.run(reset_state(_settings(args), args.entity))
 
 
 def _cmd_state_delete(args: argparse.Namespace) -> int:
-    from streamer.states import delete_state
+    from streamer.ops.states import delete_state
 
     return asyncio.run(delete_state(_settings(args), args.entity))
 
 
 def _cmd_state_export(args: argparse.Namespace) -> int:
-    from streamer.states import export_states
+    from streamer.ops.states import export_states
 
     return asyncio.run(export_states(_settings(args), args.pattern, args.file))
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from streamer.inspect import tail
+    from streamer.ops.inspect import tail
 
     return asyncio.run(
         tail(
@@ -552,13 +552,13 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from streamer.demo import run_demo
+    from streamer.train.demo import run_demo
 
     return run_demo(_settings(args), args.workdir, epochs=args.epochs, rate=args.rate)
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from streamer.dashboard import run_dashboard
+    from streamer.ops.dashboard import run_dashboard
 
     return run_dashboard(_settings(args), args.host, args.port, args.metrics)
 
