@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import random
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pandas as pd
 
 from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
+from streamer.serve.pipeline import RawMessage
 from streamer.train.data import event_rows, split_series
 from streamer.train.training import offline_predict
 
@@ -68,3 +72,28 @@ def check_predictions(preds: list[Prediction], expected: dict[str, Expected]) ->
             err_msg=f"{p.unique_id} step {p.step}",
         )
     return len(preds)
+
+
+def raw_messages(events: list[Event]) -> list[RawMessage]:
+    """The Kafka messages the events came from (no features)."""
+    return [
+        RawMessage(
+            e.unique_id.encode(),
+            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
+            e.partition,
+            e.offset,
+        )
+        for e in events
+    ]
+
+
+async def in_batches(pred: Any, events: list[Event], seed: int) -> list[Prediction]:
+    """Step the events through a predictor in batches of random sizes."""
+    rng = random.Random(seed)
+    out: list[Prediction] = []
+    i = 0
+    while i < len(events):
+        n = rng.choice([1, 3, 17, 64, 200])
+        out += await pred.step_many(events[i : i + n])
+        i += n
+    return out

@@ -4,20 +4,5 @@ the worker's batch loop (:mod:`~streamer.kafka.runner`: take, deliver, commit)."
 
 from __future__ import annotations
 
-from streamer.kafka.clients import (
-    ensure_topics,
-    group_lag,
-    group_offsets,
-    read_topic,
-    replay_events,
-    send_keyed,
-)
-
-__all__ = [
-    "ensure_topics",
-    "group_lag",
-    "group_offsets",
-    "read_topic",
-    "replay_events",
-    "send_keyed",
-]
+from streamer.kafka.clients import *  # noqa: F403 (the clients' helpers are the package's)
+from streamer.kafka.clients import __all__ as __all__

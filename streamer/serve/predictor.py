@@ -351,13 +351,11 @@ class Predictor:
             e for (e, _), good in zip(pending.items, saved, strict=True) if not good
         ]
         if self.cache is not None:
-            self.cache.put_many(
-                (e, part, blob)
-                for (e, blob), part, good in zip(
-                    pending.items, pending.partitions, saved, strict=True
-                )
-                if good
-            )
+            items, parts = pending.items, pending.partitions
+            if report.rejected:
+                items = [it for it, good in zip(items, saved, strict=True) if good]
+                parts = [p for p, good in zip(parts, saved, strict=True) if good]
+            self.cache.put_many([e for e, _ in items], parts, [b for _, b in items])
             self.cache.discard(report.rejected_entities)
         if report.rejected:
             self._refusals += 1

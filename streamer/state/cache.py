@@ -21,17 +21,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable, Sequence
+from itertools import repeat
 
 __all__ = ["StateCache"]
 
 
 class StateCache:
+    """Records by entity in insertion order (a dict), with their partitions and times in dicts
+    beside: every operation on a batch is a few C-level dict calls, no per-entity Python."""
+
     def __init__(self, max_bytes: int, ttl_s: float = 0.0):
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        #: entity -> (record, partition of its events, time stored); a write re-inserts, so the
-        #: first entry (dicts keep insertion order) is the least recently written
-        self._items: dict[str, tuple[bytes, int, float]] = {}
+        #: entity -> record; a write re-inserts, so the first entry (dicts keep insertion order)
+        #: is the least recently written
+        self._items: dict[str, bytes] = {}
+        #: entity -> partition of its events, and -> when it was stored (monotonic seconds)
+        self._parts: dict[str, int] = {}
+        self._times: dict[str, float] = {}
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -41,49 +48,51 @@ class StateCache:
 
     def get_many(self, entities: Sequence[str]) -> list[bytes | None]:
         """The cached records, ``None`` for a miss."""
-        get = self._items.get
-        found = [get(e) for e in entities]
         if self.ttl_s:
-            oldest = time.monotonic() - self.ttl_s
-            out = [None if f is None or f[2] < oldest else f[0] for f in found]
-        else:
-            out = [None if f is None else f[0] for f in found]
+            self._expire(time.monotonic() - self.ttl_s)
+        out = list(map(self._items.get, entities))
         misses = out.count(None)
         self.hits += len(out) - misses
         self.misses += misses
         return out
 
-    def put_many(self, items: Iterable[tuple[str, int, bytes]]) -> None:
-        """Keep records Redis took: (entity, partition of its events, record)."""
-        now = time.monotonic()
+    def put_many(
+        self, entities: Sequence[str], partitions: Iterable[int], records: Sequence[bytes]
+    ) -> None:
+        """Keep records Redis took, with the partition of each one's events."""
         entries = self._items
-        pop = entries.pop
-        added = 0
-        for entity, partition, record in items:
-            old = pop(entity, None)
-            if old is not None:
-                added -= len(old[0])
-            entries[entity] = (record, partition, now)
-            added += len(record)
-        self.bytes += added
+        old = list(map(entries.pop, entities, repeat(None)))  # (re-inserted: now the newest)
+        entries.update(zip(entities, records, strict=True))
+        self._parts.update(zip(entities, partitions, strict=True))
+        self._times.update(zip(entities, repeat(time.monotonic())))
+        self.bytes += sum(map(len, records)) - sum(map(len, filter(None, old)))
         if self.bytes > self.max_bytes:  # the least recently written out, as many as needed
             excess, victims = self.bytes - self.max_bytes, []
-            for entity, entry in entries.items():
+            for entity, record in entries.items():
                 if excess <= 0:
                     break
                 victims.append(entity)
-                excess -= len(entry[0])
-            for entity in victims:
-                self.bytes -= len(pop(entity)[0])
+                excess -= len(record)
+            self.discard(victims)
+
+    def _expire(self, oldest: float) -> None:
+        """Drop the entries written before ``oldest`` (the first ones: writes are in order)."""
+        times, gone = self._times, []
+        for entity in self._items:
+            if times[entity] >= oldest:
+                break
+            gone.append(entity)
+        self.discard(gone)
 
     def discard(self, entities: Iterable[str]) -> None:
         for e in entities:
             old = self._items.pop(e, None)
             if old is not None:
-                self.bytes -= len(old[0])
+                self.bytes -= len(old)
+                del self._parts[e], self._times[e]
 
     def drop_partitions(self, partitions: Collection[int]) -> int:
         """Forget the entities of these partitions; returns how many were dropped."""
-        gone = [e for e, (_, p, _) in self._items.items() if p in partitions]
+        gone = [e for e, p in self._parts.items() if p in partitions]
         self.discard(gone)
         return len(gone)

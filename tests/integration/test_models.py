@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -35,7 +34,7 @@ from tests.integration.workers import (
     produce,
     worker_env,
 )
-from tests.reference import synthetic_events
+from tests.reference import in_batches, synthetic_events
 from tests.unit.test_training import labelled_panel
 
 
@@ -51,17 +50,6 @@ def random_model(seed: int = 7, **spec: object) -> SequenceModel:
 def artifact(model: SequenceModel, out: Path) -> Artifact:
     save_artifact(model, out)
     return load_artifact(out)
-
-
-async def in_random_batches(pred: Predictor, events: list[Event], seed: int) -> list[Prediction]:
-    rng = random.Random(seed)
-    out: list[Prediction] = []
-    i = 0
-    while i < len(events):
-        n = rng.choice([1, 3, 17, 64, 200])
-        out += await pred.step_many(events[i : i + n])
-        i += n
-    return out
 
 
 KINDS = {
@@ -87,10 +75,10 @@ async def test_every_cell_and_head_streams_equal_to_its_offline_pass(
     offline = {s.unique_id: s for s in split_series(df, ["end"])}
     store = RedisStateStore.from_url(services["redis_url"], ns)
     pred = Predictor(art.model, art.version, store)
-    out = await in_random_batches(pred, events[: len(events) // 2], seed=1)
+    out = await in_batches(pred, events[: len(events) // 2], seed=1)
     await pred.aclose()
     pred = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
-    out += await in_random_batches(pred, events[len(events) // 2 :], seed=2)  # after a restart
+    out += await in_batches(pred, events[len(events) // 2 :], seed=2)  # after a restart
     assert len(out) == len(events)
     expected = {u: offline_predict(art.model, s) for u, s in offline.items()}
     for p in out:
@@ -122,10 +110,10 @@ async def test_a_window_model_predicts_each_closed_window_as_offline(
     n_windows = sum(len(v) for v in expected.values())
     store = RedisStateStore.from_url(services["redis_url"], ns)
     pred = Predictor(art.model, art.version, store)
-    out = await in_random_batches(pred, events[:150], seed=3)
+    out = await in_batches(pred, events[:150], seed=3)
     await pred.aclose()
     pred = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
-    out += await in_random_batches(pred, events[150:], seed=4)
+    out += await in_batches(pred, events[150:], seed=4)
     assert len(out) == n_windows and n_windows > 3 * 25
     for p in out:
         np.testing.assert_allclose(p.values, expected[p.unique_id][p.step - 1], atol=1e-5)

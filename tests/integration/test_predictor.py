@@ -7,13 +7,12 @@ import random
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 
 from streamer.errors import StateError, StoreUnavailable
 from streamer.model.artifact import Artifact, load_artifact, save_artifact
 from streamer.schemas import Event, Prediction
-from streamer.serve.pipeline import BatchHandler, RawMessage
+from streamer.serve.pipeline import BatchHandler
 from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from streamer.state.cache import StateCache
@@ -21,7 +20,12 @@ from streamer.state.codec import StateRecord, decode, encode
 from streamer.train.data import Series
 from streamer.train.training import offline_predict
 from tests.conftest import make_model, make_panel
-from tests.reference import check_predictions, expected_by_entity, synthetic_events
+from tests.reference import (
+    check_predictions,
+    expected_by_entity,
+    raw_messages,
+    synthetic_events,
+)
 
 
 async def run_in_batches(pred: Predictor, events: list, seed: int) -> list[Prediction]:  # type: ignore[type-arg]
@@ -198,19 +202,6 @@ async def test_an_event_delivered_twice_in_one_batch_is_applied_once(
     assert report.skipped == 10 and len(report.predictions) == len(events)
     check_predictions(report.predictions, expected_by_entity(art.model, df))
     await pred.aclose()
-
-
-def raw_messages(events: list[Event]) -> list[RawMessage]:
-    """The Kafka messages the events came from (no features)."""
-    return [
-        RawMessage(
-            e.unique_id.encode(),
-            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
-            e.partition,
-            e.offset,
-        )
-        for e in events
-    ]
 
 
 class WrappedStore:

@@ -7,33 +7,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from streamer.errors import StoreUnavailable
 from streamer.state import RedisClusterStateStore, RedisStateStore
-from streamer.state.codec import StateRecord, decode, encode
+from streamer.state.codec import decode
 from tests.conftest import REDIS_PORT
+from tests.contract.test_store_contract import rec
 from tests.unit.test_cli import run
-
-
-def rec(offset: int, partition: int = 0, step: int = 1, fill: float = 0.0) -> bytes:
-    return encode(
-        StateRecord(
-            h=np.full((2, 4), fill, np.float32),
-            c=np.full((2, 4), fill, np.float32),
-            model_version="v1",
-            step=step,
-            partition=partition,
-            offset=offset,
-            updated_ms=0,
-            count=1.0,
-            mean=0.0,
-            var=0.0,
-        )
-    )
 
 
 @pytest.fixture

@@ -10,18 +10,16 @@ fused and the per-layer kernels, the GPU path's staging.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Sequence
 
 import numpy as np
-import orjson
 import pandas as pd
 import pytest
 import torch
 
 from streamer.model import ModelSpec, SequenceModel
 from streamer.schemas import Event, Prediction
-from streamer.serve.pipeline import MAX_RERUNS, BatchHandler, RawMessage
+from streamer.serve.pipeline import MAX_RERUNS, BatchHandler
 from streamer.serve.predictor import Predictor, resolve_device
 from streamer.state import MemoryStateStore, StateCache, decode
 from streamer.state.codec import Dtype
@@ -29,7 +27,7 @@ from streamer.state.store import OutboxPart
 from streamer.train.data import split_series
 from streamer.train.training import offline_predict, series_inputs
 from tests.conftest import make_panel
-from tests.reference import synthetic_events
+from tests.reference import in_batches, raw_messages, synthetic_events
 
 DEVICE = resolve_device(os.environ.get("STREAMER_TEST_DEVICE", "cpu"))
 ON_GPU = DEVICE.type == "cuda"
@@ -82,17 +80,6 @@ def predictor(
     if variant == "staged":  # the GPU path's one packed buffer each way, also on the CPU
         pred.staged = True
     return pred
-
-
-async def in_batches(pred: Predictor, events: list[Event], seed: int) -> list[Prediction]:
-    rng = random.Random(seed)
-    out: list[Prediction] = []
-    i = 0
-    while i < len(events):
-        n = rng.choice([1, 3, 17, 64, 200])
-        out += await pred.step_many(events[i : i + n])
-        i += n
-    return out
 
 
 def reference(
@@ -239,18 +226,6 @@ async def test_a_write_refused_by_the_store_gives_no_prediction_and_is_counted()
 # ------------------------------------------------------------------ partitions and contention --
 
 
-def raw(events: list[Event]) -> list[RawMessage]:
-    return [
-        RawMessage(
-            e.unique_id.encode(),
-            orjson.dumps({"unique_id": e.unique_id, "ds": e.ds, "y": e.y}),
-            e.partition,
-            e.offset,
-        )
-        for e in events
-    ]
-
-
 def moved(events: list[Event], entity: str, partition: int) -> list[Event]:
     """The events of one entity sent to another partition (as a CRC32-hashing producer would),
     with that partition's offsets."""
@@ -269,13 +244,13 @@ async def test_events_of_an_entity_on_another_partition_are_dead_lettered() -> N
     events = synthetic_events(df, partitions=2)
     first, second = events[:16], events[16:]
     handler = BatchHandler(predictor(model, MemoryStateStore()))
-    got = await handler.handle(raw(first))
+    got = await handler.handle(raw_messages(first))
     assert len(got.outputs) == 16 and not got.dead_letters
     # e0001's later events arrive on the other partition: refused with their reason, nothing else
     # changes; every event gets a prediction or a dead letter
     other = 1 - next(e.partition for e in first if e.unique_id == "e0001")
     batch = moved(second, "e0001", other)
-    got = await handler.handle(raw(batch))
+    got = await handler.handle(raw_messages(batch))
     dead = [d for d in got.dead_letters if d.reason == "partition_conflict"]
     assert sorted(d.offset for d in dead) == sorted(
         e.offset for e in batch if e.unique_id == "e0001"
@@ -293,9 +268,9 @@ async def test_a_takeover_moves_the_entity_to_the_new_partition() -> None:
     df = make_panel(2, 6, 6, seed=11)
     events = synthetic_events(df, partitions=1)
     store = MemoryStateStore()
-    await BatchHandler(predictor(model, store)).handle(raw(events[:6]))
+    await BatchHandler(predictor(model, store)).handle(raw_messages(events[:6]))
     pred = Predictor(model, "v1", store, on_partition_change="takeover")
-    got = await BatchHandler(pred).handle(raw(moved(events[6:], "e0000", 3)))
+    got = await BatchHandler(pred).handle(raw_messages(moved(events[6:], "e0000", 3)))
     assert not got.dead_letters and len(got.outputs) == 6
     (raw_state,) = await store.get_many(["e0000"])
     assert raw_state is not None and decode(raw_state).partition == 3
@@ -321,7 +296,9 @@ class Contended(MemoryStateStore):
                 (cur,) = await self.get_many([e])
                 if cur is not None:  # the other writer's version: same fence, another time
                     self.changes += 1
-                    self.set_raw(e, cur[:48] + self.changes.to_bytes(8, "little") + cur[56:])
+                    self.set_raw(
+                        e, cur[:48] + self.changes.to_bytes(8, "little") + cur[56:]
+                    )
         return await super().put_many(items, bases, outbox)
 
 
@@ -331,8 +308,8 @@ async def test_events_whose_state_keeps_changing_are_dead_lettered_never_dropped
     events = synthetic_events(df, partitions=1)
     store = Contended({"e0002"})
     handler = BatchHandler(predictor(model, store), retry_initial_s=0.001)
-    await handler.handle(raw(events[:3]))  # every entity has a state
-    got = await handler.handle(raw(events[3:]))
+    await handler.handle(raw_messages(events[:3]))  # every entity has a state
+    got = await handler.handle(raw_messages(events[3:]))
     contended = [d for d in got.dead_letters if d.reason == "contended"]
     assert sorted(d.offset for d in contended) == [
         e.offset for e in events[3:] if e.unique_id == "e0002"
