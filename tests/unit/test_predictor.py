@@ -296,9 +296,7 @@ class Contended(MemoryStateStore):
                 (cur,) = await self.get_many([e])
                 if cur is not None:  # the other writer's version: same fence, another time
                     self.changes += 1
-                    self.set_raw(
-                        e, cur[:48] + self.changes.to_bytes(8, "little") + cur[56:]
-                    )
+                    self.set_raw(e, cur[:48] + self.changes.to_bytes(8, "little") + cur[56:])
         return await super().put_many(items, bases, outbox)
 
 
