@@ -258,6 +258,16 @@ class Outputs:
             window=np.concatenate([p.window for p in parts])[order],
         )
 
+    def where(self, keep: npt.NDArray[np.bool_]) -> Outputs:
+        """The outputs where ``keep`` is true."""
+        return Outputs(
+            self.row[keep],
+            self.step[keep],
+            self.values[keep],
+            [v for v, k in zip(self.version, keep.tolist(), strict=True) if k],
+            self.window[keep],
+        )
+
     def remap(self, rows: I64) -> Outputs:
         """The same outputs with their rows mapped through ``rows`` (a sub-batch's rows back to
         the batch it was taken from)."""

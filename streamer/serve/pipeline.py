@@ -204,14 +204,18 @@ class BatchHandler:
             parts.append(again.outputs.remap(rows))
             conflicts.append(rows[again.conflicts])
             rejected = again.rejected_entities
+            report.homes.update(again.homes)
             report.applied += again.applied
             report.skipped += again.skipped
             report.reemitted += again.reemitted
             report.resets += again.resets
             report.rejected += again.rejected
         report.rejected_entities = rejected
-        outcome.outputs = report.outputs = Outputs.join(parts)
-        flagged = np.concatenate(conflicts)
+        joined = Outputs.join(parts)
+        if len(parts) > 1 and len(joined):  # a rerun re-emits what a run before re-emitted
+            joined = joined.where(np.r_[True, joined.row[1:] != joined.row[:-1]])
+        outcome.outputs = report.outputs = joined
+        flagged = np.unique(np.concatenate(conflicts))
         if len(flagged):
             outcome.dead_letters += _dead(
                 messages,
@@ -225,6 +229,7 @@ class BatchHandler:
             )
         if rejected:
             rows = _rows_of(good, rejected)
+            rows = rows[~np.isin(rows, joined.row) & ~np.isin(rows, flagged)]  # (those have one)
             log.error(
                 "the states of %d entities kept changing under this worker; %d of this batch's "
                 "events are dead-lettered (contended) after %d runs",

@@ -364,15 +364,7 @@ class Predictor:
                 "here and are run again",
                 report.rejected,
             )
-            fresh = pending.fresh
-            keep = took[pending.fresh_slot]
-            pending.fresh = Outputs(
-                fresh.row[keep],
-                fresh.step[keep],
-                fresh.values[keep],
-                [v for v, good in zip(fresh.version, keep.tolist(), strict=True) if good],
-                fresh.window[keep],
-            )
+            pending.fresh = pending.fresh.where(took[pending.fresh_slot])
             report.applied = int(took[pending.stepped].sum())
         else:
             report.applied = len(pending.stepped)
