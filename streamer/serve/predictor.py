@@ -8,7 +8,9 @@ Plain Python, numpy and torch; no Kafka. For one batch:
 4. save all touched states in one conditional round trip (a state that changed under the batch
    is never overwritten: its events get no prediction from here and are run again);
 5. return the outputs: the predictions of saved events, and the kept predictions of skipped ones
-   whose offsets were not committed (re-emitted, bit for bit), as columns in batch order.
+   whose offsets were not committed (re-emitted, bit for bit), as columns in batch order. The
+   predictions of applied events are kept in the store's outbox, written with the states (or, for
+   a store without one, inside the states) until their offsets are committed.
 
 Model/state policy: every state records the version of the model that wrote it. A stored state
 whose shape differs from the model's (another cell, layers or hidden size, window length), or

@@ -26,8 +26,10 @@ One Redis value per (model name, entity) (:func:`streamer.state.store.state_key`
 
 The kept outputs are the predictions of events this state already applied whose offsets may not be
 committed yet: after a crash those events are consumed again, skipped by the fence, and their
-predictions re-emitted from here, identical to the first time. Format 1 records (no outputs) and
-format 2 records (the layers field was two bytes, S always 2) are still read.
+predictions re-emitted from here, identical to the first time. Only stores without an outbox keep
+them here (Redis Cluster); one Redis and the memory store keep them in an outbox (the end of this
+module) and write records with ``n = 0``: header, h and c, and 6 bytes. Format 1 records (no
+outputs) and format 2 records (the layers field was two bytes, S always 2) are still read.
 
 Little-endian throughout. This module's functions (:func:`encode` and :func:`decode` for one record,
 :func:`encode_many` and :func:`decode_many` for a batch) are the only code that touches the bytes;
