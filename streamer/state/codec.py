@@ -524,7 +524,8 @@ def decode_many(
         idx = np.asarray(at, np.int64)[fast]
         good = rows if everyone else rows[fast]
         at_idx: Any = slice(None) if everyone else idx  # a slice writes without an index array
-        hc = _loaded(good["hc"], code)  # (U', 2, L, H)
+        # (U', 2, L, H); float32 records are read in place (copied once, into the batch)
+        hc = good["hc"] if code == 0 and np.little_endian else _loaded(good["hc"], code)
         batch.h[:, at_idx] = hc[:, 0].transpose(1, 0, 2)
         if tensors == 2:
             batch.c[:, at_idx] = hc[:, 1].transpose(1, 0, 2)
@@ -557,7 +558,9 @@ def decode_many(
             )
 
     problems: dict[int, str] = {}
-    slow = np.setdiff1d(np.arange(len(raws)), np.asarray(at, np.int64)[fast]).tolist()
+    done = np.zeros(len(raws), bool)
+    done[np.asarray(at, np.int64)[fast]] = True
+    slow = np.flatnonzero(~done).tolist()
     for i in slow:
         raw = raws[i]
         if raw is None:
