@@ -25,7 +25,6 @@ stepped by one model from start to end, and :class:`PendingBatch` remembers whic
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -38,8 +37,9 @@ import torch
 from streamer.errors import ConfigError, StaleBatch
 from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
+from streamer.serve import kept
 from streamer.serve.columns import EventColumns, Outputs
-from streamer.serve.fence import fence, group_ranks, waves
+from streamer.serve.fence import fence, waves
 from streamer.serve.step import Served, Stepper, resolve_device
 from streamer.state import StateCache, StateStore, base_of
 from streamer.state.codec import (
@@ -49,7 +49,6 @@ from streamer.state.codec import (
     decode_outbox,
     encode_many,
     now_ms,
-    outbox_dtype,
 )
 from streamer.state.store import OutboxPart
 
@@ -296,22 +295,40 @@ class Predictor:
         if spec.window:
             sel, values, steps, lengths = self.stepper.windows(sv, ev, w.slot, w.waves, st)
             if inline:
-                kept = np.concatenate([values, lengths[:, None].astype(np.float64)], axis=1)
-                self._keep_outputs(
-                    st, loaded, w.entities, w.slot[sel], ev.offset[sel], steps, kept, committed
+                with_lengths = np.concatenate([values, lengths[:, None].astype(np.float64)], 1)
+                kept.keep_in_records(
+                    st,
+                    loaded,
+                    w.entities,
+                    w.slot[sel],
+                    ev.offset[sel],
+                    steps,
+                    with_lengths,
+                    committed,
+                    self.max_kept_outputs,
                 )
             rows, slots, window = f.applied[sel], w.slot[sel], lengths
         else:
             values, steps = self.stepper.step(sv, ev, w.slot, w.waves, st)
             if inline:
-                self._keep_outputs(
-                    st, loaded, w.entities, w.slot, ev.offset, steps, values, committed
+                kept.keep_in_records(
+                    st,
+                    loaded,
+                    w.entities,
+                    w.slot,
+                    ev.offset,
+                    steps,
+                    values,
+                    committed,
+                    self.max_kept_outputs,
                 )
             rows, slots, window = f.applied, w.slot, np.zeros(len(steps), np.int64)
         pending.fresh = Outputs(rows, steps, values, [sv.version] * len(rows), window)
         pending.fresh_slot = slots
         if not inline:
-            self._fill_outbox(pending, cols, sv, committed)
+            pending.outbox, pending.entries = kept.outbox_parts(
+                pending.fresh, slots, cols, sv, committed
+            )
         report.step_s = time.perf_counter() - started
         st.version[:] = sv.version.encode("ascii")
         st.updated_ms[:] = now_ms()
@@ -429,163 +446,26 @@ class Predictor:
     ) -> Outputs:
         """The kept predictions of skipped events whose offsets were not committed: sent again,
         each once, as they were made. From inside the states (a store without an outbox, or
-        records written before it), else from the outbox: the store's, and that of batches still
-        being saved by this worker."""
+        records written before it), else from the outbox: of batches this worker still has in
+        flight (the batch then counts as read from unconfirmed writes), and the store's."""
         cols, k, window = pending.events, sv.spec.outputs, bool(sv.spec.window)
         ent, part, off = cols.entity[skipped], cols.partition[skipped], cols.offset[skipped]
-        floor = np.fromiter((committed.get(p, -1) for p in part.tolist()), np.int64, len(part))
-        due = (off >= floor) & (loaded.partition[ent] == part)
-        if not due.any():
-            return Outputs.empty(k)
+        due = (off >= kept.floors(committed, part)) & (loaded.partition[ent] == part)
         skipped, ent, part, off = skipped[due], ent[due], part[due], off[due]
-        found = np.zeros(len(skipped), bool)
-        at = np.zeros(len(skipped), np.int64)
-        if len(loaded.out_entity):  # the table is sorted by (entity, offset)
-            span = int(max(loaded.out_offset.max(), off.max())) + 2
-            table = loaded.out_entity * span + loaded.out_offset
-            want = ent * span + off
-            at = np.minimum(np.searchsorted(table, want), len(table) - 1)
-            found = table[at] == want
-        parts: list[tuple[I64, I64, F64, list[str], I64]] = []
-        if found.any():
-            kept = loaded.out_forecast[at[found]]
-            n = int(found.sum())
-            parts.append(
-                (
-                    skipped[found],
-                    loaded.out_step[at[found]],
-                    kept[:, :k],
-                    [v.decode("ascii", errors="replace") for v in loaded.version[ent[found]]],
-                    kept[:, k].astype(np.int64) if window else np.zeros(n, np.int64),
-                )
-            )
+        found, inline = kept.from_records(loaded, skipped, ent, off, k, window)
+        parts = [inline]
         if self.store.outbox and not found.all():
             rest = ~found
-            parts.append(await self._from_outbox(pending, skipped[rest], part[rest], off[rest], sv))
-        rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-        if not len(rows):
-            return Outputs.empty(k)
-        # each (partition, offset) once, in batch order: a rebalance can deliver one twice
-        ident = cols.partition[rows] * (int(cols.offset.max()) + 2) + cols.offset[rows]
-        _, first = np.unique(ident, return_index=True)
-        order = first[np.argsort(rows[first], kind="stable")]
-        versions = [v for p in parts for v in p[3]]
-        return Outputs(
-            rows[order],
-            np.concatenate([p[1] for p in parts])[order],
-            np.concatenate([p[2] for p in parts])[order],
-            [versions[i] for i in order.tolist()],
-            np.concatenate([p[4] for p in parts])[order],
-        )
-
-    async def _from_outbox(
-        self, pending: PendingBatch, rows: I64, part: I64, off: I64, sv: Served
-    ) -> tuple[I64, I64, F64, list[str], I64]:
-        """Kept predictions of these events from the outbox: of batches this worker still has in
-        flight (the batch then counts as read from unconfirmed writes), and the store's."""
-        k, width = sv.spec.outputs, sv.kept_width
-        chosen: list[npt.NDArray[np.void]] = []
-        got_rows: list[I64] = []
-        for p in np.unique(part).tolist():
-            mine = part == p
-            held = [b.entries[p] for b in self._in_flight if p in b.entries]
-            if held:
-                pending.overlaid = True
-            stored = decode_outbox(await self.store.kept(p, int(off[mine].min())), width)
-            entries = np.concatenate([*held, stored]) if held else stored
-            if not len(entries):
-                continue
-            entries = entries[np.argsort(entries["offset"], kind="stable")]
-            where = np.minimum(np.searchsorted(entries["offset"], off[mine]), len(entries) - 1)
-            hit = entries["offset"][where] == off[mine]
-            chosen.append(entries[where[hit]])
-            got_rows.append(rows[mine][hit])
-        e = np.concatenate(chosen) if chosen else np.zeros(0, outbox_dtype(width))
-        values = e["values"].reshape(len(e), width).astype(np.float64)
-        return (
-            np.concatenate(got_rows) if got_rows else np.zeros(0, np.int64),
-            e["step"].astype(np.int64),
-            values[:, :k],
-            [v.rstrip(b"\0").decode("ascii", errors="replace") for v in e["version"].tolist()],
-            values[:, k].astype(np.int64) if sv.spec.window else np.zeros(len(e), np.int64),
-        )
-
-    def _fill_outbox(
-        self,
-        pending: PendingBatch,
-        cols: EventColumns,
-        sv: Served,
-        committed: Mapping[int, int],
-    ) -> None:
-        """The outbox parts of a batch: per partition, the entries of its fresh predictions
-        grouped by the record (item) they belong to, with the bounds of each record's bytes."""
-        fresh, k = pending.fresh, sv.spec.outputs
-        if not len(fresh):
-            return
-        rows = fresh.row
-        part, off, key = cols.partition[rows], cols.offset[rows], pending.fresh_slot
-        dt = outbox_dtype(sv.kept_width)
-        e = np.zeros(len(rows), dt)
-        e["offset"], e["step"], e["version"] = off, fresh.step, sv.version.encode("ascii")
-        e["values"][:, :k] = fresh.values
-        if sv.spec.window:
-            e["values"][:, k] = fresh.window
-        order = np.lexsort((off, key, part))
-        e, part, key, off = e[order], part[order], key[order], off[order]
-        cuts = np.flatnonzero(np.r_[True, part[1:] != part[:-1], True])
-        size = dt.itemsize
-        for a, b in itertools.pairwise(cuts.tolist()):
-            p = int(part[a])
-            keys = key[a:b]
-            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-            lengths = np.diff(np.r_[starts, b - a])
-            bounds = np.stack([keys[starts] + 1, starts * size, lengths * size], axis=1)
-            pending.outbox.append(
-                OutboxPart(
-                    p,
-                    int(off[a:b].max()),
-                    e[a:b].tobytes(),
-                    bounds.astype("<u4").tobytes(),
-                    committed.get(p, -1),
-                )
-            )
-            pending.entries[p] = e[a:b]
-
-    def _keep_outputs(
-        self,
-        st: StateBatch,
-        loaded: StateBatch,
-        rows: I64,
-        slot: I64,
-        offsets: I64,
-        steps: I64,
-        forecasts: F64,
-        committed: Mapping[int, int],
-    ) -> None:
-        """The outputs each saved state keeps: the older ones not committed yet, then this
-        batch's, the newest ``max_kept_outputs`` of them."""
-        ent, off, stp, fc = slot, offsets, steps, forecasts
-        if len(loaded.out_entity):
-            where = np.full(len(loaded), -1, np.int64)
-            where[rows] = np.arange(len(rows))
-            owner = where[loaded.out_entity]  # the old outputs' entity in ``st``, -1 if not stepped
-            part = loaded.partition[loaded.out_entity]
-            floor = np.fromiter((committed.get(p, -1) for p in part.tolist()), np.int64, len(part))
-            old = (owner >= 0) & (part == st.partition[np.maximum(owner, 0)])
-            old &= loaded.out_offset >= floor
-            if old.any():
-                ent = np.concatenate([owner[old], slot])
-                off = np.concatenate([loaded.out_offset[old], offsets])
-                stp = np.concatenate([loaded.out_step[old], steps])
-                fc = np.concatenate([loaded.out_forecast[old], forecasts])
-        st.set_outputs(ent, off, stp, fc)
-        n = np.bincount(st.out_entity, minlength=len(st))
-        cap = self.max_kept_outputs
-        if n.max(initial=0) > cap:
-            e = st.out_entity
-            keep = group_ranks(e) >= n[e] - cap
-            st.out_entity, st.out_offset = e[keep], st.out_offset[keep]
-            st.out_step, st.out_forecast = st.out_step[keep], st.out_forecast[keep]
+            skipped, part, off = skipped[rest], part[rest], off[rest]
+            for p in np.unique(part).tolist():
+                mine = part == p
+                held = [b.entries[p] for b in self._in_flight if p in b.entries]
+                if held:
+                    pending.overlaid = True
+                blobs = await self.store.kept(p, int(off[mine].min()))
+                entries = np.concatenate([*held, decode_outbox(blobs, sv.kept_width)])
+                parts.append(kept.from_entries(entries, skipped[mine], off[mine], k, window))
+        return kept.join(cols, parts, k)
 
     def _reset_other_versions(
         self, loaded: StateBatch, version: str, problems: Mapping[int, str]

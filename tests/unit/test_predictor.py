@@ -134,14 +134,20 @@ async def check_states(
         np.testing.assert_allclose(rec.c, c[: len(rec.c)], atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("variant", ["plain", "cached", "fused", "per-layer", "staged"])
+class InlineStore(MemoryStateStore):
+    """A store without an outbox (as Redis Cluster): kept predictions go inside the records."""
+
+    outbox = False
+
+
+@pytest.mark.parametrize("variant", ["plain", "cached", "fused", "per-layer", "staged", "inline"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 async def test_stepping_equals_the_module_per_entity(cell: str, variant: str) -> None:
     model = make(cell, features=("temp",))
     df = make_panel(60, 3, 30, seed=1, features=("temp",))
     events = synthetic_events(df)
     ref = reference(model, df, "float32")
-    store = MemoryStateStore()
+    store = InlineStore() if variant == "inline" else MemoryStateStore()
     pred = predictor(model.to(DEVICE), store, variant)
     half = len(events) // 2
     out = await in_batches(pred, events[:half], seed=2)
