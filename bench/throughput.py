@@ -172,7 +172,11 @@ class Run:
             if not defaults:
                 kafka["session_timeout_s"] = 6
                 tuned = {
-                    "batch": {"max_size": self.args.batch, "max_wait_s": self.args.batch_wait_s},
+                    "batch": {
+                        "max_size": self.args.batch,
+                        "max_wait_s": self.args.batch_wait_s,
+                        "max_behind": self.args.behind,
+                    },
                     "cache_max_mb": self.args.cache_mb,
                     "torch_threads": self.args.torch_threads,
                 }
@@ -676,6 +680,7 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
         "state_dtype": "float32",
         "batch_max_size": args.batch,
         "batch_max_wait_s": args.batch_wait_s,
+        "batch_max_behind": args.behind,
         "cache_max_mb": args.cache_mb,
         "torch_threads": args.torch_threads,
         "budget_s": args.budget_s,
@@ -749,6 +754,12 @@ def common_options(ap: argparse.ArgumentParser, budget_s: float = 40.0) -> None:
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1024, help="streamer's batch.max_size")
     ap.add_argument("--batch-wait-s", type=float, default=0.02, help="streamer's batch.max_wait_s")
+    ap.add_argument(
+        "--behind",
+        type=int,
+        default=Settings().batch.max_behind,
+        help="streamer's batch.max_behind",
+    )
     ap.add_argument(
         "--cache-mb", type=float, default=Settings().cache_max_mb, help="streamer's cache_max_mb"
     )

@@ -106,6 +106,10 @@ class BatchSettings(_Group):
     max_size: int = Field(default=1024, ge=1)
     #: Longest wait for more events once a batch has some: adds to the latency at low rates.
     max_wait_s: float = Field(default=0.005, gt=0)
+    #: Most batches saved or delivered in the background while the next one is stepped (the
+    #: order of saves, deliveries and commits holds whatever the number; more overlap the
+    #: round trips to Redis and Kafka, at the cost of memory and latency under load).
+    max_behind: int = Field(default=1, ge=1, le=16)
 
 
 class MetricsSettings(_Group):

@@ -84,7 +84,11 @@ def build_handler(settings: Settings) -> BatchHandler:
         on_partition_change=settings.on_partition_change,
     )
     log.info("model %s from %s on %s", art.version, source, device)
-    return BatchHandler(predictor, max_event_bytes=settings.topics.max_event_bytes)
+    return BatchHandler(
+        predictor,
+        max_event_bytes=settings.topics.max_event_bytes,
+        max_behind=settings.batch.max_behind,
+    )
 
 
 class StreamerService(Service):

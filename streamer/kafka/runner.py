@@ -15,7 +15,7 @@ Per batch, in this order:
 The save of step 1 and steps 2 and 3 of one batch run while the next batch is taken and stepped,
 so the round trips to Redis and Kafka do not stall the loop; saves go in order, one at a time, and
 a batch is delivered only once it is saved and the one before it committed, so commits stay in
-order too (see :meth:`BatchHandler.begin`).
+order too (:mod:`streamer.serve.chain` keeps these rules).
 
 A crash anywhere re-delivers the batch from the last commit: the offset fence in the states skips
 the events already applied, and the outputs the states kept are sent again, identical. A rebalance
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -121,10 +122,6 @@ class Runner:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
-        #: the last batch's save, delivery and commit, running while the next batch is stepped;
-        #: and the one before it
-        self._delivering: asyncio.Task[None] | None = None
-        self._before: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         #: bumped by every rebalance: a batch taken across one is not processed
         self._epoch = 0
@@ -279,58 +276,36 @@ class Runner:
         return out
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Step a batch, then save, deliver and commit it in the background: the next batch is
-        taken and stepped meanwhile, and delivered only after this one is committed. At most one
-        delivery waits behind the one in progress."""
-        if self._before is not None:
-            await asyncio.shield(self._before)  # raises its failure: stop taking batches
-        saving = await self.handler.begin(records, committed=dict(self._committed))
-        # The next offset to read, per partition (records of a partition come in offset order).
+        """Step a batch; it is saved, delivered and committed in the background, in order
+        (:class:`~streamer.serve.chain.Chain`): the next batch is taken and stepped meanwhile."""
         topic = self.settings.topics.events
+        # The next offset to read, per partition (records of a partition come in offset order).
         last = {r.partition: r.offset for r in records}
         offsets = {TopicPartition(topic, p): o + 1 for p, o in last.items()}
-        task = asyncio.create_task(
-            self._deliver_after(saving, self._delivering, records, offsets, self._epoch)
-        )
-        self._before, self._delivering = self._delivering, task
+        deliver = functools.partial(self._delivered, records, offsets, self._epoch)
+        await self.handler.begin(records, committed=dict(self._committed), deliver=deliver)
 
     def _raise_failed(self) -> None:
         """Raise the failure of a delivery that already ended (a fenced producer, a save or a
         Kafka error that waiting cannot fix): the loop stops before taking another batch."""
-        for task in (self._before, self._delivering):
-            if task is not None and task.done() and not task.cancelled():
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
+        self.handler.chain.raise_failed()
 
     async def _settle(self) -> None:
         """Wait for the batch being delivered; its failure (a fenced producer, a non-retriable
         error) is raised here and stops the loop."""
-        task = self._delivering
-        if task is not None:
-            await asyncio.shield(task)  # a cancelled waiter does not cancel the delivery
-            self._delivering = None  # a failed one stays, to be raised to every waiter
+        await self.handler.chain.settle()
 
-    async def _deliver_after(
+    async def _delivered(
         self,
-        saving: asyncio.Future[Outcome],
-        previous: asyncio.Task[None] | None,
         records: list[ConsumerRecord[bytes, bytes]],
         offsets: dict[TopicPartition, int],
         epoch: int,
+        outcome: Outcome,
     ) -> None:
-        """Once the batch is saved and the one before it committed: deliver and commit it.
-
-        Not at all when a commit failed since it was taken: the consumer went back to the
-        committed offsets, and the events come again (their states skip them and send their kept
-        outputs again)."""
-        try:
-            outcome = await asyncio.shield(saving)
-        finally:
-            if previous is not None:
-                await asyncio.wait([previous])  # whatever became of this batch's save
-        if previous is not None and not previous.cancelled() and previous.exception() is not None:
-            raise RuntimeError("the batch before was not delivered") from previous.exception()
+        """Deliver and commit a saved batch (the chain calls it once the batch before it is
+        delivered). Not at all when a commit failed since it was taken: the consumer went back to
+        the committed offsets, and the events come again (their states skip them and send their
+        kept outputs again)."""
         if epoch != self._epoch:
             return
         started = time.perf_counter()

@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,7 @@ import numpy.typing as npt
 from streamer.errors import StoreUnavailable
 from streamer.model import SequenceModel
 from streamer.schemas import DeadLetter, Message, Prediction
+from streamer.serve.chain import Chain
 from streamer.serve.columns import EventColumns, Outputs, decode_columns, encode_outputs
 from streamer.serve.predictor import BatchReport, PendingBatch, Predictor, Served
 
@@ -85,6 +86,7 @@ class BatchHandler:
         max_event_bytes: int = 64 * 1024,
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
+        max_behind: int = 1,
     ):
         self.predictor = predictor
         self.max_event_bytes = max_event_bytes
@@ -92,9 +94,8 @@ class BatchHandler:
         self.retry_max_s = retry_max_s
         #: called at every retry during a store outage (the worker counts them in its metrics)
         self.on_retry: Callable[[], None] | None = None
-        #: the latest batch's save, and whether its states are final (see :meth:`begin`)
-        self._saving: asyncio.Future[Outcome] | None = None
-        self._stepped: asyncio.Future[None] | None = None
+        #: the order of the batches' saves and deliveries
+        self.chain: Chain[Outcome] = Chain(max_behind)
         #: a model to switch to at the next batch boundary (see :meth:`stage`)
         self._staged: tuple[SequenceModel, str] | None = None
 
@@ -122,22 +123,21 @@ class BatchHandler:
         return await (await self.begin(messages, committed))
 
     async def begin(
-        self, messages: Sequence[Message], committed: Mapping[int, int] | None = None
+        self,
+        messages: Sequence[Message],
+        committed: Mapping[int, int] | None = None,
+        deliver: Callable[[Outcome], Awaitable[None]] | None = None,
     ) -> asyncio.Future[Outcome]:
-        """Validate and step a batch now, save it in the background; returns its outcome's future.
+        """Validate and step a batch now; save it, then ``deliver`` it, in the background, in
+        order (:class:`~streamer.serve.chain.Chain`). Returns the future of its outcome, done
+        once it is saved and delivered.
 
         The next batch can begin while this one is saved: it reads the states being written from
         memory (:meth:`Predictor.prepare`), and its save waits for this one, so saves go to the
         store one at a time, in order. A save refused by the store makes the batch after it step
-        again from the store's states; the batch after that begins only once this re-stepping is
-        over (``stepped``), so it never steps on from a state that will not hold.
+        again from the store's states before it is saved.
         """
-        if self._stepped is not None and self._saving is not None:
-            # The batch before has its final states (or its save is over, however it ended).
-            either: list[asyncio.Future[Any]] = [self._stepped, self._saving]
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if _failed(self._saving):
-            self._saving = None  # its caller has its error; start a new chain from the store
+        await self.chain.ready()  # raises the failure of a delivery
         if self._staged is not None:
             old = self.predictor.version
             self.predictor.use(*self._staged)
@@ -148,12 +148,8 @@ class BatchHandler:
         good, bad = self.decode(messages)
         outcome = Outcome(events=good, dead_letters=bad)
         pending = await self._retrying(outcome, lambda: self.predictor.prepare(good, committed))
-        stepped = asyncio.get_running_loop().create_future()
-        saving = asyncio.ensure_future(
-            self._save(outcome, messages, good, pending, committed, self._saving, stepped)
-        )
-        self._saving, self._stepped = saving, stepped
-        return saving
+        save = functools.partial(self._save, outcome, messages, good, pending, committed)
+        return self.chain.add(save, deliver)
 
     async def _save(
         self,
@@ -299,7 +295,3 @@ def _dead(
         text = detail.format(home=home, partition=m.partition)
         out.append(DeadLetter(m.key, m.value, reason, text, m.partition, m.offset))  # type: ignore[arg-type]
     return out
-
-
-def _failed(fut: asyncio.Future[T] | None) -> bool:
-    return fut is not None and fut.done() and (fut.cancelled() or fut.exception() is not None)
