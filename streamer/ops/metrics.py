@@ -293,7 +293,7 @@ class Metrics:
         self.cache_misses.inc(cache.misses - misses)
         self._cache_seen = (cache.hits, cache.misses)
         self.cache_entities.set(len(cache))
-        self.cache_bytes.set(cache.bytes)
+        self.cache_bytes.set(cache.nbytes)
 
     def partitions(self, lag: Mapping[int, int], owned: int) -> None:
         """The number of owned partitions and their lag (those it is known of); partitions no

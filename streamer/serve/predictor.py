@@ -45,10 +45,12 @@ from streamer.state import StateCache, StateStore, base_of
 from streamer.state.codec import (
     Dtype,
     StateBatch,
+    bases,
     decode_many,
     decode_outbox,
-    encode_many,
+    encode_rows,
     now_ms,
+    records,
 )
 from streamer.state.store import OutboxPart
 
@@ -112,8 +114,11 @@ class PendingBatch:
     items: list[tuple[str, bytes]] = field(default_factory=list)
     #: what the store knows each state stepped from by (:func:`streamer.state.base_of`)
     bases: list[bytes] = field(default_factory=list)
-    #: partition of each saved state's events (for the cache)
-    partitions: list[int] = field(default_factory=list)
+    #: the same records as fixed parts and tails (:func:`~streamer.state.codec.encode_rows`),
+    #: and the partition of each one's events: what the cache keeps of those saved
+    rows: npt.NDArray[np.void] = field(default_factory=lambda: np.zeros(0, "V1"))
+    tails: list[bytes] | None = None
+    partitions: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
     #: some states were read from writes still on their way (see :meth:`Predictor.is_stale`)
     overlaid: bool = False
     #: the predictor's count of refused saves when the states were read
@@ -247,10 +252,16 @@ class Predictor:
             return pending
         committed = committed or {}
         entities = cols.entities
-        raws, pending.overlaid, report.read_s = await self._read(entities)
+        raws, hits, pending.overlaid, report.read_s = await self._read(entities)
         rows_, width = spec.state_shape
         loaded, problems = decode_many(
-            raws, rows_, width, sv.kept_width, self.state_dtype, spec.state_tensors
+            raws,
+            rows_,
+            width,
+            sv.kept_width,
+            self.state_dtype,
+            spec.state_tensors,
+            *(hits or (None, None)),
         )
         for j, why in problems.items():
             log.warning("resetting the state of %r: %s", entities[j], why)
@@ -332,11 +343,16 @@ class Predictor:
         report.step_s = time.perf_counter() - started
         st.version[:] = sv.version.encode("ascii")
         st.updated_ms[:] = now_ms()
-        blobs = encode_many(st, self.state_dtype)
+        pending.rows, pending.tails = encode_rows(st, self.state_dtype)
+        blobs = records(pending.rows, pending.tails)
         stepped = w.entities.tolist()
         pending.items = [(entities[j], b) for j, b in zip(stepped, blobs, strict=True)]
-        pending.bases = [base_of(raws[j]) for j in stepped]
-        pending.partitions = st.partition.tolist()
+        known = [base_of(raw) for raw in raws]  # (b"" for no record, and for cache hits:)
+        if hits is not None:
+            for j, base in zip(hits[0].tolist(), bases(hits[1]), strict=True):
+                known[j] = base
+        pending.bases = [known[j] for j in stepped]
+        pending.partitions = st.partition
         if not self.is_stale(pending):  # (a stale batch is stepped again before it is saved)
             self._unconfirmed.update(pending.items)  # the next batch steps on from these
             if pending.entries:
@@ -369,12 +385,16 @@ class Predictor:
         report.rejected_entities = [
             e for (e, _), good in zip(pending.items, saved, strict=True) if not good
         ]
-        if self.cache is not None:
-            items, parts = pending.items, pending.partitions
+        if self.cache is not None and pending.items:
+            took_ = np.asarray(saved, bool)
+            names = [e for e, _ in pending.items]
+            rows, parts, tails = pending.rows, pending.partitions, pending.tails
             if report.rejected:
-                items = [it for it, good in zip(items, saved, strict=True) if good]
-                parts = [p for p, good in zip(parts, saved, strict=True) if good]
-            self.cache.put_many([e for e, _ in items], parts, [b for _, b in items])
+                names = [e for e, good in zip(names, saved, strict=True) if good]
+                rows, parts = rows[took_], parts[took_]
+                if tails is not None:
+                    tails = [t for t, good in zip(tails, saved, strict=True) if good]
+            self.cache.put_many(names, parts, rows, tails)
             self.cache.discard(report.rejected_entities)
         if report.rejected:
             self._refusals += 1
@@ -413,28 +433,42 @@ class Predictor:
         prepared again before it is saved (its steps started from a state that does not hold)."""
         return pending.overlaid and pending.refusals != self._refusals
 
-    async def _read(self, entities: list[str]) -> tuple[list[bytes | None], bool, float | None]:
+    async def _read(
+        self, entities: list[str]
+    ) -> tuple[list[bytes | None], tuple[I64, npt.NDArray[np.void]] | None, bool, float | None]:
         """The latest records: from writes on their way, then the cache, the rest in one round
-        trip to the store; whether any came from a write on its way; the round trip's seconds."""
+        trip to the store. Returns the records read as bytes (None: none, or a cache hit), the
+        cache hits (their positions and their records' fixed parts), whether any record came
+        from a write on its way, and the round trip's seconds."""
         over = self._unconfirmed
         raws: list[bytes | None] = (
             [over.get(e) for e in entities] if over else [None] * len(entities)
         )
         overlaid = len(raws) != raws.count(None)
         missed = [j for j, raw in enumerate(raws) if raw is None]
+        hits = None
         if self.cache is not None and missed:
-            hits = self.cache.get_many([entities[j] for j in missed])
-            for j, raw in zip(missed, hits, strict=True):
-                raws[j] = raw
-            missed = [j for j, raw in zip(missed, hits, strict=True) if raw is None]
+            found = self.cache.get_many([entities[j] for j in missed])
+            if len(found):
+                at = np.asarray(missed, np.int64)[found.at]
+                fixed = np.ones(len(at), bool)
+                if found.tails is not None:  # records that keep outputs: whole bytes
+                    whole = records(found.rows, found.tails)
+                    for i, (j, tail) in enumerate(zip(at.tolist(), found.tails, strict=True)):
+                        if tail:
+                            raws[j], fixed[i] = whole[i], False
+                hits = (at[fixed], found.rows[fixed])
+                gone = np.zeros(len(missed), bool)
+                gone[found.at] = True
+                missed = [j for j, hit in zip(missed, gone.tolist(), strict=True) if not hit]
         if not missed:
-            return raws, overlaid, None
+            return raws, hits, overlaid, None
         started = time.perf_counter()
         got = await self.store.get_many([entities[j] for j in missed])
         took = time.perf_counter() - started
         for j, raw in zip(missed, got, strict=True):
             raws[j] = raw
-        return raws, overlaid, took
+        return raws, hits, overlaid, took
 
     async def _reemit(
         self,

@@ -40,6 +40,7 @@ byte offset of the record.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections.abc import Sequence
@@ -57,12 +58,15 @@ __all__ = [
     "StateBatch",
     "StateRecord",
     "base_of",
+    "bases",
     "decode",
     "decode_many",
     "encode",
     "encode_many",
+    "encode_rows",
     "group_ranks",
     "read_fence",
+    "records",
 ]
 
 MAGIC = b"STRM"
@@ -428,8 +432,12 @@ def group_ranks(groups: I64) -> I64:
     return np.arange(len(groups)) - np.searchsorted(groups, groups)
 
 
-def encode_many(batch: StateBatch, dtype: Dtype = "float32") -> list[bytes]:
-    """The bytes of each entity's record, as :func:`encode` writes them."""
+def encode_rows(
+    batch: StateBatch, dtype: Dtype = "float32"
+) -> tuple[npt.NDArray[np.void], list[bytes] | None]:
+    """Each entity's record as a fixed part (one row of a numpy structured array: header, h, c
+    and the outputs count) and the bytes after it (its kept outputs; None when no entity keeps
+    any). :func:`records` joins them into what :func:`encode` writes."""
     code = _DTYPE_CODES[dtype]
     layers, u, hidden = batch.h.shape
     tensors = 2 if len(batch.c) else 1
@@ -450,10 +458,8 @@ def encode_many(batch: StateBatch, dtype: Dtype = "float32") -> list[bytes]:
     k = batch.out_forecast.shape[1]
     rows["n_out"] = n
     rows["k"] = np.where(n > 0, k, 0)
-    fixed, width = rows.tobytes(), rows.dtype.itemsize
-    starts = range(0, u * width, width)
     if not len(e):
-        return [fixed[a : a + width] for a in starts]
+        return rows, None
 
     # Each entity's tail: its offsets, then its steps, then its forecasts.
     size = n * (16 + 8 * k)
@@ -472,10 +478,29 @@ def encode_many(batch: StateBatch, dtype: Dtype = "float32") -> list[bytes]:
     tail[(base + 16 * ne + 8 * k * r)[:, None] + np.arange(8 * k)] = fc
     tails = tail.tobytes()
     bounds = np.concatenate([[0], ends]).tolist()
-    return [
-        fixed[a : a + width] + tails[t0:t1]
-        for a, t0, t1 in zip(starts, bounds[:-1], bounds[1:], strict=True)
-    ]
+    return rows, [tails[t0:t1] for t0, t1 in itertools.pairwise(bounds)]
+
+
+def records(rows: npt.NDArray[np.void], tails: Sequence[bytes] | None = None) -> list[bytes]:
+    """The bytes of each record: its fixed part, then its tail."""
+    fixed, width = rows.tobytes(), rows.dtype.itemsize
+    starts = range(0, len(rows) * width, width)
+    if tails is None:
+        return [fixed[a : a + width] for a in starts]
+    return [fixed[a : a + width] + t for a, t in zip(starts, tails, strict=True)]
+
+
+def bases(rows: npt.NDArray[np.void]) -> list[bytes]:
+    """:func:`base_of` of each record, from the fixed parts."""
+    width = rows.dtype.itemsize
+    cut = np.ascontiguousarray(rows).view(np.uint8).reshape(-1, width)[:, BASE].tobytes()
+    size = BASE.stop - BASE.start
+    return [cut[a : a + size] for a in range(0, len(cut), size)]
+
+
+def encode_many(batch: StateBatch, dtype: Dtype = "float32") -> list[bytes]:
+    """The bytes of each entity's record, as :func:`encode` writes them."""
+    return records(*encode_rows(batch, dtype))
 
 
 def decode_many(
@@ -485,6 +510,8 @@ def decode_many(
     horizon: int,
     dtype: Dtype = "float32",
     tensors: int = 2,
+    cached_at: I64 | None = None,
+    cached: npt.NDArray[np.void] | None = None,
 ) -> tuple[StateBatch, dict[int, str]]:
     """The records of a batch as columns, for a model whose states are ``tensors`` tensors of
     ``layers`` x ``hidden`` and whose outputs have ``horizon`` values.
@@ -493,11 +520,19 @@ def decode_many(
     whose shape differs, has zeros in the batch (it starts over) but keeps its fence,
     so nothing it applied is applied again. Records of another dtype or an older format are read
     one by one; kept outputs of another horizon are dropped.
+
+    ``cached``: the fixed parts of records without kept outputs (a cache's, see
+    :func:`encode_rows`) of the entities at ``cached_at``, whose ``raws`` are None.
     """
     batch = StateBatch.empty(len(raws), layers, hidden, horizon, tensors)
     code = _DTYPE_CODES[dtype]
     rdt = _row_dtype(code, layers, hidden, tensors)
     width = rdt.itemsize
+    if cached is not None and cached_at is not None and cached.dtype != rdt:  # (another layout)
+        raws = list(raws)
+        for j, raw in zip(cached_at.tolist(), records(cached), strict=True):
+            raws[j] = raw
+        cached = None
     at = [i for i, raw in enumerate(raws) if raw is not None and len(raw) >= width]
     got: list[bytes] = [raws[i] for i in at]  # type: ignore[misc]
     fast = np.zeros(len(at), bool)
@@ -524,14 +559,7 @@ def decode_many(
         idx = np.asarray(at, np.int64)[fast]
         good = rows if everyone else rows[fast]
         at_idx: Any = slice(None) if everyone else idx  # a slice writes without an index array
-        # (U', 2, L, H); float32 records are read in place (copied once, into the batch)
-        hc = good["hc"] if code == 0 and np.little_endian else _loaded(good["hc"], code)
-        batch.h[:, at_idx] = hc[:, 0].transpose(1, 0, 2)
-        if tensors == 2:
-            batch.c[:, at_idx] = hc[:, 1].transpose(1, 0, 2)
-        for name in ("step", "partition", "offset", "updated_ms", "count", "mean", "var"):
-            getattr(batch, name)[at_idx] = good[name]
-        batch.version[at_idx] = good["version"]
+        _fill(batch, at_idx, good, code, tensors)
         has = n[fast] > 0
         if has.any():
             holders = idx[has]
@@ -557,6 +585,8 @@ def decode_many(
                 )
             )
 
+    if cached is not None and cached_at is not None and len(cached_at):
+        _fill(batch, cached_at, cached, code, tensors)
     problems: dict[int, str] = {}
     done = np.zeros(len(raws), bool)
     done[np.asarray(at, np.int64)[fast]] = True
@@ -596,6 +626,18 @@ def decode_many(
             np.concatenate([p[3] for p in out_parts]).reshape(-1, horizon),
         )
     return batch, problems
+
+
+def _fill(batch: StateBatch, at: Any, rows: npt.NDArray[np.void], code: int, tensors: int) -> None:
+    """Put the fixed parts ``rows`` at the batch's entities ``at`` (an index array or a slice)."""
+    # (U', 2, L, H); float32 records are read in place (copied once, into the batch)
+    hc = rows["hc"] if code == 0 and np.little_endian else _loaded(rows["hc"], code)
+    batch.h[:, at] = hc[:, 0].transpose(1, 0, 2)
+    if tensors == 2:
+        batch.c[:, at] = hc[:, 1].transpose(1, 0, 2)
+    for name in ("step", "partition", "offset", "updated_ms", "count", "mean", "var"):
+        getattr(batch, name)[at] = rows[name]
+    batch.version[at] = rows["version"]
 
 
 # ------------------------------------------------------------------------------- the outbox --

@@ -78,7 +78,7 @@ async def test_stepping_through_redis_equals_nn_lstm_per_entity(
     half = len(events) // 2
     out = await run_in_batches(pred, events[:half], seed=2)
     if pred.cache is not None:
-        assert pred.cache.hits > 0 and pred.cache.bytes <= pred.cache.max_bytes
+        assert pred.cache.hits > 0 and pred.cache.nbytes <= pred.cache.max_bytes
     await pred.aclose()
     # A restart: a new predictor with nothing in memory continues from Redis.
     store = RedisStateStore.from_url(services["redis_url"], ns, ttl_s=600)

@@ -10,10 +10,14 @@ from streamer.state.codec import (
     HEADER,
     StateBatch,
     StateRecord,
+    base_of,
+    bases,
     decode,
     decode_many,
     encode,
     encode_many,
+    encode_rows,
+    records,
 )
 
 
@@ -247,3 +251,35 @@ def test_decode_many_drops_kept_outputs_of_another_horizon() -> None:
     batch, problems = decode_many([encode(r) for r in recs], 2, 16, 3)
     assert problems == {} and len(batch.out_entity) == 0
     np.testing.assert_array_equal(batch.h[:, 7], recs[7].h)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_rows_and_tails_join_into_the_records_and_give_their_bases(dtype: str) -> None:
+    recs = batch_records(dtype, 30, horizon=3, seed=11)
+    rows, tails = encode_rows(as_batch(recs, 3), dtype)  # type: ignore[arg-type]
+    assert tails is not None and any(tails) and not all(tails)
+    assert records(rows, tails) == [encode(r) for r in recs]
+    assert bases(rows) == [base_of(encode(r)) for r in recs]
+    bare = [dataclasses.replace(r, **no_outputs()) for r in recs]
+    rows, tails = encode_rows(as_batch(bare, 3), dtype)  # type: ignore[arg-type]
+    assert tails is None and records(rows) == [encode(r) for r in bare]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_many_reads_cached_rows_as_it_reads_their_bytes(dtype: str) -> None:
+    recs = [dataclasses.replace(r, **no_outputs()) for r in batch_records(dtype, 20, 3, seed=5)]
+    raws: list[bytes | None] = [encode(r) for r in recs]
+    rows, _ = encode_rows(as_batch(recs, 3), dtype)  # type: ignore[arg-type]
+    at = np.array([1, 4, 5, 17])
+    mixed = [None if j in at else raw for j, raw in enumerate(raws)]
+    want, _ = decode_many(raws, 2, 16, 3, dtype)  # type: ignore[arg-type]
+    got, problems = decode_many(mixed, 2, 16, 3, dtype, 2, at, rows[at])  # type: ignore[arg-type]
+    assert problems == {}
+    for j in range(len(recs)):
+        assert encode(got.record(j, dtype)) == encode(want.record(j, dtype))  # type: ignore[arg-type]
+    # rows of another layout (a model of another shape swapped in) read as their bytes: reset
+    other = [record("float32", layers=3, seed=60)]
+    orows, _ = encode_rows(as_batch(other, 3), "float32")
+    got, problems = decode_many([None, raws[1]], 2, 16, 3, dtype, 2, np.array([0]), orows)  # type: ignore[arg-type]
+    assert list(problems) == [0] and "2x3x16" in problems[0]
+    assert (got.partition[0], got.offset[0]) == (other[0].partition, other[0].offset)

@@ -62,6 +62,14 @@ def make(cell: str, task: str = "forecast", features: tuple[str, ...] = ()) -> S
     return model.eval()
 
 
+#: the cached variants: room for every state, and for ten (records evicted and read again)
+CACHES = {
+    "cached": lambda: StateCache(2**24),
+    "inline-cached": lambda: StateCache(2**24),
+    "small-cache": lambda: StateCache(10 * 500),
+}
+
+
 def predictor(
     model: SequenceModel,
     store: MemoryStateStore,
@@ -74,7 +82,7 @@ def predictor(
         store,
         device=DEVICE,
         state_dtype=dtype,
-        cache=StateCache(2**24) if variant == "cached" else None,
+        cache=CACHES[variant]() if variant in CACHES else None,
         fused_cell_from={"fused": 1, "per-layer": 0}.get(variant),
     )
     if variant == "staged":  # the GPU path's one packed buffer each way, also on the CPU
@@ -140,14 +148,17 @@ class InlineStore(MemoryStateStore):
     outbox = False
 
 
-@pytest.mark.parametrize("variant", ["plain", "cached", "fused", "per-layer", "staged", "inline"])
+@pytest.mark.parametrize(
+    "variant",
+    ["plain", "cached", "small-cache", "fused", "per-layer", "staged", "inline", "inline-cached"],
+)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 async def test_stepping_equals_the_module_per_entity(cell: str, variant: str) -> None:
     model = make(cell, features=("temp",))
     df = make_panel(60, 3, 30, seed=1, features=("temp",))
     events = synthetic_events(df)
     ref = reference(model, df, "float32")
-    store = InlineStore() if variant == "inline" else MemoryStateStore()
+    store = InlineStore() if variant.startswith("inline") else MemoryStateStore()
     pred = predictor(model.to(DEVICE), store, variant)
     half = len(events) // 2
     out = await in_batches(pred, events[:half], seed=2)
@@ -166,6 +177,8 @@ async def test_stepping_equals_the_module_per_entity(cell: str, variant: str) ->
     by_id = {(p.partition, p.offset): p for p in out}
     assert all(p == by_id[(p.partition, p.offset)] for p in again.predictions)
     assert await store.get_many(list(ref)) == before
+    if pred.cache is not None:  # (the states came from the cache: the test is about it)
+        assert pred.cache.hits > (0 if variant == "small-cache" else len(ref))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
