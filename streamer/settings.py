@@ -109,7 +109,7 @@ class BatchSettings(_Group):
     #: Most batches saved or delivered in the background while the next one is stepped (the
     #: order of saves, deliveries and commits holds whatever the number; more overlap the
     #: round trips to Redis and Kafka, at the cost of memory and latency under load).
-    max_behind: int = Field(default=1, ge=1, le=16)
+    max_behind: int = Field(default=2, ge=1, le=16)
 
 
 class MetricsSettings(_Group):

@@ -52,6 +52,7 @@ from streamer.state.codec import (
     now_ms,
     records,
 )
+from streamer.state.overlay import InFlight
 from streamer.state.store import OutboxPart
 
 __all__ = ["BatchReport", "PendingBatch", "Predictor", "Served", "resolve_device"]
@@ -121,7 +122,9 @@ class PendingBatch:
     partitions: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
     #: some states were read from writes still on their way (see :meth:`Predictor.is_stale`)
     overlaid: bool = False
-    #: the predictor's count of refused saves when the states were read
+    #: its number among the batches in flight, and the count of refused saves when its states
+    #: were read (:class:`~streamer.state.overlay.InFlight`)
+    batch: int = 0
     refusals: int = 0
     #: a store with an outbox: the predictions of the applied events, per partition, and their
     #: entries (what a replay of this batch's events in flight re-emits)
@@ -164,13 +167,9 @@ class Predictor:
         self.max_kept_outputs = max_kept_outputs
         self.cache = cache
         self.stepper = Stepper(self.device, fused_cell_from)
-        #: records being written: the next batch reads an entity's state here first, so it can
+        #: records being written: the next batch reads an entity's state there first, so it can
         #: be stepped while the write is on its way
-        self._unconfirmed: dict[str, bytes] = {}
-        #: saves refused so far; a batch read from unconfirmed records before a refusal is stale
-        self._refusals = 0
-        #: batches prepared and not committed yet (their outbox entries, for replays in flight)
-        self._in_flight: list[PendingBatch] = []
+        self.in_flight = InFlight()
 
     @property
     def model(self) -> SequenceModel:
@@ -246,7 +245,13 @@ class Predictor:
         spec = sv.spec
         k = spec.outputs
         report = BatchReport(events=len(cols), batch=cols, classes=spec.classes)
-        pending = PendingBatch(report=report, served=sv, events=cols, refusals=self._refusals)
+        pending = PendingBatch(
+            report=report,
+            served=sv,
+            events=cols,
+            batch=self.in_flight.batch(),
+            refusals=self.in_flight.refusals,
+        )
         pending.reemit = pending.fresh = report.outputs = Outputs.empty(k)
         if not len(cols):
             return pending
@@ -354,9 +359,7 @@ class Predictor:
         pending.bases = [known[j] for j in stepped]
         pending.partitions = st.partition
         if not self.is_stale(pending):  # (a stale batch is stepped again before it is saved)
-            self._unconfirmed.update(pending.items)  # the next batch steps on from these
-            if pending.entries:
-                self._in_flight.append(pending)
+            self.in_flight.hold(pending.batch, pending.items, pending.entries)
         return pending
 
     async def commit(self, pending: PendingBatch) -> BatchReport:
@@ -373,31 +376,23 @@ class Predictor:
             started = time.perf_counter()
             saved = await self.store.put_many(pending.items, pending.bases, pending.outbox)
             report.write_s = time.perf_counter() - started
-        self._leave(pending)  # its saved entries are in the store's outbox now
-        unconfirmed = self._unconfirmed
-        for (e, blob), ok in zip(pending.items, saved, strict=True):
-            if not ok:  # whatever a later batch stepped on from it does not hold either
-                unconfirmed.pop(e, None)
-            elif unconfirmed.get(e) is blob:  # (a later batch may have stepped on from it)
-                del unconfirmed[e]
+        self.in_flight.saved(pending.batch, pending.items, saved)
         took = np.asarray(saved, bool)
         report.rejected = int(len(took) - took.sum())
         report.rejected_entities = [
             e for (e, _), good in zip(pending.items, saved, strict=True) if not good
         ]
         if self.cache is not None and pending.items:
-            took_ = np.asarray(saved, bool)
             names = [e for e, _ in pending.items]
             rows, parts, tails = pending.rows, pending.partitions, pending.tails
             if report.rejected:
                 names = [e for e, good in zip(names, saved, strict=True) if good]
-                rows, parts = rows[took_], parts[took_]
+                rows, parts = rows[took], parts[took]
                 if tails is not None:
                     tails = [t for t, good in zip(tails, saved, strict=True) if good]
             self.cache.put_many(names, parts, rows, tails)
             self.cache.discard(report.rejected_entities)
         if report.rejected:
-            self._refusals += 1
             log.warning(
                 "%d states changed in the store under this batch; their events were not applied "
                 "here and are run again",
@@ -415,13 +410,7 @@ class Predictor:
     def abandon(self, pending: PendingBatch) -> None:
         """Forget a prepared batch that will not be committed as it is (before preparing it
         again): the next batch must not step on from its states."""
-        for e, blob in pending.items:
-            if self._unconfirmed.get(e) is blob:
-                del self._unconfirmed[e]
-        self._leave(pending)
-
-    def _leave(self, pending: PendingBatch) -> None:
-        self._in_flight = [b for b in self._in_flight if b is not pending]
+        self.in_flight.abandon(pending.batch, pending.items)
 
     async def trim(self, committed: Mapping[int, int]) -> None:
         """Let the store drop the kept predictions of committed events (a worker at rest)."""
@@ -431,7 +420,7 @@ class Predictor:
     def is_stale(self, pending: PendingBatch) -> bool:
         """Whether a prepared batch read a state from a write the store then refused: it must be
         prepared again before it is saved (its steps started from a state that does not hold)."""
-        return pending.overlaid and pending.refusals != self._refusals
+        return pending.overlaid and self.in_flight.stale(pending.refusals)
 
     async def _read(
         self, entities: list[str]
@@ -440,10 +429,7 @@ class Predictor:
         trip to the store. Returns the records read as bytes (None: none, or a cache hit), the
         cache hits (their positions and their records' fixed parts), whether any record came
         from a write on its way, and the round trip's seconds."""
-        over = self._unconfirmed
-        raws: list[bytes | None] = (
-            [over.get(e) for e in entities] if over else [None] * len(entities)
-        )
+        raws = self.in_flight.get_many(entities)
         overlaid = len(raws) != raws.count(None)
         missed = [j for j, raw in enumerate(raws) if raw is None]
         hits = None
@@ -493,7 +479,7 @@ class Predictor:
             skipped, part, off = skipped[rest], part[rest], off[rest]
             for p in np.unique(part).tolist():
                 mine = part == p
-                held = [b.entries[p] for b in self._in_flight if p in b.entries]
+                held = self.in_flight.entries(p)
                 if held:
                     pending.overlaid = True
                 blobs = await self.store.kept(p, int(off[mine].min()))

@@ -6,7 +6,8 @@ Nothing outside this package knows a byte of the record. Its modules:
 - :mod:`~streamer.state.store`: the protocol every store follows, and the key of a state;
 - :mod:`~streamer.state.redis`, :mod:`~streamer.state.cluster`: one Redis, Redis Cluster;
 - :mod:`~streamer.state.memory`: this process's memory, with Redis's semantics (tests, GPU check);
-- :mod:`~streamer.state.cache`: the worker's cache of records Redis took.
+- :mod:`~streamer.state.overlay`: the records of batches on their way to the store, read first;
+- :mod:`~streamer.state.cache`: the worker's cache of records Redis took, as preallocated slots.
 
 Every store passes one contract suite (``tests/contract/``).
 """
