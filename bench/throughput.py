@@ -52,7 +52,7 @@ from streamer.model import ModelSpec, SequenceModel
 from streamer.model.artifact import save_artifact
 from streamer.settings import Settings, to_env
 from streamer.state import RedisStateStore
-from streamer.state.codec import StateBatch, encode_many
+from streamer.state.batch import StateBatch, encode_many
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "deploy" / "local" / "services.sh"

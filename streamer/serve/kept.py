@@ -19,7 +19,7 @@ import numpy.typing as npt
 from streamer.serve.columns import EventColumns, Outputs
 from streamer.serve.fence import group_ranks
 from streamer.serve.step import Served
-from streamer.state.codec import StateBatch, outbox_dtype
+from streamer.state.batch import StateBatch, outbox_dtype
 from streamer.state.store import OutboxPart
 
 __all__ = [

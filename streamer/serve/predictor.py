@@ -42,16 +42,8 @@ from streamer.serve.columns import EventColumns, Outputs
 from streamer.serve.fence import fence, waves
 from streamer.serve.step import Served, Stepper, resolve_device
 from streamer.state import StateCache, StateStore, base_of
-from streamer.state.codec import (
-    Dtype,
-    StateBatch,
-    bases,
-    decode_many,
-    decode_outbox,
-    encode_rows,
-    now_ms,
-    records,
-)
+from streamer.state.batch import StateBatch, bases, decode_many, decode_outbox, encode_rows, records
+from streamer.state.codec import Dtype, now_ms
 from streamer.state.overlay import InFlight
 from streamer.state.store import OutboxPart
 
@@ -115,7 +107,7 @@ class PendingBatch:
     items: list[tuple[str, bytes]] = field(default_factory=list)
     #: what the store knows each state stepped from by (:func:`streamer.state.base_of`)
     bases: list[bytes] = field(default_factory=list)
-    #: the same records as fixed parts and tails (:func:`~streamer.state.codec.encode_rows`),
+    #: the same records as fixed parts and tails (:func:`~streamer.state.batch.encode_rows`),
     #: and the partition of each one's events: what the cache keeps of those saved
     rows: npt.NDArray[np.void] = field(default_factory=lambda: np.zeros(0, "V1"))
     tails: list[bytes] | None = None

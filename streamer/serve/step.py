@@ -1,6 +1,6 @@
 """Stepping a batch's states through the model on the device: the waves, the scaling, the heads.
 
-No store and no Kafka here: a :class:`~streamer.state.codec.StateBatch` of the stepped entities
+No store and no Kafka here: a :class:`~streamer.state.batch.StateBatch` of the stepped entities
 and the applied events (columns) in, the states advanced in place and each event's prediction
 values out. On a GPU the inputs and states of a batch go to the device in one copy from a pinned
 buffer and come back in one copy: the batch's one synchronisation.
@@ -19,7 +19,7 @@ from streamer import scaling
 from streamer.errors import ConfigError
 from streamer.model import ModelSpec, SequenceModel
 from streamer.serve.columns import EventColumns
-from streamer.state.codec import StateBatch
+from streamer.state.batch import StateBatch
 
 __all__ = ["Served", "Stepper", "resolve_device"]
 

@@ -13,7 +13,7 @@ records. It never changes what the worker computes:
   step its entities before it comes back;
 - an entry older than the state TTL is a miss, as its Redis key would have expired.
 
-The records' fixed parts (:func:`streamer.state.codec.encode_rows`: header, h and c) live in one
+The records' fixed parts (:func:`streamer.state.batch.encode_rows`: header, h and c) live in one
 numpy array of slots allocated once (its pages are touched as they fill); a batch is stored and read
 with one scatter and one gather, and the entity -> slot map is a dict whose insertion order is the
 write order. The kept outputs some records carry (Redis Cluster's) are held beside, by entity.

@@ -26,7 +26,7 @@ class InFlight:
     def __init__(self) -> None:
         #: entity -> the newest record stepped for it and not confirmed yet
         self._records: dict[str, bytes] = {}
-        #: batch -> partition -> outbox entries (:func:`streamer.state.codec.outbox_dtype`)
+        #: batch -> partition -> outbox entries (:func:`streamer.state.batch.outbox_dtype`)
         self._entries: dict[int, dict[int, npt.NDArray[np.void]]] = {}
         self._batches = itertools.count()
         #: saves refused by the store so far

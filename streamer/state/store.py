@@ -39,7 +39,7 @@ def outbox_key(model: str, partition: int) -> str:
 class OutboxPart:
     """The predictions a batch's events of one partition got, for a store with an outbox.
 
-    ``blob`` holds the entries (:func:`streamer.state.codec.outbox_dtype`) key by key; ``bounds``
+    ``blob`` holds the entries (:func:`streamer.state.batch.outbox_dtype`) key by key; ``bounds``
     says which bytes are whose: per key, its position among the batch's items (from 1), the start
     and the length of its entries, three little-endian uint32. Entries of a key whose write is
     refused are left out. ``trim``: the partition's committed offset; the blobs of batches whose

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from streamer.state import MemoryStateStore, RedisStateStore, StateStore, base_of
-from streamer.state.codec import StateRecord, decode, decode_outbox, encode, outbox_dtype
+from streamer.state.batch import decode_outbox, outbox_dtype
+from streamer.state.codec import StateRecord, decode, encode
 from streamer.state.store import OutboxPart
 
 KINDS = ["memory", "redis", "redis-cluster"]

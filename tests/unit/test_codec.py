@@ -6,19 +6,8 @@ import numpy as np
 import pytest
 
 from streamer.errors import StateCodecError
-from streamer.state.codec import (
-    HEADER,
-    StateBatch,
-    StateRecord,
-    base_of,
-    bases,
-    decode,
-    decode_many,
-    encode,
-    encode_many,
-    encode_rows,
-    records,
-)
+from streamer.state.batch import StateBatch, bases, decode_many, encode_many, encode_rows, records
+from streamer.state.codec import HEADER, StateRecord, base_of, decode, encode
 
 
 def record(
