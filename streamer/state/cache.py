@@ -58,8 +58,10 @@ class StateCache:
         self.ttl_s = ttl_s
         #: entity -> slot; a write re-inserts, so the first entry is the least recently written
         self._index: dict[str, int] = {}
-        #: the slots (allocated at the first write, again if the record layout changes), and
-        #: per slot the partition of its entity's events and when it was written (monotonic s)
+        #: the slots, as opaque bytes (numpy copies those as blocks; a structured row it copies
+        #: field by field), allocated at the first write and again if the layout changes; per
+        #: slot, the partition of its entity's events and when it was written (monotonic s)
+        self._layout: np.dtype[np.void] = np.dtype("V1")
         self._rows: npt.NDArray[np.void] = np.zeros(0, "V1")
         self._part = np.zeros(0, np.int64)
         self._time = np.zeros(0)
@@ -76,7 +78,7 @@ class StateCache:
     @property
     def nbytes(self) -> int:
         """The bytes of the records held."""
-        return len(self._index) * self._rows.dtype.itemsize + self._tail_bytes
+        return len(self._index) * self._layout.itemsize + self._tail_bytes
 
     @property
     def capacity(self) -> int:
@@ -95,7 +97,7 @@ class StateCache:
         tails = None
         if self._tails and len(at):
             tails = [self._tails.get(entities[j], b"") for j in at.tolist()]
-        return CacheHits(at, self._rows[slots[at]], tails)
+        return CacheHits(at, self._rows[slots[at]].view(self._layout), tails)
 
     def put_many(
         self,
@@ -106,13 +108,14 @@ class StateCache:
     ) -> None:
         """Keep the records Redis took (distinct entities), with the partition of each one's
         events: their fixed parts ``rows``, and the bytes after them (``tails``, if any)."""
-        if rows.dtype != self._rows.dtype:
+        if rows.dtype != self._layout:
             self._allocate(rows.dtype)
         n, capacity = len(entities), self.capacity
         if n > capacity:  # (only the newest fit)
             self.discard(entities[: n - capacity])
-            entities, rows = entities[n - capacity :], rows[n - capacity :]
+            entities = entities[n - capacity :]
             partitions = np.asarray(list(partitions), np.int64)[n - capacity :]
+            rows = rows[n - capacity :]
             tails = None if tails is None else tails[n - capacity :]
             n = capacity
         if not n:
@@ -127,8 +130,12 @@ class StateCache:
             slot[new] = self._free[-len(new) :]
             del self._free[-len(new) :]
         index.update(zip(entities, slot.tolist(), strict=True))
-        self._rows[slot] = rows
-        self._part[slot] = np.fromiter(partitions, np.int64, n)
+        self._rows[slot] = np.ascontiguousarray(rows).view(self._rows.dtype)
+        self._part[slot] = (
+            partitions
+            if isinstance(partitions, np.ndarray)
+            else np.fromiter(partitions, np.int64, n)
+        )
         self._time[slot] = time.monotonic()
         if tails is not None or self._tails:
             self._set_tails(entities, tails or repeat(b""))
@@ -141,7 +148,9 @@ class StateCache:
         self._index.clear()
         self._tails.clear()
         self._tail_bytes = 0
-        self._rows = np.empty(capacity, dtype)  # (untouched pages cost no memory)
+        self._layout = dtype
+        # (np.empty: pages are in memory only once a slot on them is written)
+        self._rows = np.empty(capacity, np.dtype(("V", dtype.itemsize)))
         self._part = np.empty(capacity, np.int64)
         self._time = np.empty(capacity)
         self._free = list(range(capacity - 1, -1, -1))
