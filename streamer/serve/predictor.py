@@ -41,10 +41,11 @@ from streamer.serve import kept
 from streamer.serve.columns import EventColumns, Outputs
 from streamer.serve.fence import fence, waves
 from streamer.serve.step import Served, Stepper, resolve_device
-from streamer.state import StateCache, StateStore, base_of
-from streamer.state.batch import StateBatch, bases, decode_many, decode_outbox, encode_rows, records
+from streamer.state import StateCache, StateStore
+from streamer.state.batch import StateBatch, decode_outbox
 from streamer.state.codec import Dtype, now_ms
 from streamer.state.overlay import InFlight
+from streamer.state.stack import Layout, Staged, StateStack
 from streamer.state.store import OutboxPart
 
 __all__ = ["BatchReport", "PendingBatch", "Predictor", "Served", "resolve_device"]
@@ -101,17 +102,10 @@ class PendingBatch:
     #: predictions of newly applied events, and the position of each one's entity in ``items``
     fresh: Outputs = field(default_factory=Outputs.empty)
     fresh_slot: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
-    #: the position in ``items`` of every newly applied event's entity
+    #: the position among the stepped entities of every newly applied event's entity
     stepped: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
-    #: encoded states to save, one per stepped entity
-    items: list[tuple[str, bytes]] = field(default_factory=list)
-    #: what the store knows each state stepped from by (:func:`streamer.state.base_of`)
-    bases: list[bytes] = field(default_factory=list)
-    #: the same records as fixed parts and tails (:func:`~streamer.state.batch.encode_rows`),
-    #: and the partition of each one's events: what the cache keeps of those saved
-    rows: npt.NDArray[np.void] = field(default_factory=lambda: np.zeros(0, "V1"))
-    tails: list[bytes] | None = None
-    partitions: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: the stepped states, encoded, until the store answers (None: no event was applied)
+    staged: Staged | None = None
     #: some states were read from writes still on their way (see :meth:`Predictor.is_stale`)
     overlaid: bool = False
     #: its number among the batches in flight, and the count of refused saves when its states
@@ -153,15 +147,26 @@ class Predictor:
         self.on_model_change = on_model_change
         #: what becomes of an event from another partition than its entity's (see fence)
         self.takeover = on_partition_change == "takeover"
-        self.store = store
+        #: the states: writes on their way, then the cache, then the store
+        self.states = StateStack(store, cache)
         self.state_dtype: Dtype = state_dtype
         #: Most outputs kept per entity for re-emission (the newest ones).
         self.max_kept_outputs = max_kept_outputs
-        self.cache = cache
         self.stepper = Stepper(self.device, fused_cell_from)
-        #: records being written: the next batch reads an entity's state there first, so it can
-        #: be stepped while the write is on its way
-        self.in_flight = InFlight()
+
+    @property
+    def store(self) -> StateStore:
+        return self.states.store
+
+    @property
+    def cache(self) -> StateCache | None:
+        return self.states.cache
+
+    @property
+    def in_flight(self) -> InFlight:
+        """The records being written: the next batch reads an entity's state there first, so it
+        can be stepped while the write is on its way."""
+        return self.states.in_flight
 
     @property
     def model(self) -> SequenceModel:
@@ -196,9 +201,8 @@ class Predictor:
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop cached states of partitions this worker no longer owns."""
-        if self.cache is not None:
-            dropped = self.cache.drop_partitions(partitions)
-            log.debug("cache: dropped %d states of partitions %s", dropped, sorted(partitions))
+        dropped = self.states.forget_partitions(partitions)
+        log.debug("cache: dropped %d states of partitions %s", dropped, sorted(partitions))
 
     async def step_many(self, events: Sequence[Event] | EventColumns) -> list[Prediction]:
         """Apply the events and return the predictions of those newly applied, in batch order."""
@@ -241,7 +245,7 @@ class Predictor:
             report=report,
             served=sv,
             events=cols,
-            batch=self.in_flight.batch(),
+            batch=self.states.batch(),
             refusals=self.in_flight.refusals,
         )
         pending.reemit = pending.fresh = report.outputs = Outputs.empty(k)
@@ -249,17 +253,11 @@ class Predictor:
             return pending
         committed = committed or {}
         entities = cols.entities
-        raws, hits, pending.overlaid, report.read_s = await self._read(entities)
-        rows_, width = spec.state_shape
-        loaded, problems = decode_many(
-            raws,
-            rows_,
-            width,
-            sv.kept_width,
-            self.state_dtype,
-            spec.state_tensors,
-            *(hits or (None, None)),
-        )
+        layers, hidden = spec.state_shape
+        layout = Layout(layers, hidden, sv.kept_width, spec.state_tensors, self.state_dtype)
+        read = await self.states.read(entities, layout)
+        loaded, problems = read.states, read.problems
+        pending.overlaid, report.read_s = read.overlaid, read.read_s
         for j, why in problems.items():
             log.warning("resetting the state of %r: %s", entities[j], why)
         report.resets = len(problems)
@@ -340,18 +338,16 @@ class Predictor:
         report.step_s = time.perf_counter() - started
         st.version[:] = sv.version.encode("ascii")
         st.updated_ms[:] = now_ms()
-        pending.rows, pending.tails = encode_rows(st, self.state_dtype)
-        blobs = records(pending.rows, pending.tails)
-        stepped = w.entities.tolist()
-        pending.items = [(entities[j], b) for j, b in zip(stepped, blobs, strict=True)]
-        known = [base_of(raw) for raw in raws]  # (b"" for no record, and for cache hits:)
-        if hits is not None:
-            for j, base in zip(hits[0].tolist(), bases(hits[1]), strict=True):
-                known[j] = base
-        pending.bases = [known[j] for j in stepped]
-        pending.partitions = st.partition
-        if not self.is_stale(pending):  # (a stale batch is stepped again before it is saved)
-            self.in_flight.hold(pending.batch, pending.items, pending.entries)
+        pending.staged = self.states.stage(
+            pending.batch,
+            entities,
+            w.entities,
+            st,
+            read,
+            self.state_dtype,
+            pending.entries,
+            hold=not self.is_stale(pending),  # (a stale batch is stepped again before it is saved)
+        )
         return pending
 
     async def commit(self, pending: PendingBatch) -> BatchReport:
@@ -363,27 +359,18 @@ class Predictor:
         report = pending.report
         if self.is_stale(pending):
             raise StaleBatch("states it read from unconfirmed writes were refused by the store")
+        staged = pending.staged
         saved: list[bool] = []
-        if pending.items:
+        if staged is not None and staged.items:
             started = time.perf_counter()
-            saved = await self.store.put_many(pending.items, pending.bases, pending.outbox)
+            saved = await self.states.write(staged, pending.outbox)
             report.write_s = time.perf_counter() - started
-        self.in_flight.saved(pending.batch, pending.items, saved)
         took = np.asarray(saved, bool)
         report.rejected = int(len(took) - took.sum())
-        report.rejected_entities = [
-            e for (e, _), good in zip(pending.items, saved, strict=True) if not good
-        ]
-        if self.cache is not None and pending.items:
-            names = [e for e, _ in pending.items]
-            rows, parts, tails = pending.rows, pending.partitions, pending.tails
-            if report.rejected:
-                names = [e for e, good in zip(names, saved, strict=True) if good]
-                rows, parts = rows[took], parts[took]
-                if tails is not None:
-                    tails = [t for t, good in zip(tails, saved, strict=True) if good]
-            self.cache.put_many(names, parts, rows, tails)
-            self.cache.discard(report.rejected_entities)
+        if report.rejected and staged is not None:
+            report.rejected_entities = [
+                e for e, good in zip(staged.entities, saved, strict=True) if not good
+            ]
         if report.rejected:
             log.warning(
                 "%d states changed in the store under this batch; their events were not applied "
@@ -402,7 +389,8 @@ class Predictor:
     def abandon(self, pending: PendingBatch) -> None:
         """Forget a prepared batch that will not be committed as it is (before preparing it
         again): the next batch must not step on from its states."""
-        self.in_flight.abandon(pending.batch, pending.items)
+        if pending.staged is not None:
+            self.states.abandon(pending.staged)
 
     async def trim(self, committed: Mapping[int, int]) -> None:
         """Let the store drop the kept predictions of committed events (a worker at rest)."""
@@ -412,41 +400,7 @@ class Predictor:
     def is_stale(self, pending: PendingBatch) -> bool:
         """Whether a prepared batch read a state from a write the store then refused: it must be
         prepared again before it is saved (its steps started from a state that does not hold)."""
-        return pending.overlaid and self.in_flight.stale(pending.refusals)
-
-    async def _read(
-        self, entities: list[str]
-    ) -> tuple[list[bytes | None], tuple[I64, npt.NDArray[np.void]] | None, bool, float | None]:
-        """The latest records: from writes on their way, then the cache, the rest in one round
-        trip to the store. Returns the records read as bytes (None: none, or a cache hit), the
-        cache hits (their positions and their records' fixed parts), whether any record came
-        from a write on its way, and the round trip's seconds."""
-        raws = self.in_flight.get_many(entities)
-        overlaid = len(raws) != raws.count(None)
-        missed = [j for j, raw in enumerate(raws) if raw is None]
-        hits = None
-        if self.cache is not None and missed:
-            found = self.cache.get_many([entities[j] for j in missed])
-            if len(found):
-                at = np.asarray(missed, np.int64)[found.at]
-                fixed = np.ones(len(at), bool)
-                if found.tails is not None:  # records that keep outputs: whole bytes
-                    whole = records(found.rows, found.tails)
-                    for i, (j, tail) in enumerate(zip(at.tolist(), found.tails, strict=True)):
-                        if tail:
-                            raws[j], fixed[i] = whole[i], False
-                hits = (at[fixed], found.rows[fixed])
-                gone = np.zeros(len(missed), bool)
-                gone[found.at] = True
-                missed = [j for j, hit in zip(missed, gone.tolist(), strict=True) if not hit]
-        if not missed:
-            return raws, hits, overlaid, None
-        started = time.perf_counter()
-        got = await self.store.get_many([entities[j] for j in missed])
-        took = time.perf_counter() - started
-        for j, raw in zip(missed, got, strict=True):
-            raws[j] = raw
-        return raws, hits, overlaid, took
+        return pending.overlaid and self.states.stale(pending.refusals)
 
     async def _reemit(
         self,
@@ -471,7 +425,7 @@ class Predictor:
             skipped, part, off = skipped[rest], part[rest], off[rest]
             for p in np.unique(part).tolist():
                 mine = part == p
-                held = self.in_flight.entries(p)
+                held = self.states.in_flight.entries(p)
                 if held:
                     pending.overlaid = True
                 blobs = await self.store.kept(p, int(off[mine].min()))
@@ -494,4 +448,4 @@ class Predictor:
         return int(other.sum())
 
     async def aclose(self) -> None:
-        await self.store.aclose()
+        await self.states.aclose()

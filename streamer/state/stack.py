@@ -1,0 +1,206 @@
+"""A worker's states as columns: the writes on their way, then the cache, then the store.
+
+The predictor reads and writes :class:`~streamer.state.batch.StateBatch` columns through a
+:class:`StateStack`, never a record's bytes. The stack is a store that wraps stores:
+
+- :meth:`StateStack.read`: the latest state of each entity of a batch, from the writes on their way
+  (:class:`~streamer.state.overlay.InFlight`), then the cache (:class:`~streamer.state.cache.StateCache`,
+  whose hits need no decoding), the rest in one round trip to the store; decoded as one batch, with
+  what the store knows each record by (its base, for the compare-and-set);
+- :meth:`StateStack.stage`: the stepped states encoded once, and held in flight so that the next
+  batch steps on from them while they are written;
+- :meth:`StateStack.write`: one conditional round trip (with the batch's outbox parts); what the
+  store took goes to the cache, what it refused leaves the cache and the writes on their way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from streamer.state.batch import StateBatch, bases, decode_many, encode_rows, records
+from streamer.state.cache import StateCache
+from streamer.state.codec import Dtype, base_of
+from streamer.state.overlay import InFlight
+from streamer.state.store import OutboxPart, StateStore
+
+__all__ = ["Layout", "Loaded", "Staged", "StateStack"]
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shape of a model's states: ``tensors`` tensors (h, and c for an LSTM) of ``layers`` x
+    ``hidden`` values stored as ``dtype``, and ``width`` values per kept output."""
+
+    layers: int
+    hidden: int
+    width: int
+    tensors: int = 2
+    dtype: Dtype = "float32"
+
+
+@dataclass
+class Loaded:
+    """The states of a batch's entities (:meth:`StateStack.read`)."""
+
+    states: StateBatch
+    #: entity index -> why its record could not be read as the layout's (it starts over)
+    problems: dict[int, str]
+    #: what the store knows each entity's record by (:func:`~streamer.state.codec.base_of`)
+    bases: list[bytes]
+    #: whether any state came from a write on its way
+    overlaid: bool
+    #: seconds of the store's round trip (None: none was needed)
+    read_s: float | None = None
+
+
+@dataclass
+class Staged:
+    """A batch's stepped states, encoded, until the store answers (:meth:`StateStack.stage`)."""
+
+    #: the batch's number among those in flight
+    batch: int
+    #: (entity, record) per stepped entity, and the base each was stepped from
+    items: list[tuple[str, bytes]] = field(default_factory=list)
+    bases: list[bytes] = field(default_factory=list)
+    #: the records as fixed parts and tails, and the partition of each one's events (the cache's)
+    rows: npt.NDArray[np.void] = field(default_factory=lambda: np.zeros(0, "V1"))
+    tails: list[bytes] | None = None
+    partitions: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def entities(self) -> list[str]:
+        return [e for e, _ in self.items]
+
+
+class StateStack:
+    """The states a worker reads and writes: writes on their way, its cache, its store."""
+
+    def __init__(self, store: StateStore, cache: StateCache | None = None):
+        self.store = store
+        self.cache = cache
+        self.in_flight = InFlight()
+
+    def batch(self) -> int:
+        """A new batch's number (see :class:`~streamer.state.overlay.InFlight`)."""
+        return self.in_flight.batch()
+
+    async def read(self, entities: Sequence[str], layout: Layout) -> Loaded:
+        """The latest state of each entity, as columns (one store round trip at most)."""
+        raws = self.in_flight.get_many(entities)
+        overlaid = len(raws) != raws.count(None)
+        missed = [j for j, raw in enumerate(raws) if raw is None]
+        at = None
+        cached = None
+        if self.cache is not None and missed:
+            found = self.cache.get_many([entities[j] for j in missed])
+            if len(found):
+                at = np.asarray(missed, np.int64)[found.at]
+                fixed = np.ones(len(at), bool)
+                if found.tails is not None:  # records that keep outputs: whole bytes
+                    whole = records(found.rows, found.tails)
+                    for i, (j, tail) in enumerate(zip(at.tolist(), found.tails, strict=True)):
+                        if tail:
+                            raws[j], fixed[i] = whole[i], False
+                at, cached = at[fixed], found.rows[fixed]
+                gone = np.zeros(len(missed), bool)
+                gone[found.at] = True
+                missed = [j for j, hit in zip(missed, gone.tolist(), strict=True) if not hit]
+        took = None
+        if missed:
+            started = time.perf_counter()
+            got = await self.store.get_many([entities[j] for j in missed])
+            took = time.perf_counter() - started
+            for j, raw in zip(missed, got, strict=True):
+                raws[j] = raw
+        states, problems = decode_many(
+            raws,
+            layout.layers,
+            layout.hidden,
+            layout.width,
+            layout.dtype,
+            layout.tensors,
+            at,
+            cached,
+        )
+        known = [base_of(raw) for raw in raws]  # (b"" for no record, and for cache hits:)
+        if at is not None and cached is not None:
+            for j, base in zip(at.tolist(), bases(cached), strict=True):
+                known[j] = base
+        return Loaded(states, problems, known, overlaid, took)
+
+    def stage(
+        self,
+        batch: int,
+        entities: Sequence[str],
+        stepped: I64,
+        states: StateBatch,
+        loaded: Loaded,
+        dtype: Dtype,
+        entries: dict[int, npt.NDArray[np.void]] | None = None,
+        hold: bool = True,
+    ) -> Staged:
+        """Encode the stepped states (``states`` are those of ``entities[stepped]``); with
+        ``hold``, the next batch reads them (and ``entries``, the batch's outbox entries) until
+        the store answers."""
+        rows, tails = encode_rows(states, dtype)
+        blobs = records(rows, tails)
+        at = stepped.tolist()
+        staged = Staged(
+            batch=batch,
+            items=[(entities[j], b) for j, b in zip(at, blobs, strict=True)],
+            bases=[loaded.bases[j] for j in at],
+            rows=rows,
+            tails=tails,
+            partitions=states.partition,
+        )
+        if hold:
+            self.in_flight.hold(batch, staged.items, entries)
+        return staged
+
+    async def write(self, staged: Staged, outbox: Sequence[OutboxPart] = ()) -> list[bool]:
+        """Save the staged records in one conditional round trip; True where the store took one
+        (safe to retry: a record already stored counts as saved)."""
+        saved: list[bool] = []
+        if staged.items:
+            saved = await self.store.put_many(staged.items, staged.bases, outbox)
+        self.in_flight.saved(staged.batch, staged.items, saved)
+        if self.cache is not None and staged.items:
+            took = np.asarray(saved, bool)
+            names, rows, parts, tails = (
+                staged.entities,
+                staged.rows,
+                staged.partitions,
+                staged.tails,
+            )
+            if not took.all():
+                names = [e for e, ok in zip(names, saved, strict=True) if ok]
+                rows, parts = rows[took], parts[took]
+                if tails is not None:
+                    tails = [t for t, ok in zip(tails, saved, strict=True) if ok]
+                self.cache.discard(
+                    e for e, ok in zip(staged.entities, saved, strict=True) if not ok
+                )
+            self.cache.put_many(names, parts, rows, tails)
+        return saved
+
+    def abandon(self, staged: Staged) -> None:
+        """A staged batch will not be written as it is: the next batch must not step on from it."""
+        self.in_flight.abandon(staged.batch, staged.items)
+
+    def stale(self, refusals: int) -> bool:
+        """Whether the store refused a write since :attr:`InFlight.refusals` was ``refusals``."""
+        return self.in_flight.stale(refusals)
+
+    def forget_partitions(self, partitions: set[int]) -> int:
+        """Drop the cached states of partitions this worker no longer owns."""
+        return self.cache.drop_partitions(partitions) if self.cache is not None else 0
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
