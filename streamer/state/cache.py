@@ -15,10 +15,12 @@ records. It never changes what the worker computes:
 
 The records' fixed parts (:func:`streamer.state.batch.encode_rows`: header, h and c) live in one
 numpy array of slots allocated once (its pages are touched as they fill); a batch is stored and read
-with one scatter and one gather, and the entity -> slot map is a dict whose insertion order is the
-write order. The kept outputs some records carry (Redis Cluster's) are held beside, by entity.
-Bounded by ``max_bytes``: the least recently written out first (every entity a batch reads and steps
-is written back in the same batch, so the write order is the use order).
+with one scatter and one gather, and an entity keeps its slot while it is held (one dict lookup per
+entity and batch, no reordering). The kept outputs some records carry (Redis Cluster's) are held
+beside, by entity.
+Bounded by ``max_bytes``: the least recently written out first, a few more at once when the slots
+run out (every entity a batch reads and steps is written back in the same batch, so the write
+order is the use order).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -56,16 +58,22 @@ class StateCache:
     def __init__(self, max_bytes: int, ttl_s: float = 0.0):
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        #: entity -> slot; a write re-inserts, so the first entry is the least recently written
+        #: entity -> slot (an entity keeps its slot while it is held)
         self._index: dict[str, int] = {}
         #: the slots, as opaque bytes (numpy copies those as blocks; a structured row it copies
-        #: field by field), allocated at the first write and again if the layout changes; per
-        #: slot, the partition of its entity's events and when it was written (monotonic s)
+        #: field by field), allocated at the first write and again if the layout changes
         self._layout: np.dtype[np.void] = np.dtype("V1")
         self._rows: npt.NDArray[np.void] = np.zeros(0, "V1")
+        #: per slot: its entity (None: free), the partition of its events, when it was written
+        #: (monotonic seconds) and the records written before it (the order eviction follows)
+        self._names: npt.NDArray[np.object_] = np.zeros(0, object)
+        self._used = np.zeros(0, bool)
         self._part = np.zeros(0, np.int64)
         self._time = np.zeros(0)
-        self._free: list[int] = []
+        self._order = np.zeros(0, np.int64)
+        self._writes = 0
+        self._free = np.zeros(0, np.int64)
+        self._n_free = 0
         #: entity -> its record's bytes after the fixed part (kept outputs), for those with any
         self._tails: dict[str, bytes] = {}
         self._tail_bytes = 0
@@ -87,11 +95,14 @@ class StateCache:
 
     def get_many(self, entities: Sequence[str]) -> CacheHits:
         """The cached records of these entities (one gather)."""
-        if self.ttl_s and self._index:
-            self._expire(time.monotonic() - self.ttl_s)
         n = len(entities)
         slots = np.fromiter(map(self._index.get, entities, repeat(-1)), np.int64, n)
         at = np.flatnonzero(slots >= 0)
+        if self.ttl_s and len(at):  # a record older than the state TTL: its key expired
+            old = self._time[slots[at]] < time.monotonic() - self.ttl_s
+            if old.any():
+                self.discard([entities[j] for j in at[old].tolist()])
+                at = at[~old]
         self.hits += len(at)
         self.misses += n - len(at)
         tails = None
@@ -111,32 +122,38 @@ class StateCache:
         if rows.dtype != self._layout:
             self._allocate(rows.dtype)
         n, capacity = len(entities), self.capacity
+        part = np.asarray(partitions if isinstance(partitions, np.ndarray) else list(partitions))
         if n > capacity:  # (only the newest fit)
             self.discard(entities[: n - capacity])
-            entities = entities[n - capacity :]
-            partitions = np.asarray(list(partitions), np.int64)[n - capacity :]
-            rows = rows[n - capacity :]
+            entities, part, rows = (
+                entities[n - capacity :],
+                part[n - capacity :],
+                rows[n - capacity :],
+            )
             tails = None if tails is None else tails[n - capacity :]
             n = capacity
         if not n:
             return
         index = self._index
-        # Entities held keep their slots and become the newest; the others take free slots.
-        slot = np.fromiter(map(index.pop, entities, repeat(-1)), np.int64, n)
+        # Entities held keep their slots; the others take free ones.
+        slot = np.fromiter(map(index.get, entities, repeat(-1)), np.int64, n)
         new = np.flatnonzero(slot < 0)
         if len(new):
-            if len(new) > len(self._free):
-                self._evict(len(new) - len(self._free))
-            slot[new] = self._free[-len(new) :]
-            del self._free[-len(new) :]
-        index.update(zip(entities, slot.tolist(), strict=True))
+            if len(new) > self._n_free:  # the least recently written out, more at once
+                self._order[slot[slot >= 0]] = self._writes  # (those stay: written now)
+                self._evict(max(len(new) - self._n_free, capacity // 16))
+            taken = self._free[self._n_free - len(new) : self._n_free]
+            self._n_free -= len(new)
+            slot[new] = taken
+            names = [entities[j] for j in new.tolist()]
+            index.update(zip(names, taken.tolist(), strict=True))
+            self._names[taken] = names
+            self._used[taken] = True
         self._rows[slot] = np.ascontiguousarray(rows).view(self._rows.dtype)
-        self._part[slot] = (
-            partitions
-            if isinstance(partitions, np.ndarray)
-            else np.fromiter(partitions, np.int64, n)
-        )
+        self._part[slot] = part
         self._time[slot] = time.monotonic()
+        self._order[slot] = np.arange(self._writes, self._writes + n)
+        self._writes += n
         if tails is not None or self._tails:
             self._set_tails(entities, tails or repeat(b""))
         while self.nbytes > self.max_bytes and index:  # kept outputs beyond the bound
@@ -151,9 +168,13 @@ class StateCache:
         self._layout = dtype
         # (np.empty: pages are in memory only once a slot on them is written)
         self._rows = np.empty(capacity, np.dtype(("V", dtype.itemsize)))
-        self._part = np.empty(capacity, np.int64)
-        self._time = np.empty(capacity)
-        self._free = list(range(capacity - 1, -1, -1))
+        self._names = np.full(capacity, None, object)
+        self._used = np.zeros(capacity, bool)
+        self._part = np.zeros(capacity, np.int64)
+        self._time = np.zeros(capacity)
+        self._order = np.zeros(capacity, np.int64)
+        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)
+        self._n_free = capacity
 
     def _set_tails(self, entities: Sequence[str], tails: Iterable[bytes]) -> None:
         held = self._tails
@@ -165,22 +186,22 @@ class StateCache:
 
     def _evict(self, k: int) -> None:
         """Free the slots of the ``k`` least recently written entities."""
-        self.discard(list(islice(self._index, k)))
-
-    def _expire(self, oldest: float) -> None:
-        """Drop the entries written before ``oldest`` (the first ones: writes are in order)."""
-        index = self._index
-        while index:
-            head = list(islice(index.items(), 256))
-            fresh = self._time[[s for _, s in head]] >= oldest
-            stale = int(np.argmax(fresh)) if fresh.any() else len(head)
-            self.discard([e for e, _ in head[:stale]])
-            if stale < len(head):
-                break
+        used = np.flatnonzero(self._used)
+        k = min(k, len(used))
+        if k <= 0:
+            return
+        oldest = used[np.argpartition(self._order[used], k - 1)[:k]] if k < len(used) else used
+        self.discard(self._names[oldest].tolist())
 
     def discard(self, entities: Iterable[str]) -> None:
         entities = list(entities)
-        self._free.extend(s for s in map(self._index.pop, entities, repeat(-1)) if s >= 0)
+        slots = np.fromiter(map(self._index.pop, entities, repeat(-1)), np.int64, len(entities))
+        slots = slots[slots >= 0]
+        if len(slots):
+            self._names[slots] = None
+            self._used[slots] = False
+            self._free[self._n_free : self._n_free + len(slots)] = slots
+            self._n_free += len(slots)
         if self._tails:
             self._set_tails(entities, repeat(b""))
 
@@ -188,8 +209,7 @@ class StateCache:
         """Forget the entities of these partitions; returns how many were dropped."""
         if not self._index:
             return 0
-        slots = np.fromiter(self._index.values(), np.int64, len(self._index))
-        gone = np.isin(self._part[slots], np.fromiter(partitions, np.int64, len(partitions)))
-        entities = list(self._index)
-        self.discard([entities[i] for i in np.flatnonzero(gone).tolist()])
-        return int(gone.sum())
+        wanted = np.fromiter(partitions, np.int64, len(partitions))
+        gone = np.flatnonzero(self._used & np.isin(self._part, wanted))
+        self.discard(self._names[gone].tolist())
+        return len(gone)
