@@ -288,7 +288,7 @@ def cmd_state_list(args: argparse.Namespace) -> int:
 
 
 def cmd_state_stats(args: argparse.Namespace) -> int:
-    from streamer.ops.states import state_stats
+    from streamer.ops.state_stats import state_stats
 
     return asyncio.run(state_stats(settings_from(args), sample=args.sample, as_json=args.json))
 
