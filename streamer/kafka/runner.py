@@ -31,7 +31,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -51,6 +51,7 @@ from aiokafka.structs import OffsetAndMetadata
 from streamer.errors import StreamerError
 from streamer.kafka import send_keyed
 from streamer.ops.metrics import Metrics
+from streamer.serve.chain import Finish
 from streamer.serve.pipeline import BatchHandler, Outcome
 from streamer.settings import Settings
 
@@ -60,6 +61,8 @@ log = logging.getLogger("streamer.kafka.runner")
 #: Largest record batch the producer builds; under the broker's default limit (1 MiB).
 _MAX_RECORD_BATCH = 512 * 1024
 C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
+#: a batch's outputs handed to a producer: the producer, and their delivery futures
+Queued = tuple[AIOKafkaProducer | None, list["asyncio.Future[Any]"]]
 
 
 class RunnerStats:
@@ -301,16 +304,34 @@ class Runner:
         offsets: dict[TopicPartition, int],
         epoch: int,
         outcome: Outcome,
-    ) -> None:
-        """Deliver and commit a saved batch (the chain calls it once the batch before it is
-        delivered). Not at all when a commit failed since it was taken: the consumer went back to
-        the committed offsets, and the events come again (their states skip them and send their
-        kept outputs again)."""
-        if epoch != self._epoch:
-            return
+    ) -> Finish:
+        """Send a saved batch's outputs (the chain calls it once those of the batch before it are
+        on their way) and return the rest of its delivery: wait for them, commit, count (called
+        once the batch before it is committed). Nothing at all when a commit failed since it was
+        taken: the consumer went back to the committed offsets, and the events come again (their
+        states skip them and send their kept outputs again). In exactly-once mode the outputs and
+        the offsets go in one transaction, all of it in the second part."""
         started = time.perf_counter()
-        if not await self._deliver(outcome, offsets):
-            return  # not committed: the batch is consumed again, and counted then
+        queued: Queued | None = None
+        if epoch == self._epoch and not self.exactly_once:
+            try:
+                queued = (self._producer, await self._queue_all(outcome))
+            except KafkaError as exc:  # the second part sends them again, retrying
+                log.debug("queueing a batch's outputs failed (%s); sending them with retries", exc)
+
+        async def finish() -> None:
+            if epoch != self._epoch:
+                return
+            if not await self._deliver(outcome, offsets, queued):
+                return  # not committed: the batch is consumed again, and counted then
+            self._count(records, outcome, started)
+
+        return finish
+
+    def _count(
+        self, records: list[ConsumerRecord[bytes, bytes]], outcome: Outcome, started: float
+    ) -> None:
+        """The stats and metrics of a committed batch."""
         done = time.time()
         st = self.stats
         st.batches += 1
@@ -402,7 +423,8 @@ class Runner:
         self._firsts.update({tp.partition: o for tp, o in firsts.items()})
         self.observe_partitions()
 
-    async def _send_all(self, outcome: Outcome) -> None:
+    async def _queue_all(self, outcome: Outcome) -> list[asyncio.Future[Any]]:
+        """Hand a batch's dead letters and outputs to the producer; their delivery futures."""
         assert self._producer is not None
         topics = self.settings.topics
         futures = []
@@ -425,11 +447,23 @@ class Runner:
             futures += await send_keyed(
                 self._producer, topics.predictions, list(zip(keys, values, strict=True))
             )
+        return futures
+
+    async def _send_all(self, outcome: Outcome, queued: Queued | None = None) -> None:
+        """Send a batch's dead letters and outputs and wait for the broker to take them all; the
+        futures of ``queued`` if they were queued on the producer in use."""
+        if queued is not None and queued[0] is self._producer:
+            futures = queued[1]
+        else:
+            futures = await self._queue_all(outcome)
         await asyncio.gather(*futures)
 
-    async def _deliver(self, outcome: Outcome, offsets: dict[TopicPartition, int]) -> bool:
-        """Send the outputs and commit the offsets, retrying while Kafka is unavailable; False
-        when the commit was refused (the partitions moved on)."""
+    async def _deliver(
+        self, outcome: Outcome, offsets: dict[TopicPartition, int], queued: Queued | None = None
+    ) -> bool:
+        """Send the outputs (or wait for those ``queued``) and commit the offsets, retrying while
+        Kafka is unavailable (a retry sends them all again); False when the commit was refused
+        (the partitions moved on)."""
         assert self._consumer is not None and self._producer is not None
         delay = 0.2
         while True:
@@ -450,7 +484,8 @@ class Runner:
                             log.warning("aborting the transaction failed: %s", exc)
                         raise
                 else:
-                    await self._send_all(outcome)
+                    first, queued = queued, None  # (a retry queues them again)
+                    await self._send_all(outcome, first)
                     await self._consumer.commit(offsets)
                 break
             except ProducerFenced:

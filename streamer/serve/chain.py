@@ -8,12 +8,17 @@ committed, so that the round trips to Redis and Kafka do not stall it. What must
 2. a batch that read a state whose save the store then refused is stepped again before it is
    saved; the batch after it begins only once that is over (it must not step on from states that
    do not hold);
-3. a batch is delivered (its outputs sent, its offsets committed) only once it is saved and the
-   batch before it is delivered, so commits go in order and no offset is committed before the
-   states and outputs of every event below it;
+3. a batch's delivery has two parts: its outputs are sent once it is saved and the outputs of the
+   batch before it are on their way (so they go out in order), and its offsets are committed once
+   its outputs are acknowledged and the batch before it is committed; so commits go in order and
+   no offset is committed before the states and outputs of every event below it. The outputs of
+   one batch travel while the batch before it commits (two round trips at once, not one after the
+   other);
 4. a failure stops what comes after: a batch whose save failed is not delivered, nor is any batch
-   after it; the worker raises the failure before it takes another batch (the events are consumed
-   again from the last commit, where the offset fence makes the replay exact).
+   after it; a batch whose delivery failed commits nothing after it (the outputs of the next one
+   may be sent already: they come again, the same, when its events are consumed again, as after
+   any crash); the worker raises the failure before it takes another batch (the events are
+   consumed again from the last commit, where the offset fence makes the replay exact).
 
 :class:`Chain` holds these rules; :class:`~streamer.serve.pipeline.BatchHandler` hands it each
 batch's save and :class:`~streamer.kafka.runner.Runner` each batch's delivery. At most one batch
@@ -28,13 +33,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Chain"]
+__all__ = ["Chain", "Deliver", "Finish"]
 
 T = TypeVar("T")
 
 #: a batch's save: it gets the save it must follow (None: none) and a future to set once its
 #: states are final (no more stepping again), and returns the batch's outcome
 Save = Callable[["asyncio.Future[T] | None", "asyncio.Future[None]"], Coroutine[Any, Any, T]]
+#: the second part of a delivery: wait for the outputs' acknowledgements, then commit
+Finish = Callable[[], Awaitable[None]]
+#: the first part of a delivery: send a saved batch's outputs; returns the second part
+Deliver = Callable[[T], Awaitable[Finish]]
 
 
 class Chain(Generic[T]):
@@ -49,6 +58,8 @@ class Chain(Generic[T]):
         self._stepped: asyncio.Future[None] | None = None
         #: the last batch's end (saved and delivered), and those of the batches before it
         self._done: asyncio.Future[T] | None = None
+        #: set once the last batch's outputs are on their way (or it will send none)
+        self._sent: asyncio.Future[None] | None = None
         self._before: deque[asyncio.Future[T]] = deque()
         #: whether the batches in the chain are delivered (a worker) or only saved (tests, the
         #: Python API): a failed delivery stops the chain, a failed save alone does not
@@ -70,18 +81,22 @@ class Chain(Generic[T]):
         if _failed(self._saving):
             self._saving = None  # its caller has its error; the next batch starts from the store
 
-    def add(
-        self, save: Save[T], deliver: Callable[[T], Awaitable[None]] | None = None
-    ) -> asyncio.Future[T]:
+    def add(self, save: Save[T], deliver: Deliver[T] | None = None) -> asyncio.Future[T]:
         """Chain a stepped batch (call :meth:`ready` first): its save runs after the save before
-        it, then ``deliver`` after the delivery before it. Returns the batch's end: its outcome
-        once it is saved and delivered."""
-        stepped = asyncio.get_running_loop().create_future()
+        it; then ``deliver`` sends its outputs after those of the batch before it, and the part it
+        returns commits after the batch before it committed. Returns the batch's end: its
+        outcome once it is saved and delivered."""
+        loop = asyncio.get_running_loop()
+        stepped = loop.create_future()
         saving = asyncio.ensure_future(save(self._saving, stepped))
         if deliver is None:
             done: asyncio.Future[T] = saving
         else:
-            done = asyncio.ensure_future(self._deliver(saving, self._done, deliver))
+            sent = loop.create_future()
+            done = asyncio.ensure_future(
+                self._deliver(saving, self._sent, sent, self._done, deliver)
+            )
+            self._sent = sent
         self._delivers = deliver is not None
         self._saving, self._stepped = saving, stepped
         if self._done is not None:
@@ -92,17 +107,28 @@ class Chain(Generic[T]):
     @staticmethod
     async def _deliver(
         saving: asyncio.Future[T],
+        sent_before: asyncio.Future[None] | None,
+        sent: asyncio.Future[None],
         previous: asyncio.Future[T] | None,
-        deliver: Callable[[T], Awaitable[None]],
+        deliver: Deliver[T],
     ) -> T:
         try:
-            outcome = await asyncio.shield(saving)
+            try:
+                outcome = await asyncio.shield(saving)
+                if sent_before is not None:
+                    await asyncio.wait([sent_before])  # outputs go out in the batches' order
+                if previous is not None and _failed(previous):
+                    raise RuntimeError("the batch before was not delivered")
+                finish = await deliver(outcome)
+            finally:
+                if not sent.done():
+                    sent.set_result(None)
         finally:
             if previous is not None:
                 await asyncio.wait([previous])  # whatever became of this batch's save
         if previous is not None and _failed(previous):
             raise RuntimeError("the batch before was not delivered") from previous.exception()
-        await deliver(outcome)
+        await finish()
         return outcome
 
     async def settle(self) -> None:

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from streamer.errors import StoreUnavailable
 from streamer.model import SequenceModel
 from streamer.schemas import DeadLetter, Message, Prediction
-from streamer.serve.chain import Chain
+from streamer.serve.chain import Chain, Deliver
 from streamer.serve.columns import EventColumns, Outputs, decode_columns, encode_outputs
 from streamer.serve.predictor import BatchReport, PendingBatch, Predictor, Served
 
@@ -126,7 +126,7 @@ class BatchHandler:
         self,
         messages: Sequence[Message],
         committed: Mapping[int, int] | None = None,
-        deliver: Callable[[Outcome], Awaitable[None]] | None = None,
+        deliver: Deliver[Outcome] | None = None,
     ) -> asyncio.Future[Outcome]:
         """Validate and step a batch now; save it, then ``deliver`` it, in the background, in
         order (:class:`~streamer.serve.chain.Chain`). Returns the future of its outcome, done

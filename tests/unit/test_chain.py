@@ -31,15 +31,27 @@ class Log:
 
         return run
 
-    def deliver(self, seconds: float, fail_at: int | None = None):  # type: ignore[no-untyped-def]
-        async def run(n: int) -> None:
-            self.events.append(f"deliver {n} start")
-            await asyncio.sleep(seconds)
-            if n == fail_at:
-                raise RuntimeError(f"deliver {n} failed")
-            self.events.append(f"deliver {n} end")
+    def deliver(  # type: ignore[no-untyped-def]
+        self, seconds: float, fail_at: int | None = None, send_s: float = 0.0
+    ):
+        """A delivery: its outputs sent (``send_s``), then acknowledged and committed
+        (``seconds``; ``fail_at``: the batch whose commit fails)."""
 
-        return run
+        async def send(n: int):  # type: ignore[no-untyped-def]
+            self.events.append(f"send {n} start")
+            await asyncio.sleep(send_s)
+            self.events.append(f"send {n} end")
+
+            async def commit() -> None:
+                self.events.append(f"deliver {n} start")
+                await asyncio.sleep(seconds)
+                if n == fail_at:
+                    raise RuntimeError(f"deliver {n} failed")
+                self.events.append(f"deliver {n} end")
+
+            return commit
+
+        return send
 
 
 async def test_saves_then_deliveries_go_in_order_however_long_each_takes() -> None:
@@ -128,3 +140,36 @@ async def test_behind_sets_how_many_batches_are_saved_or_delivered_in_the_backgr
     assert delivers == [f"deliver {n} {w}" for n in range(3) for w in ("start", "end")]
     with pytest.raises(ValueError):
         Chain[int](behind=0)
+
+
+async def test_outputs_go_out_in_order_while_the_batch_before_commits() -> None:
+    """The outputs of a batch are sent as soon as it is saved and those before it are on their
+    way, however long each send takes; its commit still waits for the one before."""
+    log, chain = Log(), Chain[int](behind=3)
+    ends = []
+    for n, send_s in enumerate([0.03, 0.0, 0.01]):
+        await chain.ready()
+        ends.append(chain.add(log.save(n, 0.0), log.deliver(0.05, send_s=send_s)))
+    await asyncio.gather(*ends)
+    sends = [e for e in log.events if e.startswith("send")]
+    assert sends == [f"send {n} {w}" for n in range(3) for w in ("start", "end")]
+    delivers = [e for e in log.events if e.startswith("deliver")]
+    assert delivers == [f"deliver {n} {w}" for n in range(3) for w in ("start", "end")]
+    ix = log.events.index
+    for n in (1, 2):  # sent while the one before commits, committed after it
+        assert ix(f"send {n} end") < ix(f"deliver {n - 1} end") < ix(f"deliver {n} start")
+
+
+async def test_a_failed_commit_commits_nothing_after_it() -> None:
+    log, chain = Log(), Chain[int](behind=3)
+    ends = []
+    for n in range(3):
+        await chain.ready()
+        ends.append(chain.add(log.save(n, 0.0), log.deliver(0.02, fail_at=0)))
+    results = await asyncio.gather(*ends, return_exceptions=True)
+    assert isinstance(results[0], RuntimeError) and "deliver 0 failed" in str(results[0])
+    for r in results[1:]:
+        assert isinstance(r, RuntimeError) and "before was not delivered" in str(r)
+    assert not [e for e in log.events if e.startswith(("deliver 1", "deliver 2"))]
+    with pytest.raises(RuntimeError):
+        await chain.ready()
