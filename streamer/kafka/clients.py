@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -16,12 +16,16 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streamer.errors import ConfigError
 from streamer.kafka.partitioning import partitions_of
-from streamer.settings import Settings
+from streamer.settings import Settings, TopicSettings
+
+if TYPE_CHECKING:
+    from streamer.serve.pipeline import Outcome
 
 __all__ = [
     "ensure_topics",
     "group_lag",
     "group_offsets",
+    "queue_outcome",
     "read_topic",
     "replay_events",
     "send_keyed",
@@ -52,6 +56,32 @@ async def send_keyed(
     for at, builder in builders.items():
         builder.close()  # complete: goes out at once, without the producer's linger
         futures.append(await producer.send_batch(builder, topic, partition=parts[at]))
+    return futures
+
+
+async def queue_outcome(
+    producer: AIOKafkaProducer, topics: TopicSettings, outcome: Outcome
+) -> list[asyncio.Future[Any]]:
+    """Hand a batch's dead letters and outputs to the producer (in that order, in the order of
+    the batch); returns their delivery futures."""
+    futures = []
+    for d in outcome.dead_letters:
+        headers = list(d.headers(topics.events).items())
+        value = d.value
+        if value is not None and len(value) > topics.max_dead_letter_bytes:
+            # Larger than the broker would take: keep the head and say how long it was.
+            headers.append(("streamer-truncated-from", str(len(value)).encode()))
+            value = value[: topics.max_dead_letter_bytes]
+        futures.append(await producer.send(topics.dead_letter, value, key=d.key, headers=headers))
+    keys, values, window_keys, window_values = outcome.encoded()
+    if window_values:  # a window model's (or re-emitted ones): to their own topic
+        futures += await send_keyed(
+            producer, topics.windows, list(zip(window_keys, window_values, strict=True))
+        )
+    if values:
+        futures += await send_keyed(
+            producer, topics.predictions, list(zip(keys, values, strict=True))
+        )
     return futures
 
 

@@ -49,7 +49,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from streamer.errors import StreamerError
-from streamer.kafka import send_keyed
+from streamer.kafka import queue_outcome
 from streamer.ops.metrics import Metrics
 from streamer.serve.chain import Finish
 from streamer.serve.pipeline import BatchHandler, Outcome
@@ -315,7 +315,11 @@ class Runner:
         queued: Queued | None = None
         if epoch == self._epoch and not self.exactly_once:
             try:
-                queued = (self._producer, await self._queue_all(outcome))
+                assert self._producer is not None
+                queued = (
+                    self._producer,
+                    await queue_outcome(self._producer, self.settings.topics, outcome),
+                )
             except KafkaError as exc:  # the second part sends them again, retrying
                 log.debug("queueing a batch's outputs failed (%s); sending them with retries", exc)
 
@@ -423,39 +427,14 @@ class Runner:
         self._firsts.update({tp.partition: o for tp, o in firsts.items()})
         self.observe_partitions()
 
-    async def _queue_all(self, outcome: Outcome) -> list[asyncio.Future[Any]]:
-        """Hand a batch's dead letters and outputs to the producer; their delivery futures."""
-        assert self._producer is not None
-        topics = self.settings.topics
-        futures = []
-        for d in outcome.dead_letters:
-            headers = list(d.headers(topics.events).items())
-            value = d.value
-            if value is not None and len(value) > topics.max_dead_letter_bytes:
-                # Larger than the broker would take: keep the head and say how long it was.
-                headers.append(("streamer-truncated-from", str(len(value)).encode()))
-                value = value[: topics.max_dead_letter_bytes]
-            futures.append(
-                await self._producer.send(topics.dead_letter, value, key=d.key, headers=headers)
-            )
-        keys, values, window_keys, window_values = outcome.encoded()
-        if window_values:  # a window model's (or re-emitted ones): to their own topic
-            futures += await send_keyed(
-                self._producer, topics.windows, list(zip(window_keys, window_values, strict=True))
-            )
-        if values:
-            futures += await send_keyed(
-                self._producer, topics.predictions, list(zip(keys, values, strict=True))
-            )
-        return futures
-
     async def _send_all(self, outcome: Outcome, queued: Queued | None = None) -> None:
         """Send a batch's dead letters and outputs and wait for the broker to take them all; the
         futures of ``queued`` if they were queued on the producer in use."""
         if queued is not None and queued[0] is self._producer:
             futures = queued[1]
         else:
-            futures = await self._queue_all(outcome)
+            assert self._producer is not None
+            futures = await queue_outcome(self._producer, self.settings.topics, outcome)
         await asyncio.gather(*futures)
 
     async def _deliver(

@@ -21,9 +21,9 @@ committed, so that the round trips to Redis and Kafka do not stall it. What must
    consumed again from the last commit, where the offset fence makes the replay exact).
 
 :class:`Chain` holds these rules; :class:`~streamer.serve.pipeline.BatchHandler` hands it each
-batch's save and :class:`~streamer.kafka.runner.Runner` each batch's delivery. At most one batch
-is saved or delivered behind the one being stepped (``behind``, the setting
-``batch.max_behind``; back-pressure).
+batch's save and :class:`~streamer.kafka.runner.Runner` each batch's delivery. At most
+``behind`` batches (the setting ``batch.max_behind``) are saved or delivered behind the one being
+stepped (back-pressure).
 """
 
 from __future__ import annotations
