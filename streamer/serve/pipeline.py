@@ -134,11 +134,11 @@ class BatchHandler:
 
         The next batch can begin while this one is saved: it reads the states being written from
         memory (:meth:`Predictor.prepare`), and its save waits for this one, so saves go to the
-        store one at a time, in order. A save refused by the store makes the batch after it step
-        again from the store's states before it is saved.
+        store one at a time, in order. The states of its other entities are read from the store
+        while it waits its turn (:meth:`Predictor.prefetch`). A save refused by the store makes
+        the batch after it step again from the store's states before it is saved.
         """
-        await self.chain.ready()  # raises the failure of a delivery
-        if self._staged is not None:
+        if self._staged is not None:  # (batches in flight keep the model that stepped them)
             old = self.predictor.version
             self.predictor.use(*self._staged)
             self._staged = None
@@ -146,8 +146,17 @@ class BatchHandler:
                 "switched from model %s to %s at a batch boundary", old, self.predictor.version
             )
         good, bad = self.decode(messages)
+        # The states no batch in flight steps are read while those are saved and delivered.
+        prefetch = self.predictor.prefetch(good)
+        try:
+            await self.chain.ready()  # raises the failure of a delivery
+        except BaseException:
+            prefetch.cancel()
+            raise
         outcome = Outcome(events=good, dead_letters=bad)
-        pending = await self._retrying(outcome, lambda: self.predictor.prepare(good, committed))
+        pending = await self._retrying(
+            outcome, lambda: self.predictor.prepare(good, committed, prefetch=prefetch)
+        )
         save = functools.partial(self._save, outcome, messages, good, pending, committed)
         return self.chain.add(save, deliver)
 

@@ -45,7 +45,7 @@ from streamer.state import StateCache, StateStore
 from streamer.state.batch import StateBatch, decode_outbox
 from streamer.state.codec import Dtype, now_ms
 from streamer.state.overlay import InFlight
-from streamer.state.stack import Layout, Staged, StateStack
+from streamer.state.stack import Layout, Prefetch, Staged, StateStack
 from streamer.state.store import OutboxPart
 
 __all__ = ["BatchReport", "PendingBatch", "Predictor", "Served", "resolve_device"]
@@ -224,6 +224,7 @@ class Predictor:
         events: Sequence[Event] | EventColumns,
         committed: Mapping[int, int] | None = None,
         served: Served | None = None,
+        prefetch: Prefetch | None = None,
     ) -> PendingBatch:
         """Read the states (one round trip) and step the events; nothing is written yet.
 
@@ -234,7 +235,8 @@ class Predictor:
         ``committed`` maps a partition to its committed offset (the next one a restarted consumer
         reads): outputs of events below it were delivered and need not be kept any longer.
         ``served``: the model to step with (default: the current one). Safe to call again after a
-        failure: it has no effect outside this process.
+        failure: it has no effect outside this process. ``prefetch``: the store read
+        :meth:`prefetch` started for these events.
         """
         cols = events if isinstance(events, EventColumns) else EventColumns.of(events)
         sv = served or self.served
@@ -255,7 +257,7 @@ class Predictor:
         entities = cols.entities
         layers, hidden = spec.state_shape
         layout = Layout(layers, hidden, sv.kept_width, spec.state_tensors, self.state_dtype)
-        read = await self.states.read(entities, layout)
+        read = await self.states.read(entities, layout, prefetch)
         loaded, problems = read.states, read.problems
         pending.overlaid, report.read_s = read.overlaid, read.read_s
         for j, why in problems.items():
@@ -385,6 +387,12 @@ class Predictor:
             Outputs.join([pending.reemit, pending.fresh]) if len(pending.reemit) else pending.fresh
         )
         return report
+
+    def prefetch(self, events: EventColumns) -> Prefetch:
+        """Start reading the states of a batch's entities that no batch in flight steps and the
+        cache does not hold, before the batch may be stepped (while the batches before it are
+        saved); :meth:`prepare` takes it."""
+        return self.states.prefetch(events.entities)
 
     def abandon(self, pending: PendingBatch) -> None:
         """Forget a prepared batch that will not be committed as it is (before preparing it

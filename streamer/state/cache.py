@@ -110,6 +110,12 @@ class StateCache:
             tails = [self._tails.get(entities[j], b"") for j in at.tolist()]
         return CacheHits(at, self._rows[slots[at]].view(self._layout), tails)
 
+    def absent(self, entities: Sequence[str]) -> list[str]:
+        """Those of ``entities`` the cache holds no record of (hits and misses are not counted;
+        an entry older than the state TTL counts as held: :meth:`get_many` finds it expired)."""
+        index = self._index
+        return [e for e in entities if e not in index]
+
     def put_many(
         self,
         entities: Sequence[str],

@@ -7,6 +7,9 @@ The predictor reads and writes :class:`~streamer.state.batch.StateBatch` columns
   (:class:`~streamer.state.overlay.InFlight`), then the cache (:class:`~streamer.state.cache.StateCache`,
   whose hits need no decoding), the rest in one round trip to the store; decoded as one batch, with
   what the store knows each record by (its base, for the compare-and-set);
+- :meth:`StateStack.prefetch`: that round trip started early, for the entities no write on its way
+  and no cache entry holds, while the batches before are still saved and delivered (the batch
+  reads them when it may be stepped; what a refused save may have changed since is read again);
 - :meth:`StateStack.stage`: the stepped states encoded once, and held in flight so that the next
   batch steps on from them while they are written;
 - :meth:`StateStack.write`: one conditional round trip (with the batch's outbox parts); what the
@@ -15,6 +18,8 @@ The predictor reads and writes :class:`~streamer.state.batch.StateBatch` columns
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +33,7 @@ from streamer.state.codec import Dtype, base_of
 from streamer.state.overlay import InFlight
 from streamer.state.store import OutboxPart, StateStore
 
-__all__ = ["Layout", "Loaded", "Staged", "StateStack"]
+__all__ = ["Layout", "Loaded", "Prefetch", "Staged", "StateStack"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -58,6 +63,47 @@ class Loaded:
     overlaid: bool
     #: seconds of the store's round trip (None: none was needed)
     read_s: float | None = None
+
+
+class Prefetch:
+    """A batch's store read, started before the batch may be stepped (:meth:`StateStack.prefetch`).
+
+    It asks the store for the entities that no write on its way and no cache entry held then: no
+    batch of this worker writes those until the batch is stepped, but a save the store refuses
+    is run again, and may write any of the entities it refused; so the records are used only if
+    no save was refused since (:attr:`refusals`)."""
+
+    def __init__(self, entities: list[str], refusals: int, store: StateStore):
+        self.entities = entities
+        self.refusals = refusals
+        self._task: asyncio.Task[list[bytes | None]] | None = None
+        if entities:
+            self._task = asyncio.ensure_future(store.get_many(entities))
+            self._task.add_done_callback(_retrieved)
+
+    async def records(self) -> dict[str, bytes | None]:
+        """The records read, by entity; none if the read failed (the batch reads them again)."""
+        if self._task is None or self._task.cancelled():
+            return {}
+        try:
+            got = await asyncio.shield(self._task)
+        except Exception:  # (a store outage: the batch's own read waits and retries)
+            return {}
+        except asyncio.CancelledError:
+            if self._task.cancelled():
+                return {}
+            raise  # (the caller was cancelled)
+        return dict(zip(self.entities, got, strict=True))
+
+    def cancel(self) -> None:
+        """The batch will not be stepped (a failure before it was)."""
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _retrieved(task: asyncio.Task[object]) -> None:
+    with contextlib.suppress(BaseException):  # (its failure is the batch's read's to handle)
+        task.exception()
 
 
 @dataclass
@@ -91,8 +137,20 @@ class StateStack:
         """A new batch's number (see :class:`~streamer.state.overlay.InFlight`)."""
         return self.in_flight.batch()
 
-    async def read(self, entities: Sequence[str], layout: Layout) -> Loaded:
-        """The latest state of each entity, as columns (one store round trip at most)."""
+    def prefetch(self, entities: Sequence[str]) -> Prefetch:
+        """Start reading from the store the records of the entities no write on their way and
+        no cache entry holds (see :class:`Prefetch`); :meth:`read` takes it."""
+        raws = self.in_flight.get_many(entities)
+        missed = [e for e, raw in zip(entities, raws, strict=True) if raw is None]
+        if self.cache is not None and missed:
+            missed = self.cache.absent(missed)
+        return Prefetch(missed, self.in_flight.refusals, self.store)
+
+    async def read(
+        self, entities: Sequence[str], layout: Layout, prefetch: Prefetch | None = None
+    ) -> Loaded:
+        """The latest state of each entity, as columns (one store round trip at most; none
+        for the records ``prefetch`` read, unless a save was refused since it started)."""
         raws = self.in_flight.get_many(entities)
         overlaid = len(raws) != raws.count(None)
         missed = [j for j, raw in enumerate(raws) if raw is None]
@@ -113,10 +171,23 @@ class StateStack:
                 gone[found.at] = True
                 missed = [j for j, hit in zip(missed, gone.tolist(), strict=True) if not hit]
         took = None
+        if missed and prefetch is not None:
+            started = time.perf_counter()
+            early = await prefetch.records()
+            took = time.perf_counter() - started
+            if early and not self.in_flight.stale(prefetch.refusals):
+                rest = []
+                for j in missed:
+                    e = entities[j]
+                    if e in early:
+                        raws[j] = early[e]
+                    else:
+                        rest.append(j)
+                missed = rest
         if missed:
             started = time.perf_counter()
             got = await self.store.get_many([entities[j] for j in missed])
-            took = time.perf_counter() - started
+            took = (took or 0.0) + time.perf_counter() - started
             for j, raw in zip(missed, got, strict=True):
                 raws[j] = raw
         states, problems = decode_many(
