@@ -87,6 +87,8 @@ def from_entries(entries: Entries, rows: I64, off: I64, k: int, window: bool) ->
     entries = entries[np.argsort(entries["offset"], kind="stable")]
     where = np.minimum(np.searchsorted(entries["offset"], off), len(entries) - 1)
     hit = entries["offset"][where] == off
+    if not hit.any():  # (entries of other events only)
+        return _empty(k)
     e = entries[where[hit]]
     values = e["values"].reshape(len(e), -1).astype(np.float64)
     return Kept(

@@ -6,7 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.serve import kept
 from streamer.serve.fence import _sequential, fence, waves
+from streamer.state.batch import outbox_dtype
 
 
 @st.composite
@@ -83,3 +85,14 @@ def test_waves_step_each_entity_once_per_wave_in_order(entity: list[int]) -> Non
         assert w.slot.tolist() == list(range(len(entity)))
         d = waves(e, distinct=True)
         assert d.entities.tolist() == entity and d.slot.tolist() == w.slot.tolist()
+
+
+def test_outbox_entries_of_other_events_only_re_emit_nothing() -> None:
+    """Entries held for other offsets (another batch's, in flight) find none of these events."""
+    entries = np.zeros(3, outbox_dtype(4))
+    entries["offset"] = [10, 11, 12]
+    entries["values"] = 1.0
+    found = kept.from_entries(entries, np.array([0, 1]), np.array([3, 13]), 3, window=False)
+    assert len(found.rows) == 0 and found.values.shape == (0, 3)
+    found = kept.from_entries(entries, np.array([0, 1]), np.array([3, 11]), 3, window=False)
+    assert found.rows.tolist() == [1] and found.values.tolist() == [[1.0, 1.0, 1.0]]
