@@ -1,6 +1,7 @@
 """Kafka: the clients' helpers (:mod:`~streamer.kafka.clients`: topics, replay, record batches,
-group offsets), Kafka's default partitioner in numpy (:mod:`~streamer.kafka.partitioning`) and
-the worker's batch loop (:mod:`~streamer.kafka.runner`: take, deliver, commit)."""
+group offsets), Kafka's default partitioner in numpy (:mod:`~streamer.kafka.partitioning`), the
+worker's batch loop (:mod:`~streamer.kafka.runner`: take, deliver, commit) and the lag of the
+partitions it owns (:mod:`~streamer.kafka.lag`)."""
 
 from __future__ import annotations
 

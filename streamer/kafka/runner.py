@@ -50,6 +50,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from streamer.errors import StreamerError
 from streamer.kafka import queue_outcome
+from streamer.kafka.lag import Lag, assignment
 from streamer.ops.metrics import Metrics
 from streamer.serve.chain import Finish
 from streamer.serve.pipeline import BatchHandler, Outcome
@@ -94,8 +95,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self.runner._settle()  # the last batch delivers and commits first
             self.runner._epoch += 1
             for tp in revoked:
-                for known in (self.runner._committed, self.runner._ends, self.runner._firsts):
-                    known.pop(tp.partition, None)
+                self.runner._committed.pop(tp.partition, None)
+            self.runner.lag.forget(tp.partition for tp in revoked)
             self.runner.handler.predictor.forget_partitions({tp.partition for tp in revoked})
         if revoked:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
@@ -134,9 +135,7 @@ class Runner:
         self._committed: dict[int, int] = {}
         #: the committed offsets the outbox was last trimmed to, while idle
         self._trimmed: dict[int, int] = {}
-        #: partition -> end offset and first offset, as the broker last told (for the lag)
-        self._ends: dict[int, int] = {}
-        self._firsts: dict[int, int] = {}
+        self.lag = Lag(lambda: self._consumer, self._committed, self.metrics)
 
     async def start(self) -> None:
         s = self.settings
@@ -384,48 +383,15 @@ class Runner:
 
     def assigned(self) -> set[TopicPartition]:
         """The partitions this worker owns now (none before it joined the group)."""
-        if self._consumer is None:
-            return set()
-        try:
-            return set(self._consumer.assignment())
-        except IllegalStateError:
-            return set()
+        return assignment(self._consumer)
 
     def observe_partitions(self) -> None:
-        """Publish the owned partitions' lag: the end offset (the high watermark of the last
-        fetch, or the broker's answer to :meth:`refresh_lag`, whichever is newer) less the
-        committed offset (or the partition's first offset, before any commit)."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        assigned = self.assigned()
-        lag: dict[int, int] = {}
-        for tp in assigned:
-            p = tp.partition
-            end = max(consumer.highwater(tp) or 0, self._ends.get(p, 0))
-            base = self._committed.get(p, self._firsts.get(p))
-            if end and base is not None:
-                lag[p] = max(0, end - base)
-        self.metrics.partitions(lag, owned=len(assigned))
+        """Publish the owned partitions' lag (:class:`~streamer.kafka.lag.Lag`)."""
+        self.lag.observe()
 
     async def refresh_lag(self) -> None:
-        """Ask the broker for the owned partitions' end offsets, then :meth:`observe_partitions`.
-        On a timer: the high watermarks a consumer learns from its fetches stop moving while the
-        records it fetched wait, as they do while a batch waits out a Redis outage."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        assigned = list(self.assigned())
-        try:
-            ends = await consumer.end_offsets(assigned) if assigned else {}
-            new = [tp for tp in assigned if tp.partition not in self._committed]
-            firsts = await consumer.beginning_offsets(new) if new else {}
-        except (KafkaError, IllegalStateError) as exc:
-            log.debug("cannot read the end offsets: %s", exc)
-            return
-        self._ends.update({tp.partition: o for tp, o in ends.items()})
-        self._firsts.update({tp.partition: o for tp, o in firsts.items()})
-        self.observe_partitions()
+        """Ask the broker for the owned partitions' end offsets and publish their lag."""
+        await self.lag.refresh()
 
     async def _send_all(self, outcome: Outcome, queued: Queued | None = None) -> None:
         """Send a batch's dead letters and outputs and wait for the broker to take them all; the
