@@ -104,8 +104,10 @@ class BatchSettings(_Group):
     #: Most events per batch. Large batches amortise the per-batch round trips under load; at low
     #: rates batches are as large as what arrived while the last one was processed.
     max_size: int = Field(default=1024, ge=1)
-    #: Longest wait for more events once a batch has some: adds to the latency at low rates.
-    max_wait_s: float = Field(default=0.005, gt=0)
+    #: How long a batch waits for more events once it has some. 0: a batch is what has arrived
+    #: (under load, what came while the batch before it was stepped), and an event at a low rate
+    #: goes on at once; more makes larger batches at moderate rates, at that cost in latency.
+    max_wait_s: float = Field(default=0.0, ge=0)
     #: Most batches saved or delivered in the background while the next one is stepped (the
     #: order of saves, deliveries and commits holds whatever the number; more overlap the
     #: round trips to Redis and Kafka, at the cost of memory and latency under load).

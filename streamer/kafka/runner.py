@@ -61,6 +61,9 @@ __all__ = ["Runner", "RunnerStats"]
 log = logging.getLogger("streamer.kafka.runner")
 #: Largest record batch the producer builds; under the broker's default limit (1 MiB).
 _MAX_RECORD_BATCH = 512 * 1024
+#: How long an idle worker waits for a record before it looks after its idle chores (the lag, the
+#: outbox) and whether it was asked to stop.
+_IDLE_POLL_S = 0.1
 C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
 #: a batch's outputs handed to a producer: the producer, and their delivery futures
 Queued = tuple[AIOKafkaProducer | None, list["asyncio.Future[Any]"]]
@@ -257,24 +260,32 @@ class Runner:
                 await self._producer.stop()
 
     async def _take(self) -> list[ConsumerRecord[bytes, bytes]]:
-        """Up to ``max_size`` records, waiting at most ``max_wait_s`` once the first has come."""
+        """The records already fetched, up to ``max_size``, as soon as there is one: a batch does
+        not wait for events that have not come (``max_wait_s``, 0 by default, lets it wait that
+        long for more). Under load the batch fills while the one before it is stepped; at a low
+        rate each event goes on at once. Empty after ``_IDLE_POLL_S`` without a record."""
         assert self._consumer is not None
+        consumer = self._consumer
         loop = asyncio.get_running_loop()
         size, wait = self.settings.batch.max_size, self.settings.batch.max_wait_s
-        got = await self._consumer.getmany(timeout_ms=int(wait * 1000), max_records=size)
+        got = await consumer.getmany(timeout_ms=int(_IDLE_POLL_S * 1000), max_records=size)
         out = [r for recs in got.values() for r in recs]
+        if not out:
+            return out
         first = loop.time()
+        while len(out) < size:  # what else the fetcher holds (a partition at a time), no waiting
+            more = await consumer.getmany(timeout_ms=0, max_records=size - len(out))
+            if not more:
+                break
+            out.extend(r for recs in more.values() for r in recs)
         deadline = first + wait
-        while out and len(out) < size and not self._stopping.is_set():
+        while len(out) < size and not self._stopping.is_set():
             left = deadline - loop.time()
             if left <= 0:
                 break
-            more = await self._consumer.getmany(
-                timeout_ms=int(left * 1000), max_records=size - len(out)
-            )
+            more = await consumer.getmany(timeout_ms=int(left * 1000), max_records=size - len(out))
             out.extend(r for recs in more.values() for r in recs)
-        if out:
-            self.metrics.batch_wait.observe(loop.time() - first)
+        self.metrics.batch_wait.observe(loop.time() - first)
         return out
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
