@@ -10,8 +10,8 @@ STAMP    := build/.installed
 PYTHON   ?= python3
 
 # The tests run against their own Kafka and Redis on other ports than the demo's.
-TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 KAFKA_SASL_PORT=19094 REDIS_PORT=16379 \
-            REDIS_CLUSTER_PORT=17000 STREAMER_SERVICES_DIR=$(HOME)/.cache/streamer/test-services
+TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 KAFKA_SASL_PORT=19094 KAFKA_SSL_PORT=19095 \
+            REDIS_PORT=16379             REDIS_CLUSTER_PORT=17000 STREAMER_SERVICES_DIR=$(HOME)/.cache/streamer/test-services
 
 .PHONY: install demo test unit lint bench bench-scale gpu-check gpu-wheels services-up services-down services-status clean
 

@@ -12,8 +12,17 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamer.errors import ConfigError
 
 __all__ = [
     "BatchSettings",
@@ -54,13 +63,19 @@ class KafkaSettings(_Group):
         """Security keyword arguments for aiokafka clients."""
         opts: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.security_protocol in ("SSL", "SASL_SSL"):
-            ctx = ssl.create_default_context(
-                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
-            )
-            if self.ssl_certfile:
-                ctx.load_cert_chain(
-                    str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+            try:
+                ctx = ssl.create_default_context(
+                    cafile=str(self.ssl_cafile) if self.ssl_cafile else None
                 )
+                if self.ssl_certfile:
+                    ctx.load_cert_chain(
+                        str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+                    )
+            except (OSError, ssl.SSLError) as exc:  # a file that is no PEM, a key of another cert
+                raise ConfigError(
+                    f"cannot use the Kafka TLS files ({exc}); check STREAMER_KAFKA__SSL_CAFILE, "
+                    "STREAMER_KAFKA__SSL_CERTFILE and STREAMER_KAFKA__SSL_KEYFILE"
+                ) from None
             opts["ssl_context"] = ctx
         if self.security_protocol.startswith("SASL"):
             opts["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"

@@ -25,6 +25,10 @@ SERVICES = ROOT / "deploy" / "local" / "services.sh"
 KAFKA_PORT = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
 REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "16379"))
 REDIS_CLUSTER_PORT = int(os.environ.get("TEST_REDIS_CLUSTER_PORT", "17000"))
+SERVICES_DIR = Path.home() / ".cache" / "streamer" / "test-services"
+#: The test CA that signed the TLS listeners' certificate, and one that signed nothing.
+TLS_CA = SERVICES_DIR / "tls" / "ca.crt"
+TLS_OTHER_CA = SERVICES_DIR / "tls" / "other-ca.crt"
 
 
 def services_env() -> dict[str, str]:
@@ -33,9 +37,10 @@ def services_env() -> dict[str, str]:
         KAFKA_PORT=str(KAFKA_PORT),
         KAFKA_CONTROLLER_PORT=str(KAFKA_PORT + 1),
         KAFKA_SASL_PORT=str(KAFKA_PORT + 2),
+        KAFKA_SSL_PORT=str(KAFKA_PORT + 3),
         REDIS_PORT=str(REDIS_PORT),
         REDIS_CLUSTER_PORT=str(REDIS_CLUSTER_PORT),
-        STREAMER_SERVICES_DIR=str(Path.home() / ".cache" / "streamer" / "test-services"),
+        STREAMER_SERVICES_DIR=str(SERVICES_DIR),
     )
     return env
 
@@ -53,6 +58,7 @@ def services() -> dict[str, str]:
     return {
         "bootstrap": f"127.0.0.1:{KAFKA_PORT}",
         "sasl_bootstrap": f"127.0.0.1:{KAFKA_PORT + 2}",
+        "ssl_bootstrap": f"127.0.0.1:{KAFKA_PORT + 3}",
         "redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0",
     }
 
@@ -178,4 +184,25 @@ def secure_redis(services: dict[str, str]):  # type: ignore[no-untyped-def]
     if proc.returncode != 0:
         pytest.fail(f"could not start a Redis with a password:\n{proc.stderr}", pytrace=False)
     yield {"url": f"redis://127.0.0.1:{SECURE_REDIS_PORT}/0", "password": SECURE_REDIS_PASSWORD}
+    subprocess.run([str(SERVICES), "down", "redis"], env=env, capture_output=True, timeout=60)
+
+
+TLS_REDIS_PORT = REDIS_PORT + 2
+
+
+@pytest.fixture(scope="session")
+def tls_redis(services: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A second real Redis that also listens with TLS (the test CA's certificate); stopped at the
+    end of the session. Yields its ``rediss://`` URL."""
+    env = {
+        **services_env(),
+        "REDIS_PORT": str(TLS_REDIS_PORT),
+        "REDIS_TLS_PORT": str(TLS_REDIS_PORT + 1),
+    }
+    proc = subprocess.run(
+        [str(SERVICES), "up", "redis"], env=env, capture_output=True, text=True, timeout=120
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"could not start a Redis with TLS:\n{proc.stderr}", pytrace=False)
+    yield f"rediss://127.0.0.1:{TLS_REDIS_PORT + 1}/0"
     subprocess.run([str(SERVICES), "down", "redis"], env=env, capture_output=True, timeout=60)

@@ -8,7 +8,10 @@
 # on the installed JDK (17+). Redis is Debian's redis-server, installed with apt-get when missing,
 # run without persistence. `up` is idempotent and returns only once each service answers.
 # `redis-cluster` is a Redis Cluster of three masters (no replicas) on three ports from
-# REDIS_CLUSTER_PORT, made with `redis-cli --cluster create`; `all` is Kafka and Redis, and
+# REDIS_CLUSTER_PORT, made with `redis-cli --cluster create`. The TLS listeners use a test CA made
+# once in $STREAMER_SERVICES_DIR/tls (ca.crt: trust it; other-ca.crt: a CA that signed nothing, for
+# a client with the wrong one): a server certificate for 127.0.0.1 and localhost, and for Kafka a
+# PKCS12 keystore made from it with the JDK's keytool (password streamer-tls); `all` is Kafka and Redis, and
 # `down all` also stops a cluster that runs.
 #
 # Settings (environment):
@@ -19,8 +22,10 @@
 #   KAFKA_HEAP              JVM heap                           (-Xmx1g -Xms256m)
 #   KAFKA_SASL_PORT         also listen with SASL/PLAIN here    (unset: no SASL listener)
 #   KAFKA_SASL_USERS        user:password list for SASL/PLAIN   (streamer:streamer-secret)
+#   KAFKA_SSL_PORT          also listen with TLS here           (unset: no SSL listener)
 #   REDIS_PORT              Redis port                         (6379)
 #   REDIS_PASSWORD          if set, Redis requires it          (unset)
+#   REDIS_TLS_PORT          Redis also listens with TLS here    (unset: no TLS port)
 #   REDIS_CLUSTER_PORT      first of the cluster's 3 ports      (7000; bus ports 1000 higher)
 set -euo pipefail
 
@@ -32,6 +37,8 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_HEAP="${KAFKA_HEAP:--Xmx1g -Xms256m}"
 KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"
 KAFKA_SASL_USERS="${KAFKA_SASL_USERS:-streamer:streamer-secret}"
+KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-}"
+REDIS_TLS_PORT="${REDIS_TLS_PORT:-}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/kafka-pom.xml")"
 KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
@@ -41,6 +48,8 @@ REDIS_CLUSTER_PORT="${REDIS_CLUSTER_PORT:-7000}"
 CLUSTER_PORTS=("$REDIS_CLUSTER_PORT" "$((REDIS_CLUSTER_PORT + 1))" "$((REDIS_CLUSTER_PORT + 2))")
 CLUSTER_DIR="$RUN_DIR/redis-cluster-$REDIS_CLUSTER_PORT"
 WAIT_S="${SERVICES_WAIT_S:-90}"
+TLS_DIR="$RUN_DIR/tls"
+TLS_PASS=streamer-tls
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
@@ -84,6 +93,32 @@ kafka_install() {
 
 kafka_java() { java -cp "$KAFKA_LIBS/*" "$@"; }
 
+# A test CA, a server certificate it signed (127.0.0.1, localhost) and a Kafka keystore; made once.
+tls_material() {
+    [[ -f "$TLS_DIR/kafka.keystore.p12" ]] && return 0
+    log "making a test CA and server certificate in $TLS_DIR"
+    rm -rf "$TLS_DIR.new" && mkdir -p "$TLS_DIR.new"
+    (
+        cd "$TLS_DIR.new"
+        local ca
+        for ca in ca other-ca; do
+            openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=streamer test $ca" \
+                -keyout "$ca.key" -out "$ca.crt" 2>/dev/null
+        done
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key \
+            -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile server.ext -out server.crt 2>/dev/null
+        openssl pkcs12 -export -in server.crt -inkey server.key -certfile ca.crt -name kafka \
+            -passout "pass:$TLS_PASS" -out server.p12
+        keytool -importkeystore -noprompt -srckeystore server.p12 -srcstoretype PKCS12 \
+            -srcstorepass "$TLS_PASS" -destkeystore kafka.keystore.p12 -deststoretype PKCS12 \
+            -deststorepass "$TLS_PASS" >/dev/null 2>&1
+    ) || { rm -rf "$TLS_DIR.new"; die "making the test certificates failed (openssl, keytool)"; }
+    rm -rf "$TLS_DIR" && mv "$TLS_DIR.new" "$TLS_DIR"
+}
+
 kafka_up() {
     if pid_alive "$KAFKA_DIR/kafka.pid" && port_open "$KAFKA_PORT"; then
         log "kafka already up on 127.0.0.1:$KAFKA_PORT"; return 0
@@ -99,6 +134,16 @@ kafka_up() {
         protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
         sasl="sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;"
+    fi
+    local tls=""
+    if [[ -n "$KAFKA_SSL_PORT" ]]; then
+        tls_material
+        listeners+=",SSL://127.0.0.1:$KAFKA_SSL_PORT"
+        protocols+=",SSL:SSL"
+        tls="ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/kafka.keystore.p12
+ssl.keystore.password=$TLS_PASS
+ssl.key.password=$TLS_PASS"
     fi
     cat >"$KAFKA_DIR/server.properties" <<EOF
 process.roles=broker,controller
@@ -124,6 +169,7 @@ group.min.session.timeout.ms=1000
 log.retention.hours=168
 log.segment.bytes=67108864
 $sasl
+$tls
 EOF
     cat >"$KAFKA_DIR/log4j2.yaml" <<EOF
 Configuration:
@@ -201,6 +247,12 @@ redis_up() {
         --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
         --maxmemory-policy noeviction)
     [[ -n "${REDIS_PASSWORD:-}" ]] && args+=(--requirepass "$REDIS_PASSWORD")
+    if [[ -n "$REDIS_TLS_PORT" ]]; then
+        tls_material
+        args+=(--tls-port "$REDIS_TLS_PORT" --tls-cert-file "$TLS_DIR/server.crt"
+            --tls-key-file "$TLS_DIR/server.key" --tls-ca-cert-file "$TLS_DIR/ca.crt"
+            --tls-auth-clients no)
+    fi
     log "starting redis on 127.0.0.1:$REDIS_PORT (logs: $REDIS_DIR)"
     "$(redis_bin)" "${args[@]}" 9>&-  # the daemon must not inherit the lock
     wait_for redis_ping && { log "redis up on 127.0.0.1:$REDIS_PORT"; return 0; }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -85,14 +86,62 @@ async def queue_outcome(
     return futures
 
 
+async def tls_refusal(settings: Settings, timeout_s: float = 5.0) -> str | None:
+    """Why TLS to the broker can never work, in one line, or None.
+
+    aiokafka logs a failed handshake and reports only that it could not bootstrap, which reads as
+    an outage: a client with the wrong CA bundle would wait forever. So after a failed start, one
+    handshake with each bootstrap server, with the client's own TLS context, tells a certificate
+    that does not verify (or a port that does not speak TLS) from a broker that is down.
+    """
+    k = settings.kafka
+    if k.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    ctx = k.client_options()["ssl_context"]
+    for server in k.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        host = host.strip("[]")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port), ssl=ctx, server_hostname=host), timeout_s
+            )
+        except ssl.SSLCertVerificationError as exc:
+            return (
+                f"Kafka's TLS certificate at {server.strip()} did not verify "
+                f"({exc.verify_message}); check STREAMER_KAFKA__SSL_CAFILE and the host name in "
+                "STREAMER_KAFKA__BOOTSTRAP_SERVERS"
+            )
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            continue  # closed mid-handshake: a broker going down, not a setting
+        except ssl.SSLError as exc:
+            return (
+                f"no TLS handshake with Kafka at {server.strip()} ({exc.reason}): is it a "
+                "listener without TLS? check STREAMER_KAFKA__SECURITY_PROTOCOL"
+            )
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return None
+    return None
+
+
 async def _start(settings: Settings, client: Any) -> None:
     """Start an aiokafka client, or close it and say in one line that the broker is unreachable."""
     try:
         await client.start()
     except KafkaConnectionError as exc:
         await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
-        sasl = settings.kafka.security_protocol.startswith("SASL")
-        hint = " (or it refused the SASL credentials)" if sasl else ""
+        refused = await tls_refusal(settings)
+        if refused:
+            raise ConfigError(refused) from exc
+        protocol = settings.kafka.security_protocol
+        hint = {
+            "SASL_PLAINTEXT": " (or it refused the SASL credentials)",
+            "SASL_SSL": " (or it refused the SASL credentials, or the listener has no TLS)",
+            "SSL": " (or the listener has no TLS)",
+        }.get(protocol, "")
         raise ConfigError(
             f"cannot reach Kafka at {settings.kafka.bootstrap_servers}{hint}: {exc}"
         ) from exc

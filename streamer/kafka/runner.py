@@ -48,8 +48,9 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from streamer.errors import StreamerError
+from streamer.errors import ConfigError, StreamerError
 from streamer.kafka import queue_outcome
+from streamer.kafka.clients import tls_refusal
 from streamer.kafka.lag import Lag, assignment
 from streamer.ops.metrics import Metrics
 from streamer.serve.chain import Finish
@@ -188,6 +189,9 @@ class Runner:
                 return client
             except (KafkaConnectionError, KafkaTimeoutError) as exc:
                 await client.stop()
+                refused = await tls_refusal(self.settings)
+                if refused:  # a certificate that does not verify: no wait makes it work
+                    raise ConfigError(refused) from exc
                 self._kafka_retried()
                 log.warning("kafka %s cannot connect (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)

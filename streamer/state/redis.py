@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import itertools
 import re
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +42,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streamer.errors import StateError, StoreUnavailable
+from streamer.errors import ConfigError, StateError, StoreUnavailable
 from streamer.state.codec import BASE, FENCE, MAGIC, StateRecord, decode
 from streamer.state.store import OutboxPart, outbox_key, state_key
 
@@ -71,6 +73,8 @@ def _client(
     if password:
         extra["password"] = password
     if ssl_ca_certs and url.startswith("rediss://"):
+        if not Path(ssl_ca_certs).is_file():  # else every connection fails, read as an outage
+            raise ConfigError(f"no CA bundle at {ssl_ca_certs}; check STREAMER_REDIS__SSL_CA_CERTS")
         extra["ssl_ca_certs"] = ssl_ca_certs
     opts = dict(
         socket_timeout=socket_timeout_s,
@@ -246,6 +250,19 @@ _UNREACHABLE = "Redis Cluster cannot be connected"
 _FAULTS = (RedisError, RedisClusterException, OSError)
 
 
+def tls_refusal(exc: BaseException) -> str | None:
+    """The reason, when ``exc`` (or what caused it) is a failed TLS certificate verification: a
+    wrong CA bundle or host name is a setting to fix, never an outage to wait out."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return cur.verify_message or cur.reason or "certificate verify failed"
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def classify_redis_error(exc: BaseException, what: str) -> Exception:
     """:class:`StoreUnavailable` for faults that pass; other Redis errors are bugs and propagate."""
     if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError) or (
@@ -253,6 +270,12 @@ def classify_redis_error(exc: BaseException, what: str) -> Exception:
     ):
         return StateError(
             f"redis refused the credentials ({type(exc).__name__}); check STREAMER_REDIS__*"
+        )
+    refused = tls_refusal(exc)
+    if refused:
+        return StateError(
+            f"redis {what} failed: the server's TLS certificate did not verify ({refused}); "
+            "check STREAMER_REDIS__SSL_CA_CERTS and the host in STREAMER_REDIS__URL"
         )
     if isinstance(exc, AskError | ClusterCrossSlotError):  # (MovedError is an AskError)
         return StateError(
@@ -328,6 +351,14 @@ class RedisStateStore:
 
     def key(self, entity: str) -> str:
         return state_key(self._model, entity)
+
+    async def ping(self) -> None:
+        """One round trip: raises what a store call would (:class:`StoreUnavailable` for an
+        outage, :class:`StateError` for settings that can never work)."""
+        try:
+            await self._redis.ping()
+        except _FAULTS as exc:
+            raise classify_redis_error(exc, "ping") from exc
 
     async def get_many(self, entities: Sequence[str]) -> list[bytes | None]:
         if not entities:

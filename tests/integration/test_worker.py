@@ -6,6 +6,7 @@ import asyncio
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,11 +65,12 @@ def settings_for(services: dict[str, str], ns: str, partitions: int = 4) -> Sett
 async def check_states(
     services: dict[str, str],
     ns: str,
-    expected: dict,
-    password: str | None = None,  # type: ignore[type-arg]
+    expected: dict,  # type: ignore[type-arg]
+    **client: Any,
 ) -> None:
-    """Every entity's state in Redis equals the offline nn.LSTM state over its events, to 1e-5."""
-    store = store_for(services, ns, password=password)
+    """Every entity's state in Redis equals the offline nn.LSTM state over its events, to 1e-5.
+    ``client``: what else the Redis client needs (a password, a CA bundle)."""
+    store = store_for(services, ns, **client)
     try:
         raws = await store.get_many(list(expected))
     finally:

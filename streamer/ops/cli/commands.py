@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.errors import ConfigError
 from streamer.ops.cli.parser import settings_from
+
+if TYPE_CHECKING:
+    from streamer.settings import Settings
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -20,13 +24,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.app import StreamerService, build_handler
 
     settings = settings_from(args)
-    handler = build_handler(settings)  # loads the model first: a bad model fails before Kafka
-    asyncio.run(ensure_topics(settings))
+    # The checks before the worker starts say what fails in one line of their own (aiokafka's log
+    # speaks again once the worker runs): Redis, the model (before Kafka), the topics.
+    asyncio.run(_check_store(settings))
+    handler = build_handler(settings)
+    quiet = logging.getLogger("aiokafka")
+    level, quiet.level = quiet.level, logging.CRITICAL
+    try:
+        asyncio.run(ensure_topics(settings))
+    finally:
+        quiet.setLevel(level)
     service = StreamerService(settings, handler)
     service.serve_metrics()  # a busy port: one line, before the worker starts
     worker = Worker(service, loglevel=args.loglevel or settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
+
+
+async def _check_store(settings: Settings) -> None:
+    """A store the worker could never use (credentials refused, a TLS certificate that does not
+    verify, a cluster setting that does not match) is one line before the worker starts; one that
+    cannot be reached right now is waited for by the worker, as any outage."""
+    from streamer.errors import StoreUnavailable
+    from streamer.state import RedisStateStore
+
+    store = RedisStateStore.from_settings(settings)
+    try:
+        await store.ping()
+    except StoreUnavailable:
+        pass
+    finally:
+        await store.aclose()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

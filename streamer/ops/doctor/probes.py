@@ -25,6 +25,7 @@ from redis.exceptions import (
 
 from streamer.errors import StateCodecError, StoreUnavailable, StreamerError
 from streamer.kafka import group_offsets
+from streamer.kafka.clients import tls_refusal as kafka_tls_refusal
 from streamer.model import ModelSpec
 from streamer.model.artifact import load_artifact
 from streamer.model.registry import Registry
@@ -42,6 +43,7 @@ from streamer.ops.presence import WorkerInfo, live_workers
 from streamer.settings import Settings
 from streamer.state import RedisStateStore, redis_client
 from streamer.state.codec import decode
+from streamer.state.redis import tls_refusal
 
 T = TypeVar("T")
 
@@ -121,7 +123,14 @@ async def check_redis(client: Any, settings: Settings, timeout_s: float) -> _Red
             Check("redis", "fail", f"Redis at {url} refused the credentials ({_why(exc)})")
         )
     except (RedisError, RedisClusterException, OSError) as exc:
-        out.checks.append(Check("redis", "fail", f"cannot reach Redis at {url}: {_why(exc)}"))
+        refused = tls_refusal(exc)
+        why = (
+            f"Redis at {url}: its TLS certificate did not verify ({refused}); check "
+            "STREAMER_REDIS__SSL_CA_CERTS"
+            if refused
+            else f"cannot reach Redis at {url}: {_why(exc)}"
+        )
+        out.checks.append(Check("redis", "fail", why))
     if out.checks:
         skipped = "not checked: Redis is unreachable"
         out.checks += [Check(n, "warn", skipped) for n in ("redis eviction", "redis persistence")]
@@ -228,6 +237,9 @@ async def check_kafka(settings: Settings, timeout_s: float) -> _Kafka:
                 Check("kafka", "fail", f"no answer from Kafka at {where} in {timeout_s}s")
             )
         except (KafkaError, OSError) as exc:
+            refused = await kafka_tls_refusal(settings)
+            if refused:
+                return _Kafka(Check("kafka", "fail", refused))
             sasl = k.security_protocol.startswith("SASL")
             hint = " (or it refused the SASL credentials)" if sasl else ""
             return _Kafka(
