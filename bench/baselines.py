@@ -19,8 +19,20 @@ SIGINT, then leaves the group and exits. The three kinds bracket streamer's work
     whatever it computes. The gap between it and ``naive`` is the cost of the per-event work.
 ``raw-pass``
     Plain aiokafka that forwards each message unchanged, a batch at a time (getmany, send all,
-    await the deliveries, commit): the ceiling of any Python consumer on this machine, and so of
+    await the deliveries, commit): the ceiling of an aiokafka consumer on this machine, and so of
     streamer's worker, whose Kafka loop has the same shape.
+``raw-pass-eos``
+    The same in transactions (exactly-once: one transaction per batch, the offsets sent to it,
+    read_committed input), as streamer's ``exactly_once`` mode.
+``ck-pass``
+    confluent-kafka (librdkafka) in the same loop: ``consume`` up to 1,000 messages, ``produce``
+    each with a delivery callback, ``flush``, then commit what was consumed (so only what was
+    delivered). Tuned as the client's own documentation and issues suggest for a consumer with a
+    backlog: 8 MiB per partition fetch, 10 ms fetch queue backoff (the default 1 s stalls it), and
+    the ``murmur2_random`` partitioner so that keys land where the Java client (and streamer) put
+    them.
+``ck-pass-eos``
+    ``ck-pass`` in transactions, with the consumer group's metadata sent with the offsets (KIP-447).
 
 The output of ``naive`` is ``{"unique_id", "ds", "forecast"}`` with ``ds`` copied from the event; the
 pass kinds echo the value byte for byte. Either way the harness can read the produce time it put in
@@ -34,10 +46,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import struct
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import faust
 import numpy as np
@@ -51,7 +65,7 @@ from streamer.kafka import send_keyed
 from streamer.model import SequenceModel
 from streamer.model.artifact import load_artifact
 
-KINDS = ("naive", "faust-pass", "raw-pass")
+KINDS = ("naive", "faust-pass", "raw-pass", "raw-pass-eos", "ck-pass", "ck-pass-eos")
 #: Producer linger of every kind, as streamer's worker (``STREAMER_KAFKA__PRODUCER_LINGER_MS``).
 LINGER_MS = 5
 #: Consumer session timeout of every kind, as streamer's worker (``STREAMER_KAFKA__SESSION_TIMEOUT_S``).
@@ -162,7 +176,7 @@ def run_faust(args: argparse.Namespace) -> None:
         worker.execute_from_commandline()
 
 
-async def raw_pass(args: argparse.Namespace) -> None:
+async def raw_pass(args: argparse.Namespace, transactional: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,6 +187,7 @@ async def raw_pass(args: argparse.Namespace) -> None:
         group_id=args.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed" if transactional else "read_uncommitted",
         max_poll_records=MAX_RECORDS,
         session_timeout_ms=int(SESSION_TIMEOUT_S * 1000),
         heartbeat_interval_ms=int(SESSION_TIMEOUT_S * 1000 / 3),
@@ -183,23 +198,95 @@ async def raw_pass(args: argparse.Namespace) -> None:
         enable_idempotence=True,
         linger_ms=LINGER_MS,
         max_batch_size=512 * 1024,
+        transactional_id=f"{args.group}-{os.getpid()}" if transactional else None,
     )
     await producer.start()
     await consumer.start()
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_RECORDS)
-            deliveries = await send_keyed(
-                producer,
-                args.output,
-                [(r.key, r.value) for records in batch.values() for r in records],
-            )
-            if deliveries:
-                await asyncio.gather(*deliveries)
+            messages = [(r.key, r.value) for records in batch.values() for r in records]
+            if not messages:
+                continue
+            if transactional:
+                async with producer.transaction():
+                    await send_keyed(producer, args.output, messages)
+                    offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                    await producer.send_offsets_to_transaction(offsets, args.group)
+            else:
+                await asyncio.gather(*await send_keyed(producer, args.output, messages))
                 await consumer.commit()
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+def ck_pass(args: argparse.Namespace, transactional: bool) -> None:
+    """confluent-kafka's consume, produce, flush (or commit the transaction), commit loop."""
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    stopping = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.append(True))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": args.group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed" if transactional else "read_uncommitted",
+            "session.timeout.ms": int(SESSION_TIMEOUT_S * 1000),
+            "heartbeat.interval.ms": int(SESSION_TIMEOUT_S * 1000 / 3),
+            "max.partition.fetch.bytes": 8 * 2**20,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    conf = {
+        "bootstrap.servers": args.bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": LINGER_MS,
+        "partitioner": "murmur2_random",
+    }
+    if transactional:
+        conf["transactional.id"] = f"{args.group}-{os.getpid()}"
+    producer = Producer(conf)
+    failed: list[Exception] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(KafkaException(err))
+
+    consumer.subscribe([args.input])
+    if transactional:
+        producer.init_transactions()
+    try:
+        while not stopping:
+            # consume(n, timeout) waits the whole timeout for n messages: wait for the first
+            # only, then take what has come (as streamer's worker does).
+            first = consumer.poll(POLL_TIMEOUT_MS / 1000)
+            if first is None:
+                continue
+            messages = [first, *consumer.consume(MAX_RECORDS - 1, 0)]
+            if transactional:
+                producer.begin_transaction()
+            for m in messages:
+                if m.error() is None:
+                    producer.produce(args.output, m.value(), m.key(), on_delivery=delivered)
+            if transactional:
+                producer.send_offsets_to_transaction(
+                    consumer.position(consumer.assignment()),
+                    consumer.consumer_group_metadata(),
+                )
+                producer.commit_transaction()
+            else:
+                producer.flush()
+                if failed:
+                    raise failed[0]
+                consumer.commit(asynchronous=True)
+    finally:
+        consumer.close()
+        producer.flush()
 
 
 def main() -> None:
@@ -216,8 +303,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.kind == "naive" and args.model is None:
         ap.error("naive needs --model")
-    if args.kind == "raw-pass":
-        asyncio.run(raw_pass(args))
+    if args.kind.startswith("raw-pass"):
+        asyncio.run(raw_pass(args, transactional=args.kind.endswith("-eos")))
+    elif args.kind.startswith("ck-pass"):
+        ck_pass(args, transactional=args.kind.endswith("-eos"))
     else:
         run_faust(args)
 

@@ -9,7 +9,10 @@
   27000-27002, started for it);
 - **naive**: a hand-written Faust agent doing GET, one LSTM step, SET and send per event;
 - **faust-pass**: a Faust agent that only consumes and sends (Faust's own ceiling);
-- **raw-pass**: plain aiokafka fetching and sending in batches (the ceiling of any Python consumer).
+- **raw-pass**: plain aiokafka fetching and sending in batches (the ceiling of an aiokafka
+  consumer), and **raw-pass-eos** the same in transactions;
+- **ck-pass**: confluent-kafka (librdkafka) in the same loop, tuned for a backlog, and
+  **ck-pass-eos** in transactions with the group metadata (KIP-447): the other client's ceiling.
 
 The baselines are in ``bench/baselines.py``. For each: events per second over a backlog of
 ``--events`` events of ``--entities`` entities (H=64, 2 layers, fp32), the worker's CPU per event
@@ -67,7 +70,18 @@ SERVICE_ENV = {
     "STREAMER_SERVICES_DIR": str(SERVICES_DIR),
 }
 #: streamer-cluster is streamer's worker with its states in a Redis Cluster of three masters
-KINDS = ("raw-pass", "faust-pass", "streamer", "streamer-cluster", "naive")
+KINDS = (
+    "raw-pass",
+    "raw-pass-eos",
+    "ck-pass",
+    "ck-pass-eos",
+    "faust-pass",
+    "streamer",
+    "streamer-cluster",
+    "naive",
+)
+#: the pass-through kinds: what a consumer of each client does with nothing to compute
+PASS_KINDS = ("raw-pass", "raw-pass-eos", "ck-pass", "ck-pass-eos", "faust-pass")
 CLUSTER_PORTS = [int(SERVICE_ENV["REDIS_CLUSTER_PORT"]) + i for i in range(3)]
 CLOCK = os.sysconf("SC_CLK_TCK")
 
@@ -711,8 +725,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {doc['throughput'][kind]}", file=sys.stderr)
         if args.rounds > 1 and {"raw-pass", "streamer"} <= set(kinds):
             doc["paired_rounds"] = await paired_rounds(run, src, doc["throughput"])
-        top = doc["throughput"].get("streamer", {}).get("events_per_second") or args.rate
-        rate = args.rate or top / 2
+        eps = {k: v["events_per_second"] for k, v in doc["throughput"].items()}
+        rate = args.rate or eps.get("streamer", max(eps.values())) / 2
         for kind in kinds:
             print(f"latency at {rate:,.0f}/s: {kind}", file=sys.stderr)
             doc["latency"][kind] = await latency(run, kind, rate)
@@ -778,6 +792,17 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
                 "each_pair": doc["paired_rounds"]["streamer_over_raw_pass"],
                 "target": ">= 0.5 (median over pairs)",
             }
+    cpu = doc["throughput"].get("streamer", {}).get("cpu_us_per_event", {}).get("worker")
+    if cpu is not None:
+        out["streamer_worker_cpu_us_per_event"] = {"value": cpu, "target": "<= 12"}
+    passes = {k: v for k, v in eps.items() if k in PASS_KINDS}
+    if s and passes:
+        fastest = max(passes, key=lambda k: passes[k])
+        out["streamer_over_fastest_pass"] = {
+            "value": round(s / passes[fastest], 3),
+            "fastest": fastest,
+            "target": ">= 0.3",
+        }
     p99 = doc["latency"].get("streamer", {}).get("latency_ms", {}).get("p99")
     if p99 is not None:
         out["streamer_p99_ms"] = {"value": p99, "target": "<= 50 (at half the maximum rate)"}
