@@ -76,6 +76,7 @@ from throughput import (  # bench/ is the script's directory, first on sys.path
     throughput,
 )
 
+from streamer.kafka.clients import session_timeout_s
 from streamer.settings import Settings
 
 #: a caught-up partition's predictions are at most this far behind their events
@@ -495,7 +496,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "offered_per_second": args.rate,
                 "repeats": args.repeats,
                 "settings": "streamer's defaults (and --worker-env)",
-                "session_timeout_s": s.kafka.session_timeout_s,
+                "session_timeout_s": await session_timeout_s(s),
                 "batch_max_size": s.batch.max_size,
                 "batch_max_wait_s": s.batch.max_wait_s,
                 "caught_up_when_behind_ms": BEHIND_MS,

@@ -40,8 +40,11 @@ class _Group(BaseModel):
 
 class KafkaSettings(_Group):
     bootstrap_servers: str = "127.0.0.1:9092"
-    #: Faust/Kafka consumer session timeout; a few seconds lets a restarted worker rejoin fast.
-    session_timeout_s: float = 10.0
+    #: Consumer session timeout: how long a worker that died (kill -9, a lost host) keeps its
+    #: partitions before the group gives them to the others. Unset: the shortest the broker
+    #: allows (its ``group.min.session.timeout.ms``), but at least 3 s; 10 s if the broker's
+    #: configuration cannot be read. Heartbeats go every sixth of it, at most every 0.5 s.
+    session_timeout_s: float | None = Field(default=None, gt=0)
     #: Where a new consumer group starts: from the beginning of the topic, so no event is missed.
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     #: How long the producer waits to fill a batch of output messages.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streamer.errors import ConfigError
 from streamer.kafka.partitioning import partitions_of
@@ -21,6 +23,8 @@ from streamer.settings import Settings, TopicSettings
 
 if TYPE_CHECKING:
     from streamer.serve.pipeline import Outcome
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ensure_topics",
@@ -30,6 +34,7 @@ __all__ = [
     "read_topic",
     "replay_events",
     "send_keyed",
+    "session_timeout_s",
 ]
 
 
@@ -125,6 +130,45 @@ async def tls_refusal(settings: Settings, timeout_s: float = 5.0) -> str | None:
             await writer.wait_closed()
         return None
     return None
+
+
+#: The shortest session timeout streamer picks by itself: heartbeats every 0.5 s leave a worker
+#: whose event loop stalls (a long batch, a garbage collection) 2.5 s before it is taken for dead.
+MIN_AUTO_SESSION_S = 3.0
+#: The session timeout when the broker's minimum cannot be read (no DescribeConfigs permission).
+FALLBACK_SESSION_S = 10.0
+
+
+async def session_timeout_s(settings: Settings) -> float:
+    """The consumer session timeout to use: the setting, or else the broker's minimum
+    (``group.min.session.timeout.ms``: 6 s on a stock broker), at least :data:`MIN_AUTO_SESSION_S`.
+    The shorter it is, the sooner a killed worker's partitions move to the others."""
+    if settings.kafka.session_timeout_s is not None:
+        return settings.kafka.session_timeout_s
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_options()
+    )
+    key = "group.min.session.timeout.ms"
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        broker = str(cluster["brokers"][0]["node_id"])
+        resource = ConfigResource(ConfigResourceType.BROKER, broker, {key: None})
+        got = await admin.describe_configs([resource])
+        entries = got[0].to_object()["resources"][0]["config_entries"]
+        minimum = next(float(e["config_value"]) for e in entries if e["config_names"] == key)
+    except (KafkaError, LookupError, ValueError, TypeError) as exc:
+        # (a broker that cannot be reached now: the consumer waits for it, with this timeout)
+        log.warning(
+            "the broker's %s cannot be read (%s): session timeout %.0f s",
+            key,
+            type(exc).__name__,
+            FALLBACK_SESSION_S,
+        )
+        return FALLBACK_SESSION_S
+    finally:
+        await admin.close()
+    return max(MIN_AUTO_SESSION_S, minimum / 1000)
 
 
 async def _start(settings: Settings, client: Any) -> None:

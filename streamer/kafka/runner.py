@@ -50,7 +50,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from streamer.errors import ConfigError, StreamerError
 from streamer.kafka import queue_outcome
-from streamer.kafka.clients import tls_refusal
+from streamer.kafka.clients import FALLBACK_SESSION_S, session_timeout_s, tls_refusal
 from streamer.kafka.lag import Lag, assignment
 from streamer.ops.metrics import Metrics
 from streamer.serve.chain import Finish
@@ -140,12 +140,21 @@ class Runner:
         #: the committed offsets the outbox was last trimmed to, while idle
         self._trimmed: dict[int, int] = {}
         self.lag = Lag(lambda: self._consumer, self._committed, self.metrics)
+        #: the consumer session timeout in use (the setting, or the broker's minimum)
+        self._session_s = settings.kafka.session_timeout_s or FALLBACK_SESSION_S
 
     async def start(self) -> None:
         s = self.settings
+        self._session_s = await session_timeout_s(s)
         self._producer = await self._start_with_retry(self._new_producer, "producer")
         self._consumer = await self._start_with_retry(self._new_consumer, "consumer")
-        log.info("consuming %s as group %s (%s)", s.topics.events, s.app_id, s.processing_guarantee)
+        log.info(
+            "consuming %s as group %s (%s, session timeout %.1f s)",
+            s.topics.events,
+            s.app_id,
+            s.processing_guarantee,
+            self._session_s,
+        )
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
@@ -171,8 +180,11 @@ class Runner:
             auto_offset_reset=s.kafka.auto_offset_reset,
             isolation_level="read_committed",
             max_poll_records=s.batch.max_size,
-            session_timeout_ms=int(s.kafka.session_timeout_s * 1000),
-            heartbeat_interval_ms=max(100, int(s.kafka.session_timeout_s * 1000 / 3)),
+            session_timeout_ms=int(self._session_s * 1000),
+            heartbeat_interval_ms=int(1000 * max(0.1, min(self._session_s / 6, 0.5))),
+            # How long the group waits for the others to rejoin (each finishing its batch first):
+            # not shorter than before the session timeout could be a few seconds.
+            rebalance_timeout_ms=int(1000 * max(self._session_s, 10.0)),
             **s.kafka.client_options(),
         )
         consumer.subscribe([s.topics.events], listener=_Rebalance(self))
