@@ -611,11 +611,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("events", "entities", "batch", "torch_threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("batch_wait_s", "budget_s", "rate"):
+    for name in ("budget_s", "rate"):
         if not getattr(args, name) > 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
-    if args.cache_mb < 0:
-        ap.error("--cache-mb must not be negative")
+    for name in ("batch_wait_s", "cache_mb"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} must not be negative")
     if args.repeats < 0:
         ap.error("--repeats must not be negative")
     if args.partitions < 2:
