@@ -496,7 +496,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "offered_per_second": args.rate,
                 "repeats": args.repeats,
                 "settings": "streamer's defaults (and --worker-env)",
-                "session_timeout_s": await session_timeout_s(s),
+                "session_timeout_s": await session_timeout_s(
+                    s.model_copy(
+                        update={
+                            "kafka": s.kafka.model_copy(
+                                update={"bootstrap_servers": args.bootstrap}
+                            )
+                        }
+                    )
+                ),
                 "batch_max_size": s.batch.max_size,
                 "batch_max_wait_s": s.batch.max_wait_s,
                 "caught_up_when_behind_ms": BEHIND_MS,
