@@ -536,8 +536,48 @@ async def offer(
     return sent, sent / (time.monotonic() - t_start)
 
 
+#: A process that only sleeps 1 ms at a time and reports each wake-up this late (ns): what the
+#: machine stalled while a latency phase ran (on a shared machine, other tenants' work).
+_STALL_PROBE = """
+import sys, time
+late, prev = int(sys.argv[1]), time.monotonic_ns()
+while True:
+    time.sleep(0.001)
+    now = time.monotonic_ns()
+    if now - prev > late:
+        print(now - prev, flush=True)
+    prev = now
+"""
+
+
+@contextlib.contextmanager
+def stall_probe(late_ms: float = 5.0) -> Iterator[dict[str, Any]]:
+    """Stalls of the whole machine while the block runs: how many sleeps of 1 ms woke up more
+    than ``late_ms`` late, and the longest. A latency tail that comes with stalls is the machine's,
+    not the worker's."""
+    found: dict[str, Any] = {}
+    with tempfile.TemporaryFile() as out:
+        probe = subprocess.Popen(
+            [sys.executable, "-c", _STALL_PROBE, str(int(late_ms * 1e6))], stdout=out
+        )
+        try:
+            yield found
+        finally:
+            probe.kill()
+            probe.wait()
+            out.seek(0)
+            stalls = [int(x) / 1e6 for x in out.read().split()]
+    found.update(
+        over_ms=late_ms,
+        count=len(stalls),
+        longest_ms=round(max(stalls), 1) if stalls else 0.0,
+        total_ms=round(sum(stalls), 1),
+    )
+
+
 async def latency(run: Run, kind: str, rate: float, tag: str = "") -> dict[str, Any]:
-    """Produce-to-prediction latency at ``rate`` events per second, after a warm-up."""
+    """Produce-to-prediction latency at ``rate`` events per second, after a warm-up; with the
+    machine's stalls meanwhile (:func:`stall_probe`)."""
     args = run.args
     ns = f"bench-lat{tag}-{kind}-{run.run_id}"
     src, out = f"{ns}.in", f"{ns}.out"
@@ -554,9 +594,10 @@ async def latency(run: Run, kind: str, rate: float, tag: str = "") -> dict[str, 
         await wait_for(lambda: reader.count >= len(warm), 120, worker, "warm-up outputs")
         start_ns = time.time_ns()
         reader.latency_from_ns = start_ns
-        sent, achieved = await offer(
-            producer, src, rate, args.entities, rng, lambda elapsed: elapsed >= args.latency_s
-        )
+        with stall_probe() as stalls:
+            sent, achieved = await offer(
+                producer, src, rate, args.entities, rng, lambda elapsed: elapsed >= args.latency_s
+            )
         await wait_for(
             lambda: len(reader.latencies_ms) >= sent, args.drain_s, worker, "all latency outputs"
         )
@@ -577,6 +618,7 @@ async def latency(run: Run, kind: str, rate: float, tag: str = "") -> dict[str, 
             "p99": round(float(np.percentile(lat, 99)), 1) if got else None,
             "max": round(float(lat.max()), 1) if got else None,
         },
+        "machine_stalls": stalls,
     }
 
 

@@ -163,6 +163,7 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 group.initial.rebalance.delay.ms=0
+group.coordinator.append.linger.ms=0
 group.consumer.min.session.timeout.ms=1000
 group.classic.min.session.timeout.ms=1000
 group.min.session.timeout.ms=1000
