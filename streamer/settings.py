@@ -40,6 +40,10 @@ class _Group(BaseModel):
 
 class KafkaSettings(_Group):
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: The worker's Kafka client: ``aiokafka`` (asyncio), or ``confluent`` (confluent-kafka on
+    #: librdkafka: a consume thread feeding the loop, cooperative rebalancing, transactions fenced
+    #: by the consumer group's generation, KIP-447). The tools (replay, tail, doctor) use aiokafka.
+    client: Literal["aiokafka", "confluent"] = "aiokafka"
     #: Consumer session timeout: how long a worker that died (kill -9, a lost host) keeps its
     #: partitions before the group gives them to the others. Unset: the shortest the broker
     #: allows (its ``group.min.session.timeout.ms``), but at least 3 s; 10 s if the broker's
@@ -61,6 +65,28 @@ class KafkaSettings(_Group):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The same connection and security settings as a librdkafka (confluent-kafka) config."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol.lower(),
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            for key, path in (
+                ("ssl.ca.location", self.ssl_cafile),
+                ("ssl.certificate.location", self.ssl_certfile),
+                ("ssl.key.location", self.ssl_keyfile),
+            ):
+                if path is not None:
+                    conf[key] = str(path)
+        if self.security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.sasl_mechanism or "PLAIN"
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else ""
+            )
+        return conf
 
     def client_options(self) -> dict[str, Any]:
         """Security keyword arguments for aiokafka clients."""

@@ -104,7 +104,13 @@ class StreamerService(Service):
             str(handler.predictor.device),
             settings.processing_guarantee,
         ).set(1)
-        self.runner = Runner(settings, handler, self.metrics)
+        self.runner: Runner
+        if settings.kafka.client == "confluent":
+            from streamer.kafka.confluent import ConfluentRunner
+
+            self.runner = ConfluentRunner(settings, handler, self.metrics)
+        else:
+            self.runner = Runner(settings, handler, self.metrics)
         self.registry = Registry(redis_client(settings), settings.model_name)
         host = socket.gethostname()
         self.info = WorkerInfo(

@@ -225,13 +225,20 @@ class Runner:
             async with self._lock:
                 if self._stopping.is_set():
                     continue
-                if epoch != self._epoch or not self._assigned.is_set():
-                    await self._rewind(records)
-                    continue
-                owned = {tp.partition for tp in self._consumer.assignment()}
-                records = [r for r in records if r.partition in owned]
+                records = await self._still_ours(records, epoch)
                 if records:
                     await self._process(records)
+
+    async def _still_ours(self, records: list[Any], epoch: int) -> list[Any]:
+        """The records of a batch this worker may process now: none if a rebalance came since
+        it was taken (``epoch``), which sends their partitions back to the committed offsets;
+        else those of the partitions it owns."""
+        assert self._consumer is not None
+        if epoch != self._epoch or not self._assigned.is_set():
+            await self._rewind(records)
+            return []
+        owned = {tp.partition for tp in self._consumer.assignment()}
+        return [r for r in records if r.partition in owned]
 
     async def _rewind(self, dropped: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Send the partitions of a batch taken across a rebalance back to their committed
@@ -340,14 +347,7 @@ class Runner:
         started = time.perf_counter()
         queued: Queued | None = None
         if epoch == self._epoch and not self.exactly_once:
-            try:
-                assert self._producer is not None
-                queued = (
-                    self._producer,
-                    await queue_outcome(self._producer, self.settings.topics, outcome),
-                )
-            except KafkaError as exc:  # the second part sends them again, retrying
-                log.debug("queueing a batch's outputs failed (%s); sending them with retries", exc)
+            queued = await self._queue(outcome)
 
         async def finish() -> None:
             if epoch != self._epoch:
@@ -357,6 +357,19 @@ class Runner:
             self._count(records, outcome, started)
 
         return finish
+
+    async def _queue(self, outcome: Outcome) -> Queued | None:
+        """Hand a batch's outputs to the producer; None if that failed (they are sent again,
+        with retries, by the second part of the delivery)."""
+        try:
+            assert self._producer is not None
+            return (
+                self._producer,
+                await queue_outcome(self._producer, self.settings.topics, outcome),
+            )
+        except KafkaError as exc:
+            log.debug("queueing a batch's outputs failed (%s); sending them with retries", exc)
+            return None
 
     def _count(
         self, records: list[ConsumerRecord[bytes, bytes]], outcome: Outcome, started: float
