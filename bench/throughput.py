@@ -7,6 +7,7 @@
 - **streamer**: ``streamer worker``, the batched pipeline (state in Redis, one prediction per event);
 - **streamer-cluster**: the same worker with its states in a Redis Cluster of three masters (ports
   27000-27002, started for it);
+- **streamer-aiokafka**: the same worker on its other Kafka client, aiokafka;
 - **naive**: a hand-written Faust agent doing GET, one LSTM step, SET and send per event;
 - **faust-pass**: a Faust agent that only consumes and sends (Faust's own ceiling);
 - **raw-pass**: plain aiokafka fetching and sending in batches (the ceiling of an aiokafka
@@ -78,6 +79,7 @@ KINDS = (
     "faust-pass",
     "streamer",
     "streamer-cluster",
+    "streamer-aiokafka",
     "naive",
 )
 #: the pass-through kinds: what a consumer of each client does with nothing to compute
@@ -184,6 +186,8 @@ class Run:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
         if kind.startswith("streamer"):
             kafka: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
+            if kind == "streamer-aiokafka":
+                kafka["client"] = "aiokafka"
             tuned: dict[str, Any] = {}
             if not defaults:
                 kafka["session_timeout_s"] = 6
@@ -453,7 +457,7 @@ async def throughput(
         result["events_by_partition"] = {p: by1[p] - by0.get(p, 0) for p in sorted(by1)}
     if profile is not None:
         result["profile"] = profile
-    if kind in ("streamer", "streamer-cluster", "naive"):
+    if kind in ("streamer", "streamer-cluster", "streamer-aiokafka", "naive"):
         mem1, keys = await redis_memory(*urls)
         payload = await mean_value_size(*urls)
         result["redis"] = {

@@ -33,6 +33,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -170,8 +171,9 @@ class ConfluentRunner(Runner):
         self._gen: dict[int, int] = {}
         #: the partitions owned now
         self._owned: set[int] = set()
-        #: batches from the consume thread: (records, generations when they were fetched)
-        self._batches: asyncio.Queue[tuple[list[Record], dict[int, int]]] = asyncio.Queue()
+        #: batches from the consume thread: records, their partitions' generations when they
+        #: were fetched, and how long the batch took to gather after its first record
+        self._batches: asyncio.Queue[tuple[list[Record], dict[int, int], float]] = asyncio.Queue()
         self._room = threading.Semaphore(_AHEAD)
         self._closing = threading.Event()
         self._calls = ThreadPoolExecutor(1, thread_name_prefix="kafka-calls")
@@ -309,7 +311,9 @@ class ConfluentRunner(Runner):
                 if first is None:
                     self._room.release()
                     continue
+                started = time.monotonic()
                 got = [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
+                waited = time.monotonic() - started
                 records = []
                 for m in got:
                     err = m.error()
@@ -323,7 +327,7 @@ class ConfluentRunner(Runner):
                     self._room.release()
                     continue
                 gens = dict(self._gen)
-                self._loop.call_soon_threadsafe(self._batches.put_nowait, (records, gens))
+                self._loop.call_soon_threadsafe(self._batches.put_nowait, (records, gens, waited))
         except BaseException as exc:  # the loop raises it
             self._thread_failed = exc
             self._loop.call_soon_threadsafe(self._assigned.set)
@@ -388,10 +392,11 @@ class ConfluentRunner(Runner):
         if self._thread_failed is not None:
             raise self._thread_failed
         try:
-            records, gens = await asyncio.wait_for(self._batches.get(), _IDLE_S)
+            records, gens, waited = await asyncio.wait_for(self._batches.get(), _IDLE_S)
         except TimeoutError:
             return []
         self._room.release()
+        self.metrics.batch_wait.observe(waited)
         self._taken_gens = gens
         self.lag.saw(records)
         return records
