@@ -57,8 +57,9 @@ __all__ = ["ConfluentRunner", "Record"]
 
 #: Batches the consume thread may hand the loop ahead of it.
 _AHEAD = 2
-#: How long the consume thread waits for a first record before it runs the calls handed to it.
-_POLL_S = 0.02
+#: How long the consume thread waits for a first record before it runs the calls handed to it
+#: (it is woken at once for those while it waits for the loop to take a batch).
+_POLL_S = 0.005
 #: How long the loop waits for a batch before it looks after its idle chores.
 _IDLE_S = 0.1
 #: Errors of a commit (or of offsets sent to a transaction) that mean the partitions moved on.
@@ -174,7 +175,10 @@ class ConfluentRunner(Runner):
         #: batches from the consume thread: records, their partitions' generations when they
         #: were fetched, and how long the batch took to gather after its first record
         self._batches: asyncio.Queue[tuple[list[Record], dict[int, int], float]] = asyncio.Queue()
-        self._room = threading.Semaphore(_AHEAD)
+        #: wakes the consume thread: a batch taken (room for another), a consumer call handed over
+        self._wake = threading.Condition()
+        #: batches handed to the loop and not taken yet
+        self._ahead = 0
         self._closing = threading.Event()
         self._calls = ThreadPoolExecutor(1, thread_name_prefix="kafka-calls")
         self._threads: list[threading.Thread] = []
@@ -277,6 +281,8 @@ class ConfluentRunner(Runner):
         """A consumer call, run by the consume thread between two polls."""
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._commands.put((lambda: fn(*args), done))
+        with self._wake:
+            self._wake.notify()
         return await asyncio.wrap_future(done)
 
     def _run_commands(self) -> None:
@@ -304,12 +310,13 @@ class ConfluentRunner(Runner):
         try:
             while not self._closing.is_set():
                 self._run_commands()
-                if not self._room.acquire(timeout=_POLL_S):
-                    continue
+                with self._wake:
+                    if self._ahead >= _AHEAD:  # the loop is behind: wait for it (or a call)
+                        self._wake.wait(1.0)
+                        continue
                 # poll waits for a first message only; consume(n, 0) then takes what has come.
                 first = consumer.poll(_POLL_S)
                 if first is None:
-                    self._room.release()
                     continue
                 started = time.monotonic()
                 got = [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
@@ -324,9 +331,10 @@ class ConfluentRunner(Runner):
                     else:
                         log.warning("kafka consumer: %s", err)
                 if not records:
-                    self._room.release()
                     continue
                 gens = dict(self._gen)
+                with self._wake:
+                    self._ahead += 1
                 self._loop.call_soon_threadsafe(self._batches.put_nowait, (records, gens, waited))
         except BaseException as exc:  # the loop raises it
             self._thread_failed = exc
@@ -395,7 +403,9 @@ class ConfluentRunner(Runner):
             records, gens, waited = await asyncio.wait_for(self._batches.get(), _IDLE_S)
         except TimeoutError:
             return []
-        self._room.release()
+        with self._wake:
+            self._ahead -= 1
+            self._wake.notify()
         self.metrics.batch_wait.observe(waited)
         self._taken_gens = gens
         self.lag.saw(records)
@@ -564,6 +574,8 @@ class ConfluentRunner(Runner):
                     log.debug("seek %s failed: %s", tp, exc)
 
         self._commands.put((seek, concurrent.futures.Future()))
+        with self._wake:
+            self._wake.notify()
 
     def _commit(self, tps: list[TopicPartition]) -> None:
         self._consumer.commit(offsets=tps, asynchronous=False)
@@ -604,6 +616,8 @@ class ConfluentRunner(Runner):
             except Exception as exc:
                 log.warning("the last batch was not delivered: %s", exc)
         self._closing.set()
+        with self._wake:
+            self._wake.notify()
         loop = asyncio.get_running_loop()
         for t in self._threads:
             await loop.run_in_executor(None, t.join)

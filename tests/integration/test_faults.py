@@ -276,3 +276,50 @@ async def test_exactly_once_while_partitions_move_between_two_workers(
         finally:
             assert a.stop() == 0, a.tail()
         await verify(services, ns, model_dir, df, out.records, exactly_once=True)
+
+
+async def test_exactly_once_a_zombie_that_wakes_after_its_session_cannot_commit(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    """A worker frozen mid-stream (SIGSTOP) past its session timeout is a zombie: the group gives
+    its partitions to the other worker, which goes on from the last commit. When the zombie wakes
+    up (SIGCONT), whatever it had in flight (a transaction, the batches it had fetched) must not
+    commit: its transactions carry the group generation it had (KIP-447), which the broker refuses.
+    A read_committed consumer still sees exactly one prediction per event."""
+    df, settings = await stream_panel(services, ns, 200, seed=27)
+    n = len(df)
+
+    def env(worker: str) -> dict[str, str]:
+        return worker_env(
+            services,
+            ns,
+            model_dir,
+            **FAST,
+            STREAMER_PROCESSING_GUARANTEE="exactly_once",
+            STREAMER_KAFKA__TRANSACTIONAL_ID=worker,
+        )
+
+    async with TopicReader(
+        services["bootstrap"], settings.topics.predictions, "read_committed"
+    ) as out:
+        a = WorkerProcess(env("a"), tmp_path / "a.log")
+        await out.read_until(n // 10, timeout=120, proc=a)
+        b = WorkerProcess(env("b"), tmp_path / "b.log")
+        try:
+            await b.logged("partitions assigned")
+            for k in range(2):
+                await out.read_until((3 + 3 * k) * n // 10, timeout=120, proc=a)
+                a.proc.send_signal(signal.SIGSTOP)  # busy with the backlog: mid-transaction
+                try:
+                    # past the 3 s session: b takes a's partitions and goes on without it
+                    await asyncio.sleep(5)
+                    await out.read_until(len(out.records) + 50, timeout=60, proc=b)
+                finally:
+                    a.proc.send_signal(signal.SIGCONT)
+                await asyncio.sleep(2)  # the zombie wakes up, fails to commit, rejoins
+            await out.read_until(n, timeout=180, proc=b)
+            await out.drain(quiet_s=3)
+        finally:
+            assert b.stop() == 0, b.tail()
+            assert a.stop() == 0, a.tail()
+        await verify(services, ns, model_dir, df, out.records, exactly_once=True)
