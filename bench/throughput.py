@@ -7,7 +7,7 @@
 - **streamer**: ``streamer worker``, the batched pipeline (state in Redis, one prediction per event);
 - **streamer-cluster**: the same worker with its states in a Redis Cluster of three masters (ports
   27000-27002, started for it);
-- **streamer-aiokafka**: the same worker on its other Kafka client, aiokafka;
+- **streamer-confluent**: the same worker on its other Kafka client, confluent-kafka;
 - **naive**: a hand-written Faust agent doing GET, one LSTM step, SET and send per event;
 - **faust-pass**: a Faust agent that only consumes and sends (Faust's own ceiling);
 - **raw-pass**: plain aiokafka fetching and sending in batches (the ceiling of an aiokafka
@@ -79,7 +79,7 @@ KINDS = (
     "faust-pass",
     "streamer",
     "streamer-cluster",
-    "streamer-aiokafka",
+    "streamer-confluent",
     "naive",
 )
 #: the pass-through kinds: what a consumer of each client does with nothing to compute
@@ -186,8 +186,8 @@ class Run:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
         if kind.startswith("streamer"):
             kafka: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
-            if kind == "streamer-aiokafka":
-                kafka["client"] = "aiokafka"
+            if kind == "streamer-confluent":
+                kafka["client"] = "confluent"
             tuned: dict[str, Any] = {}
             if not defaults:
                 kafka["session_timeout_s"] = 6
@@ -457,7 +457,7 @@ async def throughput(
         result["events_by_partition"] = {p: by1[p] - by0.get(p, 0) for p in sorted(by1)}
     if profile is not None:
         result["profile"] = profile
-    if kind in ("streamer", "streamer-cluster", "streamer-aiokafka", "naive"):
+    if kind in ("streamer", "streamer-cluster", "streamer-confluent", "naive"):
         mem1, keys = await redis_memory(*urls)
         payload = await mean_value_size(*urls)
         result["redis"] = {

@@ -40,11 +40,11 @@ class _Group(BaseModel):
 
 class KafkaSettings(_Group):
     bootstrap_servers: str = "127.0.0.1:9092"
-    #: The worker's Kafka client: ``confluent`` (confluent-kafka on librdkafka: a consume thread
-    #: feeding the loop, cooperative rebalancing, transactions fenced by the consumer group's
-    #: generation, KIP-447), or ``aiokafka`` (asyncio, eager rebalancing, fencing by
-    #: transactional id only). The tools (replay, tail, doctor) use aiokafka.
-    client: Literal["confluent", "aiokafka"] = "confluent"
+    #: The worker's Kafka client: ``aiokafka`` (asyncio; the faster worker here), or
+    #: ``confluent`` (confluent-kafka on librdkafka: a consume thread feeding the loop,
+    #: cooperative rebalancing, and transactions fenced by the consumer group's generation,
+    #: KIP-447). The tools (replay, tail, doctor) use aiokafka.
+    client: Literal["aiokafka", "confluent"] = "aiokafka"
     #: Consumer session timeout: how long a worker that died (kill -9, a lost host) keeps its
     #: partitions before the group gives them to the others. Unset: the shortest the broker
     #: allows (its ``group.min.session.timeout.ms``), but at least 3 s; 10 s if the broker's

@@ -50,6 +50,7 @@ from confluent_kafka import (
 
 from streamer.kafka.clients import session_timeout_s
 from streamer.kafka.lag import Lag
+from streamer.kafka.partitioning import partitions_of
 from streamer.kafka.runner import Queued, Runner, log
 from streamer.serve.pipeline import Outcome
 
@@ -182,6 +183,8 @@ class ConfluentRunner(Runner):
         self._closing = threading.Event()
         self._calls = ThreadPoolExecutor(1, thread_name_prefix="kafka-calls")
         self._threads: list[threading.Thread] = []
+        #: output topic -> its partition count
+        self._partition_counts: dict[str, int] = {}
         #: a fatal error of the consume thread, raised by the loop
         self._thread_failed: BaseException | None = None
         #: the generations of the partitions of the batch taken last, when it was fetched
@@ -202,7 +205,9 @@ class ConfluentRunner(Runner):
             **s.kafka.librdkafka_config(),
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": s.kafka.producer_linger_ms,
+            # A batch's outputs are produced at once and go out together: lingering for more
+            # only delays them (aiokafka's record batches are sent as built, too).
+            "linger.ms": 0,
             # Keys land where the Java client and streamer's own partitioner put them.
             "partitioner": "murmur2_random",
             "logger": logging.getLogger("streamer.kafka.librdkafka"),
@@ -433,7 +438,13 @@ class ConfluentRunner(Runner):
 
     def _produce(self, outcome: Outcome) -> asyncio.Future[None]:
         """Hand a batch's dead letters and outputs to the producer; the future resolves once the
-        broker acknowledged all of them (or fails with the first error)."""
+        broker acknowledged all of them (or fails with the first error).
+
+        Predictions go to the partition of their key (murmur2, as aiokafka's record batches and
+        the Java client), and only the last one of each partition asks for its delivery report:
+        the idempotent producer delivers a partition's messages in order, and a failed one fails
+        those after it, so that report answers for the partition. (A report per message costs a
+        Python call each, on another thread, fighting the loop for the GIL.)"""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         topics = self.settings.topics
@@ -448,10 +459,16 @@ class ConfluentRunner(Runner):
         keys, values, window_keys, window_values = outcome.encoded()
         windows = zip(window_keys, window_values, strict=True)
         messages += [(topics.windows, v, k, None) for k, v in windows]
+        out = topics.predictions
+        parts: list[int] = []
+        last: dict[int, int] = {}
+        if values:
+            parts = partitions_of(keys, self._partitions(out)).tolist()
+            last = {p: i for i, p in enumerate(parts)}
         if not messages and not values:
             done.set_result(None)
             return done
-        left = [len(messages) + len(values)]
+        left = [len(messages) + len(last)]
         lock = threading.Lock()
 
         def settle(exc: BaseException | None) -> None:
@@ -464,19 +481,31 @@ class ConfluentRunner(Runner):
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             with lock:
                 left[0] -= 1
-                last = left[0] == 0
+                end = left[0] == 0
             if err is not None:
                 loop.call_soon_threadsafe(settle, KafkaException(err))
-            elif last:
+            elif end:
                 loop.call_soon_threadsafe(settle, None)
 
         produce = self._producer.produce
         for topic, value, key, extra in messages:
             self._put(produce, topic, value, key, delivered, extra)
-        out = topics.predictions
-        for key, value in zip(keys, values, strict=True):
-            self._put(produce, out, value, key, delivered, None)
+        reported = set(last.values())
+        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+            self._put(
+                produce, out, value, key, delivered if i in reported else None, None, parts[i]
+            )
         return done
+
+    def _partitions(self, topic: str) -> int:
+        """The partition count of an output topic (asked once)."""
+        n = self._partition_counts.get(topic)
+        if n is None:
+            meta = self._producer.list_topics(topic, timeout=30).topics[topic]
+            if meta.error is not None or not meta.partitions:
+                raise KafkaException(meta.error or KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+            n = self._partition_counts[topic] = len(meta.partitions)
+        return n
 
     def _put(
         self,
@@ -484,15 +513,18 @@ class ConfluentRunner(Runner):
         topic: str,
         value: bytes | None,
         key: bytes | None,
-        callback: Callable[..., None],
+        callback: Callable[..., None] | None,
         headers: list[Any] | None,
+        partition: int = -1,
     ) -> None:
         while True:
             try:
                 if headers:
                     produce(topic, value, key, on_delivery=callback, headers=headers)
+                elif callback is not None:
+                    produce(topic, value, key, partition, on_delivery=callback)
                 else:
-                    produce(topic, value, key, on_delivery=callback)
+                    produce(topic, value, key, partition)
                 return
             except BufferError:  # the producer's queue is full: let deliveries drain it
                 self._producer.flush(0.05)

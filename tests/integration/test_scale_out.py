@@ -282,12 +282,14 @@ def check_entity_order(records: list) -> int:  # type: ignore[type-arg]
 # --- the tests -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("client", ["aiokafka", "confluent"])
 async def test_workers_join_leave_and_crash_while_events_stream_in(
-    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, client: str
 ) -> None:
+    """On both Kafka clients: aiokafka's eager rebalancing, confluent-kafka's cooperative one."""
     settings = settings_for(services, ns)
     await ensure_topics(settings)
-    env = env_for(services, ns, model_dir, session_s=3)
+    env = {**env_for(services, ns, model_dir, session_s=3), "STREAMER_KAFKA__CLIENT": client}
     df = make_panel(300, 200, 200, seed=31)  # far more than is sent: the stream never runs dry
     workers: list[WorkerProcess] = []
 

@@ -85,11 +85,13 @@ async def check_states(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("client", ["aiokafka", "confluent"])
 @pytest.mark.parametrize("restart", [False, True], ids=["one-worker", "stop-halfway-and-restart"])
 async def test_every_event_gets_one_prediction_equal_to_nn_lstm(
-    redis_kind: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, restart: bool
+    redis_kind: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, restart: bool, client: str
 ) -> None:
-    """Against a single Redis and against a Redis Cluster (``redis_kind``)."""
+    """Against a single Redis and against a Redis Cluster (``redis_kind``), on both Kafka
+    clients."""
     services = redis_kind
     art = load_artifact(model_dir)
     df = make_panel(300, 5, 30, seed=11)
@@ -101,7 +103,7 @@ async def test_every_event_gets_one_prediction_equal_to_nn_lstm(
     await ensure_topics(settings)
     await produce(services["bootstrap"], settings.topics.events, msgs)
 
-    env = worker_env(services, ns, model_dir)
+    env = worker_env(services, ns, model_dir, STREAMER_KAFKA__CLIENT=client)
     worker = WorkerProcess(env, tmp_path / "worker1.log")
     async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
         try:

@@ -37,7 +37,7 @@ def worker_env(services: dict[str, str], ns: str, model: Path, **extra: str) -> 
         STREAMER_BATCH__MAX_WAIT_S="0.02",
         STREAMER_METRICS__PORT="0",  # a free port each: workers run side by side
     )
-    # the worker's Kafka client: TEST_KAFKA_CLIENT=aiokafka runs every test on the other one
+    # the worker's Kafka client: TEST_KAFKA_CLIENT=confluent runs every test on the other one
     if os.environ.get("TEST_KAFKA_CLIENT"):
         env["STREAMER_KAFKA__CLIENT"] = os.environ["TEST_KAFKA_CLIENT"]
     env.update(extra)
