@@ -41,8 +41,8 @@ class _Group(BaseModel):
 class KafkaSettings(_Group):
     bootstrap_servers: str = "127.0.0.1:9092"
     #: The worker's Kafka client: ``aiokafka`` (asyncio; the faster worker here), or
-    #: ``confluent`` (confluent-kafka on librdkafka: a consume thread feeding the loop,
-    #: cooperative rebalancing, and transactions fenced by the consumer group's generation,
+    #: ``confluent`` (experimental: confluent-kafka on librdkafka, a consume thread feeding the
+    #: loop, cooperative rebalancing, and transactions fenced by the consumer group's generation,
     #: KIP-447). The tools (replay, tail, doctor) use aiokafka.
     client: Literal["aiokafka", "confluent"] = "aiokafka"
     #: Consumer session timeout: how long a worker that died (kill -9, a lost host) keeps its
