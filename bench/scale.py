@@ -89,7 +89,7 @@ SETTLE_S = 2.0
 # ------------------------------------------------------------------------ worker logs --
 
 _LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] \[\d+\] \[INFO\]:? (.*)")
-_ASSIGNMENT = re.compile(r"partitions (assigned|revoked): \[([\d, ]*)\]")
+_ASSIGNMENT = re.compile(r"partitions (assigned|revoked|lost): \[([\d, ]*)\]")
 #: aiokafka's line when the consumer asks to join (or rejoin) its group
 _JOINING = "(Re-)joining group"
 
@@ -106,7 +106,8 @@ def log_lines(worker: Worker) -> Iterator[tuple[int, str]]:
 
 @dataclass(frozen=True)
 class Move:
-    """A worker's log line ``partitions assigned`` (or ``revoked``), and its time in ms."""
+    """A worker's log line ``partitions assigned`` (or ``revoked``, ``lost``), and its time in
+    ms."""
 
     at_ms: int
     assigned: bool
@@ -125,9 +126,16 @@ def moves(worker: Worker) -> list[Move]:
 
 
 def owned(worker: Worker) -> Move | None:
-    """The worker's current assignment, or None (none yet, or revoked and not assigned again)."""
-    ms = moves(worker)
-    return ms[-1] if ms and ms[-1].assigned else None
+    """The worker's current assignment (dated by its last change), or None (none yet, or all
+    revoked). Its lines add and remove partitions: with eager rebalancing (aiokafka) a worker
+    revokes all and is assigned all it keeps; with cooperative rebalancing (confluent-kafka) only
+    the partitions that move are revoked, lost or assigned."""
+    now: frozenset[int] = frozenset()
+    at = 0
+    for m in moves(worker):
+        now = now | m.partitions if m.assigned else now - m.partitions
+        at = m.at_ms
+    return Move(at, True, now) if now else None
 
 
 class Settled:
