@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from streamer.errors import ConfigError
 from streamer.settings import Settings, to_env
 
 
@@ -47,3 +48,27 @@ def test_sasl_options_reach_the_kafka_clients() -> None:
         "sasl_plain_username": "u",
         "sasl_plain_password": "p",
     }
+    assert k.librdkafka_config() == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "sasl_plaintext",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "u",
+        "sasl.password": "p",
+    }
+
+
+def test_tls_files_reach_both_clients_and_a_bad_one_is_one_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    k = Settings.model_validate(
+        {"kafka": {"security_protocol": "SSL", "ssl_cafile": str(ca)}}
+    ).kafka
+    assert k.librdkafka_config() == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "ssl",
+        "ssl.ca.location": str(ca),
+    }
+    with pytest.raises(ConfigError, match="cannot use the Kafka TLS files"):
+        k.client_options()  # aiokafka's ssl context: the file is no PEM
+    assert Settings().kafka.client == "aiokafka"
+    assert Settings().kafka.session_timeout_s is None  # the broker's minimum, at least 3 s
