@@ -22,11 +22,13 @@ from streamer.kafka.partitioning import partitions_of
 from streamer.settings import Settings, TopicSettings
 
 if TYPE_CHECKING:
+    from streamer.schemas import DeadLetter
     from streamer.serve.pipeline import Outcome
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "dead_letter_message",
     "ensure_topics",
     "group_lag",
     "group_offsets",
@@ -65,6 +67,19 @@ async def send_keyed(
     return futures
 
 
+def dead_letter_message(
+    d: DeadLetter, topics: TopicSettings
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """A dead letter's value and headers as sent: a value larger than the broker would take keeps
+    its head, and a header says how long it was."""
+    headers = list(d.headers(topics.events).items())
+    value = d.value
+    if value is not None and len(value) > topics.max_dead_letter_bytes:
+        headers.append(("streamer-truncated-from", str(len(value)).encode()))
+        value = value[: topics.max_dead_letter_bytes]
+    return value, headers
+
+
 async def queue_outcome(
     producer: AIOKafkaProducer, topics: TopicSettings, outcome: Outcome
 ) -> list[asyncio.Future[Any]]:
@@ -72,12 +87,7 @@ async def queue_outcome(
     the batch); returns their delivery futures."""
     futures = []
     for d in outcome.dead_letters:
-        headers = list(d.headers(topics.events).items())
-        value = d.value
-        if value is not None and len(value) > topics.max_dead_letter_bytes:
-            # Larger than the broker would take: keep the head and say how long it was.
-            headers.append(("streamer-truncated-from", str(len(value)).encode()))
-            value = value[: topics.max_dead_letter_bytes]
+        value, headers = dead_letter_message(d, topics)
         futures.append(await producer.send(topics.dead_letter, value, key=d.key, headers=headers))
     keys, values, window_keys, window_values = outcome.encoded()
     if window_values:  # a window model's (or re-emitted ones): to their own topic

@@ -48,7 +48,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamer.kafka.clients import session_timeout_s
+from streamer.kafka.clients import dead_letter_message, session_timeout_s
 from streamer.kafka.lag import Lag
 from streamer.kafka.partitioning import partitions_of
 from streamer.kafka.runner import Queued, Runner, log
@@ -450,11 +450,7 @@ class ConfluentRunner(Runner):
         topics = self.settings.topics
         messages: list[tuple[str, bytes | None, bytes | None, list[Any] | None]] = []
         for d in outcome.dead_letters:
-            headers = list(d.headers(topics.events).items())
-            value = d.value
-            if value is not None and len(value) > topics.max_dead_letter_bytes:
-                headers.append(("streamer-truncated-from", str(len(value)).encode()))
-                value = value[: topics.max_dead_letter_bytes]
+            value, headers = dead_letter_message(d, topics)
             messages.append((topics.dead_letter, value, d.key, headers))
         keys, values, window_keys, window_values = outcome.encoded()
         windows = zip(window_keys, window_values, strict=True)

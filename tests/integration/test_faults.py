@@ -39,6 +39,21 @@ pytestmark = pytest.mark.integration
 FAST = {"STREAMER_KAFKA__SESSION_TIMEOUT_S": "3", "STREAMER_BATCH__MAX_SIZE": "50"}
 
 
+def eos_env(
+    services: dict[str, str], ns: str, model_dir: Path, worker: str, **extra: str
+) -> dict[str, str]:
+    """A fast-failing exactly-once worker whose transactional id is ``worker``."""
+    return worker_env(
+        services,
+        ns,
+        model_dir,
+        **FAST,
+        STREAMER_PROCESSING_GUARANTEE="exactly_once",
+        STREAMER_KAFKA__TRANSACTIONAL_ID=worker,
+        **extra,
+    )
+
+
 async def stream_panel(services: dict[str, str], ns: str, entities: int, seed: int):  # type: ignore[no-untyped-def]
     df = make_panel(entities, 10, 40, seed=seed)
     settings = settings_for(services, ns)
@@ -248,14 +263,7 @@ async def test_exactly_once_while_partitions_move_between_two_workers(
     n = len(df)
 
     def env(worker: str) -> dict[str, str]:
-        return worker_env(
-            services,
-            ns,
-            model_dir,
-            **FAST,
-            STREAMER_PROCESSING_GUARANTEE="exactly_once",
-            STREAMER_KAFKA__TRANSACTIONAL_ID=worker,
-        )
+        return eos_env(services, ns, model_dir, worker)
 
     async with TopicReader(
         services["bootstrap"], settings.topics.predictions, "read_committed"
@@ -281,26 +289,18 @@ async def test_exactly_once_while_partitions_move_between_two_workers(
 async def test_exactly_once_a_zombie_that_wakes_after_its_session_cannot_commit(
     services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
 ) -> None:
-    # confluent-kafka sends the group metadata with the offsets (KIP-447); aiokafka cannot, and
-    # promises this for a zombie only by transactional id (see the README's Guarantees)
     """A worker frozen mid-stream (SIGSTOP) past its session timeout is a zombie: the group gives
     its partitions to the other worker, which goes on from the last commit. When the zombie wakes
     up (SIGCONT), whatever it had in flight (a transaction, the batches it had fetched) must not
     commit: its transactions carry the group generation it had (KIP-447), which the broker refuses.
-    A read_committed consumer still sees exactly one prediction per event."""
+    A read_committed consumer still sees exactly one prediction per event. On confluent-kafka,
+    which sends the group metadata with the offsets; aiokafka cannot, and fences a zombie by
+    transactional id only (see the README's Guarantees)."""
     df, settings = await stream_panel(services, ns, 200, seed=27)
     n = len(df)
 
     def env(worker: str) -> dict[str, str]:
-        return worker_env(
-            services,
-            ns,
-            model_dir,
-            **FAST,
-            STREAMER_PROCESSING_GUARANTEE="exactly_once",
-            STREAMER_KAFKA__TRANSACTIONAL_ID=worker,
-            STREAMER_KAFKA__CLIENT="confluent",
-        )
+        return eos_env(services, ns, model_dir, worker, STREAMER_KAFKA__CLIENT="confluent")
 
     async with TopicReader(
         services["bootstrap"], settings.topics.predictions, "read_committed"
