@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import (
     CommitFailedError,
+    ConsumerStoppedError,
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
@@ -283,6 +284,16 @@ class Runner:
                 await self._producer.stop()
 
     async def _take(self) -> list[ConsumerRecord[bytes, bytes]]:
+        """:meth:`_gather`, or nothing once :meth:`stop` stopped the consumer meanwhile (what it
+        had fetched is not committed: it is consumed again after a restart)."""
+        try:
+            return await self._gather()
+        except ConsumerStoppedError:
+            if self._stopping.is_set():
+                return []
+            raise
+
+    async def _gather(self) -> list[ConsumerRecord[bytes, bytes]]:
         """The records already fetched, up to ``max_size``, as soon as there is one: a batch does
         not wait for events that have not come (``max_wait_s``, 0 by default, lets it wait that
         long for more). Under load the batch fills while the one before it is stepped; at a low
