@@ -52,7 +52,8 @@ class KafkaSettings(_Group):
     session_timeout_s: float | None = Field(default=None, gt=0)
     #: Where a new consumer group starts: from the beginning of the topic, so no event is missed.
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    #: How long the producer waits to fill a batch of output messages.
+    #: How long the producer waits to fill a batch of output messages (aiokafka; the confluent
+    #: client hands a batch's outputs over at once and does not linger).
     producer_linger_ms: int = 5
     #: Exactly-once mode: this worker's transactional id (prefixed with the app id). Keep it stable
     #: across restarts of the same worker, distinct between workers: a restarted worker then fences
