@@ -32,6 +32,7 @@ __all__ = [
     "ensure_topics",
     "group_lag",
     "group_offsets",
+    "heartbeat_ms",
     "queue_outcome",
     "read_topic",
     "replay_events",
@@ -147,6 +148,12 @@ async def tls_refusal(settings: Settings, timeout_s: float = 5.0) -> str | None:
 MIN_AUTO_SESSION_S = 3.0
 #: The session timeout when the broker's minimum cannot be read (no DescribeConfigs permission).
 FALLBACK_SESSION_S = 10.0
+
+
+def heartbeat_ms(session_s: float) -> int:
+    """The heartbeat interval for a session timeout: a sixth of it, at most 0.5 s, at least 0.1 s
+    (either client)."""
+    return int(1000 * max(0.1, min(session_s / 6, 0.5)))
 
 
 async def session_timeout_s(settings: Settings) -> float:

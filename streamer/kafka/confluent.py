@@ -48,7 +48,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamer.kafka.clients import dead_letter_message, session_timeout_s
+from streamer.kafka.clients import dead_letter_message, heartbeat_ms, session_timeout_s
 from streamer.kafka.lag import Lag
 from streamer.kafka.partitioning import partitions_of
 from streamer.kafka.runner import Queued, Runner, log
@@ -236,7 +236,7 @@ class ConfluentRunner(Runner):
                 "isolation.level": "read_committed",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": int(self._session_s * 1000),
-                "heartbeat.interval.ms": int(1000 * max(0.1, min(self._session_s / 6, 0.5))),
+                "heartbeat.interval.ms": heartbeat_ms(self._session_s),
                 "max.poll.interval.ms": 300_000,
                 # A consumer with a backlog: librdkafka's default 1 s backoff stalls it.
                 "fetch.queue.backoff.ms": 10,

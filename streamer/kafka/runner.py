@@ -51,7 +51,12 @@ from aiokafka.structs import OffsetAndMetadata
 
 from streamer.errors import ConfigError, StreamerError
 from streamer.kafka import queue_outcome
-from streamer.kafka.clients import FALLBACK_SESSION_S, session_timeout_s, tls_refusal
+from streamer.kafka.clients import (
+    FALLBACK_SESSION_S,
+    heartbeat_ms,
+    session_timeout_s,
+    tls_refusal,
+)
 from streamer.kafka.lag import Lag, assignment
 from streamer.ops.metrics import Metrics
 from streamer.serve.chain import Finish
@@ -182,7 +187,7 @@ class Runner:
             isolation_level="read_committed",
             max_poll_records=s.batch.max_size,
             session_timeout_ms=int(self._session_s * 1000),
-            heartbeat_interval_ms=int(1000 * max(0.1, min(self._session_s / 6, 0.5))),
+            heartbeat_interval_ms=heartbeat_ms(self._session_s),
             # How long the group waits for the others to rejoin (each finishing its batch first):
             # not shorter than before the session timeout could be a few seconds.
             rebalance_timeout_ms=int(1000 * max(self._session_s, 10.0)),
