@@ -47,9 +47,11 @@ from streamer.state.redis import tls_refusal
 
 T = TypeVar("T")
 
-#: the most state keys sampled, and SCAN calls made to find them
+#: the most state keys sampled, and how long SCAN may look for them: a keyspace that once held
+#: many keys keeps a large, sparse hash table for a while, and a fixed number of SCAN calls can
+#: then miss the few keys that are left
 SAMPLE_KEYS = 100
-_SCAN_CALLS = 50
+_SCAN_BUDGET_S = 2.0
 
 
 @dataclass
@@ -357,10 +359,10 @@ async def check_states(client: aioredis.Redis, settings: Settings, model: _Model
     """Decode a sample of the model name's stored states (SCAN, never KEYS)."""
     store = RedisStateStore.around(client, settings.model_name)  # the client is closed later
     entities: list[str] = []
-    cursor, calls = 0, 0
+    cursor, deadline = 0, asyncio.get_running_loop().time() + _SCAN_BUDGET_S
     async for page_cursor, page in store.scan("*"):
-        entities, calls, cursor = entities + page, calls + 1, page_cursor
-        if len(entities) >= SAMPLE_KEYS or calls >= _SCAN_CALLS:
+        entities, cursor = entities + page, page_cursor
+        if len(entities) >= SAMPLE_KEYS or asyncio.get_running_loop().time() > deadline:
             break
     more = cursor != 0 or len(entities) > SAMPLE_KEYS
     raws = await store.get_many(entities[:SAMPLE_KEYS]) if entities else []
