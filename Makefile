@@ -13,7 +13,7 @@ PYTHON   ?= python3
 TEST_ENV := KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 KAFKA_SASL_PORT=19094 KAFKA_SSL_PORT=19095 \
             REDIS_PORT=16379             REDIS_CLUSTER_PORT=17000 STREAMER_SERVICES_DIR=$(HOME)/.cache/streamer/test-services
 
-.PHONY: install demo test unit lint bench bench-scale gpu-check gpu-wheels services-up services-down services-status clean
+.PHONY: install demo test unit docs lint bench bench-scale gpu-check gpu-wheels services-up services-down services-status clean
 
 # Installs into the shared env when it is missing, when pyproject.toml changed, or when the env's
 # editable install points at another checkout (CI clones the repository elsewhere).
@@ -42,6 +42,10 @@ test: install
 
 unit: install
 	$(PY) -m pytest tests/unit
+
+# The documentation site (MkDocs, Material theme) into build/site; the tests build it too.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # Starts its own Kafka and Redis (ports 29092, 26379) and stops them at the end; a few minutes.
 bench: install

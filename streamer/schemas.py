@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeGuard
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -122,6 +123,8 @@ class Prediction:
     values: tuple[float, ...]
     classes: tuple[str, ...] = ()
     window: int = 0
+    #: The times the forecast's steps fall on, when the model knows the series' frequency.
+    forecast_ds: tuple[str, ...] = ()
 
     @classmethod
     def of(
@@ -168,11 +171,20 @@ class Prediction:
             "model_version": self.model_version,
             "step": self.step,
         }
+        values = _float32_json(self.values)
         if self.classes:
-            d["probabilities"] = dict(zip(self.classes, self.values, strict=True))
+            d["probabilities"] = orjson.Fragment(
+                b"{%s}"
+                % b",".join(
+                    orjson.dumps(c) + b":" + v
+                    for c, v in zip(self.classes, values[1:-1].split(b","), strict=True)
+                )
+            )
             d["label"] = self.label
         else:
-            d["forecast"] = self.values
+            d["forecast"] = orjson.Fragment(values)
+            if self.forecast_ds:
+                d["forecast_ds"] = self.forecast_ds
         if self.window:
             d["window"] = self.window
         return orjson.dumps(d)
@@ -192,7 +204,28 @@ class Prediction:
             values=tuple(probs.values() if probs is not None else d["forecast"]),
             classes=tuple(probs) if probs is not None else (),
             window=d.get("window", 0),
+            forecast_ds=tuple(d.get("forecast_ds", ())),
         )
+
+
+def _float32_json(values: Sequence[float]) -> bytes:
+    """A JSON array of the values at float32 precision, the model's: the shortest text that
+    reads back as the same float32.
+
+    >>> _float32_json((0.1, 1234.56789, 3.0))
+    b'[0.1,1234.5679,3.0]'
+    """
+    return orjson.dumps(float32_values(values), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_values(values: Any) -> npt.NDArray[np.float32]:
+    """The values as float32, the model's precision (a value beyond float32's range, which no
+    model output reaches, saturates at its largest finite value)."""
+    a = np.asarray(values, np.float64)
+    return np.ascontiguousarray(np.clip(a, -_F32_MAX, _F32_MAX), np.float32)
 
 
 _PYDANTIC_REASONS: dict[str, Reason] = {

@@ -1,14 +1,24 @@
 """One settings class, built once at the edge (CLI, worker) and passed down.
 
-Every field can be set from the environment with the prefix ``STREAMER_``; nested groups use a double
-underscore: ``STREAMER_BATCH__MAX_SIZE=512``, ``STREAMER_KAFKA__BOOTSTRAP_SERVERS=host:9092``.
-Library code never reads the environment; it takes a :class:`Settings`.
+A setting comes from, highest first: a command-line flag, an environment variable, the configuration
+file, its default. Environment variables take the prefix ``STREAMER_``, nested groups a double
+underscore: ``STREAMER_BATCH__MAX_SIZE=512``, ``STREAMER_KAFKA__BOOTSTRAP_SERVERS=host:9092``. The
+file is TOML with the same names (``model_name = "m"``, ``[kafka]`` then ``bootstrap_servers =
+"host:9092"``): ``--config FILE``, else ``$STREAMER_CONFIG``, else ``streamer.toml`` in the working
+directory if there is one (:meth:`Settings.load`). A key of the file or a ``STREAMER_*`` variable
+that names no setting is an error that says which setting was probably meant.
+Library code never reads the environment or files; it takes a :class:`Settings`.
 """
 
 from __future__ import annotations
 
+import contextvars
+import difflib
+import os
 import socket
 import ssl
+import tomllib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +30,18 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from streamer.errors import ConfigError
 
 __all__ = [
+    "CONFIG_FILE",
+    "TOOL_VARIABLES",
     "BatchSettings",
     "KafkaSettings",
     "MetricsSettings",
@@ -38,7 +55,16 @@ class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: The configuration file looked for in the working directory.
+CONFIG_FILE = "streamer.toml"
+#: ``STREAMER_*`` variables that are no setting but are read by streamer's tools.
+TOOL_VARIABLES = frozenset(
+    {"STREAMER_CONFIG", "STREAMER_CACHE", "STREAMER_SERVICES_DIR", "STREAMER_TEST_DEVICE"}
+)
+
+
 class KafkaSettings(_Group):
+    #: Comma-separated ``host:port`` of one or more brokers.
     bootstrap_servers: str = "127.0.0.1:9092"
     #: The worker's Kafka client: ``aiokafka`` (asyncio; the faster worker here), or
     #: ``confluent`` (experimental: confluent-kafka on librdkafka, a consume thread feeding the
@@ -59,14 +85,31 @@ class KafkaSettings(_Group):
     #: across restarts of the same worker, distinct between workers: a restarted worker then fences
     #: its dead predecessor's open transaction at once instead of waiting for it to time out.
     transactional_id: str = Field(default_factory=socket.gethostname)
+    #: ``PLAINTEXT``, ``SSL`` (TLS), ``SASL_PLAINTEXT`` or ``SASL_SSL``.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    #: SASL mechanism (unset: ``PLAIN``): ``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``.
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    #: SASL user name.
     sasl_username: str | None = None
+    #: SASL password (a secret: it never reaches a log line).
     sasl_password: SecretStr | None = None
-    #: CA bundle, and client certificate and key for mutual TLS (SSL and SASL_SSL).
+    #: CA bundle that verifies the brokers (SSL and SASL_SSL).
     ssl_cafile: Path | None = None
+    #: Client certificate for mutual TLS.
     ssl_certfile: Path | None = None
+    #: Client certificate's private key.
     ssl_keyfile: Path | None = None
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, v: str) -> str:
+        for server in v.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"expected host:port[,host:port...], got {v!r} (e.g. 127.0.0.1:9092)"
+                )
+        return v
 
     def librdkafka_config(self) -> dict[str, Any]:
         """The same connection and security settings as a librdkafka (confluent-kafka) config."""
@@ -122,9 +165,21 @@ class RedisSettings(_Group):
     url: str = "redis://127.0.0.1:6379/0"
     #: ACL user (Redis 6+); leave unset for the default user.
     username: str | None = None
+    #: Password (a secret: it never reaches a log line).
     password: SecretStr | None = None
     #: CA bundle to verify a ``rediss://`` server.
     ssl_ca_certs: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"expected redis://host:port[/db], rediss:// (TLS) or unix://, got {v!r} "
+                "(e.g. redis://127.0.0.1:6379/0)"
+            )
+        return v
+
     #: Seconds for one Redis command before it counts as a failure (and is retried).
     socket_timeout_s: float = 5.0
     #: The URL names one node of a Redis Cluster (any node: the others are discovered). States are
@@ -133,17 +188,33 @@ class RedisSettings(_Group):
 
 
 class TopicSettings(_Group):
+    #: The events the workers consume.
     events: str = "events"
+    #: Per-event predictions.
     predictions: str = "predictions"
-    #: Window models' predictions (one per closed window).
-    windows: str = "predictions.windows"
-    dead_letter: str = "events.dlq"
+    #: Window models' predictions (one per closed window); unset: ``{predictions}.windows``.
+    windows: str = ""
+    #: Events that could not be used, with the reason; unset: ``{events}.dlq``.
+    dead_letter: str = ""
     #: Partitions for the topics streamer creates; the unit of parallelism across workers.
     partitions: int = Field(default=4, ge=1)
     #: Largest event accepted, in bytes; larger ones are dead-lettered.
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
     #: Dead letters keep the original bytes up to this size (the broker refuses larger messages).
     max_dead_letter_bytes: int = Field(default=512 * 1024, ge=1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_names(cls, data: Any) -> Any:
+        """The dead letters and window predictions follow renamed events and predictions topics
+        unless they are named themselves."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if not data.get("dead_letter"):
+                data["dead_letter"] = f"{data.get('events') or 'events'}.dlq"
+            if not data.get("windows"):
+                data["windows"] = f"{data.get('predictions') or 'predictions'}.windows"
+        return data
 
 
 class BatchSettings(_Group):
@@ -163,6 +234,7 @@ class BatchSettings(_Group):
 class MetricsSettings(_Group):
     #: Serve Prometheus metrics at ``http://HOST:PORT/metrics`` from every worker.
     enabled: bool = True
+    #: The address the metrics endpoint listens on.
     host: str = "0.0.0.0"
     #: 0 picks a free port (several workers on one host); the worker logs it and announces it in
     #: Redis, where ``streamer dashboard`` and ``streamer doctor`` find it.
@@ -174,12 +246,68 @@ class MetricsSettings(_Group):
     announce_s: float = Field(default=5.0, gt=0)
 
 
+#: The configuration file's settings while :meth:`Settings.load` builds one (else none).
+_FILE_VALUES: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "streamer_config_file", default=None
+)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The settings of the configuration file :meth:`Settings.load` read, checked already."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # (unused: __call__ gives all values at once)
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get() or {})
+
+
+class _CheckedEnv(EnvSettingsSource):
+    """``STREAMER_*`` variables, refused when one names no setting (a typo would otherwise be
+    ignored in silence)."""
+
+    def __call__(self) -> dict[str, Any]:
+        unknown_variables(os.environ)
+        return super().__call__()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMER_", env_nested_delimiter="__", frozen=True, extra="ignore"
     )
 
-    #: Faust application id: the Kafka consumer group of the workers.
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _CheckedEnv(settings_cls), _FileSource(settings_cls))
+
+    @classmethod
+    def load(
+        cls, config: Path | str | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Settings from ``overrides`` (e.g. command-line flags; groups as nested mappings), the
+        environment, and a configuration file: ``config``, else ``$STREAMER_CONFIG``, else
+        ``streamer.toml`` in the working directory if there is one. Relative paths in the file
+        are relative to the file.
+
+        >>> Settings.load(overrides={"kafka": {"bootstrap_servers": "k:9092"}}).kafka.client
+        'aiokafka'
+        """
+        path = config_path(config)
+        values = read_config(path) if path is not None else {}
+        token = _FILE_VALUES.set(values)
+        try:
+            return cls(**dict(overrides or {}))
+        finally:
+            _FILE_VALUES.reset(token)
+
+    #: The workers' Kafka consumer group (and the name they announce themselves under).
     app_id: str = "streamer"
     #: Name of the model in state keys: ``streamer:{model_name}:{entity}``.
     model_name: str = "default"
@@ -221,6 +349,7 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     #: Most predictions kept per entity state for re-emission after a crash.
     max_kept_outputs: int = Field(default=1024, ge=1)
+    #: The worker's log level (``streamer worker -l`` overrides it).
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     kafka: KafkaSettings = KafkaSettings()
@@ -245,6 +374,116 @@ class Settings(BaseSettings):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {v!r}")
+
+
+def _names() -> dict[str, tuple[str, ...]]:
+    """Every setting's dotted name and where it sits: ``{"kafka.client": ("kafka", "client")}``."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, info in Settings.model_fields.items():
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            for sub in group.model_fields:
+                out[f"{name}.{sub}"] = (name, sub)
+        else:
+            out[name] = (name,)
+    return out
+
+
+def variable(name: str) -> str:
+    """The environment variable of a dotted setting name.
+
+    >>> variable("kafka.bootstrap_servers")
+    'STREAMER_KAFKA__BOOTSTRAP_SERVERS'
+    """
+    return "STREAMER_" + name.upper().replace(".", "__")
+
+
+def _did_you_mean(word: str, choices: Iterator[str] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` for a ``STREAMER_*`` variable that names no setting.
+
+    >>> unknown_variables({"STREAMER_APPID": "x"})
+    Traceback (most recent call last):
+    ...
+    streamer.errors.ConfigError: STREAMER_APPID names no setting (did you mean STREAMER_APP_ID?)
+    """
+    known = {variable(n) for n in _names()} | TOOL_VARIABLES
+    for key in sorted(environ):
+        upper = key.upper()
+        if upper.startswith("STREAMER_") and upper not in known:
+            raise ConfigError(f"{key} names no setting{_did_you_mean(upper, sorted(known))}")
+
+
+def config_path(config: Path | str | None = None) -> Path | None:
+    """The configuration file to read: ``config``, else ``$STREAMER_CONFIG``, else
+    ``streamer.toml`` in the working directory if it exists, else none. One named but missing
+    is a :class:`ConfigError`."""
+    named = config or os.environ.get("STREAMER_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"no configuration file at {path}")
+        return path
+    here = Path(CONFIG_FILE)
+    return here if here.is_file() else None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A configuration file's settings, as nested mappings; unknown keys, tables where values
+    belong (and the reverse) and TOML errors are :class:`ConfigError` naming the file."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is no valid TOML: {exc}") from None
+    names = _names()
+    groups = {n[0] for n in names.values() if len(n) == 2}
+    base = path.resolve().parent
+    out: dict[str, Any] = {}
+
+    def unknown(key: str) -> ConfigError:
+        return ConfigError(f"{path}: {key} names no setting{_did_you_mean(key, list(names))}")
+
+    for key, value in doc.items():
+        if key in groups:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: {key} is a table ([{key}]), not a value")
+            for sub, v in value.items():
+                if f"{key}.{sub}" not in names:
+                    raise unknown(f"{key}.{sub}")
+                if isinstance(v, dict):
+                    raise ConfigError(f"{path}: {key}.{sub} is a value, not a table")
+            out[key] = {sub: _relative(f"{key}.{sub}", v, base) for sub, v in value.items()}
+        elif key in names:
+            if isinstance(value, dict):
+                raise ConfigError(f"{path}: {key} is a value, not a table")
+            out[key] = _relative(key, value, base)
+        else:
+            raise unknown(key)
+    return out
+
+
+#: The settings that are paths: relative ones in a configuration file are relative to it.
+_PATHS = frozenset(
+    {
+        "model_path",
+        "kafka.ssl_cafile",
+        "kafka.ssl_certfile",
+        "kafka.ssl_keyfile",
+        "redis.ssl_ca_certs",
+    }
+)
+
+
+def _relative(name: str, value: Any, base: Path) -> Any:
+    if name in _PATHS and isinstance(value, str) and value and not Path(value).is_absolute():
+        return str(base / value)
+    return value
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -131,9 +131,22 @@ class StreamerService(Service):
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        log.info("%s", self.describe())
         if self.info.metrics_url:
             log.info("metrics at %s", self.info.metrics_url)
         await self.runner.start()
+
+    def describe(self) -> str:
+        """What this worker serves, from where to where, and what it promises: its first line
+        in the log."""
+        s, handler = self.settings, self.runner.handler
+        return (
+            f"serving model {s.model_name} version {handler.serving} on "
+            f"{handler.predictor.device}: {s.topics.events} -> {s.topics.predictions} "
+            f"(dead letters {s.topics.dead_letter}), group {s.app_id}, "
+            f"{s.processing_guarantee.replace('_', '-')}, Kafka {s.kafka.bootstrap_servers} "
+            f"({s.kafka.client}), Redis {_redacted(s.redis.url)}"
+        )
 
     def serve_metrics(self) -> None:
         """Serve ``/metrics`` (from a thread of its own), unless metrics are off. Called before
@@ -228,6 +241,19 @@ class StreamerService(Service):
             s.reemitted,
             s.dead_letters,
         )
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without a password in it.
+
+    >>> _redacted("redis://u:secret@h:6379/0")
+    'redis://u:***@h:6379/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
 def _advertised(advertise_host: str | None, bound: str) -> str:

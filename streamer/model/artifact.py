@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 
 from streamer.errors import ArtifactError, ConfigError
 from streamer.model import ModelSpec, SequenceModel
@@ -44,13 +44,24 @@ def _version(weights: bytes, spec: dict[str, Any]) -> str:
     return h.hexdigest()[:12]
 
 
+def _weights(model: SequenceModel) -> bytes:
+    """The weights as the artifact's safetensors file holds them."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return save(tensors)
+
+
+def model_version(model: SequenceModel) -> str:
+    """The version :func:`save_artifact` gives the model (a hash of its weights and spec)."""
+    return _version(_weights(model), model.spec.to_dict())
+
+
 def save_artifact(model: SequenceModel, out: Path, training: dict[str, Any] | None = None) -> str:
     """Write the artifact into ``out`` (created if needed) and return its version."""
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(out / WEIGHTS))
+    weights = _weights(model)
+    (out / WEIGHTS).write_bytes(weights)
     spec = model.spec.to_dict()
-    version = _version((out / WEIGHTS).read_bytes(), spec)
+    version = _version(weights, spec)
     doc = {"format": FORMAT, "version": version, "spec": spec, "training": training or {}}
     (out / SPEC).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return version

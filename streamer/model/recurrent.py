@@ -71,6 +71,9 @@ class ModelSpec:
     window: int = 0
     window_end: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The series' frequency (a pandas alias: ``MS``, ``D``, ``h``...), inferred in training:
+    #: forecasts then carry the times of their steps. None: unknown or irregular.
+    freq: str | None = None
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -119,6 +122,8 @@ class ModelSpec:
         d = asdict(self)
         for k in ("features", "feature_mean", "feature_std", "classes"):
             d[k] = list(d[k])
+        if d["freq"] is None:  # (the versions of models saved before it existed stay the same)
+            del d["freq"]
         return d
 
     @classmethod
@@ -138,6 +143,7 @@ class ModelSpec:
             window=int(d.get("window", 0)),
             window_end=d.get("window_end"),
             extra=dict(d.get("extra", {})),
+            freq=d.get("freq"),
         )
 
 

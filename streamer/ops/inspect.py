@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses  # noqa: F401 (the doctests)
 import fnmatch
 import sys
 from collections.abc import Callable
@@ -12,12 +13,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from streamer.kafka import read_topic
+from streamer.ops.terminal import printable
 from streamer.schemas import Prediction
 from streamer.settings import Settings
 
-__all__ = ["entity_filter", "format_prediction", "tail"]
+__all__ = ["entity_filter", "format_prediction", "long_rows", "tail", "topic_of"]
 
-Stream = Literal["predictions", "windows", "dlq"]
+Form = Literal["text", "json", "long"]
+#: the topics ``tail --topic`` names by their role
+ROLES = ("predictions", "windows", "dlq")
 
 
 def entity_filter(patterns: list[str]) -> Callable[[str], bool]:
@@ -34,6 +38,46 @@ def entity_filter(patterns: list[str]) -> Callable[[str], bool]:
     return lambda e: e in exact or any(fnmatch.fnmatchcase(e, g) for g in globs)
 
 
+def topic_of(settings: Settings, topic: str) -> str:
+    """The topic ``tail --topic`` reads: a role's (predictions, windows, dlq) from the settings,
+    or the name as given.
+
+    >>> s = Settings.model_validate({"topics": {"events": "ev"}})
+    >>> topic_of(s, "dlq"), topic_of(s, "windows"), topic_of(s, "my.out")
+    ('ev.dlq', 'predictions.windows', 'my.out')
+    """
+    return {
+        "predictions": settings.topics.predictions,
+        "windows": settings.topics.windows,
+        "dlq": settings.topics.dead_letter,
+    }.get(topic, topic)
+
+
+def long_rows(p: Prediction) -> list[str]:
+    """A forecast as CSV rows ``unique_id,ds,cutoff,h,streamer`` (Nixtla's long format, with the
+    forecast's origin as the cutoff): one row per step ahead; ``ds`` is empty when the model
+    knows no frequency. A classifier's prediction is one row with its label.
+
+    >>> p = Prediction("s,1", "2020-01", 3.0, 0, 7, "v1", 2, (4.0, 5.5))
+    >>> long_rows(dataclasses.replace(p, forecast_ds=("2020-02", "2020-03")))
+    ['"s,1",2020-02,2020-01,1,4.0', '"s,1",2020-03,2020-01,2,5.5']
+    """
+    uid = _csv(p.unique_id)
+    if p.classes:
+        return [f"{uid},{_csv(p.ds)},{_csv(p.ds)},0,{_csv(str(p.label))}"]
+    stamps = p.forecast_ds or ("",) * len(p.values)
+    return [
+        f"{uid},{_csv(d)},{_csv(p.ds)},{h},{v!r}"
+        for h, (d, v) in enumerate(zip(stamps, p.values, strict=True), start=1)
+    ]
+
+
+def _csv(field: str) -> str:
+    if any(c in field for c in ',"\n\r'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
 def format_prediction(p: Prediction) -> str:
     """One line of rich markup for a prediction.
 
@@ -41,7 +85,8 @@ def format_prediction(p: Prediction) -> str:
     '              s1  2020-01              y=3          step 2      [dim]p0@7 v1[/dim]  forecast [4 5]'
     """
     head = (
-        f"{escape(p.unique_id):>16}  {escape(p.ds):<20} y={p.y:<10.4g} step {p.step:<6} "
+        f"{escape(printable(p.unique_id)):>16}  {escape(printable(p.ds)):<20} "
+        f"y={p.y:<10.4g} step {p.step:<6} "
         f"[dim]p{p.partition}@{p.offset} {p.model_version}[/dim]"
     )
     if p.classes:
@@ -58,35 +103,37 @@ async def tail(
     settings: Settings,
     *,
     entities: list[str],
-    stream: Stream = "predictions",
+    topic: str = "predictions",
     from_beginning: bool,
     max_count: int | None,
     timeout_s: float | None,
-    as_json: bool,
+    form: Form = "text",
 ) -> int:
-    topic = {
-        "predictions": settings.topics.predictions,
-        "windows": settings.topics.windows,
-        "dlq": settings.topics.dead_letter,
-    }[stream]
+    name = topic_of(settings, topic)
+    dead_letters = name == settings.topics.dead_letter or name.endswith(".dlq")
     keep = entity_filter(entities)
     console = Console(highlight=False, soft_wrap=True)
+    start = "from the beginning" if from_beginning else "from now on"
+    print(f"reading {name} at {settings.kafka.bootstrap_servers} {start}", file=sys.stderr)
+    if form == "long" and not dead_letters:
+        sys.stdout.write("unique_id,ds,cutoff,h,streamer\n")
     n = 0
     async for key, value, part, offset, headers in read_topic(
-        settings, topic, from_beginning=from_beginning, idle_timeout_s=timeout_s
+        settings, name, from_beginning=from_beginning, idle_timeout_s=timeout_s
     ):
-        if stream == "dlq":
+        if dead_letters:
             entity = key.decode(errors="replace") if key else ""
             if entities and not keep(entity):
                 continue
             h = {k: v.decode(errors="replace") for k, v in headers}
-            if as_json:
+            if form != "text":
                 doc = {"key": entity, "partition": part, "offset": offset, "headers": h}
                 sys.stdout.write(_json(doc, value))
             else:
                 console.print(
-                    f"{escape(entity):>16}  [red]{escape(h.get('streamer-reason', '?'))}[/red]  "
-                    f"{escape(h.get('streamer-detail', ''))}  "
+                    f"{escape(printable(entity)):>16}  "
+                    f"[red]{escape(h.get('streamer-reason', '?'))}[/red]  "
+                    f"{escape(printable(h.get('streamer-detail', '')))}  "
                     f"[dim]from {escape(h.get('streamer-source', ''))}[/dim]"
                 )
         else:
@@ -95,8 +142,10 @@ async def tail(
             p = Prediction.from_json(value)
             if entities and not keep(p.unique_id):
                 continue
-            if as_json:
+            if form == "json":
                 sys.stdout.buffer.write(value + b"\n")
+            elif form == "long":
+                sys.stdout.write("".join(row + "\n" for row in long_rows(p)))
             else:
                 console.print(format_prediction(p))
         sys.stdout.flush()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shlex
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,11 +29,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from streamer import scaling
 from streamer.errors import ConfigError, StateCodecError, StateError, StoreUnavailable
+from streamer.ops.terminal import printable
 from streamer.settings import Settings
 from streamer.state import RedisClusterStateStore, RedisStateStore, state_key
 from streamer.state.codec import StateRecord, decode, encode
@@ -144,9 +147,9 @@ async def show_state(settings: Settings, entity: str, *, as_json: bool = False) 
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(d, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
-    table = Table(title=f"state of {entity}", show_header=False)
+    table = Table(title=f"state of {escape(printable(entity))}", show_header=False)
     for name in ("key", "model_version", "step", "partition", "offset", "updated", "dtype"):
-        table.add_row(name, str(d[name]))
+        table.add_row(name, escape(printable(str(d[name]))))
     table.add_row("bytes", str(len(raw)))
     sc = d["scaling"]
     table.add_row(
@@ -172,9 +175,11 @@ async def list_states(
     limit: int = 50,
     cursor: int = 0,
     as_json: bool = False,
+    again: Callable[[int], str] | None = None,
 ) -> int:
     """About ``limit`` states whose entity matches ``pattern`` (whole SCAN pages), and the cursor
-    to go on from."""
+    to go on from; ``again(cursor)``: the command that shows the next page (default: the same
+    pattern with ``--cursor``)."""
     rows: list[dict[str, Any]] = []
     now = time.time() * 1000
     next_cursor = 0
@@ -212,7 +217,7 @@ async def list_states(
         table.add_column(col, justify="left" if col in ("entity", "version") else "right")
     for r in sorted(rows, key=lambda r: r["entity"]):
         table.add_row(
-            r["entity"],
+            escape(printable(r["entity"])),
             str(r["step"]) if r["step"] is not None else "undecodable",
             r["model_version"] or "",
             str(r["partition"] if r["partition"] is not None else ""),
@@ -222,9 +227,12 @@ async def list_states(
         )
     console.print(table)
     if next_cursor:
-        console.print(
-            f"{len(rows)} shown; more: streamer state list {pattern!r} --cursor {next_cursor}"
+        more = (
+            again(next_cursor)
+            if again
+            else f"streamer state list {shlex.quote(pattern)} --cursor {next_cursor}"
         )
+        console.print(f"{len(rows)} shown; more: {escape(more)}", soft_wrap=True)
     return 0
 
 

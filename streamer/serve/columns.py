@@ -27,6 +27,7 @@ from streamer.schemas import (
     Message,
     Prediction,
     decode_event,
+    float32_values,
 )
 
 __all__ = ["EventColumns", "Outputs", "decode_columns", "encode_outputs"]
@@ -273,7 +274,9 @@ class Outputs:
         the batch it was taken from)."""
         return Outputs(rows[self.row], self.step, self.values, self.version, self.window)
 
-    def predictions(self, events: EventColumns, classes: tuple[str, ...] = ()) -> list[Prediction]:
+    def predictions(
+        self, events: EventColumns, classes: tuple[str, ...] = (), freq: str | None = None
+    ) -> list[Prediction]:
         """One :class:`Prediction` per row (tests, the Python API; not the hot path)."""
         names = events.entities
         ent, part, off, y = (
@@ -282,16 +285,25 @@ class Outputs:
             events.offset.tolist(),
             events.y.tolist(),
         )
+        times: list[tuple[str, ...]] = [()] * len(self.row)
+        if freq is not None and not classes and self.values.shape[1]:
+            from streamer.serve.times import forecast_times
+
+            stamps = forecast_times(
+                [events.ds[r] for r in self.row.tolist()], freq, self.values.shape[1]
+            )
+            times = [tuple(orjson.loads(t)) for t in stamps]
         return [
             Prediction(
-                names[ent[r]], events.ds[r], y[r], part[r], off[r], v, s, tuple(f), classes, w
+                names[ent[r]], events.ds[r], y[r], part[r], off[r], v, s, tuple(f), classes, w, t
             )
-            for r, s, f, v, w in zip(
+            for r, s, f, v, w, t in zip(
                 self.row.tolist(),
                 self.step.tolist(),
                 self.values.tolist(),
                 self.version,
                 self.window.tolist(),
+                times,
                 strict=True,
             )
         ]
@@ -311,16 +323,17 @@ def _floats(a: F64) -> list[bytes]:
 
 
 def _rows(a: F64) -> list[bytes]:
-    """Each row's JSON array of floats, ``[..]``, from one ``orjson`` call.
+    """Each row's JSON array of floats, ``[..]``, from one ``orjson`` call, at the model's
+    float32 precision (the shortest text that reads back as the same float32, not 17 digits).
 
-    >>> _rows(np.array([[1.0, 2.5], [0.1, -3.0]]))
-    [b'[1.0,2.5]', b'[0.1,-3.0]']
+    >>> _rows(np.array([[1.0, 2.5], [0.1, -3.0], [1234.56789, 1e-3]]))
+    [b'[1.0,2.5]', b'[0.1,-3.0]', b'[1234.5679,0.001]']
     """
     if not len(a):
         return []
     if a.shape[1] == 0:
         return [b"[]"] * len(a)
-    text = orjson.dumps(np.ascontiguousarray(a, np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+    text = orjson.dumps(float32_values(a), option=orjson.OPT_SERIALIZE_NUMPY)
     return [b"[" + r + b"]" for r in text[2:-2].split(b"],[")]
 
 
@@ -336,10 +349,11 @@ _TEMPLATE = (
 
 
 def encode_outputs(
-    events: EventColumns, out: Outputs, classes: tuple[str, ...] = ()
+    events: EventColumns, out: Outputs, classes: tuple[str, ...] = (), freq: str | None = None
 ) -> tuple[list[bytes], list[bytes]]:
     """The message key (the entity id) and value (:meth:`Prediction.to_json`'s bytes) of each
-    prediction, in the order of ``out``."""
+    prediction, in the order of ``out``; a forecaster's with the times of its steps when the
+    series' frequency ``freq`` is known."""
     rows = out.row
     if not len(rows):
         return [], []
@@ -371,6 +385,14 @@ def encode_outputs(
         ]
     else:
         body = [b'"forecast":' + f for f in _rows(out.values)]
+        if freq is not None and out.values.shape[1]:
+            from streamer.serve.times import forecast_times
+
+            stamps = forecast_times(picked, freq, out.values.shape[1])
+            body = [
+                b + b',"forecast_ds":' + t if t != b"[]" else b
+                for b, t in zip(body, stamps, strict=True)
+            ]
     if one:  # the usual batch: one model version, no windows: both go in the template
         (only,) = versions.values()
         template = _TEMPLATE.replace(b"%(version)", only.replace(b"%", b"%%"))

@@ -78,6 +78,8 @@ class BatchReport:
     batch: EventColumns = field(default_factory=EventColumns.empty)
     outputs: Outputs = field(default_factory=Outputs.empty)
     classes: tuple[str, ...] = ()
+    #: the series' frequency, when the model knows it (forecasts then carry their steps' times)
+    freq: str | None = None
     #: seconds of the store's read and write round trips (None: none was needed), and of the
     #: model's steps
     read_s: float | None = None
@@ -87,7 +89,7 @@ class BatchReport:
     @property
     def predictions(self) -> list[Prediction]:
         """The outputs as :class:`Prediction` objects (tests and the Python API)."""
-        return self.outputs.predictions(self.batch, self.classes)
+        return self.outputs.predictions(self.batch, self.classes, self.freq)
 
 
 @dataclass
@@ -242,7 +244,7 @@ class Predictor:
         sv = served or self.served
         spec = sv.spec
         k = spec.outputs
-        report = BatchReport(events=len(cols), batch=cols, classes=spec.classes)
+        report = BatchReport(events=len(cols), batch=cols, classes=spec.classes, freq=spec.freq)
         pending = PendingBatch(
             report=report,
             served=sv,

@@ -25,9 +25,15 @@ __all__ = [
 REQUIRED = ("unique_id", "ds", "y")
 
 
-def read_long(path: Path, label: str | None = None) -> pd.DataFrame:
+def read_long(
+    path: Path,
+    label: str | None = None,
+    columns: tuple[str, str, str] = ("unique_id", "ds", "y"),
+) -> pd.DataFrame:
     """Read and check a long-format file; rows sorted by (unique_id, ds). A ``label`` column may
-    hold text (class names); every other column but the entity and time must be numeric."""
+    hold text (class names); every other column but the entity and time must be numeric.
+    ``columns``: the file's names of the entity id, time and target columns, renamed to
+    ``unique_id, ds, y``."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -40,7 +46,32 @@ def read_long(path: Path, label: str | None = None) -> pd.DataFrame:
             raise DataError(f"{path}: expected a .csv or .parquet file")
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
-    return check_long(df, str(path), label)
+    return check_long(rename_long(df, columns, str(path)), str(path), label)
+
+
+def rename_long(
+    df: pd.DataFrame, columns: tuple[str, str, str], name: str = "data"
+) -> pd.DataFrame:
+    """``df`` with its id, time and target columns (``columns``) named ``unique_id, ds, y``.
+
+    >>> rename_long(pd.DataFrame({"store": [1], "date": [2], "sales": [3]}),
+    ...             ("store", "date", "sales")).columns.tolist()
+    ['unique_id', 'ds', 'y']
+    """
+    names = dict(zip(columns, REQUIRED, strict=True))
+    renames = {old: new for old, new in names.items() if old != new}
+    if not renames:
+        return df
+    for old, new in renames.items():
+        if old not in df.columns:
+            raise DataError(
+                f"{name}: no column {old!r} (columns: {', '.join(map(str, df.columns))})"
+            )
+        if new in df.columns:
+            raise DataError(
+                f"{name}: has a column {new!r} besides {old!r}, which would be renamed to it"
+            )
+    return df.rename(columns=renames)
 
 
 def check_long(df: pd.DataFrame, name: str = "data", label: str | None = None) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from torch import Tensor
 from streamer import scaling
 from streamer.errors import DataError
 from streamer.model import ModelSpec, SequenceModel
+from streamer.serve.times import infer_freq
 from streamer.train.data import Series, feature_columns, split_series
 
 __all__ = [
@@ -251,6 +252,7 @@ def train(
         scaling=cfg.scaling,
         window=cfg.window,
         window_end=cfg.window_end,
+        freq=None if classify else infer_freq(pd.to_datetime(df["ds"]), df["unique_id"]),
     )
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)

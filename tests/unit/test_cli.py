@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +40,10 @@ def run(
         (("state",), "required: state_command"),
         (("state", "get"), "required: entity"),
         (("tail", "--max", "0"), "must be positive"),
-        (("tail", "--topic", "everything"), "invalid choice"),
+        (("tail", "--format", "xml"), "invalid choice"),
+        (("tail", "--model-name", "m"), "unrecognized arguments: --model-name m"),
+        (("train", "x.csv", "--out", "d", "--redis-url", "redis://h"), "unrecognized arguments"),
+        (("replay", "x.csv", "--redis-url", "redis://h"), "unrecognized arguments"),
         (("state", "list", "--limit", "0"), "must be positive"),
         (("state", "export", "*"), "required: file"),
         (("state", "stats", "--sample", "few"), "expected a number"),
@@ -69,6 +74,8 @@ def test_wrong_arguments_get_one_line_and_status_2(args: tuple[str, ...], needle
             2,
         ),
         (("worker",), {}, "no model", 1),
+        (("state", "list"), {"STREAMER_APPID": "x"}, "did you mean STREAMER_APP_ID?", 1),
+        (("state", "list", "--config", "/nonexistent.toml"), {}, "no configuration file", 1),
         (("worker",), {"STREAMER_METRICS__PORT": "70000"}, "invalid setting metrics.port", 2),
     ],
 )
@@ -82,6 +89,70 @@ def test_errors_at_run_time_are_one_line(
     assert r.returncode == code, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("state", "list"),
+        ("state", "get", "x"),
+        ("doctor",),
+        ("worker",),
+        ("tail",),
+        ("dashboard",),
+        ("model", "list"),
+    ],
+)
+def test_a_malformed_redis_url_is_one_line_everywhere(args: tuple[str, ...]) -> None:
+    """The redis-cli habit (host:port without a scheme): one line naming the setting, no
+    traceback, from every command that takes --redis-url (tail takes none: the variable)."""
+    flags = ("--redis-url", "localhost:6379") if args != ("tail",) else ()
+    r = run(*args, *flags, env={"STREAMER_REDIS__URL": "localhost:6379"}, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "invalid setting redis.url" in lines[0] and "redis://" in lines[0], lines
+
+
+def test_a_malformed_broker_list_is_one_line() -> None:
+    r = run("tail", "--bootstrap-servers", "localhost", timeout=60)
+    assert r.returncode == 2 and "invalid setting kafka.bootstrap_servers" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_version() -> None:
+    import streamer
+
+    r = run("--version", timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"streamer {streamer.__version__}"
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[Any]:
+    out = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _commands(sub, (*path, name))
+    return out
+
+
+def test_every_option_has_help_and_its_default() -> None:
+    from streamer.ops.cli import build_parser
+
+    commands = _commands(build_parser())
+    assert len(commands) > 20
+    for path, parser in commands:
+        text = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            assert action.help, (path, action.dest)
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                shown = " ".join(parser._get_formatter()._format_action(action).split())
+                assert "default: " in shown, (path, action.dest)
+        if path and path[0] in ("worker", "doctor"):
+            assert "STREAMER_KAFKA__BOOTSTRAP_SERVERS" in "".join(text.split())
+    train_help = build_parser().parse_known_args(["train", "f", "--out", "o"])[0]
+    assert not hasattr(train_help, "redis_url") and not hasattr(train_help, "model_name")
 
 
 def test_train_writes_a_reproducible_artifact(tmp_path: Path) -> None:

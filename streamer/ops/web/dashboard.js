@@ -186,6 +186,8 @@
     $("k-dead").textContent = fmtNum(sum.dead_letters_s);
     $("k-batch").textContent = sum.batch_mean == null ? "–" : `${fmtNum(sum.batch_mean, 0)} · ${fmtSec(sum.step_ms / 1000)}`;
     const live = s.workers.filter((w) => w.ok).length;
+    activity = live === 0 ? "no workers" : sum.events_s > 0 || sum.predictions_s > 0 ? "live" : "idle";
+    showBadge();
     $("k-workers").textContent = s.workers.length === live ? String(live) : `${live} of ${s.workers.length}`;
     $("errors").textContent = (s.errors || []).join(" · ");
     $("entity-count").textContent = `${fmtInt(s.entities)} entities · ${fmtInt(s.predictions_read)} predictions read` + (s.reader === "reading" ? "" : ` · ${s.reader}`);
@@ -391,11 +393,19 @@
   // ---------------------------------------------------------------- the stream
 
   let source = null;
+  // The badge: the page's connection first, then what the workers do: "no workers" when none is
+  // announced, "idle" when they consume nothing, "live" when events flow.
+  let activity = "live";
+  function showBadge() {
+    const el = $("conn");
+    const text = connected ? activity : "reconnecting…";
+    el.textContent = text;
+    el.className = "pill " + (!connected ? "down" : text === "live" ? "live" : "idle");
+  }
+
   function setConnected(ok) {
     connected = ok;
-    const el = $("conn");
-    el.textContent = ok ? "live" : "reconnecting…";
-    el.className = "pill " + (ok ? "live" : "down");
+    showBadge();
   }
 
   function connect() {
@@ -447,6 +457,7 @@
       const events = present(column("throughput", 1));
       return {
         connected: connected,
+        badge: $("conn").textContent,
         ticks: hist.t.length,
         entity: entity.name,
         missing: entity.missing,

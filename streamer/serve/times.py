@@ -1,0 +1,93 @@
+"""The times a forecast's steps fall on: the event's time plus 1..H periods of the series'
+frequency (inferred in training and kept in the model's spec).
+
+A batch's times are parsed and shifted by pandas at once, column by column (one vectorised shift
+per step ahead), and written as ISO 8601 text by numpy: no per-event Python but the final join.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import Tick
+
+__all__ = ["forecast_times", "infer_freq"]
+
+
+def infer_freq(ds: pd.Series, ids: pd.Series, most: int = 200) -> str | None:
+    """The frequency most of the series (up to ``most`` of them, of at least 3 points) share,
+    as a pandas alias; None when none could be told.
+
+    >>> ds = pd.Series(pd.to_datetime(["2020-01-01", "2020-02-01", "2020-03-01"] * 2))
+    >>> infer_freq(ds, pd.Series(["a"] * 3 + ["b"] * 3))
+    'MS'
+    """
+    seen: dict[str, int] = {}
+    for _, times in list(ds.groupby(ids.to_numpy(), sort=False))[:most]:
+        if len(times) < 3:
+            continue
+        try:
+            freq = pd.infer_freq(pd.DatetimeIndex(times.sort_values()))
+        except (TypeError, ValueError):
+            freq = None
+        if freq:
+            seen[freq] = seen.get(freq, 0) + 1
+    return max(seen, key=seen.__getitem__) if seen else None
+
+
+def forecast_times(ds: Sequence[str], freq: str, horizon: int) -> list[bytes]:
+    """Each event time's next ``horizon`` times at ``freq``, as a JSON array (``[]`` for a time
+    that does not parse): dates when the times are dates, else seconds.
+
+    >>> forecast_times(["2020-01-01", "bad", "2020-12-01"], "MS", 2)
+    [b'["2020-02-01","2020-03-01"]', b'[]', b'["2021-01-01","2021-02-01"]']
+    >>> forecast_times(["2020-01-01T10:30:00"], "h", 2)
+    [b'["2020-01-01T11:30:00","2020-01-01T12:30:00"]']
+    """
+    if not len(ds):
+        return []
+    times = _parse(ds)
+    ok = times.notna().to_numpy()
+    if not ok.any():
+        return [b"[]"] * len(ds)
+    known = pd.DatetimeIndex(times[ok])
+    offset = to_offset(freq)
+    steps: np.ndarray[Any, np.dtype[np.datetime64]] = np.empty(
+        (len(known), horizon), "datetime64[ns]"
+    )
+    if isinstance(offset, Tick):  # a fixed length: one broadcast addition
+        step = np.timedelta64(int(offset.nanos), "ns")
+        steps[:] = known.to_numpy("datetime64[ns]")[:, None] + step * np.arange(1, horizon + 1)
+    else:  # calendar offsets (months, weeks, business days): one vectorised shift per step
+        for k in range(horizon):
+            steps[:, k] = (known + (k + 1) * offset).to_numpy("datetime64[ns]")
+    ns = steps.view(np.int64)
+    unit: Literal["D", "s", "ms"] = "ms"
+    if not (ns % 86_400_000_000_000).any():
+        unit = "D"
+    elif not (ns % 1_000_000_000).any():
+        unit = "s"
+    text = orjson.dumps(np.datetime_as_string(steps, unit=unit).tolist())
+    rows = [b"[" + r + b"]" for r in text[2:-2].split(b"],[")] if horizon else [b"[]"] * len(known)
+    if ok.all():
+        return rows
+    out = [b"[]"] * len(ds)
+    for i, row in zip(np.flatnonzero(ok).tolist(), rows, strict=True):
+        out[i] = row
+    return out
+
+
+def _parse(ds: Sequence[str]) -> pd.Series:
+    """The times as naive datetimes (ones with an offset in UTC), NaT where one does not parse."""
+    text = pd.Series(list(ds), dtype=object)
+    try:
+        return pd.to_datetime(text, errors="coerce", format="ISO8601")
+    except (ValueError, TypeError):  # offsets mixed with naive times, or several offsets
+        return pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True).dt.tz_localize(
+            None
+        )
