@@ -126,6 +126,30 @@ async def test_replay_then_tail_shows_the_worker_predictions(
         )
         assert r.returncode == 0, r.stderr
         assert "e0004" in r.stdout and "invalid_json" in r.stdout and f"{ns}.events/" in r.stdout
+        assert r.stderr.startswith(f"reading {ns}.dlq at {services['bootstrap']}"), r.stderr
+
+        # A topic by its name, in Nixtla's long format: a row per step ahead.
+        horizon = load_artifact(model_dir).spec.horizon
+        r = run(
+            "tail",
+            "--topic",
+            f"{ns}.predictions",
+            "--format",
+            "long",
+            "--from-beginning",
+            "--entity",
+            "e0003",
+            "--max",
+            "2",
+            "--timeout",
+            "30",
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+        rows = r.stdout.splitlines()
+        assert rows[0] == "unique_id,ds,cutoff,h,streamer" and len(rows) == 1 + 2 * horizon, rows
+        first = rows[1].split(",")
+        assert first[0] == "e0003" and first[3] == "1" and first[2] == str(df["ds"].iloc[0])[:10]
     finally:
         assert worker.stop(signal.SIGTERM) == 0, worker.tail()
 

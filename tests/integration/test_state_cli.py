@@ -4,6 +4,7 @@ and a delete while a worker runs."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,48 @@ async def test_reset_and_delete_in_place(
         assert (await store.get_many(["e0004"]))[0] is None
     finally:
         await store.aclose()
+
+
+@pytest.mark.integration
+async def test_the_paging_hint_keeps_every_option_and_ids_cannot_drive_the_terminal(
+    services: dict[str, str], ns: str, model_dir: Path
+) -> None:
+    """``state list --limit`` prints the command of the next page with the options it was given
+    (a hint without ``--model-name`` found nothing); entity ids holding an ANSI escape sequence or
+    a newline are shown escaped, one row each."""
+    art = load_artifact(model_dir)
+    hostile = ["red\x1b[31mtext", "two\nlines", "[bold]markup[/bold]"]
+    names = hostile + [f"e{i:03d}" for i in range(40)]
+    pred = Predictor(art.model, art.version, store_for(services, ns))
+    df = make_panel(len(names), 2, 2, seed=4)
+    df["unique_id"] = df["unique_id"].map(dict(zip(sorted(df["unique_id"].unique()), names)))
+    await pred.step_many(synthetic_events(df))
+    await pred.aclose()
+
+    env = {k: v for k, v in cli_env(services, ns).items() if k != "STREAMER_MODEL_NAME"}
+    r = run("state", "list", "--model-name", ns, "--limit", "5", env={**env, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    more = [line for line in r.stdout.splitlines() if "more: " in line]
+    assert more, r.stdout
+    hint = more[0].split("more: ", 1)[1]
+    assert f"--model-name {ns}" in hint and "--limit 5" in hint and "--cursor " in hint, hint
+    seen = []
+    for _ in range(20):  # follow the hints to the end: every state, the hostile ones escaped
+        argv = shlex.split(hint)[1:]
+        r = run(*argv, env={**env, "COLUMNS": "200"})
+        assert r.returncode == 0 and "\x1b" not in r.stdout, r
+        seen.append(r.stdout)
+        more = [line for line in r.stdout.splitlines() if "more: " in line]
+        if not more:
+            break
+        hint = more[0].split("more: ", 1)[1]
+    r = run("state", "list", "--model-name", ns, "--limit", "500", env={**env, "COLUMNS": "200"})
+    out = r.stdout
+    assert "\x1b" not in out and "red\\x1b[31mtext" in out and "two\\nlines" in out, out
+    assert "[bold]markup[/bold]" in out  # shown as it is, not as rich markup
+    assert sum("lines" in line for line in out.splitlines()) == 1
+    r = run("state", "get", "two\nlines", "--model-name", ns, env=env)
+    assert r.returncode == 0 and "two\\nlines" in r.stdout and "\x1b" not in r.stdout, r
 
 
 @pytest.mark.integration
