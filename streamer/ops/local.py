@@ -91,6 +91,7 @@ async def stream_through(
                 return
 
     consumer = asyncio.create_task(consume())
+    finished = False
     try:
         while not consumer.done():
             await asyncio.wait({consumer}, timeout=0.25)
@@ -103,9 +104,10 @@ async def stream_through(
             if replay.done() and replay.exception() is not None:
                 raise replay.exception()  # type: ignore[misc]
         consumer.result()
+        finished = True
     finally:
         for task in (consumer, replay):
-            if not task.done():
+            if not task.done() and not (finished and task is replay):
                 task.cancel()
-    await replay
+    await replay  # (paced: it may still wait out its last interval)
     return time.monotonic() - start
