@@ -42,12 +42,13 @@ def infer_freq(ds: pd.Series, ids: pd.Series, most: int = 200) -> str | None:
 
 def forecast_times(ds: Sequence[str], freq: str, horizon: int) -> list[bytes]:
     """Each event time's next ``horizon`` times at ``freq``, as a JSON array (``[]`` for a time
-    that does not parse): dates when the times are dates, else seconds.
+    that does not parse): dates when its steps fall on midnights, else seconds (or
+    milliseconds).
 
     >>> forecast_times(["2020-01-01", "bad", "2020-12-01"], "MS", 2)
     [b'["2020-02-01","2020-03-01"]', b'[]', b'["2021-01-01","2021-02-01"]']
-    >>> forecast_times(["2020-01-01T10:30:00"], "h", 2)
-    [b'["2020-01-01T11:30:00","2020-01-01T12:30:00"]']
+    >>> forecast_times(["2020-01-01T10:30:00", "2020-01-01"], "h", 2)
+    [b'["2020-01-01T11:30:00","2020-01-01T12:30:00"]', b'["2020-01-01T01:00:00","2020-01-01T02:00:00"]']
     """
     if not len(ds):
         return []
@@ -66,19 +67,21 @@ def forecast_times(ds: Sequence[str], freq: str, horizon: int) -> list[bytes]:
     else:  # calendar offsets (months, weeks, business days): one vectorised shift per step
         for k in range(horizon):
             steps[:, k] = (known + (k + 1) * offset).to_numpy("datetime64[ns]")
-    ns = steps.view(np.int64)
-    unit: Literal["D", "s", "ms"] = "ms"
-    if not (ns % 86_400_000_000_000).any():
-        unit = "D"
-    elif not (ns % 1_000_000_000).any():
-        unit = "s"
-    text = orjson.dumps(np.datetime_as_string(steps, unit=unit).tolist())
-    rows = [b"[" + r + b"]" for r in text[2:-2].split(b"],[")] if horizon else [b"[]"] * len(known)
-    if ok.all():
-        return rows
     out = [b"[]"] * len(ds)
-    for i, row in zip(np.flatnonzero(ok).tolist(), rows, strict=True):
-        out[i] = row
+    if not horizon:
+        return out
+    ns = steps.view(np.int64)
+    # each forecast as precise as it needs: dates, seconds, or milliseconds
+    dates = (ns % 86_400_000_000_000 == 0).all(axis=1)
+    seconds = ~dates & (ns % 1_000_000_000 == 0).all(axis=1)
+    rows = np.flatnonzero(ok)
+    unit: Literal["D", "s", "ms"]
+    for unit, which in (("D", dates), ("s", seconds), ("ms", ~dates & ~seconds)):
+        if not which.any():
+            continue
+        text = orjson.dumps(np.datetime_as_string(steps[which], unit=unit).tolist())
+        for i, row in zip(rows[which].tolist(), text[2:-2].split(b"],["), strict=True):
+            out[i] = b"[" + row + b"]"
     return out
 
 

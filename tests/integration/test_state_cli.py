@@ -167,7 +167,9 @@ async def test_the_paging_hint_keeps_every_option_and_ids_cannot_drive_the_termi
     names = hostile + [f"e{i:03d}" for i in range(40)]
     pred = Predictor(art.model, art.version, store_for(services, ns))
     df = make_panel(len(names), 2, 2, seed=4)
-    df["unique_id"] = df["unique_id"].map(dict(zip(sorted(df["unique_id"].unique()), names)))
+    df["unique_id"] = df["unique_id"].map(
+        dict(zip(sorted(df["unique_id"].unique()), names, strict=True))
+    )
     await pred.step_many(synthetic_events(df))
     await pred.aclose()
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from tests.conftest import make_panel
@@ -195,3 +196,21 @@ def test_train_writes_a_reproducible_artifact(tmp_path: Path) -> None:
         "1",
     )
     assert json.loads((tmp_path / "c" / "spec.json").read_text())["version"] != versions[0]
+
+
+def test_train_reads_other_column_names_and_infers_the_frequency(tmp_path: Path) -> None:
+    df = make_panel(4, 30, 30, seed=8).rename(
+        columns={"unique_id": "store", "ds": "month", "y": "sales"}
+    )
+    data = tmp_path / "sales.csv"
+    df.to_csv(data, index=False)
+    cols = ("--id-col", "store", "--time-col", "month", "--target-col", "sales")
+    r = run("train", str(data), *cols, "--out", str(tmp_path / "m"), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    spec = json.loads((tmp_path / "m" / "spec.json").read_text())["spec"]
+    assert spec["freq"] == pd.infer_freq(pd.DatetimeIndex(df["month"].iloc[:30])), spec
+    r = run("train", str(data), "--out", str(tmp_path / "n"))  # the default names: missing
+    assert r.returncode == 1 and "missing column(s) unique_id, ds, y" in r.stderr, r.stderr
+    r = run("replay", str(data), "--id-col", "shop", "--time-col", "month", "--target-col", "sales")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "no column 'shop'" in lines[0], r.stderr

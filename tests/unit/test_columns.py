@@ -120,3 +120,31 @@ def test_predictions_are_encoded_as_to_json_byte_for_byte(rows: list, classify: 
     assert values == [p.to_json() for p in want]
     assert keys == [p.unique_id.encode() for p in want]
     assert out.predictions(cols, classes) == want
+
+
+def test_forecasts_carry_their_times_when_the_frequency_is_known() -> None:
+    """With the series' frequency the batch path writes each step's time, as the per-prediction
+    path does; a time that does not parse gets none, and classifiers never."""
+    evs = [
+        Event("a", "2020-01-01", 1.0, (), 0, 1),
+        Event("b", "2020-12-01", 2.0, (), 0, 2),
+        Event("c", "not a time", 3.0, (), 1, 3),
+        Event("d", "2020-01-01T06:00:00", 4.0, (), 1, 4),
+    ]
+    cols = EventColumns.of(evs)
+    out = Outputs(
+        row=np.arange(4, dtype=np.int64),
+        step=np.ones(4, np.int64),
+        values=np.array([[1.5, 2.5]] * 4),
+        version=["v1"] * 4,
+        window=np.zeros(4, np.int64),
+    )
+    _, values = encode_outputs(cols, out, (), "MS")
+    docs = [orjson.loads(v) for v in values]
+    assert docs[0]["forecast_ds"] == ["2020-02-01", "2020-03-01"]
+    assert docs[1]["forecast_ds"] == ["2021-01-01", "2021-02-01"]
+    assert "forecast_ds" not in docs[2]
+    assert docs[3]["forecast_ds"] == ["2020-02-01T06:00:00", "2020-03-01T06:00:00"]
+    assert values == [p.to_json() for p in out.predictions(cols, (), "MS")]
+    _, plain = encode_outputs(cols, out)
+    assert all("forecast_ds" not in orjson.loads(v) for v in plain)
