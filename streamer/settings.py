@@ -12,13 +12,9 @@ Library code never reads the environment or files; it takes a :class:`Settings`.
 
 from __future__ import annotations
 
-import contextvars
-import difflib
-import os
 import socket
 import ssl
-import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,18 +26,18 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streamer.config import (
+    CheckedEnv,
+    FileSource,
+    config_path,
+    file_values,
+    read_config,
+)
 from streamer.errors import ConfigError
 
 __all__ = [
-    "CONFIG_FILE",
-    "TOOL_VARIABLES",
     "BatchSettings",
     "KafkaSettings",
     "MetricsSettings",
@@ -53,14 +49,6 @@ __all__ = [
 
 class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-#: The configuration file looked for in the working directory.
-CONFIG_FILE = "streamer.toml"
-#: ``STREAMER_*`` variables that are no setting but are read by streamer's tools.
-TOOL_VARIABLES = frozenset(
-    {"STREAMER_CONFIG", "STREAMER_CACHE", "STREAMER_SERVICES_DIR", "STREAMER_TEST_DEVICE"}
-)
 
 
 class KafkaSettings(_Group):
@@ -246,31 +234,6 @@ class MetricsSettings(_Group):
     announce_s: float = Field(default=5.0, gt=0)
 
 
-#: The configuration file's settings while :meth:`Settings.load` builds one (else none).
-_FILE_VALUES: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "streamer_config_file", default=None
-)
-
-
-class _FileSource(PydanticBaseSettingsSource):
-    """The settings of the configuration file :meth:`Settings.load` read, checked already."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # (unused: __call__ gives all values at once)
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_FILE_VALUES.get() or {})
-
-
-class _CheckedEnv(EnvSettingsSource):
-    """``STREAMER_*`` variables, refused when one names no setting (a typo would otherwise be
-    ignored in silence)."""
-
-    def __call__(self) -> dict[str, Any]:
-        unknown_variables(os.environ)
-        return super().__call__()
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMER_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -285,7 +248,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _CheckedEnv(settings_cls), _FileSource(settings_cls))
+        return (init_settings, CheckedEnv(settings_cls), FileSource(settings_cls))
 
     @classmethod
     def load(
@@ -300,12 +263,8 @@ class Settings(BaseSettings):
         'aiokafka'
         """
         path = config_path(config)
-        values = read_config(path) if path is not None else {}
-        token = _FILE_VALUES.set(values)
-        try:
+        with file_values(read_config(path, cls) if path is not None else {}):
             return cls(**dict(overrides or {}))
-        finally:
-            _FILE_VALUES.reset(token)
 
     #: The workers' Kafka consumer group (and the name they announce themselves under).
     app_id: str = "streamer"
@@ -374,116 +333,6 @@ class Settings(BaseSettings):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {v!r}")
-
-
-def _names() -> dict[str, tuple[str, ...]]:
-    """Every setting's dotted name and where it sits: ``{"kafka.client": ("kafka", "client")}``."""
-    out: dict[str, tuple[str, ...]] = {}
-    for name, info in Settings.model_fields.items():
-        group = info.annotation
-        if isinstance(group, type) and issubclass(group, BaseModel):
-            for sub in group.model_fields:
-                out[f"{name}.{sub}"] = (name, sub)
-        else:
-            out[name] = (name,)
-    return out
-
-
-def variable(name: str) -> str:
-    """The environment variable of a dotted setting name.
-
-    >>> variable("kafka.bootstrap_servers")
-    'STREAMER_KAFKA__BOOTSTRAP_SERVERS'
-    """
-    return "STREAMER_" + name.upper().replace(".", "__")
-
-
-def _did_you_mean(word: str, choices: Iterator[str] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def unknown_variables(environ: Mapping[str, str]) -> None:
-    """Raise :class:`ConfigError` for a ``STREAMER_*`` variable that names no setting.
-
-    >>> unknown_variables({"STREAMER_APPID": "x"})
-    Traceback (most recent call last):
-    ...
-    streamer.errors.ConfigError: STREAMER_APPID names no setting (did you mean STREAMER_APP_ID?)
-    """
-    known = {variable(n) for n in _names()} | TOOL_VARIABLES
-    for key in sorted(environ):
-        upper = key.upper()
-        if upper.startswith("STREAMER_") and upper not in known:
-            raise ConfigError(f"{key} names no setting{_did_you_mean(upper, sorted(known))}")
-
-
-def config_path(config: Path | str | None = None) -> Path | None:
-    """The configuration file to read: ``config``, else ``$STREAMER_CONFIG``, else
-    ``streamer.toml`` in the working directory if it exists, else none. One named but missing
-    is a :class:`ConfigError`."""
-    named = config or os.environ.get("STREAMER_CONFIG")
-    if named:
-        path = Path(named)
-        if not path.is_file():
-            raise ConfigError(f"no configuration file at {path}")
-        return path
-    here = Path(CONFIG_FILE)
-    return here if here.is_file() else None
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """A configuration file's settings, as nested mappings; unknown keys, tables where values
-    belong (and the reverse) and TOML errors are :class:`ConfigError` naming the file."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is no valid TOML: {exc}") from None
-    names = _names()
-    groups = {n[0] for n in names.values() if len(n) == 2}
-    base = path.resolve().parent
-    out: dict[str, Any] = {}
-
-    def unknown(key: str) -> ConfigError:
-        return ConfigError(f"{path}: {key} names no setting{_did_you_mean(key, list(names))}")
-
-    for key, value in doc.items():
-        if key in groups:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: {key} is a table ([{key}]), not a value")
-            for sub, v in value.items():
-                if f"{key}.{sub}" not in names:
-                    raise unknown(f"{key}.{sub}")
-                if isinstance(v, dict):
-                    raise ConfigError(f"{path}: {key}.{sub} is a value, not a table")
-            out[key] = {sub: _relative(f"{key}.{sub}", v, base) for sub, v in value.items()}
-        elif key in names:
-            if isinstance(value, dict):
-                raise ConfigError(f"{path}: {key} is a value, not a table")
-            out[key] = _relative(key, value, base)
-        else:
-            raise unknown(key)
-    return out
-
-
-#: The settings that are paths: relative ones in a configuration file are relative to it.
-_PATHS = frozenset(
-    {
-        "model_path",
-        "kafka.ssl_cafile",
-        "kafka.ssl_certfile",
-        "kafka.ssl_keyfile",
-        "redis.ssl_ca_certs",
-    }
-)
-
-
-def _relative(name: str, value: Any, base: Path) -> Any:
-    if name in _PATHS and isinstance(value, str) and value and not Path(value).is_absolute():
-        return str(base / value)
-    return value
 
 
 def to_env(settings: Settings) -> dict[str, str]:

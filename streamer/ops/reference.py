@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from streamer import settings as settings_module
-from streamer.settings import Settings, variable
+from streamer.config import variable
+from streamer.settings import Settings
 
 __all__ = ["cli_markdown", "settings_markdown"]
 

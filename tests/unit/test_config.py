@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from streamer.config import config_path, read_config, unknown_variables
 from streamer.errors import ConfigError
 from streamer.ops.cli.parser import build_parser, settings_from
-from streamer.settings import Settings, config_path, read_config, unknown_variables
+from streamer.settings import Settings
 
 CONFIG = """
 app_id = "shop"

@@ -7,7 +7,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-from streamer.settings import CONFIG_FILE, Settings, variable
+from streamer.config import CONFIG_FILE, variable
+from streamer.settings import Settings
 
 DATASETS = ("aus-retail", "italy-power-demand-train", "italy-power-demand-test")
 
