@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import queue
 import threading
 import time
@@ -43,18 +42,26 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Message,
     Producer,
     TopicPartition,
 )
 
-from streamer.kafka.clients import dead_letter_message, heartbeat_ms, session_timeout_s
-from streamer.kafka.lag import Lag
-from streamer.kafka.partitioning import partitions_of
+from streamer.kafka.clients import heartbeat_ms, session_timeout_s
+from streamer.kafka.librdkafka import (
+    FENCED,
+    REFUSED,
+    TRANSIENT,
+    BatchProducer,
+    ConfluentLag,
+    Record,
+    consumer_config,
+    kafka_error,
+    producer_config,
+)
 from streamer.kafka.runner import Queued, Runner, log
 from streamer.serve.pipeline import Outcome
 
-__all__ = ["ConfluentRunner", "Record"]
+__all__ = ["ConfluentRunner"]
 
 #: Batches the consume thread may hand the loop ahead of it.
 _AHEAD = 2
@@ -63,110 +70,6 @@ _AHEAD = 2
 _POLL_S = 0.005
 #: How long the loop waits for a batch before it looks after its idle chores.
 _IDLE_S = 0.1
-#: Errors of a commit (or of offsets sent to a transaction) that mean the partitions moved on.
-_REFUSED = {
-    KafkaError.REBALANCE_IN_PROGRESS,
-    KafkaError.ILLEGAL_GENERATION,
-    KafkaError.UNKNOWN_MEMBER_ID,
-    KafkaError.FENCED_INSTANCE_ID,
-    KafkaError._ASSIGNMENT_LOST,
-    KafkaError._STATE,
-}
-#: Errors that pass: the broker or its coordinator moved, restarted or is loading.
-_TRANSIENT = {
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.REQUEST_TIMED_OUT,
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.NOT_ENOUGH_REPLICAS,
-    KafkaError.CONCURRENT_TRANSACTIONS,
-    KafkaError._TRANSPORT,
-    KafkaError._TIMED_OUT,
-    KafkaError._WAIT_COORD,
-    KafkaError._ALL_BROKERS_DOWN,
-    KafkaError._MSG_TIMED_OUT,
-}
-#: Errors that no waiting fixes for a producer: another one took its transactional id.
-_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
-
-
-class Record:
-    """One consumed event, with the attributes the pipeline reads (as aiokafka's records)."""
-
-    __slots__ = ("key", "offset", "partition", "timestamp", "value")
-    key: bytes | None
-    value: bytes | None
-    partition: int
-    offset: int
-    timestamp: int
-
-    def __init__(self, m: Message):
-        self.key = m.key()
-        self.value = m.value()
-        self.partition = m.partition()  # type: ignore[assignment]
-        self.offset = m.offset()  # type: ignore[assignment]
-        self.timestamp = m.timestamp()[1]
-
-
-def _error(exc: BaseException) -> KafkaError | None:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0]
-    return None
-
-
-class _ConfluentLag(Lag):
-    """:class:`~streamer.kafka.lag.Lag` read from librdkafka's watermarks."""
-
-    def __init__(self, runner: ConfluentRunner):
-        super().__init__(lambda: None, runner._committed, runner.metrics)
-        self._runner = runner
-
-    def observe(self) -> None:
-        """From the offsets the runner saw and the watermarks :meth:`refresh` read (the consumer
-        itself is the consume thread's)."""
-        owned = self._runner._owned
-        lag: dict[int, int] = {}
-        for p in owned:
-            end = self._ends.get(p, 0)
-            base = self._committed.get(p, self._firsts.get(p))
-            if end and base is not None:
-                lag[p] = max(0, end - base)
-        self._metrics.partitions(lag, owned=len(owned))
-
-    def saw(self, records: list[Record]) -> None:
-        """The end offsets are at least past the records taken."""
-        ends = self._ends
-        for r in records:
-            if r.offset >= ends.get(r.partition, 0):
-                ends[r.partition] = r.offset + 1
-
-    async def refresh(self) -> None:
-        consumer = self._runner._consumer
-        if consumer is None:
-            return
-        topic = self._runner.settings.topics.events
-
-        def ask() -> dict[int, tuple[int, int]]:
-            # The watermarks of librdkafka's last fetch of each partition, which goes on in the
-            # background until its local queue (64 MiB) is full: asking the broker instead is a
-            # round trip per partition, on the thread every commit waits for (measured: an eighth
-            # of its time, and the commits behind it).
-            out = {}
-            for p in list(self._runner._owned):
-                with contextlib.suppress(KafkaException):
-                    got = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-                    if got is not None:
-                        out[p] = got
-            return out
-
-        got = await self._runner._on_consumer(ask)
-        for p, (low, high) in got.items():
-            if high >= 0:
-                self._ends[p] = max(high, self._ends.get(p, 0))
-            if low >= 0:
-                self._firsts[p] = low
-        self.observe()
 
 
 class ConfluentRunner(Runner):
@@ -191,8 +94,8 @@ class ConfluentRunner(Runner):
         self._closing = threading.Event()
         self._calls = ThreadPoolExecutor(1, thread_name_prefix="kafka-calls")
         self._threads: list[threading.Thread] = []
-        #: output topic -> its partition count
-        self._partition_counts: dict[str, int] = {}
+        #: the batches' outputs, handed to the producer
+        self._out: BatchProducer
         #: a fatal error of the consume thread, raised by the loop
         self._thread_failed: BaseException | None = None
         #: the generations of the partitions of the batch taken last, when it was fetched
@@ -203,56 +106,20 @@ class ConfluentRunner(Runner):
         self._commands: queue.SimpleQueue[
             tuple[Callable[[], Any], concurrent.futures.Future[Any]]
         ] = queue.SimpleQueue()
-        self.lag: _ConfluentLag = _ConfluentLag(self)
-
-    # ------------------------------------------------------------------------------ clients --
-
-    def _new_producer(self) -> Producer:
-        s = self.settings
-        conf = {
-            **s.kafka.librdkafka_config(),
-            "acks": "all",
-            "enable.idempotence": True,
-            # A batch's outputs are produced at once and go out together: lingering for more
-            # only delays them (aiokafka's record batches are sent as built, too).
-            "linger.ms": 0,
-            # Keys land where the Java client and streamer's own partitioner put them.
-            "partitioner": "murmur2_random",
-            "logger": logging.getLogger("streamer.kafka.librdkafka"),
-        }
-        if self.exactly_once:
-            conf["transactional.id"] = f"{s.app_id}-{s.kafka.transactional_id}"
-        return Producer(conf)
-
-    def _new_consumer(self) -> Consumer:
-        s = self.settings
-        return Consumer(
-            {
-                **s.kafka.librdkafka_config(),
-                "group.id": s.app_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": s.kafka.auto_offset_reset,
-                "isolation.level": "read_committed",
-                "partition.assignment.strategy": "cooperative-sticky",
-                "session.timeout.ms": int(self._session_s * 1000),
-                "heartbeat.interval.ms": heartbeat_ms(self._session_s),
-                "max.poll.interval.ms": 300_000,
-                # A consumer with a backlog: librdkafka's default 1 s backoff stalls it.
-                "fetch.queue.backoff.ms": 10,
-                "logger": logging.getLogger("streamer.kafka.librdkafka"),
-            }
-        )
+        self.lag: ConfluentLag = ConfluentLag(self)
 
     async def start(self) -> None:
         s = self.settings
         self._loop = asyncio.get_running_loop()
         self._session_s = await session_timeout_s(s)
-        self._producer = self._new_producer()
+        self._producer = Producer(producer_config(self.settings, self.exactly_once))
+        self._out = BatchProducer(self._producer, self.settings.topics)
         self._thread(self._serve_deliveries, "kafka-deliveries")
         if self.exactly_once:
             await self._call(self._init_transactions)
-        self._consumer = self._new_consumer()
+        self._consumer = Consumer(
+            consumer_config(self.settings, self._session_s, heartbeat_ms(self._session_s))
+        )
         self._consumer.subscribe(
             [s.topics.events],
             on_assign=self._on_assign,
@@ -276,7 +143,7 @@ class ConfluentRunner(Runner):
                 self._producer.init_transactions(30)
                 return
             except KafkaException as exc:
-                err = _error(exc)
+                err = kafka_error(exc)
                 if err is None or not err.retriable():
                     raise
                 log.warning("kafka init_transactions failed (%s); retrying", err)
@@ -439,99 +306,10 @@ class ConfluentRunner(Runner):
 
     async def _queue(self, outcome: Outcome) -> Queued | None:
         try:
-            return (self._producer, [self._produce(outcome)])
+            return (self._producer, [self._out.produce(outcome)])
         except KafkaException as exc:
             log.debug("queueing a batch's outputs failed (%s); sending them with retries", exc)
             return None
-
-    def _produce(self, outcome: Outcome) -> asyncio.Future[None]:
-        """Hand a batch's dead letters and outputs to the producer; the future resolves once the
-        broker acknowledged all of them (or fails with the first error).
-
-        Predictions go to the partition of their key (murmur2, as aiokafka's record batches and
-        the Java client), and only the last one of each partition asks for its delivery report:
-        the idempotent producer delivers a partition's messages in order, and a failed one fails
-        those after it, so that report answers for the partition. (A report per message costs a
-        Python call each, on another thread, fighting the loop for the GIL.)"""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        topics = self.settings.topics
-        messages: list[tuple[str, bytes | None, bytes | None, list[Any] | None]] = []
-        for d in outcome.dead_letters:
-            value, headers = dead_letter_message(d, topics)
-            messages.append((topics.dead_letter, value, d.key, headers))
-        keys, values, window_keys, window_values = outcome.encoded()
-        windows = zip(window_keys, window_values, strict=True)
-        messages += [(topics.windows, v, k, None) for k, v in windows]
-        out = topics.predictions
-        parts: list[int] = []
-        last: dict[int, int] = {}
-        if values:
-            parts = partitions_of(keys, self._partitions(out)).tolist()
-            last = {p: i for i, p in enumerate(parts)}
-        if not messages and not values:
-            done.set_result(None)
-            return done
-        left = [len(messages) + len(last)]
-        lock = threading.Lock()
-
-        def settle(exc: BaseException | None) -> None:
-            if not done.done():
-                if exc is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(exc)
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            with lock:
-                left[0] -= 1
-                end = left[0] == 0
-            if err is not None:
-                loop.call_soon_threadsafe(settle, KafkaException(err))
-            elif end:
-                loop.call_soon_threadsafe(settle, None)
-
-        produce = self._producer.produce
-        for topic, value, key, extra in messages:
-            self._put(produce, topic, value, key, delivered, extra)
-        reported = set(last.values())
-        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-            self._put(
-                produce, out, value, key, delivered if i in reported else None, None, parts[i]
-            )
-        return done
-
-    def _partitions(self, topic: str) -> int:
-        """The partition count of an output topic (asked once)."""
-        n = self._partition_counts.get(topic)
-        if n is None:
-            meta = self._producer.list_topics(topic, timeout=30).topics[topic]
-            if meta.error is not None or not meta.partitions:
-                raise KafkaException(meta.error or KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
-            n = self._partition_counts[topic] = len(meta.partitions)
-        return n
-
-    def _put(
-        self,
-        produce: Callable[..., None],
-        topic: str,
-        value: bytes | None,
-        key: bytes | None,
-        callback: Callable[..., None] | None,
-        headers: list[Any] | None,
-        partition: int = -1,
-    ) -> None:
-        while True:
-            try:
-                if headers:
-                    produce(topic, value, key, on_delivery=callback, headers=headers)
-                elif callback is not None:
-                    produce(topic, value, key, partition, on_delivery=callback)
-                else:
-                    produce(topic, value, key, partition)
-                return
-            except BufferError:  # the producer's queue is full: let deliveries drain it
-                self._producer.flush(0.05)
 
     async def _deliver(
         self,
@@ -551,19 +329,19 @@ class ConfluentRunner(Runner):
                     await self._call(self._transaction, outcome, tps, group)
                 else:
                     first, queued = queued, None
-                    futures = first[1] if first is not None else [self._produce(outcome)]
+                    futures = first[1] if first is not None else [self._out.produce(outcome)]
                     await asyncio.gather(*futures)
                     await self._on_consumer(self._commit, tps)
                 break
             except KafkaException as exc:
-                err = _error(exc)
+                err = kafka_error(exc)
                 if err is None:
                     raise
-                if err.code() in _FENCED or err.fatal():
+                if err.code() in FENCED or err.fatal():
                     raise  # another worker took this transactional id: stop
-                if err.code() in _REFUSED or not self._owns(offsets):
+                if err.code() in REFUSED or not self._owns(offsets):
                     return self._refused(err, offsets)
-                transient = err.retriable() or err.code() in _TRANSIENT
+                transient = err.retriable() or err.code() in TRANSIENT
                 if not transient and not err.txn_requires_abort():
                     raise
                 self._kafka_retried()
@@ -635,7 +413,7 @@ class ConfluentRunner(Runner):
     async def _queue_in_loop(self, outcome: Outcome) -> None:
         """Queue a transaction's messages (from the loop, where the futures live); the commit
         of the transaction waits for their delivery."""
-        self._produce(outcome)
+        self._out.produce(outcome)
 
     # ---------------------------------------------------------------------------------- stop --
 

@@ -13,14 +13,14 @@ from redis.exceptions import AskError, ClusterError, MovedError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from streamer.state.connect import FAULTS as _FAULTS
+from streamer.state.connect import classify_redis_error
 from streamer.state.redis import (
-    _FAULTS,
     _PUT_MANY_LUA,
     RedisStateStore,
     _fenced,
     _pack,
     _text,
-    classify_redis_error,
 )
 from streamer.state.store import OutboxPart
 

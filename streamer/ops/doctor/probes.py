@@ -43,7 +43,7 @@ from streamer.ops.presence import WorkerInfo, live_workers
 from streamer.settings import Settings
 from streamer.state import RedisStateStore, redis_client
 from streamer.state.codec import decode
-from streamer.state.redis import tls_refusal
+from streamer.state.connect import tls_refusal
 
 T = TypeVar("T")
 
