@@ -8,6 +8,7 @@ import itertools
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "RunnerStats",
     "dead_letter_message",
     "ensure_topics",
     "group_lag",
@@ -38,6 +40,8 @@ __all__ = [
     "replay_events",
     "send_keyed",
     "session_timeout_s",
+    "worker_consumer",
+    "worker_producer",
 ]
 
 
@@ -350,3 +354,57 @@ def group_lag(
     """
     first = start if auto_offset_reset == "earliest" else end
     return {p: max(0, e - committed.get(p, first.get(p, e))) for p, e in end.items()}
+
+
+#: Largest record batch the worker's producer builds; under the broker's default limit (1 MiB).
+_MAX_RECORD_BATCH = 512 * 1024
+
+
+def worker_producer(s: Settings, exactly_once: bool) -> AIOKafkaProducer:
+    """The worker's aiokafka producer: idempotent, acks from all replicas, transactional in
+    exactly-once mode."""
+    return AIOKafkaProducer(
+        bootstrap_servers=s.kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=s.kafka.producer_linger_ms,
+        # A batch's predictions for one partition go out as one record batch (send_keyed).
+        max_batch_size=_MAX_RECORD_BATCH,
+        transactional_id=f"{s.app_id}-{s.kafka.transactional_id}" if exactly_once else None,
+        **s.kafka.client_options(),
+    )
+
+
+def worker_consumer(s: Settings, session_s: float) -> AIOKafkaConsumer:
+    """The worker's aiokafka consumer (not subscribed yet): no auto commit, read committed,
+    batches of at most ``batch.max_size``, the session of ``session_s``."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=s.kafka.bootstrap_servers,
+        group_id=s.app_id,
+        enable_auto_commit=False,
+        auto_offset_reset=s.kafka.auto_offset_reset,
+        isolation_level="read_committed",
+        max_poll_records=s.batch.max_size,
+        session_timeout_ms=int(session_s * 1000),
+        heartbeat_interval_ms=heartbeat_ms(session_s),
+        # How long the group waits for the others to rejoin (each finishing its batch first):
+        # not shorter than before the session timeout could be a few seconds.
+        rebalance_timeout_ms=int(1000 * max(session_s, 10.0)),
+        **s.kafka.client_options(),
+    )
+
+
+class RunnerStats:
+    """Counters of one runner, for logs and metrics."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.events = 0
+        self.predictions = 0
+        self.dead_letters = 0
+        #: dead letters by reason (announced to ``streamer doctor``)
+        self.dead_by_reason: Counter[str] = Counter()
+        self.reemitted = 0
+        self.redis_retries = 0
+        self.kafka_retries = 0
+        self.commit_failures = 0

@@ -29,7 +29,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -53,9 +52,11 @@ from streamer.errors import ConfigError, StreamerError
 from streamer.kafka import queue_outcome
 from streamer.kafka.clients import (
     FALLBACK_SESSION_S,
-    heartbeat_ms,
+    RunnerStats,
     session_timeout_s,
     tls_refusal,
+    worker_consumer,
+    worker_producer,
 )
 from streamer.kafka.lag import Lag, assignment
 from streamer.ops.metrics import Metrics
@@ -66,30 +67,12 @@ from streamer.settings import Settings
 __all__ = ["Runner", "RunnerStats"]
 
 log = logging.getLogger("streamer.kafka.runner")
-#: Largest record batch the producer builds; under the broker's default limit (1 MiB).
-_MAX_RECORD_BATCH = 512 * 1024
 #: How long an idle worker waits for a record before it looks after its idle chores (the lag, the
 #: outbox) and whether it was asked to stop.
 _IDLE_POLL_S = 0.1
 C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
 #: a batch's outputs handed to a producer: the producer, and their delivery futures
 Queued = tuple[AIOKafkaProducer | None, list["asyncio.Future[Any]"]]
-
-
-class RunnerStats:
-    """Counters of one runner, for logs and metrics."""
-
-    def __init__(self) -> None:
-        self.batches = 0
-        self.events = 0
-        self.predictions = 0
-        self.dead_letters = 0
-        #: dead letters by reason (announced to ``streamer doctor``)
-        self.dead_by_reason: Counter[str] = Counter()
-        self.reemitted = 0
-        self.redis_retries = 0
-        self.kafka_retries = 0
-        self.commit_failures = 0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -163,37 +146,11 @@ class Runner:
         )
 
     def _new_producer(self) -> AIOKafkaProducer:
-        s = self.settings
-        return AIOKafkaProducer(
-            bootstrap_servers=s.kafka.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=s.kafka.producer_linger_ms,
-            # A batch's predictions for one partition go out as one record batch (send_keyed).
-            max_batch_size=_MAX_RECORD_BATCH,
-            transactional_id=f"{s.app_id}-{s.kafka.transactional_id}"
-            if self.exactly_once
-            else None,
-            **s.kafka.client_options(),
-        )
+        return worker_producer(self.settings, self.exactly_once)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka.bootstrap_servers,
-            group_id=s.app_id,
-            enable_auto_commit=False,
-            auto_offset_reset=s.kafka.auto_offset_reset,
-            isolation_level="read_committed",
-            max_poll_records=s.batch.max_size,
-            session_timeout_ms=int(self._session_s * 1000),
-            heartbeat_interval_ms=heartbeat_ms(self._session_s),
-            # How long the group waits for the others to rejoin (each finishing its batch first):
-            # not shorter than before the session timeout could be a few seconds.
-            rebalance_timeout_ms=int(1000 * max(self._session_s, 10.0)),
-            **s.kafka.client_options(),
-        )
-        consumer.subscribe([s.topics.events], listener=_Rebalance(self))
+        consumer = worker_consumer(self.settings, self._session_s)
+        consumer.subscribe([self.settings.topics.events], listener=_Rebalance(self))
         self._consumer = consumer  # the rebalance listener reads it during start
         return consumer
 
