@@ -143,7 +143,9 @@ class OnlinePredictor:
 
     Events are mappings with ``unique_id``, ``ds``, ``y`` and the model's feature columns, or
     :class:`~streamer.schemas.Event` objects. Mappings get partition ``partition`` and offsets
-    counted by this object (an event is applied once: the fence refuses a replayed offset).
+    counted from ``offset`` by this object (an event is applied once: the fence skips an offset
+    already applied, so a predictor that goes on from another's states in Redis starts its
+    offsets after the other's last).
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class OnlinePredictor:
         *,
         device: str = "cpu",
         partition: int = 0,
+        offset: int = 0,
     ):
         from streamer.serve.predictor import Predictor
         from streamer.state.memory import MemoryStateStore
@@ -160,7 +163,8 @@ class OnlinePredictor:
         self.model = model if isinstance(model, Model) else load(model, device)
         self.store = store if store is not None else MemoryStateStore()
         self.partition = partition
-        self._offset = 0
+        #: the offset the next event given as a mapping gets
+        self.offset = offset
         self._loop = asyncio.new_event_loop()
         self.predictor: Predictor = Predictor(
             self.model.module, self.model.version, self.store, device=device
@@ -179,8 +183,8 @@ class OnlinePredictor:
                 ev = Event(str(row["unique_id"]), str(row["ds"]), float(row["y"]), feats, 0, 0)
             except KeyError as exc:
                 raise ConfigError(f"an event has no {exc.args[0]!r}: {dict(row)}") from None
-            ev.partition, ev.offset = self.partition, self._offset
-            self._offset += 1
+            ev.partition, ev.offset = self.partition, self.offset
+            self.offset += 1
             out.append(ev)
         return out
 

@@ -122,3 +122,60 @@ def test_the_readme_quickstart_from_a_config_file(
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(60) == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.integration
+def test_the_python_api_publishes_and_steps_into_redis(
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+) -> None:
+    """``streamer.api``: publish to the registry (workers switch to it), and an online predictor
+    whose states are in Redis, where the state CLI reads them and a second predictor goes on from
+    them; its predictions equal a fresh in-memory predictor's over the same events."""
+    import asyncio
+
+    import streamer.api as st
+    from streamer.model.registry import Registry
+    from streamer.settings import Settings
+    from streamer.state import RedisStateStore, redis_client
+
+    settings = Settings.model_validate({"model_name": ns, "redis": {"url": services["redis_url"]}})
+    version = st.publish(model_dir, settings, activate=True)
+
+    async def active() -> str | None:
+        reg = Registry(redis_client(settings), ns)
+        try:
+            return await reg.active()
+        finally:
+            await reg.aclose()
+
+    assert asyncio.run(active()) == version == st.load(model_dir).version
+
+    events = [
+        {"unique_id": f"u{i % 7}", "ds": f"2024-01-{1 + i // 7:02d}", "y": float(i % 5)}
+        for i in range(70)
+    ]
+    model = st.load(model_dir)
+    with st.OnlinePredictor(model, RedisStateStore.from_settings(settings)) as live:
+        first = live.predict(events[:35])
+    with st.OnlinePredictor(model, RedisStateStore.from_settings(settings), offset=35) as live:
+        second = live.predict(events[35:])
+        assert live.state("u3").step == 10
+    with st.OnlinePredictor(model) as memory:
+        want = memory.predict(events)
+    got = first + second
+    assert [p.unique_id for p in got] == [p.unique_id for p in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.forecast == pytest.approx(b.forecast, rel=1e-5, abs=1e-6)
+        assert a.forecast_ds == b.forecast_ds and a.step == b.step
+    r = subprocess.run(
+        [sys.executable, "-m", "streamer.ops.cli", "state", "get", "u3", "--json"],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")},
+            "STREAMER_MODEL_NAME": ns,
+            "STREAMER_REDIS__URL": services["redis_url"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and '"step": 10' in r.stdout, r
