@@ -96,6 +96,9 @@ class ConfluentRunner(Runner):
         self._threads: list[threading.Thread] = []
         #: the batches' outputs, handed to the producer
         self._out: BatchProducer
+        #: partition -> the offset of a delivered batch whose commit the group refused while it
+        #: rebalanced, committed with the next batch or while idle
+        self._deferred: dict[int, int] = {}
         #: a fatal error of the consume thread, raised by the loop
         self._thread_failed: BaseException | None = None
         #: the generations of the partitions of the batch taken last, when it was fetched
@@ -270,6 +273,7 @@ class ConfluentRunner(Runner):
             self._gen[p] = self._gen.get(p, 0) + 1
             self._committed.pop(p, None)
             self._base.pop(p, None)
+            self._deferred.pop(p, None)
             self._owned.discard(p)
         self.lag.forget(partitions)
         self.handler.predictor.forget_partitions(partitions)
@@ -331,7 +335,8 @@ class ConfluentRunner(Runner):
                     first, queued = queued, None
                     futures = first[1] if first is not None else [self._out.produce(outcome)]
                     await asyncio.gather(*futures)
-                    await self._on_consumer(self._commit, tps)
+                    if not await self._commit_or_defer(tps):
+                        return True  # delivered; the offsets go with a later commit
                 break
             except KafkaException as exc:
                 err = kafka_error(exc)
@@ -351,6 +356,54 @@ class ConfluentRunner(Runner):
         for tp, o in offsets.items():
             self._committed[tp.partition] = o
         return True
+
+    async def _commit_or_defer(self, tps: list[TopicPartition]) -> bool:
+        """Commit a delivered batch's offsets; False when the group refused them because it is
+        rebalancing (at least once: the outputs are out, so nothing is stepped again; the
+        partitions this worker keeps commit these offsets with its next batch, and those that
+        move are read by their new owner from the last commit, the states' fence skipping what
+        was applied). Rewinding every partition instead paused the kept ones for up to 0.8 s
+        on each join."""
+        batch = {tp.partition for tp in tps}
+        topic = self.settings.topics.events
+        earlier = [
+            TopicPartition(topic, p, o)
+            for p, o in self._deferred.items()
+            if p in self._owned and p not in batch
+        ]
+        try:
+            await self._on_consumer(self._commit, tps + earlier)
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is None or err.code() not in REFUSED:
+                raise
+            self.stats.commit_failures += 1
+            self.metrics.commit_failures.inc()
+            for tp in tps:
+                self._deferred[tp.partition] = tp.offset
+            log.info("commit refused (%s); its offsets go with the next commit", err.str())
+            return False
+        for tp in earlier:
+            self._committed[tp.partition] = tp.offset
+        for p in batch | {tp.partition for tp in earlier}:
+            self._deferred.pop(p, None)
+        return True
+
+    async def _trim(self) -> None:
+        """While idle: the offsets of refused commits first, then the outbox."""
+        if self._deferred and not self.exactly_once:
+            owned = [(p, o) for p, o in self._deferred.items() if p in self._owned]
+            if owned:
+                topic = self.settings.topics.events
+                with contextlib.suppress(KafkaException):  # refused again: the next time
+                    await self._on_consumer(
+                        self._commit, [TopicPartition(topic, p, o) for p, o in owned]
+                    )
+                    for p, o in owned:
+                        if p in self._owned:  # (not revoked meanwhile)
+                            self._committed[p] = o
+                        self._deferred.pop(p, None)
+        await super()._trim()
 
     def _owns(self, offsets: dict[AioTopicPartition, int]) -> bool:
         return all(tp.partition in self._owned for tp in offsets)
