@@ -15,7 +15,7 @@ from streamer import settings as settings_module
 from streamer.config import variable
 from streamer.settings import Settings
 
-__all__ = ["cli_markdown", "settings_markdown"]
+__all__ = ["cli_markdown", "commands_of", "settings_markdown"]
 
 
 def _comments(cls: type) -> dict[str, str]:
@@ -78,14 +78,15 @@ def settings_markdown() -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _walk(
+def commands_of(
     parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
 ) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every parser under ``parser`` with the words that reach it: ``(("state", "get"), p)``."""
     out = [(path, parser)]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                out += _walk(sub, (*path, name))
+                out += commands_of(sub, (*path, name))
     return out
 
 
@@ -99,7 +100,7 @@ def cli_markdown() -> str:
     os.environ["COLUMNS"] = "100"
     try:
         parts = []
-        for path, parser in _walk(build_parser()):
+        for path, parser in commands_of(build_parser()):
             leaf = not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
             if path and not leaf:
                 continue

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
@@ -127,19 +126,11 @@ def test_version() -> None:
     assert r.returncode == 0 and r.stdout.strip() == f"streamer {streamer.__version__}"
 
 
-def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[Any]:
-    out = [(path, parser)]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                out += _commands(sub, (*path, name))
-    return out
-
-
 def test_every_option_has_help_and_its_default() -> None:
     from streamer.ops.cli import build_parser
+    from streamer.ops.reference import commands_of
 
-    commands = _commands(build_parser())
+    commands = commands_of(build_parser())
     assert len(commands) > 20
     for path, parser in commands:
         text = parser.format_help()

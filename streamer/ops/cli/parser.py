@@ -72,17 +72,45 @@ def _setting_help(text: str, name: str) -> str:
     return f"{text} ({shown}{variable(name)}, {name} in {CONFIG_FILE})"
 
 
-def _options(
-    *,
-    kafka: bool = False,
-    redis: bool = False,
-    model_name: bool = False,
-    app_id: bool = False,
-    events: bool = False,
-    predictions: bool = False,
-    model_path: bool = False,
-) -> _Parser:
-    """The settings flags of a command that uses them, and ``--config``."""
+#: The settings flags: (the ``_options`` keyword that turns it on, flag, metavar, type, what it
+#: sets, the setting)
+_FLAGS: tuple[tuple[str, str, str, Any, str, str], ...] = (
+    ("kafka", "--bootstrap-servers", "HOST:PORT", str, "Kafka brokers", "kafka.bootstrap_servers"),
+    ("redis", "--redis-url", "URL", str, "Redis", "redis.url"),
+    (
+        "model_name",
+        "--model-name",
+        "NAME",
+        str,
+        "model name in state keys and the registry",
+        "model_name",
+    ),
+    ("app_id", "--app-id", "ID", str, "the workers' consumer group", "app_id"),
+    ("model_path", "--model", "DIR", Path, "model artifact", "model_path"),
+    (
+        "events",
+        "--events-topic",
+        "TOPIC",
+        str,
+        "events topic; its dead letters go to TOPIC.dlq",
+        "topics.events",
+    ),
+    (
+        "predictions",
+        "--predictions-topic",
+        "TOPIC",
+        str,
+        "predictions topic; window predictions go to TOPIC.windows",
+        "topics.predictions",
+    ),
+)
+
+
+def _options(**wanted: bool) -> _Parser:
+    """``--config``, and the settings flags a command uses: ``kafka``, ``redis``, ``model_name``,
+    ``app_id``, ``model_path``, ``events``, ``predictions``."""
+    unknown = set(wanted) - {f[0] for f in _FLAGS}
+    assert not unknown, unknown
     o = _Parser(add_help=False)
     o.add_argument(
         "--config",
@@ -90,42 +118,9 @@ def _options(
         metavar="FILE",
         help=f"configuration file (default: $STREAMER_CONFIG, else ./{CONFIG_FILE} if present)",
     )
-    if kafka:
-        o.add_argument(
-            "--bootstrap-servers",
-            metavar="HOST:PORT",
-            help=_setting_help("Kafka brokers", "kafka.bootstrap_servers"),
-        )
-    if redis:
-        o.add_argument("--redis-url", metavar="URL", help=_setting_help("Redis", "redis.url"))
-    if model_name:
-        o.add_argument(
-            "--model-name",
-            metavar="NAME",
-            help=_setting_help("model name in state keys and the registry", "model_name"),
-        )
-    if app_id:
-        o.add_argument(
-            "--app-id", metavar="ID", help=_setting_help("the workers' consumer group", "app_id")
-        )
-    if model_path:
-        o.add_argument(
-            "--model", type=Path, metavar="DIR", help=_setting_help("model artifact", "model_path")
-        )
-    if events:
-        o.add_argument(
-            "--events-topic",
-            metavar="TOPIC",
-            help=_setting_help("events topic; its dead letters go to TOPIC.dlq", "topics.events"),
-        )
-    if predictions:
-        o.add_argument(
-            "--predictions-topic",
-            metavar="TOPIC",
-            help=_setting_help(
-                "predictions topic; window predictions go to TOPIC.windows", "topics.predictions"
-            ),
-        )
+    for key, flag, metavar, kind, text, setting in _FLAGS:
+        if wanted.get(key):
+            o.add_argument(flag, type=kind, metavar=metavar, help=_setting_help(text, setting))
     return o
 
 
