@@ -35,24 +35,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-#: flag destination -> the setting it overrides (dotted)
-_SETTING_FLAGS = {
-    "bootstrap_servers": "kafka.bootstrap_servers",
-    "redis_url": "redis.url",
-    "model_name": "model_name",
-    "app_id": "app_id",
-    "model": "model_path",
-    "events_topic": "topics.events",
-    "predictions_topic": "topics.predictions",
-}
-
-
 def settings_from(args: argparse.Namespace) -> Settings:
     """The settings of a command: its flags over ``STREAMER_*`` variables over the
     configuration file (``--config``, ``$STREAMER_CONFIG`` or ``./streamer.toml``)."""
     over: dict[str, Any] = {}
-    for dest, name in _SETTING_FLAGS.items():
-        value = getattr(args, dest, None)
+    for _, flag, _, _, _, name in _FLAGS:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if value is None:
             continue
         group, _, field = name.rpartition(".")
