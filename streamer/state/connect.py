@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AskError,
     AuthenticationError,
@@ -64,8 +66,13 @@ def redis_client_of(
         **extra,
     )
     if cluster:
-        # The URL is one node; the client asks it for the others and the slot map.
-        return RedisCluster.from_url(url, **opts)
+        # The URL is one node; the client asks it for the others and the slot map. The client
+        # rides out a blip (a failover) by itself, for well under a second; a longer outage comes
+        # back to the caller, whose own loop waits, logs and counts it (redis-py's default, ten
+        # retries, hid a node's restart from the worker's log and metrics).
+        return RedisCluster.from_url(
+            url, retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 2), **opts
+        )
     return aioredis.Redis.from_url(url, **opts)
 
 
