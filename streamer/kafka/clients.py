@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -23,13 +25,15 @@ from streamer.kafka.partitioning import partitions_of
 from streamer.settings import Settings, TopicSettings
 
 if TYPE_CHECKING:
+    from streamer.ops.metrics import Metrics
     from streamer.schemas import DeadLetter
-    from streamer.serve.pipeline import Outcome
+    from streamer.serve.pipeline import BatchHandler, Outcome
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RunnerStats",
+    "count_batch",
     "dead_letter_message",
     "ensure_topics",
     "group_lag",
@@ -408,3 +412,40 @@ class RunnerStats:
         self.redis_retries = 0
         self.kafka_retries = 0
         self.commit_failures = 0
+
+
+def count_batch(
+    stats: RunnerStats,
+    metrics: Metrics,
+    handler: BatchHandler,
+    produced_ms: npt.NDArray[np.float64],
+    outcome: Outcome,
+    started: float,
+) -> None:
+    """Count a delivered batch in a worker's stats and metrics; ``produced_ms`` are its events'
+    timestamps (milliseconds; -1 for none), ``started`` when its delivery began
+    (``time.perf_counter``)."""
+    done = time.time()
+    st = stats
+    st.batches += 1
+    st.events += len(produced_ms)
+    st.predictions += len(outcome.outputs)
+    st.dead_letters += len(outcome.dead_letters)
+    st.dead_by_reason.update(d.reason for d in outcome.dead_letters)
+    st.reemitted += outcome.report.reemitted
+    st.redis_retries += outcome.retries
+    try:
+        produced = produced_ms[produced_ms > 0]
+        metrics.batch(
+            size=len(produced_ms),
+            report=outcome.report,
+            predictions=len(outcome.outputs),
+            dead_letters=outcome.dead_letters,
+            latencies=np.maximum(done - produced / 1000.0, 0.0),
+            delivery_s=time.perf_counter() - started,
+        )
+        metrics.stepped(outcome.report)
+        metrics.cache(handler.predictor.cache)
+        metrics.serving(handler.predictor.version)
+    except Exception:  # a metric must never stop a worker whose batch was delivered
+        log.exception("updating the metrics failed")

@@ -53,6 +53,7 @@ from streamer.kafka import queue_outcome
 from streamer.kafka.clients import (
     FALLBACK_SESSION_S,
     RunnerStats,
+    count_batch,
     session_timeout_s,
     tls_refusal,
     worker_consumer,
@@ -348,33 +349,9 @@ class Runner:
         self, records: list[ConsumerRecord[bytes, bytes]], outcome: Outcome, started: float
     ) -> None:
         """The stats and metrics of a committed batch."""
-        done = time.time()
-        st = self.stats
-        st.batches += 1
-        st.events += len(records)
-        st.predictions += len(outcome.outputs)
-        st.dead_letters += len(outcome.dead_letters)
-        st.dead_by_reason.update(d.reason for d in outcome.dead_letters)
-        st.reemitted += outcome.report.reemitted
-        st.redis_retries += outcome.retries
-        try:
-            m = self.metrics
-            produced = np.array([r.timestamp for r in records], np.float64)
-            produced = produced[produced > 0]  # (-1: a message without a timestamp)
-            m.batch(
-                size=len(records),
-                report=outcome.report,
-                predictions=len(outcome.outputs),
-                dead_letters=outcome.dead_letters,
-                latencies=np.maximum(done - produced / 1000.0, 0.0),
-                delivery_s=time.perf_counter() - started,
-            )
-            m.stepped(outcome.report)
-            m.cache(self.handler.predictor.cache)
-            m.serving(self.handler.predictor.version)
-            self.observe_partitions()
-        except Exception:  # a metric must never stop a worker whose batch was committed
-            log.exception("updating the metrics failed")
+        produced = np.array([r.timestamp for r in records], np.float64)
+        count_batch(self.stats, self.metrics, self.handler, produced, outcome, started)
+        self.observe_partitions()
 
     async def _trim(self) -> None:
         """At rest: let the store drop the kept predictions of what is committed (the outbox of
