@@ -306,6 +306,10 @@ class Settings(BaseSettings):
     #: identity). ``exactly_once``: outputs and offsets commit in one Kafka transaction, so a
     #: ``read_committed`` consumer sees exactly one prediction per event.
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: How the worker consumes the events: ``streamer`` (its own batch loop: the fastest, and the
+    #: only one with exactly once) or ``faust`` (a Faust app and agent, ``streamer.faust``; at
+    #: least once, aiokafka).
+    engine: Literal["streamer", "faust"] = "streamer"
     #: Most predictions kept per entity state for re-emission after a crash.
     max_kept_outputs: int = Field(default=1024, ge=1)
     #: The worker's log level (``streamer worker -l`` overrides it).
@@ -324,6 +328,19 @@ class Settings(BaseSettings):
                 f"max_kept_outputs ({self.max_kept_outputs}) must be at least batch.max_size "
                 f"({self.batch.max_size}): a batch's outputs must all be kept until committed"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> Settings:
+        if self.engine != "faust":
+            return self
+        if self.processing_guarantee == "exactly_once":
+            raise ValueError(
+                "the faust engine is at least once (Faust's transactions go per source partition; "
+                "a batch spans many): use engine streamer for exactly_once"
+            )
+        if self.kafka.client != "aiokafka":
+            raise ValueError("the faust engine runs on aiokafka: unset kafka.client")
         return self
 
     @field_validator("device")

@@ -18,6 +18,7 @@ from streamer.state.codec import decode
 from streamer.train.data import event_rows
 from tests.conftest import make_panel
 from tests.integration.workers import (
+    FAUST_CLI,
     TopicReader,
     WorkerProcess,
     event_message,
@@ -85,13 +86,14 @@ async def check_states(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("client", ["aiokafka", "confluent"])
+@pytest.mark.parametrize("client", ["aiokafka", "confluent", "faust"])
 @pytest.mark.parametrize("restart", [False, True], ids=["one-worker", "stop-halfway-and-restart"])
 async def test_every_event_gets_one_prediction_equal_to_nn_lstm(
     redis_kind: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, restart: bool, client: str
 ) -> None:
     """Against a single Redis and against a Redis Cluster (``redis_kind``), on both Kafka
-    clients."""
+    clients of the default engine and on the Faust engine (its worker started by Faust's own
+    command line, then by ``streamer worker --engine faust``)."""
     services = redis_kind
     art = load_artifact(model_dir)
     df = make_panel(300, 5, 30, seed=11)
@@ -103,8 +105,13 @@ async def test_every_event_gets_one_prediction_equal_to_nn_lstm(
     await ensure_topics(settings)
     await produce(services["bootstrap"], settings.topics.events, msgs)
 
-    env = worker_env(services, ns, model_dir, STREAMER_KAFKA__CLIENT=client)
-    worker = WorkerProcess(env, tmp_path / "worker1.log")
+    if client == "faust":
+        env = worker_env(services, ns, model_dir, STREAMER_ENGINE="faust")
+        env.pop("STREAMER_KAFKA__CLIENT", None)
+        worker = WorkerProcess(env, tmp_path / "worker1.log", FAUST_CLI)
+    else:
+        env = worker_env(services, ns, model_dir, STREAMER_KAFKA__CLIENT=client)
+        worker = WorkerProcess(env, tmp_path / "worker1.log")
     async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
         try:
             if restart:

@@ -50,14 +50,18 @@ def store_for(services: dict[str, str], ns: str, **kwargs: Any) -> RedisStateSto
     return RedisStateStore.from_url(services["redis_url"], ns, cluster=cluster, **kwargs)
 
 
-class WorkerProcess:
-    """``streamer worker`` in a child process, its output kept in a log file."""
+#: Faust's own command line running the Faust engine's ready app
+FAUST_CLI = [sys.executable, "-m", "faust", "-A", "workers.faust_app", "worker", "-l", "info"]
 
-    def __init__(self, env: dict[str, str], log: Path):
+
+class WorkerProcess:
+    """``streamer worker`` (or ``command``) in a child process, its output kept in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path, command: list[str] | None = None):
         self.log = log
         self._fh = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer.ops.cli", "worker", "-l", "info"],
+            command or [sys.executable, "-m", "streamer.ops.cli", "worker", "-l", "info"],
             env=env,
             stdout=self._fh,
             stderr=subprocess.STDOUT,

@@ -34,9 +34,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         asyncio.run(ensure_topics(settings))
     finally:
         quiet.setLevel(level)
+    loglevel = args.loglevel or settings.log_level
+    if settings.engine == "faust":
+        from streamer.faust import faust_worker
+
+        faust_worker(settings, handler, loglevel).execute_from_commandline()
+        return 0
     service = StreamerService(settings, handler)
     service.serve_metrics()  # a busy port: one line, before the worker starts
-    worker = Worker(service, loglevel=args.loglevel or settings.log_level, redirect_stdouts=False)
+    worker = Worker(service, loglevel=loglevel, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 

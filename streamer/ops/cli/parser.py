@@ -91,12 +91,13 @@ _FLAGS: tuple[tuple[str, str, str, Any, str, str], ...] = (
         "predictions topic; window predictions go to TOPIC.windows",
         "topics.predictions",
     ),
+    ("engine", "--engine", "NAME", str, "streamer (the fastest) or faust", "engine"),
 )
 
 
 def _options(**wanted: bool) -> _Parser:
     """``--config``, and the settings flags a command uses: ``kafka``, ``redis``, ``model_name``,
-    ``app_id``, ``model_path``, ``events``, ``predictions``."""
+    ``app_id``, ``model_path``, ``events``, ``predictions``, ``engine``."""
     unknown = set(wanted) - {f[0] for f in _FLAGS}
     assert not unknown, unknown
     o = _Parser(add_help=False)
@@ -146,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     every = dict(kafka=True, redis=True, model_name=True, app_id=True, model_path=True)
     topics = dict(events=True, predictions=True)
 
-    w = sub.add_parser("worker", parents=[_options(**every, **topics)], help="run a worker")
+    w = sub.add_parser(
+        "worker", parents=[_options(**every, **topics, engine=True)], help="run a worker"
+    )
     w.add_argument(
         "-l",
         "--loglevel",
