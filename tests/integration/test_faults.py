@@ -82,11 +82,12 @@ async def verify(
     return len(preds) - len(df)
 
 
+@pytest.mark.parametrize("engine", ["streamer", "faust"])
 async def test_kill_9_at_random_points_then_restart(
-    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, engine: str
 ) -> None:
     df, settings = await stream_panel(services, ns, 200, seed=21)
-    env = worker_env(services, ns, model_dir, **FAST)
+    env = worker_env(services, ns, model_dir, **FAST, STREAMER_ENGINE=engine)
     rng = random.Random(5)
     kill_points = sorted(rng.sample(range(300, len(df) - 300), 4))
     async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
@@ -109,20 +110,31 @@ async def test_kill_9_at_random_points_then_restart(
     print(f"kill points {kill_points}: {len(df)} events, {entities} entities, {dupes} duplicates")
 
 
+@pytest.mark.parametrize("engine", ["streamer", "faust"])
 async def test_two_workers_partitions_move_while_they_start_and_die(
-    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, engine: str
 ) -> None:
-    df, settings = await stream_panel(services, ns, 200, seed=22)
-    env = worker_env(services, ns, model_dir, **FAST)
+    df = make_panel(200, 10, 40, seed=22)
+    settings = settings_for(services, ns)
+    await ensure_topics(settings)
+    env = worker_env(services, ns, model_dir, **FAST, STREAMER_ENGINE=engine)
     n = len(df)
+    msgs = [event_message(ev) for ev in event_rows(df)]
+    # Events keep coming while the workers start, join, die and leave: partitions move under load.
+    feeding = asyncio.create_task(
+        produce(services["bootstrap"], settings.topics.events, msgs, rate=300)
+    )
     async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
         a = WorkerProcess(env, tmp_path / "a1.log")
         await out.read_until(n // 6, timeout=120, proc=a)
         b = WorkerProcess(env, tmp_path / "b1.log")  # joins: partitions move to it
+        await b.logged("partitions assigned")
+        await a.logged("partitions revoked")
         await out.read_until(2 * n // 6, timeout=120, proc=a)
         a.kill()  # b takes everything over
         await out.read_until(3 * n // 6, timeout=120, proc=b)
         a = WorkerProcess(env, tmp_path / "a2.log")  # rejoins
+        await a.logged("partitions assigned")
         await out.read_until(4 * n // 6, timeout=120, proc=b)
         assert b.stop(signal.SIGTERM) == 0, b.tail()  # leaves cleanly: a takes over again
         try:
@@ -131,6 +143,7 @@ async def test_two_workers_partitions_move_while_they_start_and_die(
             await out.drain(quiet_s=2)
         finally:
             assert a.stop() == 0, a.tail()
+        await feeding
         await verify(services, ns, model_dir, df, out.records, exactly_once=False)
 
 

@@ -32,18 +32,19 @@ def draw_hostile(n: int) -> list[tuple[bytes | None, bytes | None]]:
         return [strategy.example() for _ in range(n)]
 
 
+@pytest.mark.parametrize("engine", ["streamer", "faust"])
 async def test_hostile_input_goes_to_the_dead_letter_topic_and_changes_no_state(
-    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, engine: str
 ) -> None:
     hostile = draw_hostile(150)
     try:
-        await _scenario(hostile, services, ns, model_dir, tmp_path)
+        await _scenario(hostile, services, ns, model_dir, tmp_path, engine)
     except AssertionError:
         print("hostile input of the failing run:", hostile)
         raise
 
 
-async def _scenario(hostile, services, ns, model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def _scenario(hostile, services, ns, model_dir, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
     df = PANEL
     msgs = [event_message(ev) for ev in event_rows(df)]
     rng = random.Random(3)
@@ -52,7 +53,9 @@ async def _scenario(hostile, services, ns, model_dir, tmp_path) -> None:  # type
     settings_ = settings_for(services, ns)
     await ensure_topics(settings_)
     await produce(services["bootstrap"], settings_.topics.events, msgs)
-    env = worker_env(services, ns, model_dir, STREAMER_TOPICS__MAX_EVENT_BYTES="4096")
+    env = worker_env(
+        services, ns, model_dir, STREAMER_TOPICS__MAX_EVENT_BYTES="4096", STREAMER_ENGINE=engine
+    )
     w = WorkerProcess(env, tmp_path / "w.log")
     try:
         async with TopicReader(services["bootstrap"], settings_.topics.predictions) as out:

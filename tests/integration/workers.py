@@ -105,13 +105,21 @@ class WorkerProcess:
 
 
 async def produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+    rate: float | None = None,
 ) -> int:
+    """Send the messages, as fast as possible or ``rate`` a second (in steps of 20)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
     n = 0
     try:
-        futs = [await producer.send(topic, value, key=key) for key, value in messages]
+        futs = []
+        for i, (key, value) in enumerate(messages):
+            futs.append(await producer.send(topic, value, key=key))
+            if rate and i % 20 == 19:
+                await asyncio.sleep(20 / rate)
         await asyncio.gather(*futs)
         n = len(futs)
     finally:
