@@ -77,6 +77,13 @@ def test_wrong_arguments_get_one_line_and_status_2(args: tuple[str, ...], needle
         (("state", "list"), {"STREAMER_APPID": "x"}, "did you mean STREAMER_APP_ID?", 1),
         (("state", "list", "--config", "/nonexistent.toml"), {}, "no configuration file", 1),
         (("worker",), {"STREAMER_METRICS__PORT": "70000"}, "invalid setting metrics.port", 2),
+        (("worker", "--engine", "kafka"), {}, "invalid setting engine", 2),
+        (
+            ("worker", "--engine", "faust"),
+            {"STREAMER_PROCESSING_GUARANTEE": "exactly_once"},
+            "invalid settings: the faust engine is at least once",
+            2,
+        ),
     ],
 )
 def test_errors_at_run_time_are_one_line(

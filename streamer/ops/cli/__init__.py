@@ -55,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
-        print(f"streamer: error: invalid setting {where}: {first['msg']}", file=sys.stderr)
+        msg = first["msg"].removeprefix("Value error, ")
+        what = f"invalid setting {where}" if where else "invalid settings"
+        print(f"streamer: error: {what}: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
