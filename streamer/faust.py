@@ -211,8 +211,10 @@ class Streamer(ServingService):
         return self.app.agent(self.events_topic, name=name, **kwargs)(predict)
 
     async def batches(self, stream: faust.Stream[Any]) -> AsyncIterator[Outcome]:
-        """Take the stream's events in batches, predict for them (:meth:`process`) and ack them
-        once their predictions are out; yields each batch's :class:`Outcome`.
+        """Take the stream's events in batches, predict for them (:meth:`process`), yield each
+        batch's :class:`Outcome` once its predictions are out, and ack its events when the
+        caller asks for the next batch: what the caller does with a batch (sends of its own
+        included) is done before Faust may commit its offsets.
 
         A batch that fails (anything but an outage, which is waited out) crashes the app without
         acking its events: they are consumed again after a restart, and never skipped by events
@@ -228,9 +230,9 @@ class Streamer(ServingService):
                 log.exception("a batch failed; stopping: its events are consumed again")
                 await self.app.crash(exc)
                 raise
+            yield outcome  # the caller's own work on the batch is done before its acks
             for event in events:
                 await stream.ack(event)
-            yield outcome
 
     async def process(self, events: Sequence[EventT[Any]]) -> Outcome:
         """Predict for a batch of the stream's events: validate, step, save (fenced), then send
