@@ -45,7 +45,7 @@ import faust
 import numpy as np
 from faust.types import EventT, StreamT, TopicT
 
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, StreamerError
 from streamer.kafka.clients import (
     FALLBACK_SESSION_S,
     count_batch,
@@ -165,6 +165,9 @@ class Streamer(ServingService):
         self._delivered: dict[int, int] = {}
         self._ready = asyncio.Event()
         self._handler = handler
+        self._trimmed: dict[int, int] = {}
+        self._busy = False  # a batch is being processed
+        self._last_batch = 0.0  # (time.monotonic)
         app.add_dependency(self)  # started before the app's agents, stopped after them
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
@@ -240,8 +243,12 @@ class Streamer(ServingService):
         this returns, not before."""
         started = time.perf_counter()
         messages = [e.message for e in events]
-        outcome = await self.handler.handle(messages, self._delivered)
-        await asyncio.gather(*await self._send(outcome))
+        self._busy = True
+        try:
+            outcome = await self.handler.handle(messages, self._delivered)
+            await asyncio.gather(*await self._send(outcome))
+        finally:
+            self._busy, self._last_batch = False, time.monotonic()
         delivered = self._delivered
         for m in messages:
             if m.offset >= delivered.get(m.partition, 0):
@@ -270,6 +277,24 @@ class Streamer(ServingService):
                 futures.append(await send(topic, k, v, None, None, None))
         return futures
 
+    @ServingService.task
+    async def _trim_at_rest(self) -> None:
+        """A second after the last batch: let the store drop the kept predictions of what was
+        delivered, so that Redis holds only the states. Best effort (the next batch trims too)."""
+        while not self.should_stop:
+            await self.sleep(1.0)
+            if self._busy or time.monotonic() - self._last_batch < 1.0:
+                continue
+            due = {p: o for p, o in self._delivered.items() if self._trimmed.get(p) != o}
+            if not due:
+                continue
+            try:
+                await self.handler.predictor.trim(due)
+            except StreamerError as exc:
+                log.debug("cannot trim the outbox: %s", exc)
+                continue
+            self._trimmed.update(due)
+
     def _observe_lag(self) -> None:
         """Per owned partition: the broker's end offset minus the next offset to deliver."""
         consumer, topic = self.app.consumer, self.settings.topics.events
@@ -294,6 +319,7 @@ class Streamer(ServingService):
         gone = {tp.partition for tp in revoked if tp.topic == topic}
         for p in gone:
             self._delivered.pop(p, None)
+            self._trimmed.pop(p, None)
         if gone and self._ready.is_set():
             self.handler.predictor.forget_partitions(gone)
             log.info("partitions revoked: %s", sorted(gone))

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from redis.asyncio import Redis
 
 from streamer.kafka import ensure_topics
 from streamer.model.artifact import load_artifact
@@ -85,6 +86,16 @@ async def check_states(
         np.testing.assert_allclose(rec.c, exp.c, atol=1e-5, rtol=0, err_msg=uid)
 
 
+async def outbox_entries(services: dict[str, str], ns: str) -> int:
+    """The predictions model ``ns`` keeps in its outboxes (a worker at rest trims them)."""
+    redis = Redis.from_url(services["redis_url"])
+    try:
+        keys = [k async for k in redis.scan_iter(f"streamer-outbox:{ns}:*")]
+        return sum([await redis.zcard(k) for k in keys])
+    finally:
+        await redis.aclose()
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("client", ["aiokafka", "confluent", "faust"])
 @pytest.mark.parametrize("restart", [False, True], ids=["one-worker", "stop-halfway-and-restart"])
@@ -134,6 +145,8 @@ async def test_every_event_gets_one_prediction_equal_to_nn_lstm(
     check_predictions(preds, expected)
     assert all(r.key == p.unique_id.encode() for r, p in zip(out.records, preds, strict=True))
     await check_states(services, ns, expected)
+    if services.get("redis_cluster") != "1":  # (a cluster keeps them inside the states)
+        assert await outbox_entries(services, ns) == 0, "kept predictions left at rest"
 
     async with TopicReader(services["bootstrap"], settings.topics.dead_letter) as dlq:
         await dlq.read_until(len(BAD), timeout=30)
