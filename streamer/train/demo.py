@@ -203,11 +203,11 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | 
     entity = df["unique_id"].iloc[0]
     console.print(
         f"Inspect a state:    {cli} state get {entity} --model-name {run}\n"
-        f"Its predictions:    STREAMER_TOPICS__PREDICTIONS={settings.topics.predictions} "
-        f"{cli} tail --from-beginning --entity {entity} --timeout 3\n"
-        f"On a web page:      STREAMER_APP_ID={settings.app_id} "
-        f"STREAMER_TOPICS__EVENTS={settings.topics.events} "
-        f"STREAMER_TOPICS__PREDICTIONS={settings.topics.predictions} {cli} dashboard, "
+        f"Its predictions:    {cli} tail --topic {settings.topics.predictions} "
+        f"--from-beginning --entity {entity} --timeout 3\n"
+        f"On a web page:      {cli} dashboard --app-id {settings.app_id} "
+        f"--events-topic {settings.topics.events} "
+        f"--predictions-topic {settings.topics.predictions}, "
         f"then open http://127.0.0.1:8050/?entity={entity}",
         soft_wrap=True,
     )

@@ -210,8 +210,9 @@ async def test_states_of_another_version_follow_the_policy(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("engine", ["streamer", "faust"])
 async def test_a_model_activated_while_a_worker_streams_takes_over_at_a_batch_boundary(
-    services: dict[str, str], ns: str, tmp_path: Path
+    services: dict[str, str], ns: str, tmp_path: Path, engine: str
 ) -> None:
     a = artifact(random_model(seed=1, horizon=2), tmp_path / "a")
     b = artifact(random_model(seed=2, horizon=2), tmp_path / "b")
@@ -231,7 +232,9 @@ async def test_a_model_activated_while_a_worker_streams_takes_over_at_a_batch_bo
     )
     await ensure_topics(settings)
     # no STREAMER_MODEL_PATH needed: the worker serves the registry's active version
-    env = worker_env(services, ns, tmp_path / "unused", STREAMER_REGISTRY_POLL_S="0.2")
+    env = worker_env(
+        services, ns, tmp_path / "unused", STREAMER_REGISTRY_POLL_S="0.2", STREAMER_ENGINE=engine
+    )
     env.pop("STREAMER_MODEL_PATH")
     worker = WorkerProcess(env, tmp_path / "worker.log")
     third = len(msgs) // 3

@@ -145,7 +145,8 @@ def test_every_option_has_help_and_its_default() -> None:
             if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
                 continue
             assert action.help, (path, action.dest)
-            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            shows = all(action.default is not v for v in (None, False, argparse.SUPPRESS))
+            if shows and action.option_strings:
                 shown = " ".join(parser._get_formatter()._format_action(action).split())
                 assert "default: " in shown, (path, action.dest)
         if path and path[0] in ("worker", "doctor"):

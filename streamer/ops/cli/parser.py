@@ -19,11 +19,17 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+        if "%(default)" in text or _no_default(action):
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return f"{text} (default: %(default)s)"
         return text
+
+
+def _no_default(action: argparse.Action) -> bool:
+    """An option without a default to show: none, a flag's False, or suppressed (a default of 0
+    is one to show, although ``0 == False``)."""
+    return any(action.default is v for v in (None, False, argparse.SUPPRESS))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -314,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json", "long"],
         default="text",
         help="text: one line per prediction; json: the raw messages; long: CSV rows "
-        "unique_id,ds,step,<model> of the forecasts (Nixtla's long format)",
+        "unique_id,ds,cutoff,h,streamer of the forecasts (Nixtla's long format)",
     )
     tl.add_argument("--json", action="store_true", help="the same as --format json")
     tl.add_argument("--from-beginning", action="store_true", help="from the topic's start")
@@ -339,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser(
         "dashboard",
-        parents=[_options(kafka=True, redis=True, model_name=True, app_id=True, events=True)],
+        parents=[_options(kafka=True, redis=True, model_name=True, app_id=True, **topics)],
         help="serve a live web page of the workers and the entities",
     )
     db.add_argument("--host", default="127.0.0.1", help="address to listen on")
