@@ -72,8 +72,8 @@ gpu-wheels: install
 	  $$($(PY) -m pip freeze | grep -i -E "^($$(echo $(GPU_WHEELS) | tr ' ' '|'))==" )
 
 lint: install
-	$(VENV)/bin/ruff check streamer workers tests bench
-	$(VENV)/bin/ruff format --check streamer workers tests bench
+	$(VENV)/bin/ruff check streamer workers tests bench examples
+	$(VENV)/bin/ruff format --check streamer workers tests bench examples
 	$(VENV)/bin/mypy
 
 services-up:
