@@ -45,7 +45,7 @@ import faust
 import numpy as np
 from faust.types import EventT, StreamT, TopicT
 
-from streamer.errors import ConfigError, StreamerError
+from streamer.errors import ConfigError
 from streamer.kafka.clients import (
     FALLBACK_SESSION_S,
     count_batch,
@@ -165,7 +165,6 @@ class Streamer(ServingService):
         self._delivered: dict[int, int] = {}
         self._ready = asyncio.Event()
         self._handler = handler
-        self._trimmed: dict[int, int] = {}
         self._busy = False  # a batch is being processed
         self._last_batch = 0.0  # (time.monotonic)
         app.add_dependency(self)  # started before the app's agents, stopped after them
@@ -283,17 +282,8 @@ class Streamer(ServingService):
         delivered, so that Redis holds only the states. Best effort (the next batch trims too)."""
         while not self.should_stop:
             await self.sleep(1.0)
-            if self._busy or time.monotonic() - self._last_batch < 1.0:
-                continue
-            due = {p: o for p, o in self._delivered.items() if self._trimmed.get(p) != o}
-            if not due:
-                continue
-            try:
-                await self.handler.predictor.trim(due)
-            except StreamerError as exc:
-                log.debug("cannot trim the outbox: %s", exc)
-                continue
-            self._trimmed.update(due)
+            if not self._busy and time.monotonic() - self._last_batch >= 1.0:
+                await self.handler.predictor.trim_at_rest(self._delivered)
 
     def _observe_lag(self) -> None:
         """Per owned partition: the broker's end offset minus the next offset to deliver."""
@@ -319,7 +309,6 @@ class Streamer(ServingService):
         gone = {tp.partition for tp in revoked if tp.topic == topic}
         for p in gone:
             self._delivered.pop(p, None)
-            self._trimmed.pop(p, None)
         if gone and self._ready.is_set():
             self.handler.predictor.forget_partitions(gone)
             log.info("partitions revoked: %s", sorted(gone))

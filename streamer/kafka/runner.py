@@ -48,7 +48,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from streamer.errors import ConfigError, StreamerError
+from streamer.errors import ConfigError
 from streamer.kafka import queue_outcome
 from streamer.kafka.clients import (
     FALLBACK_SESSION_S,
@@ -128,7 +128,6 @@ class Runner:
         #: partition -> committed offset (the next offset a restarted consumer reads)
         self._committed: dict[int, int] = {}
         #: the committed offsets the outbox was last trimmed to, while idle
-        self._trimmed: dict[int, int] = {}
         self.lag = Lag(lambda: self._consumer, self._committed, self.metrics)
         #: the consumer session timeout in use (the setting, or the broker's minimum)
         self._session_s = settings.kafka.session_timeout_s or FALLBACK_SESSION_S
@@ -355,17 +354,8 @@ class Runner:
 
     async def _trim(self) -> None:
         """At rest: let the store drop the kept predictions of what is committed (the outbox of
-        the last batches), so that Redis holds only the states. Best effort: an outage only
-        delays it (the next batch's write trims too)."""
-        committed = {p: o for p, o in self._committed.items() if self._trimmed.get(p) != o}
-        if not committed:
-            return
-        try:
-            await self.handler.predictor.trim(committed)
-        except StreamerError as exc:
-            log.debug("cannot trim the outbox: %s", exc)
-            return
-        self._trimmed.update(committed)
+        the last batches), so that Redis holds only the states."""
+        await self.handler.predictor.trim_at_rest(self._committed)
 
     def _kafka_retried(self) -> None:
         self.stats.kafka_retries += 1

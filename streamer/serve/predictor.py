@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from streamer.errors import ConfigError, StaleBatch
+from streamer.errors import ConfigError, StaleBatch, StreamerError
 from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
 from streamer.serve import kept
@@ -151,6 +151,7 @@ class Predictor:
         self.takeover = on_partition_change == "takeover"
         #: the states: writes on their way, then the cache, then the store
         self.states = StateStack(store, cache)
+        self._trimmed: dict[int, int] = {}  # per partition, the offset last trimmed below
         self.state_dtype: Dtype = state_dtype
         #: Most outputs kept per entity for re-emission (the newest ones).
         self.max_kept_outputs = max_kept_outputs
@@ -203,6 +204,8 @@ class Predictor:
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop cached states of partitions this worker no longer owns."""
+        for p in partitions:
+            self._trimmed.pop(p, None)
         dropped = self.states.forget_partitions(partitions)
         log.debug("cache: dropped %d states of partitions %s", dropped, sorted(partitions))
 
@@ -406,6 +409,20 @@ class Predictor:
         """Let the store drop the kept predictions of committed events (a worker at rest)."""
         if self.store.outbox and committed:
             await self.store.trim(committed)
+
+    async def trim_at_rest(self, committed: Mapping[int, int]) -> None:
+        """:meth:`trim` below the offsets that moved since the last call, so that Redis holds
+        only the states of a worker at rest. Best effort: an outage only delays it (the next
+        batch's write trims too)."""
+        due = {p: o for p, o in committed.items() if self._trimmed.get(p) != o}
+        if not due:
+            return
+        try:
+            await self.trim(due)
+        except StreamerError as exc:
+            log.debug("cannot trim the outbox: %s", exc)
+            return
+        self._trimmed.update(due)
 
     def is_stale(self, pending: PendingBatch) -> bool:
         """Whether a prepared batch read a state from a write the store then refused: it must be
