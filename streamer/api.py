@@ -53,6 +53,8 @@ class Model:
     spec: ModelSpec
     version: str
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: what it was trained on, per entity (``streamer evaluate`` checks its held-out points)
+    span: pd.DataFrame | None = None
 
     @property
     def freq(self) -> str | None:
@@ -63,7 +65,7 @@ class Model:
         """Write the artifact directory (weights and spec) and return the version."""
         from streamer.model.artifact import save_artifact
 
-        return save_artifact(self.module, Path(path), self.training)
+        return save_artifact(self.module, Path(path), self.training, self.span)
 
     @classmethod
     def of(cls, art: Artifact) -> Model:
@@ -104,7 +106,9 @@ def train(
         **options,
     )
     result = fit(df, cfg)
-    return Model(result.model, result.model.spec, model_version(result.model), result.summary)
+    return Model(
+        result.model, result.model.spec, model_version(result.model), result.summary, result.span
+    )
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:

@@ -17,16 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from safetensors.torch import load, save
 
 from streamer.errors import ArtifactError, ConfigError
 from streamer.model import ModelSpec, SequenceModel
 
-__all__ = ["Artifact", "artifact_from_bytes", "load_artifact", "save_artifact"]
+__all__ = ["Artifact", "artifact_from_bytes", "load_artifact", "read_span", "save_artifact"]
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
+#: What the model was trained on, per entity (``streamer.train.training.training_span``): read by
+#: ``streamer evaluate`` only; the registry keeps the weights and the spec.
+SPAN = "training-span.parquet"
 FORMAT = 1
 
 
@@ -55,9 +59,19 @@ def model_version(model: SequenceModel) -> str:
     return _version(_weights(model), model.spec.to_dict())
 
 
-def save_artifact(model: SequenceModel, out: Path, training: dict[str, Any] | None = None) -> str:
-    """Write the artifact into ``out`` (created if needed) and return its version."""
+def save_artifact(
+    model: SequenceModel,
+    out: Path,
+    training: dict[str, Any] | None = None,
+    span: pd.DataFrame | None = None,
+) -> str:
+    """Write the artifact into ``out`` (created if needed) and return its version; ``span``:
+    what it was trained on, per entity (an older span file there is removed without one)."""
     out.mkdir(parents=True, exist_ok=True)
+    if span is not None:
+        span.to_parquet(out / SPAN, index=False)
+    else:
+        (out / SPAN).unlink(missing_ok=True)
     weights = _weights(model)
     (out / WEIGHTS).write_bytes(weights)
     spec = model.spec.to_dict()
@@ -65,6 +79,12 @@ def save_artifact(model: SequenceModel, out: Path, training: dict[str, Any] | No
     doc = {"format": FORMAT, "version": version, "spec": spec, "training": training or {}}
     (out / SPEC).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return version
+
+
+def read_span(path: Path) -> pd.DataFrame | None:
+    """The artifact's training span (:data:`SPAN`), or None if it has none."""
+    f = path / SPAN
+    return pd.read_parquet(f) if f.is_file() else None
 
 
 def load_artifact(path: Path, device: torch.device | str = "cpu") -> Artifact:

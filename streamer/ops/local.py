@@ -12,12 +12,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from aiokafka.admin import AIOKafkaAdminClient
+
 from streamer.errors import StreamerError
 from streamer.kafka import ensure_topics, read_topic, replay_events
+from streamer.ops.presence import presence_key
 from streamer.schemas import Prediction
 from streamer.settings import Settings, to_env
+from streamer.state import redis_client
+from streamer.state.store import outbox_key, state_key
 
-__all__ = ["namespaced", "stream_through", "worker_process"]
+__all__ = ["namespaced", "remove_run", "stream_through", "worker_process"]
 
 
 def namespaced(base: Settings, run: str, model: Path) -> Settings:
@@ -111,3 +116,34 @@ async def stream_through(
                 task.cancel()
     await replay  # (paced: it may still wait out its last interval)
     return time.monotonic() - start
+
+
+async def remove_run(settings: Settings) -> tuple[int, int]:
+    """Delete what a namespaced run (:func:`namespaced`) left behind: its topics, and its states,
+    outboxes and worker presence in Redis. Returns (topics, keys) deleted. Its consumer group's
+    offsets stay until the broker expires them (``offsets.retention.minutes``)."""
+    t = settings.topics
+    names = [t.events, t.predictions, t.windows, t.dead_letter]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_options()
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        gone = [n for n in names if n in existing]
+        if gone:
+            await admin.delete_topics(gone)
+    finally:
+        await admin.close()
+    redis = redis_client(settings)
+    keys = 0
+    try:
+        model = settings.model_name
+        for pattern in (state_key(model, "*"), outbox_key(model, "*")):  # type: ignore[arg-type]
+            batch = [k async for k in redis.scan_iter(match=pattern, count=1000)]
+            for i in range(0, len(batch), 500):
+                keys += sum([await redis.unlink(k) for k in batch[i : i + 500]])
+        keys += await redis.unlink(presence_key(settings.app_id))
+    finally:
+        await redis.aclose()
+    return len(gone), keys

@@ -149,16 +149,20 @@ def run_demo(base: Settings, workdir: Path, *, epochs: int = 100, rate: float | 
     ) as status:
 
         def on_epoch(e: int, tl: float, vl: float) -> None:
-            status.update(f"training: epoch {e}/{epochs}, loss {tl:.4f}, validation {vl:.4f}")
+            val = f"validation {vl:.4f}" if vl == vl else "refit on every point"
+            status.update(f"training: epoch {e}/{epochs}, loss {tl:.4f}, {val}")
 
         result = train(df, cfg, on_epoch)
     model_dir = workdir / "model"
-    version = save_artifact(result.model, model_dir, result.summary)
+    version = save_artifact(result.model, model_dir, result.summary, result.span)
     train_s = time.monotonic() - started
-    console.print(
-        f"model {version}: {result.summary['epochs_run']} epochs in {train_s:.0f}s, "
-        f"written to {model_dir}"
+    refit = result.summary.get("refit")
+    epochs_run = (
+        f"{refit['epochs']} epochs (chosen on held-out months), refit on all"
+        if refit
+        else f"{result.summary['epochs_run']} epochs"
     )
+    console.print(f"model {version}: {epochs_run} in {train_s:.0f}s, written to {model_dir}")
 
     run = f"demo{int(time.time())}"
     settings = namespaced(base, run, model_dir)

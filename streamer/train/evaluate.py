@@ -39,15 +39,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamer.errors import DataError, StreamerError
-from streamer.model import SequenceModel
-from streamer.model.artifact import load_artifact
-from streamer.ops.local import namespaced, stream_through, worker_process
+from streamer.model import ModelSpec, SequenceModel
+from streamer.model.artifact import load_artifact, read_span
+from streamer.ops.local import namespaced, remove_run, stream_through, worker_process
 from streamer.schemas import Prediction
 from streamer.settings import Settings
 from streamer.train.data import event_rows, split_series
-from streamer.train.training import offline_predict, offline_windows, window_bounds
+from streamer.train.training import offline_predict, offline_windows, values_crc, window_bounds
 
-__all__ = ["forecast_scores", "infer_season", "run_evaluate", "write_json"]
+__all__ = ["forecast_scores", "infer_season", "run_evaluate", "seen_in_training", "write_json"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -104,14 +104,33 @@ def _stream(
     rows: list[dict[str, object]],
     expected: int,
     workdir: Path,
+    keep: bool,
 ) -> tuple[list[Prediction], float]:
+    """Stream ``rows`` through a worker of a namespace of its own and collect the first
+    ``expected`` predictions; its topics and keys are deleted afterwards unless ``keep``."""
     run = f"eval{int(time.time() * 1000)}"
     settings = namespaced(base, run, model_dir)
+    try:
+        return _stream_run(settings, windows, rows, expected, workdir / f"{run}.worker.log")
+    finally:
+        if keep:
+            print(f"kept the run's topics ({run}.*) and Redis keys (model {run})", file=sys.stderr)
+        else:
+            asyncio.run(remove_run(settings))
+
+
+def _stream_run(
+    settings: Settings,
+    windows: bool,
+    rows: list[dict[str, object]],
+    expected: int,
+    log_path: Path,
+) -> tuple[list[Prediction], float]:
     topic = settings.topics.windows if windows else settings.topics.predictions
-    workdir.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     got: list[Prediction] = []
     with (
-        worker_process(settings, workdir / f"{run}.worker.log") as worker,
+        worker_process(settings, log_path) as worker,
         Progress(
             TextColumn("{task.description:<12}"),
             BarColumn(),
@@ -148,9 +167,13 @@ def run_evaluate(
     workdir: Path,
     tolerance: float = 1e-4,
     console: Console | None = None,
+    keep: bool = False,
+    allow_seen: bool = False,
 ) -> dict[str, Any]:
     """Stream ``data`` through a worker serving ``model_dir`` and score what it published.
-    Returns the results (also what ``--json`` writes)."""
+    Returns the results (also what ``--json`` writes). The run's topics and keys are deleted
+    afterwards unless ``keep``. A model trained on what would be scored (the held-out points of a
+    forecaster, the sequences of a classifier) is refused unless ``allow_seen``."""
     console = console or Console(stderr=True)
     art = load_artifact(model_dir)
     model, spec = art.model, art.spec
@@ -161,10 +184,14 @@ def run_evaluate(
     missing = [f for f in feats if f not in data.columns]
     if missing:
         raise DataError(f"the model needs feature column(s) {', '.join(missing)}")
+    seen = _check_seen(model_dir, data, spec, label, allow_seen, console)
     if spec.task == "forecast":
-        result = _evaluate_forecaster(base, data, model, model_dir, season, workdir, console)
+        result = _evaluate_forecaster(base, data, model, model_dir, season, workdir, console, keep)
     else:
-        result = _evaluate_classifier(base, data, model, model_dir, label or "", workdir, console)
+        result = _evaluate_classifier(
+            base, data, model, model_dir, label or "", workdir, console, keep
+        )
+    result["seen_in_training"] = seen
     result["model_version"] = art.version
     result["model"] = {k: spec.to_dict()[k] for k in ("cell", "hidden_size", "num_layers")}
     result["wall_seconds"] = round(time.monotonic() - started, 1)
@@ -178,6 +205,83 @@ def run_evaluate(
     return result
 
 
+def seen_in_training(
+    span: pd.DataFrame, data: pd.DataFrame, horizon: int | None
+) -> list[tuple[str, str]]:
+    """The entities of ``data`` whose scored points the model was trained on, each with why:
+    for a forecaster (``horizon``), its training reached the first of the last ``horizon``
+    points; for a classifier (None), it was trained on the same sequence (same values)."""
+    trained = span.set_index("unique_id")
+    if horizon is not None:
+        first_out = data[data.groupby("unique_id").cumcount(ascending=False) == horizon - 1]
+        both = first_out[["unique_id", "ds"]].join(trained, on="unique_id", how="inner")
+        try:
+            reached = pd.to_datetime(both["last_ds"]) >= pd.to_datetime(both["ds"])
+        except (ValueError, TypeError):  # times that are no dates: ISO-like text
+            reached = both["last_ds"].astype(str) >= both["ds"].astype(str)
+        return [
+            (str(u), f"training reached {t}, the held-out points start at {d}")
+            for u, t, d in zip(
+                both["unique_id"][reached],
+                both["last_ds"][reached],
+                both["ds"][reached],
+                strict=True,
+            )
+        ]
+    out = []
+    points = dict(zip(span["unique_id"], span["points"].tolist(), strict=True))
+    crcs = dict(zip(span["unique_id"], span["crc32"].tolist(), strict=True))
+    for s in split_series(data, []):
+        n = points.get(s.unique_id)
+        if n is not None and len(s.y) >= n and values_crc(s.y[:n]) == crcs[s.unique_id]:
+            out.append((s.unique_id, f"trained on its first {n} events, the same values"))
+    return out
+
+
+def _check_seen(
+    model_dir: Path,
+    data: pd.DataFrame,
+    spec: ModelSpec,
+    label: str | None,
+    allow_seen: bool,
+    console: Console,
+) -> int | None:
+    """Refuse (or with ``allow_seen`` warn about) a model trained on what would be scored; the
+    number of such entities, None if the artifact does not say what it was trained on."""
+    span = read_span(model_dir)
+    if span is None:
+        console.print(
+            "[yellow]warning:[/] the artifact does not say what it was trained on (trained "
+            "before streamer recorded it): if its training data reached the points scored here, "
+            "the scores are optimistic"
+        )
+        return None
+    forecast = spec.task == "forecast"
+    if forecast:
+        data = data[data.groupby("unique_id")["y"].transform("size") > spec.horizon + 1]
+    seen = seen_in_training(
+        span, data.drop(columns=[label] if label else []), spec.horizon if forecast else None
+    )
+    if not seen:
+        return 0
+    what = "held-out points" if forecast else "sequences"
+    entity, why = seen[0]
+    n = data["unique_id"].nunique()
+    text = (
+        f"the model was trained on the {what} of {len(seen)} of the {n} entities scored here "
+        f"(e.g. {entity}: {why})"
+    )
+    if not allow_seen:
+        hint = (
+            f"train with --holdout {spec.horizon} (or more) on this file"
+            if forecast
+            else "score it on sequences it was not trained on"
+        )
+        raise DataError(f"{text}: {hint}, or pass --allow-seen to score it anyway")
+    console.print(f"[bold red]warning: {text}: the scores below are optimistic[/]")
+    return len(seen)
+
+
 def _evaluate_forecaster(
     base: Settings,
     data: pd.DataFrame,
@@ -186,6 +290,7 @@ def _evaluate_forecaster(
     season: int | None,
     workdir: Path,
     console: Console,
+    keep: bool,
 ) -> dict[str, Any]:
     k = model.spec.horizon
     m = season or infer_season(data)
@@ -199,7 +304,7 @@ def _evaluate_forecaster(
         f"streaming {len(rows)} events of {history['unique_id'].nunique()} entities; the last "
         f"{k} points of each are held out (season {m})"
     )
-    preds, stream_s = _stream(base, model_dir, False, rows, len(rows), workdir)
+    preds, stream_s = _stream(base, model_dir, False, rows, len(rows), workdir, keep)
     last: dict[str, Prediction] = {}
     for p in preds:
         if p.unique_id not in last or p.step > last[p.unique_id].step:
@@ -224,7 +329,7 @@ def _evaluate_forecaster(
     frame = pd.DataFrame.from_dict(per_entity, orient="index")
     overall = {c: float(frame[c].mean()) for c in frame.columns}
     table = Table(title=f"forecasts published at the origin, {len(frame)} entities, horizon {k}")
-    for col in ("forecast", "MASE", "sMAPE %", "MASE wins vs model"):
+    for col in ("forecast", "MASE", "sMAPE %", "entities where the model's MASE is lower"):
         table.add_column(col, justify="right")
     for name in ("model", "naive", "seasonal_naive"):
         wins = (
@@ -264,6 +369,7 @@ def _evaluate_classifier(
     label: str,
     workdir: Path,
     console: Console,
+    keep: bool,
 ) -> dict[str, Any]:
     spec = model.spec
     if label not in data.columns:
@@ -276,7 +382,7 @@ def _evaluate_classifier(
     expected = sum(len(window_bounds(s, spec)) for s in series) if spec.window else len(rows)
     kind = f"windows of {spec.window}" if spec.window else "every event"
     console.print(f"streaming {len(rows)} events of {len(series)} entities (predictions: {kind})")
-    preds, stream_s = _stream(base, model_dir, spec.window > 0, rows, expected, workdir)
+    preds, stream_s = _stream(base, model_dir, spec.window > 0, rows, expected, workdir, keep)
     by_entity: dict[str, dict[int, Prediction]] = {}
     for p in preds:
         by_entity.setdefault(p.unique_id, {})[p.step] = p

@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -94,12 +95,37 @@ class TrainConfig:
     label_smoothing: float = 0.0
     #: ``constant``, or ``cosine``: annealed to 0 over ``epochs``.
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    #: After early stopping picked the epoch count on held-out targets (or entities), train again
+    #: from the start on all of them for that many epochs: the model then learns from the most
+    #: recent points too, which matter most to a forecast.
+    refit: bool = True
 
 
 @dataclass(frozen=True)
 class TrainResult:
     model: SequenceModel
     summary: dict[str, Any]
+    #: What the model was trained on, per entity (:func:`training_span`).
+    span: pd.DataFrame | None = None
+
+
+def training_span(series: Sequence[Series]) -> pd.DataFrame:
+    """Per entity trained on: the time of its last point, the number of points and a CRC32 of
+    their values, which tells ``streamer evaluate`` whether the points it holds out (or, for a
+    classifier, the sequences it scores) were seen in training."""
+    return pd.DataFrame(
+        {
+            "unique_id": [s.unique_id for s in series],
+            "last_ds": [s.ds[-1] for s in series],
+            "points": np.array([len(s.y) for s in series], np.int64),
+            "crc32": np.array([values_crc(s.y) for s in series], np.int64),
+        }
+    )
+
+
+def values_crc(y: npt.ArrayLike) -> int:
+    """CRC32 of a series' values as float64 (:func:`training_span`)."""
+    return zlib.crc32(np.ascontiguousarray(y, np.float64).tobytes())
 
 
 def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
@@ -225,6 +251,7 @@ def train(
     """Train on a long-format frame; ``on_epoch(epoch, train_loss, val_loss)`` reports progress."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    data = df
     classify = cfg.task == "classify" or cfg.window > 0
     if classify and not cfg.label:
         raise DataError("a classifier needs a label column (--label)")
@@ -270,6 +297,7 @@ def train(
         else None
     )
     best, best_state, bad_epochs, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    best_epoch = 0
     history = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -301,6 +329,7 @@ def train(
             best_state = model.state_dict()
         elif val_loss < best - 1e-6:
             best, best_state, bad_epochs = val_loss, copy.deepcopy(model.state_dict()), 0
+            best_epoch = epoch
         else:
             bad_epochs += 1
             if bad_epochs >= cfg.patience:
@@ -322,7 +351,21 @@ def train(
         summary["classes"] = list(spec.classes)
         summary["training_items"] = len(problem.train_idx)
         summary["validation_items"] = len(problem.val_idx)
-    return TrainResult(model, summary)
+    if cfg.refit and best_epoch:
+        # The epoch count is chosen; now learn from the held-out targets (entities) too.
+        again = replace(cfg, epochs=best_epoch, val_points=0, val_fraction=0.0, refit=False)
+        full = train(data, again, on_epoch)
+        full.summary.update(
+            config=asdict(cfg),
+            refit={
+                "epochs": best_epoch,
+                "chosen_by": summary["best_val_loss"],
+                "epochs_run_to_choose": epoch,
+            },
+            best_val_loss=summary["best_val_loss"],
+        )
+        return full
+    return TrainResult(model, summary, training_span(series))
 
 
 def _noisy(x: Tensor, cfg: TrainConfig, train: bool) -> Tensor:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
 
 from streamer.errors import ArtifactError
 from streamer.kafka import ensure_topics
@@ -333,6 +335,12 @@ def test_evaluate_scores_what_the_worker_published(
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["streamed_equals_offline"] and res["max_abs_diff_streamed_vs_offline"] < 1e-4
+    assert res["seen_in_training"] is None  # (no training span: a model made by hand)
+    assert "does not say what it was trained on" in r.stderr
+    (log,) = (tmp_path / "wd").glob("eval*.worker.log")
+    run = log.name.split(".")[0]
+    assert not await_sync(topics_named(services["bootstrap"], run)), "the run's topics are left"
+    assert not await_sync(keys_of(services["redis_url"], run)), "the run's keys are left"
     if kind == "forecast":
         assert res["entities"] == 12 and res["horizon"] == 4
         assert set(res["overall"]) >= {"mase_model", "mase_seasonal_naive", "smape_naive"}
@@ -345,3 +353,33 @@ def test_evaluate_scores_what_the_worker_published(
             res["windows"] == 20 * 2
         )  # windows of 5 close at events 5 and 10 (the last 2 stay open)
     assert "streamed predictions equal the offline model's" in r.stdout
+
+
+def await_sync(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def topics_named(bootstrap: str, run: str) -> list[str]:
+    """The topics of an evaluation run (``{run}.events``, ...)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return [t for t in await admin.list_topics() if t.startswith(f"{run}.")]
+    finally:
+        await admin.close()
+
+
+async def keys_of(redis_url: str, run: str) -> list[bytes]:
+    """The Redis keys of an evaluation run's model ``run``."""
+    redis = Redis.from_url(redis_url)
+    try:
+        found = []
+        for pattern in (
+            f"streamer:{run}:*",
+            f"streamer-outbox:{run}:*",
+            f"streamer-workers:*{run}",
+        ):
+            found += [k async for k in redis.scan_iter(match=pattern)]
+        return found
+    finally:
+        await redis.aclose()

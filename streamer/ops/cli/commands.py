@@ -164,6 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         window_end=args.window_end,
         step_loss=args.step_loss,
         val_fraction=args.val_fraction,
+        refit=args.refit,
     )
     if args.window and not classify:
         raise ConfigError("a window model classifies: pass --label")
@@ -178,16 +179,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     ) as prog:
         task = prog.add_task("", total=cfg.epochs)
 
+        last = 0
+
         def on_epoch(epoch: int, tl: float, vl: float) -> None:
-            prog.update(task, completed=epoch, description=f"loss {tl:.4f} val {vl:.4f}")
+            nonlocal last
+            if epoch < last:  # the refit on every point, for the epochs early stopping chose
+                prog.update(task, total=last - 1)
+            last = epoch
+            val = f"val {vl:.4f}" if vl == vl else "refit on all points"
+            prog.update(task, completed=epoch, description=f"loss {tl:.4f} {val}")
 
         result = train(df, cfg, on_epoch)
-    version = save_artifact(result.model, args.out, result.summary)
-    best = result.summary["best_val_loss"]
+    version = save_artifact(result.model, args.out, result.summary, result.span)
+    best, refit = result.summary["best_val_loss"], result.summary.get("refit")
     print(
         f"model {version} ({cfg.cell}) written to {args.out}: "
-        f"{result.summary['epochs_run']} epochs in {time.monotonic() - started:.1f}s, "
-        + (f"best validation loss {best:.4f}" if best is not None else "no validation split")
+        + (
+            f"{refit['epochs']} epochs chosen on held-out points (of {refit['epochs_run_to_choose']}"
+            f", validation loss {best:.4f}), then refit on all of them"
+            if refit
+            else f"{result.summary['epochs_run']} epochs, "
+            + (f"best validation loss {best:.4f}" if best is not None else "no validation split")
+        )
+        + f"; {time.monotonic() - started:.1f}s"
     )
     return 0
 
@@ -201,7 +215,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     load_artifact(args.model)  # a bad artifact fails before anything starts
     df = read_long(args.file, args.label, _columns(args))
     result = run_evaluate(
-        settings, df, args.model, label=args.label, season=args.season, workdir=args.workdir
+        settings,
+        df,
+        args.model,
+        label=args.label,
+        season=args.season,
+        workdir=args.workdir,
+        keep=args.keep,
+        allow_seen=args.allow_seen,
     )
     if args.json:
         write_json(result, args.json)

@@ -226,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction", type=float, default=0.2, help="classifiers: share held out for stopping"
     )
     t.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after early stopping chose the epochs, train again on every point for that many",
+    )
+    t.add_argument(
         "--seed", type=int, default=0, help="random seed (the same seed: the same model)"
     )
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
@@ -241,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", help="label column (classifiers)")
     ev.add_argument("--season", type=_positive(int), help="season length (default: from ds)")
     ev.add_argument("--json", type=Path, help="write the results as JSON here")
+    ev.add_argument(
+        "--allow-seen",
+        action="store_true",
+        help="score a model trained on the held-out points (or sequences) anyway, with a warning",
+    )
+    ev.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the run's topics and Redis keys (deleted afterwards by default)",
+    )
     ev.add_argument(
         "--workdir",
         type=Path,

@@ -1,0 +1,113 @@
+"""An honest evaluation: early stopping then a refit on every point, the training span in the
+artifact, and ``streamer evaluate`` refusing a model trained on what it would score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamer.model.artifact import SPAN, read_span, save_artifact
+from streamer.train.evaluate import seen_in_training
+from streamer.train.training import TrainConfig, train, training_span
+from tests.conftest import make_panel
+from tests.unit.test_cli import run
+from tests.unit.test_training import labelled_panel
+
+QUICK = dict(hidden_size=8, num_layers=1, horizon=3, epochs=40, patience=2, warmup=1)
+
+
+def test_early_stopping_is_followed_by_a_refit_on_every_point() -> None:
+    df = make_panel(6, 30, 40, seed=4)
+    chosen = train(df, TrainConfig(**QUICK, refit=False))  # type: ignore[arg-type]
+    refit = train(df, TrainConfig(**QUICK))  # type: ignore[arg-type]
+    r = refit.summary["refit"]
+    assert "refit" not in chosen.summary
+    assert r["epochs_run_to_choose"] == chosen.summary["epochs_run"]
+    assert 1 <= r["epochs"] <= r["epochs_run_to_choose"]
+    assert refit.summary["epochs_run"] == r["epochs"]  # trained again for the epochs chosen
+    assert refit.summary["best_val_loss"] == chosen.summary["best_val_loss"]
+    assert refit.summary["config"]["refit"] is True
+    a = chosen.model.state_dict()
+    b = refit.model.state_dict()
+    assert any(not np.allclose(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_no_validation_no_refit() -> None:
+    df = labelled_panel(n=8, t=6)
+    cfg = TrainConfig(
+        task="classify", label="label", hidden_size=8, num_layers=1, epochs=3, val_fraction=0.0
+    )
+    assert "refit" not in train(df, cfg).summary
+
+
+def test_the_span_says_what_each_entity_was_trained_on(tmp_path: Path) -> None:
+    df = make_panel(5, 20, 30, seed=2)
+    result = train(df, TrainConfig(**{**QUICK, "epochs": 2}, holdout=3))  # type: ignore[arg-type]
+    span = result.span
+    assert span is not None and len(span) == 5
+    for uid, g in df.groupby("unique_id"):
+        row = span[span.unique_id == uid].iloc[0]
+        assert row.points == len(g) - 3 and pd.Timestamp(row.last_ds) == g["ds"].iloc[-4]
+    save_artifact(result.model, tmp_path / "m", result.summary, span)
+    pd.testing.assert_frame_equal(read_span(tmp_path / "m"), span)
+    save_artifact(result.model, tmp_path / "m", result.summary)  # none: a stale one goes
+    assert not (tmp_path / "m" / SPAN).exists() and read_span(tmp_path / "m") is None
+
+
+def _series(df: pd.DataFrame) -> list:  # type: ignore[type-arg]
+    from streamer.train.data import split_series
+
+    return split_series(df, [])
+
+
+def test_a_forecaster_has_seen_the_held_out_points_unless_trained_with_a_holdout() -> None:
+    df = make_panel(4, 20, 20, seed=1)
+    without = training_span(_series(df))
+    with_holdout = training_span(
+        _series(df[df.groupby("unique_id").cumcount(ascending=False) >= 3])
+    )
+    assert len(seen_in_training(without, df, 3)) == 4
+    assert seen_in_training(with_holdout, df, 3) == []
+    assert len(seen_in_training(with_holdout, df, 4)) == 4  # a longer horizon reaches back
+    # A panel whose entities end at different times: each is checked against its own end.
+    ragged = pd.concat([df[df.unique_id != "e0000"], df[df.unique_id == "e0000"].iloc[:-5]])
+    span = training_span(
+        _series(ragged[ragged.groupby("unique_id").cumcount(ascending=False) >= 3])
+    )
+    assert seen_in_training(span, ragged, 3) == []
+
+
+def test_a_classifier_has_seen_the_same_sequences_only() -> None:
+    train_set, test_set = labelled_panel(n=6, t=8, seed=0), labelled_panel(n=6, t=8, seed=1)
+    span = training_span(_series(train_set))
+    assert {u for u, _ in seen_in_training(span, train_set, None)} == set(train_set.unique_id)
+    assert seen_in_training(span, test_set, None) == []  # same ids, other values
+
+
+def test_evaluate_refuses_a_model_trained_on_the_held_out_points(tmp_path: Path) -> None:
+    df = make_panel(4, 20, 24, seed=3)
+    data = tmp_path / "data.csv"
+    df.to_csv(data, index=False)
+    result = train(df, TrainConfig(**{**QUICK, "epochs": 2}))  # type: ignore[arg-type]
+    save_artifact(result.model, tmp_path / "m", result.summary, result.span)
+    r = run("evaluate", str(data), "--model", str(tmp_path / "m"), timeout=120)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "trained on the held-out points of 4 of the 4" in lines[0]
+    assert "--holdout 3" in lines[0] and "--allow-seen" in lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--refit", "--no-refit"])
+def test_train_says_how_it_chose_its_epochs(tmp_path: Path, flag: str) -> None:
+    df = make_panel(4, 20, 24, seed=3)
+    data = tmp_path / "data.csv"
+    df.to_csv(data, index=False)
+    out = tmp_path / "m"
+    args = ["train", str(data), "--out", str(out), "--horizon", "3", "--epochs", "4", flag]
+    r = run(*args, "--hidden-size", "8", "--layers", "1", timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert ("then refit on all of them" in r.stdout) == (flag == "--refit"), r.stdout
+    assert read_span(out) is not None
