@@ -23,6 +23,7 @@ __all__ = [
     "StateError",
     "StoreUnavailable",
     "StreamerError",
+    "TrainingFailed",
 ]
 
 
@@ -40,6 +41,10 @@ class ArtifactError(StreamerError):
 
 class DataError(StreamerError):
     """An input file that is not in the long format ``unique_id, ds, y[, features...]``."""
+
+
+class TrainingFailed(StreamerError):
+    """Training ended with a model that learnt nothing useful."""
 
 
 class StateError(StreamerError):

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from streamer import scaling
-from streamer.errors import DataError
+from streamer.errors import DataError, TrainingFailed
 from streamer.model import ModelSpec, SequenceModel
 from streamer.serve.times import infer_freq
 from streamer.train.data import Series, feature_columns, split_series
@@ -99,6 +99,9 @@ class TrainConfig:
     #: from the start on all of them for that many epochs: the model then learns from the most
     #: recent points too, which matter most to a forecast.
     refit: bool = True
+    #: Classifiers: a model no better than the class frequencies on its own training sequences
+    #: (log loss and accuracy at their ends) is an error, not an artifact.
+    fail_at_chance: bool = True
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,8 @@ def train(
         summary["classes"] = list(spec.classes)
         summary["training_items"] = len(problem.train_idx)
         summary["validation_items"] = len(problem.val_idx)
+    if classify and cfg.fail_at_chance:
+        _check_learnt(model, series, cfg)
     if cfg.refit and best_epoch:
         # The epoch count is chosen; now learn from the held-out targets (entities) too.
         again = replace(cfg, epochs=best_epoch, val_points=0, val_fraction=0.0, refit=False)
@@ -366,6 +371,38 @@ def train(
         )
         return full
     return TrainResult(model, summary, training_span(series))
+
+
+def _check_learnt(model: SequenceModel, series: Sequence[Series], cfg: TrainConfig) -> None:
+    """Raise :class:`TrainingFailed` if a classifier learnt nothing: on its own training
+    sequences (every closed window, for a window model) its log loss at the end is no better than
+    predicting the class frequencies, and its accuracy no better than the majority class."""
+    classes = model.spec.classes
+    index = {c: i for i, c in enumerate(classes)}
+    truths: list[int] = []
+    probs: list[F64] = []
+    with torch.no_grad():
+        for s in series:
+            labels = s.labels or []
+            if model.spec.window:
+                for row, p in offline_windows(model, s):
+                    truths.append(index[labels[row]])
+                    probs.append(p)
+            else:
+                truths.append(index[labels[-1]])
+                probs.append(offline_predict(model, s)[0][-1])
+    y, p = np.asarray(truths), np.asarray(probs)
+    prior = np.bincount(y, minlength=len(classes)) / len(y)
+    chance_loss = float(-np.sum(prior[prior > 0] * np.log(prior[prior > 0])))
+    loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+    accuracy, majority = float(np.mean(p.argmax(1) == y)), float(prior.max())
+    if loss >= 0.98 * chance_loss and accuracy <= majority + 0.5 / len(y):
+        raise TrainingFailed(
+            f"the classifier learnt nothing: on its own training sequences its log loss is "
+            f"{loss:.4f} (the class frequencies alone: {chance_loss:.4f}) and its accuracy "
+            f"{accuracy:.3f} (the majority class: {majority:.3f}); try a lower --weight-decay "
+            f"and --noise, more --epochs or a larger --lr"
+        )
 
 
 def _noisy(x: Tensor, cfg: TrainConfig, train: bool) -> Tensor:

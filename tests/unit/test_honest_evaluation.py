@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from streamer.errors import TrainingFailed
 from streamer.model.artifact import SPAN, read_span, save_artifact
 from streamer.train.evaluate import seen_in_training
 from streamer.train.training import TrainConfig, train, training_span
@@ -111,3 +112,14 @@ def test_train_says_how_it_chose_its_epochs(tmp_path: Path, flag: str) -> None:
     assert r.returncode == 0, r.stderr
     assert ("then refit on all of them" in r.stdout) == (flag == "--refit"), r.stdout
     assert read_span(out) is not None
+
+
+def test_a_classifier_that_learnt_nothing_is_an_error() -> None:
+    df = labelled_panel(n=12, t=8)
+    df["label"] = np.where(np.arange(len(df)) // 8 % 2 == 0, "a", "b")  # labels of no pattern
+    rng = np.random.default_rng(0)
+    df["y"] = rng.standard_normal(len(df))  # nothing to learn the labels from
+    cfg = TrainConfig(task="classify", label="label", hidden_size=8, num_layers=1, epochs=2)
+    with pytest.raises(TrainingFailed, match=r"learnt nothing.*majority class: 0\.500"):
+        train(df, cfg)
+    train(df, TrainConfig(**{**cfg.__dict__, "fail_at_chance": False}))  # (allowed)
