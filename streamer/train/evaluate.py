@@ -169,11 +169,13 @@ def run_evaluate(
     console: Console | None = None,
     keep: bool = False,
     allow_seen: bool = False,
+    baselines: bool = False,
 ) -> dict[str, Any]:
     """Stream ``data`` through a worker serving ``model_dir`` and score what it published.
     Returns the results (also what ``--json`` writes). The run's topics and keys are deleted
     afterwards unless ``keep``. A model trained on what would be scored (the held-out points of a
-    forecaster, the sequences of a classifier) is refused unless ``allow_seen``."""
+    forecaster, the sequences of a classifier) is refused unless ``allow_seen``. ``baselines``:
+    AutoETS and Theta (statsforecast) beside the naive forecasts of a forecaster."""
     console = console or Console(stderr=True)
     art = load_artifact(model_dir)
     model, spec = art.model, art.spec
@@ -186,7 +188,9 @@ def run_evaluate(
         raise DataError(f"the model needs feature column(s) {', '.join(missing)}")
     seen = _check_seen(model_dir, data, spec, label, allow_seen, console)
     if spec.task == "forecast":
-        result = _evaluate_forecaster(base, data, model, model_dir, season, workdir, console, keep)
+        result = _evaluate_forecaster(
+            base, data, model, model_dir, season, workdir, console, keep, baselines
+        )
     else:
         result = _evaluate_classifier(
             base, data, model, model_dir, label or "", workdir, console, keep
@@ -282,6 +286,45 @@ def _check_seen(
     return len(seen)
 
 
+#: The classical methods ``streamer evaluate --baselines`` fits per entity, by name in its results.
+CLASSICAL = ("auto_ets", "theta")
+
+
+def classical_forecasts(
+    history: pd.DataFrame, horizon: int, season: int, console: Console | None = None
+) -> dict[str, dict[str, F64]]:
+    """AutoETS and (standard) Theta forecasts of every entity's next ``horizon`` points, fitted on
+    its ``history`` alone with season length ``season`` (statsforecast; a series too short for a
+    model gets the naive forecast): ``{method: {entity: forecast}}``."""
+    try:
+        from statsforecast import StatsForecast
+        from statsforecast.models import AutoETS, Naive, Theta
+    except ImportError:
+        raise DataError(
+            "--baselines needs statsforecast: pip install 'streamer[baselines]'"
+        ) from None
+    started = time.monotonic()
+    frame = history[["unique_id", "y"]].copy()
+    frame["ds"] = frame.groupby("unique_id").cumcount()  # (positions: ragged panels fit too)
+    sf = StatsForecast(
+        models=[AutoETS(season_length=season), Theta(season_length=season)],
+        freq=1,
+        fallback_model=Naive(),
+    )
+    with np.errstate(all="ignore"):
+        fc = sf.forecast(df=frame, h=horizon)
+    out: dict[str, dict[str, F64]] = {name: {} for name in CLASSICAL}
+    for uid, g in fc.groupby("unique_id", sort=False):
+        out["auto_ets"][str(uid)] = g["AutoETS"].to_numpy(np.float64)
+        out["theta"][str(uid)] = g["Theta"].to_numpy(np.float64)
+    if console is not None:
+        console.print(
+            f"AutoETS and Theta fitted on {len(out['theta'])} entities in "
+            f"{time.monotonic() - started:.1f}s"
+        )
+    return out
+
+
 def _evaluate_forecaster(
     base: Settings,
     data: pd.DataFrame,
@@ -291,6 +334,7 @@ def _evaluate_forecaster(
     workdir: Path,
     console: Console,
     keep: bool,
+    baselines: bool,
 ) -> dict[str, Any]:
     k = model.spec.horizon
     m = season or infer_season(data)
@@ -304,6 +348,7 @@ def _evaluate_forecaster(
         f"streaming {len(rows)} events of {history['unique_id'].nunique()} entities; the last "
         f"{k} points of each are held out (season {m})"
     )
+    classical = classical_forecasts(history, k, m, console) if baselines else {}
     preds, stream_s = _stream(base, model_dir, False, rows, len(rows), workdir, keep)
     last: dict[str, Prediction] = {}
     for p in preds:
@@ -322,7 +367,9 @@ def _evaluate_forecaster(
         actual = s_all.y[-k:]
         naive, snaive = _naive(s_hist.y, k, m)
         row: dict[str, float] = {}
-        for name, f in (("model", streamed), ("naive", naive), ("seasonal_naive", snaive)):
+        forecasts = [("model", streamed), ("naive", naive), ("seasonal_naive", snaive)]
+        forecasts += [(name, fc[s_hist.unique_id]) for name, fc in classical.items()]
+        for name, f in forecasts:
             sc = forecast_scores(s_hist.y, actual, f, m)
             row[f"mase_{name}"], row[f"smape_{name}"] = sc.mase, sc.smape
         per_entity[s_hist.unique_id] = row
@@ -331,7 +378,7 @@ def _evaluate_forecaster(
     table = Table(title=f"forecasts published at the origin, {len(frame)} entities, horizon {k}")
     for col in ("forecast", "MASE", "sMAPE %", "entities where the model's MASE is lower"):
         table.add_column(col, justify="right")
-    for name in ("model", "naive", "seasonal_naive"):
+    for name in ("model", "naive", "seasonal_naive", *classical):
         wins = (
             ""
             if name == "model"

@@ -300,7 +300,7 @@ def test_evaluate_scores_what_the_worker_published(
     if kind == "forecast":
         df = make_panel(12, 30, 40, seed=9)
         model = random_model(horizon=4)
-        extra: list[str] = []
+        extra: list[str] = ["--baselines"]
     else:
         df = labelled_panel(n=20, t=12)
         spec = {"task": "classify", "classes": ("down", "up"), "features": ("end",)}
@@ -344,6 +344,8 @@ def test_evaluate_scores_what_the_worker_published(
     if kind == "forecast":
         assert res["entities"] == 12 and res["horizon"] == 4
         assert set(res["overall"]) >= {"mase_model", "mase_seasonal_naive", "smape_naive"}
+        assert {"mase_auto_ets", "smape_theta"} <= set(res["overall"])  # --baselines
+        assert all(np.isfinite(r["mase_auto_ets"]) for r in res["per_entity"].values())
         assert res["events_streamed"] == len(df) - 12 * 4
     elif kind == "classify":
         assert res["sequences"] == 20 and len(res["accuracy_by_step"]) == 12

@@ -223,6 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         keep=args.keep,
         allow_seen=args.allow_seen,
+        baselines=args.baselines,
     )
     if args.json:
         write_json(result, args.json)

@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--season", type=_positive(int), help="season length (default: from ds)")
     ev.add_argument("--json", type=Path, help="write the results as JSON here")
     ev.add_argument(
+        "--baselines",
+        action="store_true",
+        help="forecasters: AutoETS and Theta (statsforecast) beside naive and seasonal naive",
+    )
+    ev.add_argument(
         "--allow-seen",
         action="store_true",
         help="score a model trained on the held-out points (or sequences) anyway, with a warning",
