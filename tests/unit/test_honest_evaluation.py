@@ -123,3 +123,27 @@ def test_a_classifier_that_learnt_nothing_is_an_error() -> None:
     with pytest.raises(TrainingFailed, match=r"learnt nothing.*majority class: 0\.500"):
         train(df, cfg)
     train(df, TrainConfig(**{**cfg.__dict__, "fail_at_chance": False}))  # (allowed)
+
+
+def test_classical_baselines_forecast_every_entity_from_its_own_history() -> None:
+    from streamer.train.evaluate import classical_forecasts, forecast_scores
+
+    t = np.arange(48)
+    rows = [
+        pd.DataFrame(
+            {"unique_id": f"s{i}", "ds": t, "y": 10 * (i + 1) + np.sin(2 * np.pi * t / 12)}
+        )
+        for i in range(3)
+    ]
+    short = pd.DataFrame({"unique_id": "short", "ds": range(6), "y": 1.0})  # 2 points of history
+    df = pd.concat([*rows, short])
+    history = df[df.groupby("unique_id").cumcount(ascending=False) >= 4]
+    got = classical_forecasts(history, horizon=4, season=12)
+    assert set(got) == {"auto_ets", "theta"} and set(got["theta"]) == {"s0", "s1", "s2", "short"}
+    for uid in ("s0", "s1", "s2"):
+        actual = df[df.unique_id == uid]["y"].to_numpy()[-4:]
+        hist = history[history.unique_id == uid]["y"].to_numpy()
+        for method in got:
+            f = got[method][uid]
+            assert f.shape == (4,) and hist.min() * 0.8 < f.min() and f.max() < hist.max() * 1.2
+        assert forecast_scores(hist, actual, got["auto_ets"][uid], 12).smape < 1  # the season
