@@ -224,7 +224,7 @@ def seen_in_training(
         except (ValueError, TypeError):  # times that are no dates: ISO-like text
             reached = both["last_ds"].astype(str) >= both["ds"].astype(str)
         return [
-            (str(u), f"training reached {t}, the held-out points start at {d}")
+            (str(u), f"training reached {_day(t)}, the held-out points start at {_day(d)}")
             for u, t, d in zip(
                 both["unique_id"][reached],
                 both["last_ds"][reached],
@@ -240,6 +240,15 @@ def seen_in_training(
         if n is not None and len(s.y) >= n and values_crc(s.y[:n]) == crcs[s.unique_id]:
             out.append((s.unique_id, f"trained on its first {n} events, the same values"))
     return out
+
+
+def _day(ds: object) -> str:
+    """A time as its date when it is midnight (as the data shows it), else as given."""
+    try:
+        t = pd.Timestamp(ds)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return str(ds)
+    return str(t.date()) if t == t.normalize() else str(ds)
 
 
 def _check_seen(
