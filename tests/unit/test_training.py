@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,28 +41,15 @@ def labelled_panel(n: int = 24, t: int = 12, seed: int = 0) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+#: a small classifier trained for a few epochs: these tests check reproducibility and windows,
+#: not learning, so a model still at chance is no error here
+TINY: dict[str, Any] = dict(task="classify", label="label", hidden_size=8, fail_at_chance=False)
+
 CONFIGS = {
     "lstm-forecast": TrainConfig(horizon=3, hidden_size=8, epochs=3, holdout=2),
     "gru-forecast": TrainConfig(cell="gru", horizon=3, hidden_size=8, epochs=3),
-    # (3 epochs learn little: these check reproducibility, not learning)
-    "rnn-classify": TrainConfig(
-        cell="rnn",
-        task="classify",
-        label="label",
-        hidden_size=8,
-        epochs=3,
-        noise=0.1,
-        fail_at_chance=False,
-    ),
-    "lstm-window": TrainConfig(
-        task="classify",
-        label="label",
-        hidden_size=8,
-        num_layers=1,
-        epochs=3,
-        window=6,
-        fail_at_chance=False,
-    ),
+    "rnn-classify": TrainConfig(**TINY, cell="rnn", epochs=3, noise=0.1),
+    "lstm-window": TrainConfig(**TINY, num_layers=1, epochs=3, window=6),
 }
 
 
@@ -95,15 +84,7 @@ def test_a_classifier_learns_its_classes_and_predicts_probabilities() -> None:
 
 def test_windows_close_after_n_events_or_at_the_end_marker() -> None:
     df = labelled_panel(n=2, t=12)
-    cfg = TrainConfig(
-        task="classify",
-        label="label",
-        hidden_size=8,
-        num_layers=1,
-        epochs=2,
-        window=4,
-        fail_at_chance=False,  # (two epochs: this checks the windows, not learning)
-    )
+    cfg = TrainConfig(**TINY, num_layers=1, epochs=2, window=4)
     spec = train(df, cfg).model.spec
     s = split_series(df, ["end"])[0]
     assert window_bounds(s, spec) == [(0, 4), (4, 8), (8, 12)]
