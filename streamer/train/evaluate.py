@@ -39,15 +39,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamer.errors import DataError, StreamerError
-from streamer.model import ModelSpec, SequenceModel
-from streamer.model.artifact import load_artifact, read_span
+from streamer.model import SequenceModel
+from streamer.model.artifact import load_artifact
 from streamer.ops.local import namespaced, remove_run, stream_through, worker_process
 from streamer.schemas import Prediction
 from streamer.settings import Settings
+from streamer.train.baselines import classical_forecasts
+from streamer.train.checks import check_seen
 from streamer.train.data import event_rows, split_series
-from streamer.train.training import offline_predict, offline_windows, values_crc, window_bounds
+from streamer.train.training import offline_predict, offline_windows, window_bounds
 
-__all__ = ["forecast_scores", "infer_season", "run_evaluate", "seen_in_training", "write_json"]
+__all__ = ["forecast_scores", "infer_season", "run_evaluate", "write_json"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -186,7 +188,7 @@ def run_evaluate(
     missing = [f for f in feats if f not in data.columns]
     if missing:
         raise DataError(f"the model needs feature column(s) {', '.join(missing)}")
-    seen = _check_seen(model_dir, data, spec, label, allow_seen, console)
+    seen = check_seen(model_dir, data, spec, label, allow_seen, console)
     if spec.task == "forecast":
         result = _evaluate_forecaster(
             base, data, model, model_dir, season, workdir, console, keep, baselines
@@ -207,131 +209,6 @@ def run_evaluate(
             f"(tolerance {tolerance:g})"
         )
     return result
-
-
-def seen_in_training(
-    span: pd.DataFrame, data: pd.DataFrame, horizon: int | None
-) -> list[tuple[str, str]]:
-    """The entities of ``data`` whose scored points the model was trained on, each with why:
-    for a forecaster (``horizon``), its training reached the first of the last ``horizon``
-    points; for a classifier (None), it was trained on the same sequence (same values)."""
-    trained = span.set_index("unique_id")
-    if horizon is not None:
-        first_out = data[data.groupby("unique_id").cumcount(ascending=False) == horizon - 1]
-        both = first_out[["unique_id", "ds"]].join(trained, on="unique_id", how="inner")
-        try:
-            reached = pd.to_datetime(both["last_ds"]) >= pd.to_datetime(both["ds"])
-        except (ValueError, TypeError):  # times that are no dates: ISO-like text
-            reached = both["last_ds"].astype(str) >= both["ds"].astype(str)
-        return [
-            (str(u), f"training reached {_day(t)}, the held-out points start at {_day(d)}")
-            for u, t, d in zip(
-                both["unique_id"][reached],
-                both["last_ds"][reached],
-                both["ds"][reached],
-                strict=True,
-            )
-        ]
-    out = []
-    points = dict(zip(span["unique_id"], span["points"].tolist(), strict=True))
-    crcs = dict(zip(span["unique_id"], span["crc32"].tolist(), strict=True))
-    for s in split_series(data, []):
-        n = points.get(s.unique_id)
-        if n is not None and len(s.y) >= n and values_crc(s.y[:n]) == crcs[s.unique_id]:
-            out.append((s.unique_id, f"trained on its first {n} events, the same values"))
-    return out
-
-
-def _day(ds: object) -> str:
-    """A time as its date when it is midnight (as the data shows it), else as given."""
-    try:
-        t = pd.Timestamp(ds)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        return str(ds)
-    return str(t.date()) if t == t.normalize() else str(ds)
-
-
-def _check_seen(
-    model_dir: Path,
-    data: pd.DataFrame,
-    spec: ModelSpec,
-    label: str | None,
-    allow_seen: bool,
-    console: Console,
-) -> int | None:
-    """Refuse (or with ``allow_seen`` warn about) a model trained on what would be scored; the
-    number of such entities, None if the artifact does not say what it was trained on."""
-    span = read_span(model_dir)
-    if span is None:
-        console.print(
-            "[yellow]warning:[/] the artifact does not say what it was trained on (trained "
-            "before streamer recorded it): if its training data reached the points scored here, "
-            "the scores are optimistic"
-        )
-        return None
-    forecast = spec.task == "forecast"
-    if forecast:
-        data = data[data.groupby("unique_id")["y"].transform("size") > spec.horizon + 1]
-    seen = seen_in_training(
-        span, data.drop(columns=[label] if label else []), spec.horizon if forecast else None
-    )
-    if not seen:
-        return 0
-    what = "held-out points" if forecast else "sequences"
-    entity, why = seen[0]
-    n = data["unique_id"].nunique()
-    text = (
-        f"the model was trained on the {what} of {len(seen)} of the {n} entities scored here "
-        f"(e.g. {entity}: {why})"
-    )
-    if not allow_seen:
-        hint = (
-            f"train with --holdout {spec.horizon} (or more) on this file"
-            if forecast
-            else "score it on sequences it was not trained on"
-        )
-        raise DataError(f"{text}: {hint}, or pass --allow-seen to score it anyway")
-    console.print(f"[bold red]warning: {text}: the scores below are optimistic[/]")
-    return len(seen)
-
-
-#: The classical methods ``streamer evaluate --baselines`` fits per entity, by name in its results.
-CLASSICAL = ("auto_ets", "theta")
-
-
-def classical_forecasts(
-    history: pd.DataFrame, horizon: int, season: int, console: Console | None = None
-) -> dict[str, dict[str, F64]]:
-    """AutoETS and (standard) Theta forecasts of every entity's next ``horizon`` points, fitted on
-    its ``history`` alone with season length ``season`` (statsforecast; a series too short for a
-    model gets the naive forecast): ``{method: {entity: forecast}}``."""
-    try:
-        from statsforecast import StatsForecast
-        from statsforecast.models import AutoETS, Naive, Theta
-    except ImportError:
-        raise DataError(
-            "--baselines needs statsforecast: pip install 'streamer[baselines]'"
-        ) from None
-    started = time.monotonic()
-    frame = history[["unique_id", "y"]].copy()
-    frame["ds"] = frame.groupby("unique_id").cumcount()  # (positions: ragged panels fit too)
-    sf = StatsForecast(
-        models=[AutoETS(season_length=season), Theta(season_length=season)],
-        freq=1,
-        fallback_model=Naive(),
-    )
-    with np.errstate(all="ignore"):
-        fc = sf.forecast(df=frame, h=horizon)
-    out: dict[str, dict[str, F64]] = {name: {} for name in CLASSICAL}
-    for uid, g in fc.groupby("unique_id", sort=False):
-        out["auto_ets"][str(uid)] = g["AutoETS"].to_numpy(np.float64)
-        out["theta"][str(uid)] = g["Theta"].to_numpy(np.float64)
-    if console is not None:
-        console.print(
-            f"AutoETS and Theta fitted on {len(out['theta'])} entities in "
-            f"{time.monotonic() - started:.1f}s"
-        )
-    return out
 
 
 def _evaluate_forecaster(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -34,9 +33,10 @@ import torch
 from torch import Tensor
 
 from streamer import scaling
-from streamer.errors import DataError, TrainingFailed
+from streamer.errors import DataError
 from streamer.model import ModelSpec, SequenceModel
 from streamer.serve.times import infer_freq
+from streamer.train.checks import check_learnt, training_span
 from streamer.train.data import Series, feature_columns, split_series
 
 __all__ = [
@@ -110,25 +110,6 @@ class TrainResult:
     summary: dict[str, Any]
     #: What the model was trained on, per entity (:func:`training_span`).
     span: pd.DataFrame | None = None
-
-
-def training_span(series: Sequence[Series]) -> pd.DataFrame:
-    """Per entity trained on: the time of its last point, the number of points and a CRC32 of
-    their values, which tells ``streamer evaluate`` whether the points it holds out (or, for a
-    classifier, the sequences it scores) were seen in training."""
-    return pd.DataFrame(
-        {
-            "unique_id": [s.unique_id for s in series],
-            "last_ds": [s.ds[-1] for s in series],
-            "points": np.array([len(s.y) for s in series], np.int64),
-            "crc32": np.array([values_crc(s.y) for s in series], np.int64),
-        }
-    )
-
-
-def values_crc(y: npt.ArrayLike) -> int:
-    """CRC32 of a series' values as float64 (:func:`training_span`)."""
-    return zlib.crc32(np.ascontiguousarray(y, np.float64).tobytes())
 
 
 def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
@@ -355,7 +336,7 @@ def train(
         summary["training_items"] = len(problem.train_idx)
         summary["validation_items"] = len(problem.val_idx)
     if classify and cfg.fail_at_chance:
-        _check_learnt(model, series, cfg)
+        check_learnt(model, series, cfg)
     if cfg.refit and best_epoch:
         # The epoch count is chosen; now learn from the held-out targets (entities) too.
         again = replace(cfg, epochs=best_epoch, val_points=0, val_fraction=0.0, refit=False)
@@ -371,38 +352,6 @@ def train(
         )
         return full
     return TrainResult(model, summary, training_span(series))
-
-
-def _check_learnt(model: SequenceModel, series: Sequence[Series], cfg: TrainConfig) -> None:
-    """Raise :class:`TrainingFailed` if a classifier learnt nothing: on its own training
-    sequences (every closed window, for a window model) its log loss at the end is no better than
-    predicting the class frequencies, and its accuracy no better than the majority class."""
-    classes = model.spec.classes
-    index = {c: i for i, c in enumerate(classes)}
-    truths: list[int] = []
-    probs: list[F64] = []
-    with torch.no_grad():
-        for s in series:
-            labels = s.labels or []
-            if model.spec.window:
-                for row, p in offline_windows(model, s):
-                    truths.append(index[labels[row]])
-                    probs.append(p)
-            else:
-                truths.append(index[labels[-1]])
-                probs.append(offline_predict(model, s)[0][-1])
-    y, p = np.asarray(truths), np.asarray(probs)
-    prior = np.bincount(y, minlength=len(classes)) / len(y)
-    chance_loss = float(-np.sum(prior[prior > 0] * np.log(prior[prior > 0])))
-    loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
-    accuracy, majority = float(np.mean(p.argmax(1) == y)), float(prior.max())
-    if loss >= 0.98 * chance_loss and accuracy <= majority + 0.5 / len(y):
-        raise TrainingFailed(
-            f"the classifier learnt nothing: on its own training sequences its log loss is "
-            f"{loss:.4f} (the class frequencies alone: {chance_loss:.4f}) and its accuracy "
-            f"{accuracy:.3f} (the majority class: {majority:.3f}); try a lower --weight-decay "
-            f"and --noise, more --epochs or a larger --lr"
-        )
 
 
 def _noisy(x: Tensor, cfg: TrainConfig, train: bool) -> Tensor:

@@ -11,8 +11,8 @@ import pytest
 
 from streamer.errors import TrainingFailed
 from streamer.model.artifact import SPAN, read_span, save_artifact
-from streamer.train.evaluate import seen_in_training
-from streamer.train.training import TrainConfig, train, training_span
+from streamer.train.checks import seen_in_training, training_span
+from streamer.train.training import TrainConfig, train
 from tests.conftest import make_panel
 from tests.unit.test_cli import run
 from tests.unit.test_training import labelled_panel
@@ -126,7 +126,8 @@ def test_a_classifier_that_learnt_nothing_is_an_error() -> None:
 
 
 def test_classical_baselines_forecast_every_entity_from_its_own_history() -> None:
-    from streamer.train.evaluate import classical_forecasts, forecast_scores
+    from streamer.train.baselines import classical_forecasts
+    from streamer.train.evaluate import forecast_scores
 
     t = np.arange(48)
     rows = [
