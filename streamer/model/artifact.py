@@ -28,7 +28,7 @@ __all__ = ["Artifact", "artifact_from_bytes", "load_artifact", "read_span", "sav
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
-#: What the model was trained on, per entity (``streamer.train.training.training_span``): read by
+#: What the model was trained on, per entity (``streamer.train.checks.training_span``): read by
 #: ``streamer evaluate`` only; the registry keeps the weights and the spec.
 SPAN = "training-span.parquet"
 FORMAT = 1
