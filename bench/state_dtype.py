@@ -60,7 +60,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 committed[e.partition] = max(committed.get(e.partition, 0), e.offset + 1)
             for p in report.predictions:
                 ref = offline[p.unique_id][p.step - 1]
-                got = np.asarray(p.forecast)
+                got = np.asarray(p.served)
                 absolute.append(np.abs(got - ref).max())
                 rel.append((np.abs(got - ref) / np.maximum(np.abs(ref), 1e-9)).max())
         raw = (await store.get_many([events[0].unique_id]))[0]

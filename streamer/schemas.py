@@ -17,7 +17,7 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeGuard
 
 import numpy as np
@@ -110,7 +110,8 @@ class Prediction:
 
     ``values`` is the forecast (the next K values) of a forecaster, or the class probabilities of
     a classifier (then ``classes`` names them). A window model's prediction answers the event that
-    closed a window of ``window`` events; a step model's has ``window`` 0.
+    closed a window of ``window`` events; a step model's has ``window`` 0. A forecaster calibrated
+    with intervals gives each level's bounds: ``intervals[80] == (lows, highs)``, K values each.
     """
 
     unique_id: str
@@ -125,6 +126,8 @@ class Prediction:
     window: int = 0
     #: The times the forecast's steps fall on, when the model knows the series' frequency.
     forecast_ds: tuple[str, ...] = ()
+    #: Prediction intervals by level (percent): the lows and the highs of the forecast's steps.
+    intervals: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -153,6 +156,12 @@ class Prediction:
     @property
     def forecast(self) -> tuple[float, ...]:
         return self.values
+
+    @property
+    def served(self) -> tuple[float, ...]:
+        """The values as the predictor serves them: the forecast, then each level's lows and
+        highs (the layout of :mod:`streamer.model.intervals`)."""
+        return self.values + tuple(v for lo, hi in self.intervals.values() for v in lo + hi)
 
     @property
     def label(self) -> str | None:
@@ -185,6 +194,14 @@ class Prediction:
             d["forecast"] = orjson.Fragment(values)
             if self.forecast_ds:
                 d["forecast_ds"] = self.forecast_ds
+            if self.intervals:
+                d["intervals"] = orjson.Fragment(
+                    b"{%s}"
+                    % b",".join(
+                        b'"%d":{"lo":%s,"hi":%s}' % (level, _float32_json(lo), _float32_json(hi))
+                        for level, (lo, hi) in self.intervals.items()
+                    )
+                )
         if self.window:
             d["window"] = self.window
         return orjson.dumps(d)
@@ -205,6 +222,10 @@ class Prediction:
             classes=tuple(probs) if probs is not None else (),
             window=d.get("window", 0),
             forecast_ds=tuple(d.get("forecast_ds", ())),
+            intervals={
+                int(level): (tuple(b["lo"]), tuple(b["hi"]))
+                for level, b in d.get("intervals", {}).items()
+            },
         )
 
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,10 @@ def make_model(
     horizon: int = 3,
     features: tuple[str, ...] = (),
     seed: int = 7,
+    levels: tuple[int, ...] = (80, 95),
 ) -> SequenceModel:
+    """A model of random weights; a forecaster with prediction intervals at ``levels`` (their
+    offsets made up), so every test of the served path carries them too."""
     torch.manual_seed(seed)
     spec = ModelSpec(
         hidden_size=hidden,
@@ -117,6 +121,7 @@ def make_model(
         features=features,
         feature_mean=tuple(0.5 for _ in features),
         feature_std=tuple(2.0 for _ in features),
+        **made_up_intervals(levels, horizon),
     )
     model = SequenceModel(spec)
     # Larger than default init weights, so states move far from zero and differences show.
@@ -124,6 +129,17 @@ def make_model(
         for p in model.parameters():
             p.mul_(2.0)
     return model.eval()
+
+
+def made_up_intervals(levels: tuple[int, ...], horizon: int) -> dict[str, Any]:
+    """ModelSpec fields of intervals at ``levels``: asymmetric offsets widening with the step."""
+    lo = tuple(
+        tuple(-(0.2 + 0.1 * j) * (i + 1) for j in range(horizon)) for i in range(len(levels))
+    )
+    hi = tuple(
+        tuple((0.3 + 0.05 * j) * (i + 1) for j in range(horizon)) for i in range(len(levels))
+    )
+    return {"levels": levels, "interval_lo": lo, "interval_hi": hi} if levels else {}
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from streamer.train.training import offline_predict
 
 @dataclass
 class Expected:
-    forecasts: npt.NDArray[np.float64]  # (T, K)
+    forecasts: npt.NDArray[np.float64]  # (T, K), then the intervals' bounds
     h: npt.NDArray[np.float32]  # (L, H)
     c: npt.NDArray[np.float32]
     ds: list[str]
@@ -59,13 +59,14 @@ def synthetic_events(df: pd.DataFrame, partitions: int = 4) -> list[Event]:
 
 
 def check_predictions(preds: list[Prediction], expected: dict[str, Expected]) -> int:
-    """Every prediction equals the offline forecast at its step; returns the number checked."""
+    """Every prediction equals the offline forecast at its step (and its intervals, if the model
+    has them); returns the number checked."""
     for p in preds:
         exp = expected[p.unique_id]
         i = p.step - 1
         assert exp.ds[i] == p.ds, (p.unique_id, p.step, p.ds)
         np.testing.assert_allclose(
-            p.forecast,
+            p.served,
             exp.forecasts[i],
             rtol=1e-5,
             atol=1e-5,

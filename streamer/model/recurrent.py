@@ -74,6 +74,12 @@ class ModelSpec:
     #: The series' frequency (a pandas alias: ``MS``, ``D``, ``h``...), inferred in training:
     #: forecasts then carry the times of their steps. None: unknown or irregular.
     freq: str | None = None
+    #: Forecasters: the levels (percent) of the prediction intervals served with every forecast,
+    #: and the offsets of their bounds, ``(levels, horizon)`` each, in the entity's scaled units
+    #: (calibrated in training, see :mod:`streamer.model.intervals`).
+    levels: tuple[int, ...] = ()
+    interval_lo: tuple[tuple[float, ...], ...] = ()
+    interval_hi: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -88,6 +94,14 @@ class ModelSpec:
             raise ConfigError("window must be positive for a window model (0 for a step model)")
         if self.window_end and self.window_end not in self.features:
             raise ConfigError(f"the window end marker {self.window_end!r} must be a feature")
+        if self.levels:
+            if self.task != "forecast":
+                raise ConfigError("prediction intervals are for forecasters")
+            if not all(0 < v < 100 for v in self.levels):
+                raise ConfigError(f"interval levels are percents between 0 and 100: {self.levels}")
+            shape = {(len(b), *map(len, b)) for b in (self.interval_lo, self.interval_hi)}
+            if shape != {(len(self.levels), *[self.horizon] * len(self.levels))}:
+                raise ConfigError("interval offsets need one row of horizon values per level")
 
     @property
     def input_features(self) -> tuple[str, ...]:
@@ -105,6 +119,11 @@ class ModelSpec:
         return len(self.classes) if self.task == "classify" else self.horizon
 
     @property
+    def served_outputs(self) -> int:
+        """Values per served prediction: the outputs, then each interval level's lows and highs."""
+        return self.outputs * (1 + 2 * len(self.levels))
+
+    @property
     def state_tensors(self) -> int:
         """Tensors in an entity's stored state: h and c for the LSTM, h for the others, and the
         buffered inputs for a window model."""
@@ -120,10 +139,15 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("features", "feature_mean", "feature_std", "classes"):
+        for k in ("features", "feature_mean", "feature_std", "classes", "levels"):
             d[k] = list(d[k])
-        if d["freq"] is None:  # (the versions of models saved before it existed stay the same)
+        for k in ("interval_lo", "interval_hi"):
+            d[k] = [list(row) for row in d[k]]
+        # (the versions of models saved before these existed stay the same)
+        if d["freq"] is None:
             del d["freq"]
+        if not self.levels:
+            del d["levels"], d["interval_lo"], d["interval_hi"]
         return d
 
     @classmethod
@@ -144,6 +168,9 @@ class ModelSpec:
             window_end=d.get("window_end"),
             extra=dict(d.get("extra", {})),
             freq=d.get("freq"),
+            levels=tuple(int(v) for v in d.get("levels", ())),
+            interval_lo=tuple(tuple(float(v) for v in row) for row in d.get("interval_lo", ())),
+            interval_hi=tuple(tuple(float(v) for v in row) for row in d.get("interval_hi", ())),
         )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from streamer.model import intervals
 from streamer.schemas import (
     MAX_ABS_VALUE,
     DeadLetter,
@@ -275,7 +276,11 @@ class Outputs:
         return Outputs(rows[self.row], self.step, self.values, self.version, self.window)
 
     def predictions(
-        self, events: EventColumns, classes: tuple[str, ...] = (), freq: str | None = None
+        self,
+        events: EventColumns,
+        classes: tuple[str, ...] = (),
+        freq: str | None = None,
+        levels: tuple[int, ...] = (),
     ) -> list[Prediction]:
         """One :class:`Prediction` per row (tests, the Python API; not the hot path)."""
         names = events.entities
@@ -285,25 +290,30 @@ class Outputs:
             events.offset.tolist(),
             events.y.tolist(),
         )
+        k = self.values.shape[1] // (1 + 2 * len(levels))
+        forecast, lows, highs = intervals.split(self.values, k, len(levels))
         times: list[tuple[str, ...]] = [()] * len(self.row)
-        if freq is not None and not classes and self.values.shape[1]:
+        if freq is not None and not classes and k:
             from streamer.serve.times import forecast_times
 
-            stamps = forecast_times(
-                [events.ds[r] for r in self.row.tolist()], freq, self.values.shape[1]
-            )
+            stamps = forecast_times([events.ds[r] for r in self.row.tolist()], freq, k)
             times = [tuple(orjson.loads(t)) for t in stamps]
+        bounds: list[dict[int, tuple[tuple[float, ...], tuple[float, ...]]]] = [
+            {v: (tuple(lo[i]), tuple(hi[i])) for i, v in enumerate(levels)}
+            for lo, hi in zip(lows.tolist(), highs.tolist(), strict=True)
+        ]
         return [
             Prediction(
-                names[ent[r]], events.ds[r], y[r], part[r], off[r], v, s, tuple(f), classes, w, t
+                names[ent[r]], events.ds[r], y[r], part[r], off[r], v, s, tuple(f), classes, w, t, b
             )
-            for r, s, f, v, w, t in zip(
+            for r, s, f, v, w, t, b in zip(
                 self.row.tolist(),
                 self.step.tolist(),
-                self.values.tolist(),
+                forecast.tolist(),
                 self.version,
                 self.window.tolist(),
                 times,
+                bounds,
                 strict=True,
             )
         ]
@@ -349,11 +359,15 @@ _TEMPLATE = (
 
 
 def encode_outputs(
-    events: EventColumns, out: Outputs, classes: tuple[str, ...] = (), freq: str | None = None
+    events: EventColumns,
+    out: Outputs,
+    classes: tuple[str, ...] = (),
+    freq: str | None = None,
+    levels: tuple[int, ...] = (),
 ) -> tuple[list[bytes], list[bytes]]:
     """The message key (the entity id) and value (:meth:`Prediction.to_json`'s bytes) of each
     prediction, in the order of ``out``; a forecaster's with the times of its steps when the
-    series' frequency ``freq`` is known."""
+    series' frequency ``freq`` is known, and the bounds of its intervals at ``levels``."""
     rows = out.row
     if not len(rows):
         return [], []
@@ -384,14 +398,35 @@ def encode_outputs(
             for row, lb in zip(_rows(out.values), labels, strict=True)
         ]
     else:
-        body = [b'"forecast":' + f for f in _rows(out.values)]
-        if freq is not None and out.values.shape[1]:
+        k = out.values.shape[1] // (1 + 2 * len(levels))
+        forecast, lows, highs = intervals.split(out.values, k, len(levels))
+        body = [b'"forecast":' + f for f in _rows(forecast)]
+        if freq is not None and k:
             from streamer.serve.times import forecast_times
 
-            stamps = forecast_times(picked, freq, out.values.shape[1])
+            stamps = forecast_times(picked, freq, k)
             body = [
                 b + b',"forecast_ds":' + t if t != b"[]" else b
                 for b, t in zip(body, stamps, strict=True)
+            ]
+        if levels:
+            n = len(rows)
+            texts = _rows(np.concatenate([lows, highs], 1).reshape(n * 2 * len(levels), k))
+            heads = [b'"%d":{"lo":' % v for v in levels]
+            per = 2 * len(levels)
+            body = [
+                b
+                + b',"intervals":{'
+                + b",".join(
+                    heads[i]
+                    + texts[j * per + i]
+                    + b',"hi":'
+                    + texts[j * per + len(levels) + i]
+                    + b"}"
+                    for i in range(len(levels))
+                )
+                + b"}"
+                for j, b in enumerate(body)
             ]
     if one:  # the usual batch: one model version, no windows: both go in the template
         (only,) = versions.values()

@@ -134,7 +134,7 @@ def outbox_parts(
     held: dict[int, Entries] = {}
     if not len(fresh):
         return parts, held
-    k = sv.spec.outputs
+    k = sv.spec.served_outputs
     rows = fresh.row
     part, off, key = cols.partition[rows], cols.offset[rows], fresh_slot
     dt = outbox_dtype(sv.kept_width)

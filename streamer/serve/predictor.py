@@ -80,6 +80,8 @@ class BatchReport:
     classes: tuple[str, ...] = ()
     #: the series' frequency, when the model knows it (forecasts then carry their steps' times)
     freq: str | None = None
+    #: the levels of a forecaster's prediction intervals (its outputs carry their bounds)
+    levels: tuple[int, ...] = ()
     #: seconds of the store's read and write round trips (None: none was needed), and of the
     #: model's steps
     read_s: float | None = None
@@ -89,7 +91,7 @@ class BatchReport:
     @property
     def predictions(self) -> list[Prediction]:
         """The outputs as :class:`Prediction` objects (tests and the Python API)."""
-        return self.outputs.predictions(self.batch, self.classes, self.freq)
+        return self.outputs.predictions(self.batch, self.classes, self.freq, self.levels)
 
 
 @dataclass
@@ -246,8 +248,10 @@ class Predictor:
         cols = events if isinstance(events, EventColumns) else EventColumns.of(events)
         sv = served or self.served
         spec = sv.spec
-        k = spec.outputs
-        report = BatchReport(events=len(cols), batch=cols, classes=spec.classes, freq=spec.freq)
+        k = spec.served_outputs
+        report = BatchReport(
+            events=len(cols), batch=cols, classes=spec.classes, freq=spec.freq, levels=spec.levels
+        )
         pending = PendingBatch(
             report=report,
             served=sv,
@@ -441,7 +445,7 @@ class Predictor:
         each once, as they were made. From inside the states (a store without an outbox, or
         records written before it), else from the outbox: of batches this worker still has in
         flight (the batch then counts as read from unconfirmed writes), and the store's."""
-        cols, k, window = pending.events, sv.spec.outputs, bool(sv.spec.window)
+        cols, k, window = pending.events, sv.spec.served_outputs, bool(sv.spec.window)
         ent, part, off = cols.entity[skipped], cols.partition[skipped], cols.offset[skipped]
         due = (off >= kept.floors(committed, part)) & (loaded.partition[ent] == part)
         skipped, ent, part, off = skipped[due], ent[due], part[due], off[due]

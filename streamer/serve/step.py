@@ -17,7 +17,7 @@ import torch
 
 from streamer import scaling
 from streamer.errors import ConfigError
-from streamer.model import ModelSpec, SequenceModel
+from streamer.model import ModelSpec, SequenceModel, intervals
 from streamer.serve.columns import EventColumns
 from streamer.state.batch import StateBatch
 
@@ -48,6 +48,9 @@ class Served:
     #: columns of the event features that are model inputs, and of the window end marker
     inputs: I64
     end: int | None
+    #: a forecaster's interval offsets ``(levels, K)`` in scaled units (empty: no intervals)
+    lo: F64
+    hi: F64
 
     @classmethod
     def of(cls, model: SequenceModel, version: str, device: torch.device) -> Served:
@@ -61,7 +64,8 @@ class Served:
             [i for i, f in enumerate(spec.features) if f != spec.window_end], np.int64
         )
         end = spec.features.index(spec.window_end) if spec.window_end else None
-        return cls(model.eval().to(device), version, mean[inputs], std[inputs], inputs, end)
+        lo, hi = np.asarray(spec.interval_lo, np.float64), np.asarray(spec.interval_hi, np.float64)
+        return cls(model.eval().to(device), version, mean[inputs], std[inputs], inputs, end, lo, hi)
 
     @property
     def spec(self) -> ModelSpec:
@@ -69,8 +73,9 @@ class Served:
 
     @property
     def kept_width(self) -> int:
-        """Values per kept output: the prediction's, and a window's length for window models."""
-        return self.spec.outputs + (1 if self.spec.window else 0)
+        """Values per kept output: the prediction's (with its intervals), and a window's length
+        for window models."""
+        return self.spec.served_outputs + (1 if self.spec.window else 0)
 
 
 class Stepper:
@@ -124,7 +129,7 @@ class Stepper:
         self, sv: Served, ev: EventColumns, slot: I64, waves: list[I64], st: StateBatch
     ) -> tuple[F64, I64]:
         """Advance the states ``st`` (in place) through the applied events ``ev``; return the
-        predictions' values (forecasts, or class probabilities) and steps."""
+        predictions' values (forecasts and their intervals, or class probabilities) and steps."""
         n = len(ev)
         y = ev.y
         steps = self._advance(ev, slot, waves, st)
@@ -166,6 +171,9 @@ class Stepper:
         values = raw.astype(np.float64)
         if sv.spec.task == "forecast" and sv.spec.scaling == "entity":
             values = values * scale_e[:, None] + mean_e[:, None]
+        if len(sv.lo):
+            unit = scale_e if sv.spec.scaling == "entity" else np.ones(n)
+            values = intervals.served(values, unit, sv.lo, sv.hi)
         return values, steps
 
     def windows(

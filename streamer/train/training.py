@@ -34,7 +34,7 @@ from torch import Tensor
 
 from streamer import scaling
 from streamer.errors import DataError
-from streamer.model import ModelSpec, SequenceModel
+from streamer.model import ModelSpec, SequenceModel, intervals
 from streamer.serve.times import infer_freq
 from streamer.train.checks import check_learnt, training_span
 from streamer.train.data import Series, feature_columns, split_series
@@ -102,6 +102,9 @@ class TrainConfig:
     #: Classifiers: a model no better than the class frequencies on its own training sequences
     #: (log loss and accuracy at their ends) is an error, not an artifact.
     fail_at_chance: bool = True
+    #: Forecasters: the levels (percent) of the prediction intervals calibrated on the validation
+    #: targets and served with every forecast (:mod:`streamer.model.intervals`); () for none.
+    levels: tuple[int, ...] = (80, 95)
 
 
 @dataclass(frozen=True)
@@ -135,16 +138,21 @@ def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
 
 @torch.no_grad()
 def offline_predict(model: SequenceModel, s: Series) -> tuple[F64, F32, F32]:
-    """A step model over a whole series with the fused sequence kernel: each event's output
-    ``(T, K)`` as served (forecasts in the series' units, or class probabilities), the final h
-    and c. This is what the streaming pipeline must reproduce event by event."""
+    """A step model over a whole series with the fused sequence kernel: each event's output as
+    served (forecasts in the series' units and their intervals' bounds, ``(T, K·(1 + 2·levels))``,
+    or class probabilities ``(T, K)``), the final h and c. This is what the streaming pipeline
+    must reproduce event by event."""
     model.eval()
-    x, mean, scale = series_inputs(s, model.spec)
+    spec = model.spec
+    x, mean, scale = series_inputs(s, spec)
     dev = next(model.parameters()).device
     raw, (h, c) = model(torch.from_numpy(x)[None].to(dev))  # (1, T, K), (L, 1, H)
     out = model.serve(raw)[0].cpu().numpy().astype(np.float64)
-    if model.spec.task == "forecast":
+    if spec.task == "forecast":
         out = out * scale[:, None] + mean[:, None]
+        if spec.levels:
+            lo, hi = np.asarray(spec.interval_lo), np.asarray(spec.interval_hi)
+            out = intervals.served(out, scale, lo, hi)
     return out, h[:, 0].cpu().numpy(), c[:, 0].cpu().numpy()
 
 
@@ -225,6 +233,8 @@ class _Problem:
     train_idx: list[int]
     val_idx: list[int]
     loss: Callable[[Sequence[int], bool], tuple[Tensor, float]]
+    #: a forecaster's residuals on its validation targets, per horizon step (scaled units)
+    residuals: Callable[[], list[F64]] | None = None
 
 
 def train(
@@ -319,7 +329,9 @@ def train(
             if bad_epochs >= cfg.patience:
                 break
     model.load_state_dict(best_state)
-    model.eval().cpu()
+    model.eval()
+    calibration, residuals = _calibrate(model, problem, cfg)
+    model.cpu()
     summary = {
         "config": asdict(cfg),
         "entities": len(series),
@@ -337,10 +349,20 @@ def train(
         summary["validation_items"] = len(problem.val_idx)
     if classify and cfg.fail_at_chance:
         check_learnt(model, series, cfg)
+    if calibration:
+        model.spec = replace(model.spec, **calibration)
+        summary["intervals"] = {
+            "levels": list(cfg.levels),
+            "calibrated_on": "the validation targets of the model that chose the epochs",
+            "residuals_per_step": residuals,
+        }
     if cfg.refit and best_epoch:
         # The epoch count is chosen; now learn from the held-out targets (entities) too.
         again = replace(cfg, epochs=best_epoch, val_points=0, val_fraction=0.0, refit=False)
         full = train(data, again, on_epoch)
+        if calibration:  # (the refit has no held-out targets left to calibrate on)
+            full.model.spec = replace(full.model.spec, **calibration)
+            full.summary["intervals"] = summary["intervals"]
         full.summary.update(
             config=asdict(cfg),
             refit={
@@ -352,6 +374,22 @@ def train(
         )
         return full
     return TrainResult(model, summary, training_span(series))
+
+
+def _calibrate(
+    model: SequenceModel, problem: _Problem, cfg: TrainConfig
+) -> tuple[dict[str, Any], int]:
+    """The chosen forecaster's interval offsets from its validation residuals, as ModelSpec
+    fields, and the fewest residuals of a horizon step; {} when it is no forecaster, no levels
+    are asked for or too few targets validate."""
+    if problem.residuals is None or not cfg.levels:
+        return {}, 0
+    residuals = problem.residuals()
+    lo, hi = intervals.calibrate(residuals, cfg.levels)
+    if not lo:
+        return {}, 0
+    fields = {"levels": tuple(cfg.levels), "interval_lo": lo, "interval_hi": hi}
+    return fields, min(map(len, residuals))
 
 
 def _noisy(x: Tensor, cfg: TrainConfig, train: bool) -> Tensor:
@@ -398,8 +436,21 @@ def _forecast_problem(
         out, _ = model(x)
         return loss_fn(out[m], tg[m]), float(m.sum())
 
+    @torch.no_grad()
+    def residuals() -> list[F64]:
+        """Scaled ``y - ŷ`` of every validation target, per horizon step."""
+        per_step: list[list[F64]] = [[] for _ in range(spec.horizon)]
+        for a in range(0, len(series), 64):
+            idx = range(a, min(a + 64, len(series)))
+            out, _ = model(_pad([xs[i] for i in idx], torch.float32, dev))
+            r = (_pad([tgs[i] for i in idx], torch.float32, dev) - out).cpu().numpy()
+            m = _pad([val_masks[i] for i in idx], torch.bool, dev).cpu().numpy()
+            for j in range(spec.horizon):
+                per_step[j].append(r[..., j][m[..., j]].astype(np.float64))
+        return [np.concatenate(p) for p in per_step]
+
     everyone = list(range(len(series)))
-    return _Problem(len(series), everyone, everyone, loss)
+    return _Problem(len(series), everyone, everyone, loss, residuals)
 
 
 def _split(n: int, cfg: TrainConfig, rng: np.random.Generator) -> tuple[list[int], list[int]]:

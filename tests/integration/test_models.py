@@ -27,7 +27,7 @@ from streamer.state import RedisStateStore
 from streamer.state.codec import decode
 from streamer.train.data import event_rows, split_series
 from streamer.train.training import offline_predict, offline_windows, series_inputs
-from tests.conftest import make_panel
+from tests.conftest import made_up_intervals, make_panel
 from tests.integration.workers import (
     TopicReader,
     WorkerProcess,
@@ -57,6 +57,11 @@ def artifact(model: SequenceModel, out: Path) -> Artifact:
 KINDS = {
     "gru-forecast": {"cell": "gru", "horizon": 3},
     "rnn-forecast": {"cell": "rnn", "horizon": 2},
+    "lstm-forecast-intervals-unscaled": {
+        "horizon": 3,
+        "scaling": "none",
+        **made_up_intervals((50, 90), 3),
+    },
     "lstm-classify": {"task": "classify", "classes": ("down", "up")},
     "gru-classify-unscaled": {
         "cell": "gru",
@@ -84,7 +89,7 @@ async def test_every_cell_and_head_streams_equal_to_its_offline_pass(
     assert len(out) == len(events)
     expected = {u: offline_predict(art.model, s) for u, s in offline.items()}
     for p in out:
-        np.testing.assert_allclose(p.values, expected[p.unique_id][0][p.step - 1], atol=1e-5)
+        np.testing.assert_allclose(p.served, expected[p.unique_id][0][p.step - 1], atol=1e-5)
         if art.spec.task == "classify":
             assert p.classes == ("down", "up") and abs(sum(p.values) - 1) < 1e-6
     for uid, raw in zip(offline, await pred.store.get_many(list(offline)), strict=True):

@@ -277,7 +277,7 @@ async def test_timestamps_going_backwards_are_applied_in_offset_order(
     assert [p.ds for p in out] == ds and [p.step for p in out] == [1, 2, 3, 4, 5]
     series = Series("e", ds, np.array(ys), np.zeros((5, 0)))
     fc, _, _ = offline_predict(art.model, series)
-    np.testing.assert_allclose([p.forecast for p in out], fc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([p.served for p in out], fc, rtol=1e-5, atol=1e-5)
     await pred.aclose()
 
 

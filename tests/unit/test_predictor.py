@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from streamer.model import ModelSpec, SequenceModel
+from streamer.model import ModelSpec, SequenceModel, intervals
 from streamer.schemas import Event, Prediction
 from streamer.serve.pipeline import MAX_RERUNS, BatchHandler
 from streamer.serve.predictor import Predictor, resolve_device
@@ -114,6 +114,10 @@ def reference(
         fc = np.stack(rows)
         if model.spec.task == "forecast":
             fc = fc * scale[:, None] + mean[:, None]
+            spec = model.spec
+            fc = intervals.served(
+                fc, scale, np.asarray(spec.interval_lo), np.asarray(spec.interval_hi)
+            )
         out[s.unique_id] = (fc, h[:, 0].numpy(), c[:, 0].numpy())
     return out
 
@@ -125,7 +129,7 @@ def check(
 ) -> None:
     for p in preds:
         np.testing.assert_allclose(
-            p.values, ref[p.unique_id][0][p.step - 1], rtol=tol, atol=tol, err_msg=p.unique_id
+            p.served, ref[p.unique_id][0][p.step - 1], rtol=tol, atol=tol, err_msg=p.unique_id
         )
 
 
