@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses  # noqa: F401 (the doctests)
 import fnmatch
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import orjson
@@ -53,23 +53,44 @@ def topic_of(settings: Settings, topic: str) -> str:
     }.get(topic, topic)
 
 
-def long_rows(p: Prediction) -> list[str]:
-    """A forecast as CSV rows ``unique_id,ds,cutoff,h,streamer`` (Nixtla's long format, with the
-    forecast's origin as the cutoff): one row per step ahead; ``ds`` is empty when the model
-    knows no frequency. A classifier's prediction is one row with its label.
+def long_header(levels: Sequence[int] = ()) -> str:
+    """The CSV header of :func:`long_rows`: Nixtla's names, intervals as ``streamer-lo-80``.
+
+    >>> long_header((80,))
+    'unique_id,ds,cutoff,h,streamer,streamer-lo-80,streamer-hi-80'
+    """
+    return ",".join(
+        ["unique_id,ds,cutoff,h,streamer"]
+        + [f"streamer-{side}-{v}" for v in levels for side in ("lo", "hi")]
+    )
+
+
+def long_rows(p: Prediction, levels: Sequence[int] = ()) -> list[str]:
+    """A forecast as CSV rows of :func:`long_header` (Nixtla's long format, with the forecast's
+    origin as the cutoff): one row per step ahead, with the bounds of its intervals at ``levels``
+    (empty where the prediction has none); ``ds`` is empty when the model knows no frequency. A
+    classifier's prediction is one row with its label.
 
     >>> p = Prediction("s,1", "2020-01", 3.0, 0, 7, "v1", 2, (4.0, 5.5))
     >>> long_rows(dataclasses.replace(p, forecast_ds=("2020-02", "2020-03")))
     ['"s,1",2020-02,2020-01,1,4.0', '"s,1",2020-03,2020-01,2,5.5']
+    >>> long_rows(dataclasses.replace(p, intervals={80: ((3.0, 4.0), (5.0, 7.0))}), (80, 95))
+    ['"s,1",,2020-01,1,4.0,3.0,5.0,,', '"s,1",,2020-01,2,5.5,4.0,7.0,,']
     """
     uid = _csv(p.unique_id)
     if p.classes:
-        return [f"{uid},{_csv(p.ds)},{_csv(p.ds)},0,{_csv(str(p.label))}"]
+        return [f"{uid},{_csv(p.ds)},{_csv(p.ds)},0,{_csv(str(p.label))}" + "," * 2 * len(levels)]
     stamps = p.forecast_ds or ("",) * len(p.values)
-    return [
-        f"{uid},{_csv(d)},{_csv(p.ds)},{h},{v!r}"
-        for h, (d, v) in enumerate(zip(stamps, p.values, strict=True), start=1)
-    ]
+    rows = []
+    for h, (d, v) in enumerate(zip(stamps, p.values, strict=True), start=1):
+        bounds = "".join(
+            f",{p.intervals[lv][0][h - 1]!r},{p.intervals[lv][1][h - 1]!r}"
+            if lv in p.intervals
+            else ",,"
+            for lv in levels
+        )
+        rows.append(f"{uid},{_csv(d)},{_csv(p.ds)},{h},{v!r}{bounds}")
+    return rows
 
 
 def _csv(field: str) -> str:
@@ -96,7 +117,9 @@ def format_prediction(p: Prediction) -> str:
         return f"{head}  [bold]{escape(str(p.label))}[/bold]{window}  ({probs})"
     fc = " ".join(f"{v:.4g}" for v in p.values[:6])
     more = " …" if len(p.values) > 6 else ""
-    return f"{head}  forecast [{fc}{more}]"
+    # the intervals of the first step ahead
+    bounds = "".join(f"  {v}% {lo[0]:.4g}..{hi[0]:.4g}" for v, (lo, hi) in p.intervals.items())
+    return f"{head}  forecast [{fc}{more}]{bounds}"
 
 
 async def tail(
@@ -115,8 +138,7 @@ async def tail(
     console = Console(highlight=False, soft_wrap=True)
     start = "from the beginning" if from_beginning else "from now on"
     print(f"reading {name} at {settings.kafka.bootstrap_servers} {start}", file=sys.stderr)
-    if form == "long" and not dead_letters:
-        sys.stdout.write("unique_id,ds,cutoff,h,streamer\n")
+    levels: tuple[int, ...] | None = None  # (the long format's, from the first prediction)
     n = 0
     async for key, value, part, offset, headers in read_topic(
         settings, name, from_beginning=from_beginning, idle_timeout_s=timeout_s
@@ -145,13 +167,18 @@ async def tail(
             if form == "json":
                 sys.stdout.buffer.write(value + b"\n")
             elif form == "long":
-                sys.stdout.write("".join(row + "\n" for row in long_rows(p)))
+                if levels is None:
+                    levels = tuple(p.intervals)
+                    sys.stdout.write(long_header(levels) + "\n")
+                sys.stdout.write("".join(row + "\n" for row in long_rows(p, levels)))
             else:
                 console.print(format_prediction(p))
         sys.stdout.flush()
         n += 1
         if max_count and n >= max_count:
             break
+    if form == "long" and not dead_letters and levels is None:
+        sys.stdout.write(long_header() + "\n")  # (no prediction came: the header alone)
     return 0
 
 

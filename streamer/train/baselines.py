@@ -1,9 +1,11 @@
 """Classical forecasts beside the model's in ``streamer evaluate --baselines``: AutoETS and Theta
-fitted per entity with statsforecast (the ``baselines`` extra)."""
+fitted per entity with statsforecast (the ``baselines`` extra), with their own prediction
+intervals (statsforecast's, from each model's error distribution)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -12,20 +14,33 @@ from rich.console import Console
 
 from streamer.errors import DataError
 
-__all__ = ["CLASSICAL", "classical_forecasts"]
+__all__ = ["CLASSICAL", "Forecast", "classical_forecasts"]
 
 F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class Forecast:
+    """One entity's forecast of the held-out points, and its intervals' bounds by level."""
+
+    mean: F64
+    bounds: dict[int, tuple[F64, F64]] = field(default_factory=dict)
+
 
 #: The classical methods ``streamer evaluate --baselines`` fits per entity, by name in its results.
 CLASSICAL = ("auto_ets", "theta")
 
 
 def classical_forecasts(
-    history: pd.DataFrame, horizon: int, season: int, console: Console | None = None
-) -> dict[str, dict[str, F64]]:
+    history: pd.DataFrame,
+    horizon: int,
+    season: int,
+    console: Console | None = None,
+    levels: tuple[int, ...] = (),
+) -> dict[str, dict[str, Forecast]]:
     """AutoETS and (standard) Theta forecasts of every entity's next ``horizon`` points, fitted on
     its ``history`` alone with season length ``season`` (statsforecast; a series too short for a
-    model gets the naive forecast): ``{method: {entity: forecast}}``."""
+    model gets the naive forecast), with intervals at ``levels``: ``{method: {entity: forecast}}``."""
     try:
         from statsforecast import StatsForecast
         from statsforecast.models import AutoETS, Naive, Theta
@@ -42,11 +57,20 @@ def classical_forecasts(
         fallback_model=Naive(),
     )
     with np.errstate(all="ignore"):
-        fc = sf.forecast(df=frame, h=horizon)
-    out: dict[str, dict[str, F64]] = {name: {} for name in CLASSICAL}
+        fc = sf.forecast(df=frame, h=horizon, level=list(levels) or None)
+    out: dict[str, dict[str, Forecast]] = {name: {} for name in CLASSICAL}
     for uid, g in fc.groupby("unique_id", sort=False):
-        out["auto_ets"][str(uid)] = g["AutoETS"].to_numpy(np.float64)
-        out["theta"][str(uid)] = g["Theta"].to_numpy(np.float64)
+        for name, col in zip(CLASSICAL, ("AutoETS", "Theta"), strict=True):
+            out[name][str(uid)] = Forecast(
+                g[col].to_numpy(np.float64),
+                {
+                    v: (
+                        g[f"{col}-lo-{v}"].to_numpy(np.float64),
+                        g[f"{col}-hi-{v}"].to_numpy(np.float64),
+                    )
+                    for v in levels
+                },
+            )
     if console is not None:
         console.print(
             f"AutoETS and Theta fitted on {len(out['theta'])} entities in "

@@ -7,7 +7,9 @@ The data is replayed through Kafka to a worker of its own (its own topics, group
   them is streamed, and the forecast the worker published for each entity's last history event
   (the forecast origin) is scored against the held-out points with MASE (scaled by the in-sample
   seasonal naive error) and sMAPE, per entity and overall (the mean over entities), next to the
-  naive (last value) and seasonal naive (last season) forecasts from the same history;
+  naive (last value) and seasonal naive (last season) forecasts from the same history; a model
+  with prediction intervals is also scored on them: the share of held-out points inside each
+  level's interval (coverage) and the scaled interval score (MSIS, scaled like MASE);
 - a **step classifier**: every event is streamed (without the label); the probabilities after
   each entity's last event are scored against its label (accuracy, log loss), and the accuracy
   after each step shows how early the prediction becomes right;
@@ -44,12 +46,12 @@ from streamer.model.artifact import load_artifact
 from streamer.ops.local import namespaced, remove_run, stream_through, worker_process
 from streamer.schemas import Prediction
 from streamer.settings import Settings
-from streamer.train.baselines import classical_forecasts
+from streamer.train.baselines import Forecast, classical_forecasts
 from streamer.train.checks import check_seen
 from streamer.train.data import event_rows, split_series
 from streamer.train.training import offline_predict, offline_windows, window_bounds
 
-__all__ = ["forecast_scores", "infer_season", "run_evaluate", "write_json"]
+__all__ = ["forecast_scores", "infer_season", "interval_scores", "run_evaluate", "write_json"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -74,6 +76,29 @@ class ForecastScore:
     smape: float
 
 
+def _mase_scale(history: F64, season: int) -> float:
+    """The in-sample mean absolute error of the seasonal naive forecast (MASE's denominator)."""
+    m = season if len(history) > season else 1
+    return float(np.mean(np.abs(history[m:] - history[:-m]))) if len(history) > m else math.nan
+
+
+def interval_scores(
+    history: F64, actual: F64, lo: F64, hi: F64, level: int, season: int
+) -> tuple[float, float]:
+    """Coverage (the share of ``actual`` inside ``[lo, hi]``) and the scaled interval score
+    (MSIS, as in the M4 competition: the width plus ``2/α`` times each miss, over the MASE scale).
+
+    >>> interval_scores(np.array([1.0, 2, 3, 4]), np.array([5.0, 9]), np.array([4.0, 5]),
+    ...                 np.array([6.0, 7]), 50, 1)
+    (0.5, 6.0)
+    """
+    alpha = 1 - level / 100
+    score = (hi - lo) + 2 / alpha * (np.maximum(lo - actual, 0) + np.maximum(actual - hi, 0))
+    scale = _mase_scale(history, season)
+    inside = float(np.mean((actual >= lo) & (actual <= hi)))
+    return inside, float(np.mean(score)) / scale if scale > 0 else math.nan
+
+
 def _smape(y: F64, f: F64) -> float:
     den = np.maximum(np.abs(y) + np.abs(f), 1e-12)
     return float(np.mean(200 * np.abs(f - y) / den))
@@ -86,8 +111,7 @@ def forecast_scores(history: F64, actual: F64, forecast: F64, season: int) -> Fo
     >>> (s.mase, round(s.smape, 3))
     (0.5, 7.692)
     """
-    m = season if len(history) > season else 1
-    scale = float(np.mean(np.abs(history[m:] - history[:-m]))) if len(history) > m else math.nan
+    scale = _mase_scale(history, season)
     mae = float(np.mean(np.abs(forecast - actual)))
     return ForecastScore(mae / scale if scale > 0 else math.nan, _smape(actual, forecast))
 
@@ -234,7 +258,8 @@ def _evaluate_forecaster(
         f"streaming {len(rows)} events of {history['unique_id'].nunique()} entities; the last "
         f"{k} points of each are held out (season {m})"
     )
-    classical = classical_forecasts(history, k, m, console) if baselines else {}
+    levels = model.spec.levels
+    classical = classical_forecasts(history, k, m, console, levels) if baselines else {}
     preds, stream_s = _stream(base, model_dir, False, rows, len(rows), workdir, keep)
     last: dict[str, Prediction] = {}
     for p in preds:
@@ -247,17 +272,26 @@ def _evaluate_forecaster(
         origin = last[s_hist.unique_id]
         if origin.step != len(s_hist.y):
             raise StreamerError(f"{s_hist.unique_id}: no prediction for its last history event")
-        streamed = np.asarray(origin.values)
+        streamed = np.asarray(origin.served)  # (the forecast, then its intervals' bounds)
         offline = offline_predict(model, s_hist)[0][-1]
         diff = max(diff, float(np.max(np.abs(streamed - offline) / np.maximum(1, np.abs(offline)))))
         actual = s_all.y[-k:]
         naive, snaive = _naive(s_hist.y, k, m)
         row: dict[str, float] = {}
-        forecasts = [("model", streamed), ("naive", naive), ("seasonal_naive", snaive)]
+        bounds = {v: (np.asarray(lo), np.asarray(hi)) for v, (lo, hi) in origin.intervals.items()}
+        forecasts = [
+            ("model", Forecast(np.asarray(origin.values), bounds)),
+            ("naive", Forecast(naive)),
+            ("seasonal_naive", Forecast(snaive)),
+        ]
         forecasts += [(name, fc[s_hist.unique_id]) for name, fc in classical.items()]
         for name, f in forecasts:
-            sc = forecast_scores(s_hist.y, actual, f, m)
+            sc = forecast_scores(s_hist.y, actual, f.mean, m)
             row[f"mase_{name}"], row[f"smape_{name}"] = sc.mase, sc.smape
+            for v, (lo, hi) in f.bounds.items():
+                row[f"coverage{v}_{name}"], row[f"msis{v}_{name}"] = interval_scores(
+                    s_hist.y, actual, lo, hi, v, m
+                )
         per_entity[s_hist.unique_id] = row
     frame = pd.DataFrame.from_dict(per_entity, orient="index")
     overall = {c: float(frame[c].mean()) for c in frame.columns}
@@ -277,8 +311,11 @@ def _evaluate_forecaster(
             wins,
         )
     console.print(table)
+    if levels:
+        console.print(_interval_table(overall, levels, ("model", *classical), model.spec.cell))
     return {
         "task": "forecast",
+        "levels": list(levels),
         "entities": len(frame),
         "horizon": k,
         "season": m,
@@ -288,6 +325,23 @@ def _evaluate_forecaster(
         "per_entity": per_entity,
         "max_abs_diff_streamed_vs_offline": diff,
     }
+
+
+def _interval_table(
+    overall: dict[str, float], levels: tuple[int, ...], names: tuple[str, ...], cell: str
+) -> Table:
+    table = Table(title="prediction intervals on the held-out points")
+    table.add_column("forecast", justify="right")
+    for v in levels:
+        table.add_column(f"{v}% coverage", justify="right")
+        table.add_column(f"MSIS {v}", justify="right")
+    for name in names:
+        cells = []
+        for v in levels:
+            cells += [f"{overall[f'coverage{v}_{name}']:.1%}", f"{overall[f'msis{v}_{name}']:.2f}"]
+        label = f"{cell} (streamed)" if name == "model" else name.replace("_", " ")
+        table.add_row(label, *cells)
+    return table
 
 
 def _log_loss(p: float) -> float:

@@ -147,9 +147,15 @@ async def test_replay_then_tail_shows_the_worker_predictions(
         )
         assert r.returncode == 0, r.stderr
         rows = r.stdout.splitlines()
-        assert rows[0] == "unique_id,ds,cutoff,h,streamer" and len(rows) == 1 + 2 * horizon, rows
+        header = "unique_id,ds,cutoff,h,streamer," + ",".join(
+            f"streamer-{side}-{v}" for v in (80, 95) for side in ("lo", "hi")
+        )
+        assert rows[0] == header and len(rows) == 1 + 2 * horizon, rows
         first = rows[1].split(",")
         assert first[0] == "e0003" and first[3] == "1" and first[2] == str(df["ds"].iloc[0])[:10]
+        # the model's (made-up) interval offsets: lows below the forecast, highs above
+        value, lo80, hi80, lo95, hi95 = map(float, first[4:])
+        assert lo95 < lo80 < value < hi80 < hi95, rows[1]
     finally:
         assert worker.stop(signal.SIGTERM) == 0, worker.tail()
 

@@ -78,8 +78,13 @@ def test_the_readme_quickstart_from_a_config_file(
         print(f"the quickstart's five commands took {took:.1f}s")
 
         rows = outputs[-1].splitlines()
-        assert rows[0] == "unique_id,ds,cutoff,h,streamer" and len(rows) == 1 + 24 * 12, rows[:3]
-        _, ds, cutoff, h, value = rows[1].split(",")
+        header = "unique_id,ds,cutoff,h,streamer," + ",".join(
+            f"streamer-{side}-{v}" for v in (80, 95) for side in ("lo", "hi")
+        )
+        assert rows[0] == header and len(rows) == 1 + 24 * 12, rows[:3]
+        _, ds, cutoff, h, value, lo80, hi80, lo95, hi95 = rows[1].split(",")
+        # the intervals calibrated in training: nested, around the forecast
+        assert float(lo95) < float(lo80) < float(hi80) < float(hi95), rows[1]
         # the months inferred in training: the first step is the month after the event's
         assert h == "1" and len(ds) == 10, rows[1]
         assert pd.Timestamp(ds) == pd.Timestamp(cutoff) + pd.offsets.MonthBegin(1), rows[1]

@@ -172,6 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         step_loss=args.step_loss,
         val_fraction=args.val_fraction,
         refit=args.refit,
+        levels=args.levels,
     )
     if args.window and not classify:
         raise ConfigError("a window model classifies: pass --label")
@@ -207,6 +208,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             if refit
             else f"{result.summary['epochs_run']} epochs, "
             + (f"best validation loss {best:.4f}" if best is not None else "no validation split")
+        )
+        + (
+            f"; {', '.join(f'{v}%' for v in result.model.spec.levels)} intervals calibrated on "
+            f"{result.summary['intervals']['residuals_per_step']} held-out points per step"
+            if result.model.spec.levels
+            else ""
         )
         + f"; {time.monotonic() - started:.1f}s"
     )

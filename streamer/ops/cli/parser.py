@@ -147,6 +147,25 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    """``80,95`` -> (80, 95); ``none`` -> () (no intervals).
+
+    >>> _levels("95,80"), _levels("none")
+    ((80, 95), ())
+    """
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        levels = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected levels in percent such as 80,95 (or none), got {text!r}"
+        ) from None
+    if not all(0 < v < 100 for v in levels):
+        raise argparse.ArgumentTypeError(f"levels are percents between 1 and 99, got {text}")
+    return tuple(levels)
+
+
 def _version() -> str:
     try:
         return metadata.version("streamer")
@@ -238,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="after early stopping chose the epochs, train again on every point for that many",
+    )
+    t.add_argument(
+        "--levels",
+        type=_levels,
+        default="80,95",
+        help="forecasters: prediction intervals served with every forecast, in percent, "
+        "calibrated on the held-out points of early stopping (none: no intervals)",
     )
     t.add_argument(
         "--seed", type=int, default=0, help="random seed (the same seed: the same model)"
@@ -349,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json", "long"],
         default="text",
         help="text: one line per prediction; json: the raw messages; long: CSV rows "
-        "unique_id,ds,cutoff,h,streamer of the forecasts (Nixtla's long format)",
+        "unique_id,ds,cutoff,h,streamer of the forecasts (Nixtla's long format), then "
+        "streamer-lo-80,streamer-hi-80,... of a model with prediction intervals",
     )
     tl.add_argument("--json", action="store_true", help="the same as --format json")
     tl.add_argument("--from-beginning", action="store_true", help="from the topic's start")
