@@ -25,7 +25,7 @@ from streamer.schemas import Event
 from streamer.serve.predictor import Predictor
 from streamer.state import RedisStateStore
 from streamer.train.data import demo_panel, event_rows, split_series
-from streamer.train.training import offline_predict
+from streamer.train.offline import offline_predict
 
 
 def events_of(df) -> list[Event]:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 
 from streamer.model import ModelSpec, SequenceModel
 from streamer.model.artifact import save_artifact
+from streamer.model.ensemble import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "deploy" / "local" / "services.sh"
@@ -146,6 +148,16 @@ def made_up_intervals(levels: tuple[int, ...], horizon: int) -> dict[str, Any]:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("model")
     save_artifact(make_model(), out, {"note": "random weights for tests"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def ensemble_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three random models of :func:`make_model`'s shape merged into one, with intervals."""
+    out = tmp_path_factory.mktemp("ensemble")
+    model = merge([make_model(seed=s, levels=()) for s in (1, 2, 3)])
+    model.spec = replace(model.spec, **made_up_intervals((80, 95), model.spec.horizon))
+    save_artifact(model, out, {"note": "random weights for tests"})
     return out
 
 

@@ -16,7 +16,7 @@ from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
 from streamer.serve.pipeline import RawMessage
 from streamer.train.data import event_rows, split_series
-from streamer.train.training import offline_predict
+from streamer.train.offline import offline_predict
 
 
 @dataclass

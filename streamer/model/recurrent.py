@@ -80,6 +80,9 @@ class ModelSpec:
     levels: tuple[int, ...] = ()
     interval_lo: tuple[tuple[float, ...], ...] = ()
     interval_hi: tuple[tuple[float, ...], ...] = ()
+    #: An ensemble of this many models of this cell and shape, side by side in one core with
+    #: block-diagonal weights (:mod:`streamer.model.ensemble`); 1: a single model.
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -94,6 +97,8 @@ class ModelSpec:
             raise ConfigError("window must be positive for a window model (0 for a step model)")
         if self.window_end and self.window_end not in self.features:
             raise ConfigError(f"the window end marker {self.window_end!r} must be a feature")
+        if self.members < 1 or (self.members > 1 and self.window):
+            raise ConfigError("an ensemble has at least one member and is no window model")
         if self.levels:
             if self.task != "forecast":
                 raise ConfigError("prediction intervals are for forecasters")
@@ -135,7 +140,7 @@ class ModelSpec:
         buffer of ``window`` inputs as one row."""
         if self.window:
             return 1, self.window * self.input_size
-        return self.num_layers, self.hidden_size
+        return self.num_layers, self.hidden_size * self.members
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -148,6 +153,8 @@ class ModelSpec:
             del d["freq"]
         if not self.levels:
             del d["levels"], d["interval_lo"], d["interval_hi"]
+        if self.members == 1:
+            del d["members"]
         return d
 
     @classmethod
@@ -171,6 +178,7 @@ class ModelSpec:
             levels=tuple(int(v) for v in d.get("levels", ())),
             interval_lo=tuple(tuple(float(v) for v in row) for row in d.get("interval_lo", ())),
             interval_hi=tuple(tuple(float(v) for v in row) for row in d.get("interval_hi", ())),
+            members=int(d.get("members", 1)),
         )
 
 
@@ -282,7 +290,7 @@ def recurrent(spec: ModelSpec) -> StackedLSTM | StackedGRU | StackedRNN:
     """The recurrent core a spec describes."""
     return CELLS[spec.cell](
         spec.input_size,
-        spec.hidden_size,
+        spec.hidden_size * spec.members,
         spec.num_layers,
         spec.dropout,
         bidirectional=bool(spec.window),
@@ -296,8 +304,8 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.rnn = recurrent(spec)
-        width = spec.hidden_size * (2 if spec.window else 1)
-        self.head = nn.Linear(width, spec.outputs)
+        width = spec.hidden_size * spec.members * (2 if spec.window else 1)
+        self.head = nn.Linear(width, spec.outputs * spec.members)
 
     def forward(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Training path of a step model: x_seq ``(B, T, I)`` -> raw outputs ``(B, T, K)``
@@ -320,5 +328,14 @@ class SequenceModel(nn.Module):
         return logits
 
     def serve(self, raw: Tensor) -> Tensor:
-        """Raw outputs as served: class probabilities for a classifier, else unchanged."""
-        return torch.softmax(raw, dim=-1) if self.spec.task == "classify" else raw
+        """Raw outputs ``(..., M·K)`` as served ``(..., K)``: class probabilities for a classifier
+        (an ensemble's: the mean of its members'), forecasts as they are (an ensemble's: the median
+        of its members', the mean of the middle two for an even count)."""
+        classify = self.spec.task == "classify"
+        m = self.spec.members
+        if m == 1:
+            return torch.softmax(raw, dim=-1) if classify else raw
+        each = raw.reshape(*raw.shape[:-1], m, self.spec.outputs)  # (..., M, K)
+        if classify:
+            return torch.softmax(each, dim=-1).mean(dim=-2)
+        return torch.quantile(each, 0.5, dim=-2)

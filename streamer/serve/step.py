@@ -160,7 +160,7 @@ class Stepper:
                 bounds = np.cumsum([0, *(len(w) for w in waves)]).tolist()
                 order_d = torch.from_numpy(order).to(dev, non_blocking=True)
                 slot_d = torch.from_numpy(slot[order]).to(dev, non_blocking=True)
-                out = torch.empty((n, sv.spec.outputs), device=dev)  # (N, K)
+                out = torch.empty((n, sv.spec.outputs * sv.spec.members), device=dev)  # (N, M·K)
                 for a, b in itertools.pairwise(bounds):
                     rows, ent = order_d[a:b], slot_d[a:b]
                     state = (h[:, ent], c[:, ent])

@@ -57,7 +57,14 @@ def classical_forecasts(
         fallback_model=Naive(),
     )
     with np.errstate(all="ignore"):
-        fc = sf.forecast(df=frame, h=horizon, level=list(levels) or None)
+        sf.fit(df=frame)
+        # One level per call: with the fallback model in some series, statsforecast 2.1 puts a
+        # model's bounds of several levels under each other's column names.
+        fc = sf.predict(h=horizon)
+        for v in levels:
+            fc = fc.merge(
+                sf.predict(h=horizon, level=[v]), on=["unique_id", "ds"], suffixes=("", "_")
+            )
     out: dict[str, dict[str, Forecast]] = {name: {} for name in CLASSICAL}
     for uid, g in fc.groupby("unique_id", sort=False):
         for name, col in zip(CLASSICAL, ("AutoETS", "Theta"), strict=True):

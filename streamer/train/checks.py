@@ -23,6 +23,7 @@ from streamer.errors import DataError, TrainingFailed
 from streamer.model import ModelSpec, SequenceModel
 from streamer.model.artifact import read_span
 from streamer.train.data import Series, split_series
+from streamer.train.offline import offline_predict, offline_windows
 
 if TYPE_CHECKING:
     from streamer.train.training import TrainConfig
@@ -141,8 +142,6 @@ def check_learnt(model: SequenceModel, series: Sequence[Series], cfg: TrainConfi
     """Raise :class:`TrainingFailed` if a classifier learnt nothing: on its own training
     sequences (every closed window, for a window model) its log loss at the end is no better than
     predicting the class frequencies, and its accuracy no better than the majority class."""
-    from streamer.train.training import offline_predict, offline_windows  # (it imports this)
-
     classes = model.spec.classes
     index = {c: i for i, c in enumerate(classes)}
     truths: list[int] = []

@@ -17,7 +17,7 @@ The data is replayed through Kafka to a worker of its own (its own topics, group
   that closed it.
 
 Every streamed prediction is also compared with the offline model over the same series
-(:func:`streamer.train.training.offline_predict`, :func:`streamer.train.training.offline_windows`): the
+(:func:`streamer.train.offline.offline_predict`, :func:`streamer.train.offline.offline_windows`): the
 command reports the largest difference and fails when it exceeds ``tolerance``.
 """
 
@@ -49,7 +49,7 @@ from streamer.settings import Settings
 from streamer.train.baselines import Forecast, classical_forecasts
 from streamer.train.checks import check_seen
 from streamer.train.data import event_rows, split_series
-from streamer.train.training import offline_predict, offline_windows, window_bounds
+from streamer.train.offline import offline_predict, offline_windows, window_bounds
 
 __all__ = ["forecast_scores", "infer_season", "interval_scores", "run_evaluate", "write_json"]
 

@@ -82,10 +82,21 @@ async def verify(
     return len(preds) - len(df)
 
 
-@pytest.mark.parametrize("engine", ["streamer", "faust"])
+@pytest.mark.parametrize(
+    ("engine", "model"), [("streamer", "single"), ("faust", "single"), ("streamer", "ensemble")]
+)
 async def test_kill_9_at_random_points_then_restart(
-    services: dict[str, str], ns: str, model_dir: Path, tmp_path: Path, engine: str
+    services: dict[str, str],
+    ns: str,
+    model_dir: Path,
+    ensemble_model_dir: Path,
+    tmp_path: Path,
+    engine: str,
+    model: str,
 ) -> None:
+    """(``ensemble``: three members served as one model, with intervals.)"""
+    if model == "ensemble":
+        model_dir = ensemble_model_dir
     df, settings = await stream_panel(services, ns, 200, seed=21)
     env = worker_env(services, ns, model_dir, **FAST, STREAMER_ENGINE=engine)
     rng = random.Random(5)

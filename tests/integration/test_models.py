@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from streamer.errors import ArtifactError
 from streamer.kafka import ensure_topics
 from streamer.model import ModelSpec, SequenceModel
 from streamer.model.artifact import Artifact, load_artifact, save_artifact
+from streamer.model.ensemble import merge
 from streamer.model.registry import Registry
 from streamer.schemas import Event, Prediction
 from streamer.serve.predictor import Predictor
@@ -26,7 +28,7 @@ from streamer.settings import Settings
 from streamer.state import RedisStateStore
 from streamer.state.codec import decode
 from streamer.train.data import event_rows, split_series
-from streamer.train.training import offline_predict, offline_windows, series_inputs
+from streamer.train.offline import offline_predict, offline_windows, series_inputs
 from tests.conftest import made_up_intervals, make_panel
 from tests.integration.workers import (
     TopicReader,
@@ -57,6 +59,13 @@ def artifact(model: SequenceModel, out: Path) -> Artifact:
 KINDS = {
     "gru-forecast": {"cell": "gru", "horizon": 3},
     "rnn-forecast": {"cell": "rnn", "horizon": 2},
+    "lstm-ensemble-of-3-forecast": {"horizon": 3, "members": 3, **made_up_intervals((80,), 3)},
+    "gru-ensemble-of-2-classify": {
+        "cell": "gru",
+        "task": "classify",
+        "classes": ("a", "b"),
+        "members": 2,
+    },
     "lstm-forecast-intervals-unscaled": {
         "horizon": 3,
         "scaling": "none",
@@ -76,7 +85,15 @@ KINDS = {
 async def test_every_cell_and_head_streams_equal_to_its_offline_pass(
     services: dict[str, str], ns: str, tmp_path: Path, kind: str
 ) -> None:
-    art = artifact(random_model(features=("end",), **KINDS[kind]), tmp_path / "m")  # type: ignore[arg-type]
+    spec = dict(KINDS[kind])
+    n = int(spec.pop("members", 1))  # type: ignore[call-overload]
+    if n > 1:  # an ensemble of random members (with the intervals of the kind)
+        bounds = {k: spec.pop(k) for k in ("levels", "interval_lo", "interval_hi") if k in spec}
+        model = merge([random_model(seed, features=("end",), **spec) for seed in range(n)])  # type: ignore[arg-type]
+        model.spec = replace(model.spec, **bounds)
+    else:
+        model = random_model(features=("end",), **spec)  # type: ignore[arg-type]
+    art = artifact(model, tmp_path / "m")
     df = labelled_panel(n=30, t=15).drop(columns=["label"])
     events = synthetic_events(df)
     offline = {s.unique_id: s for s in split_series(df, ["end"])}
@@ -91,7 +108,7 @@ async def test_every_cell_and_head_streams_equal_to_its_offline_pass(
     for p in out:
         np.testing.assert_allclose(p.served, expected[p.unique_id][0][p.step - 1], atol=1e-5)
         if art.spec.task == "classify":
-            assert p.classes == ("down", "up") and abs(sum(p.values) - 1) < 1e-6
+            assert p.classes == art.spec.classes and abs(sum(p.values) - 1) < 1e-6
     for uid, raw in zip(offline, await pred.store.get_many(list(offline)), strict=True):
         rec = decode(raw)  # type: ignore[arg-type]
         np.testing.assert_allclose(rec.h, expected[uid][1], atol=1e-5)

@@ -18,7 +18,7 @@ from streamer.state import RedisStateStore
 from streamer.state.cache import StateCache
 from streamer.state.codec import StateRecord, decode, encode
 from streamer.train.data import Series
-from streamer.train.training import offline_predict
+from streamer.train.offline import offline_predict
 from tests.conftest import make_model, make_panel
 from tests.reference import (
     check_predictions,

@@ -139,15 +139,19 @@ def test_classical_baselines_forecast_every_entity_from_its_own_history() -> Non
     short = pd.DataFrame({"unique_id": "short", "ds": range(6), "y": 1.0})  # 2 points of history
     df = pd.concat([*rows, short])
     history = df[df.groupby("unique_id").cumcount(ascending=False) >= 4]
-    got = classical_forecasts(history, horizon=4, season=12)
+    got = classical_forecasts(history, horizon=4, season=12, levels=(80, 95))
     assert set(got) == {"auto_ets", "theta"} and set(got["theta"]) == {"s0", "s1", "s2", "short"}
     for uid in ("s0", "s1", "s2"):
         actual = df[df.unique_id == uid]["y"].to_numpy()[-4:]
         hist = history[history.unique_id == uid]["y"].to_numpy()
         for method in got:
-            f = got[method][uid]
+            f = got[method][uid].mean
             assert f.shape == (4,) and hist.min() * 0.8 < f.min() and f.max() < hist.max() * 1.2
-        assert forecast_scores(hist, actual, got["auto_ets"][uid], 12).smape < 1  # the season
+            (lo80, hi80), (lo95, hi95) = (got[method][uid].bounds[v] for v in (80, 95))
+            assert np.all(lo95 <= lo80) and np.all(lo80 <= f) and np.all(f <= hi80)
+            assert np.all(hi80 <= hi95)
+        assert forecast_scores(hist, actual, got["auto_ets"][uid].mean, 12).smape < 1  # the season
+    assert classical_forecasts(history, horizon=4, season=12)["theta"]["s0"].bounds == {}
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ from streamer.model import ModelSpec, intervals
 from streamer.schemas import Event, Prediction
 from streamer.serve.columns import EventColumns, Outputs, encode_outputs
 from streamer.train.data import split_series
-from streamer.train.training import TrainConfig, offline_predict, series_inputs, train
+from streamer.train.offline import offline_predict, series_inputs
+from streamer.train.training import TrainConfig, train
 from tests.conftest import made_up_intervals, make_panel
 
 

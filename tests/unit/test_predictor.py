@@ -25,7 +25,7 @@ from streamer.state import MemoryStateStore, StateCache, decode
 from streamer.state.codec import Dtype
 from streamer.state.store import OutboxPart
 from streamer.train.data import split_series
-from streamer.train.training import offline_predict, series_inputs
+from streamer.train.offline import offline_predict, series_inputs
 from tests.conftest import make_panel
 from tests.reference import in_batches, raw_messages, synthetic_events
 

@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from streamer.train.data import split_series
-from streamer.train.training import (
-    TrainConfig,
-    offline_predict,
-    offline_windows,
-    train,
-    window_bounds,
-)
+from streamer.train.offline import offline_predict, offline_windows, window_bounds
+from streamer.train.training import TrainConfig, train
 from tests.conftest import make_panel
 
 

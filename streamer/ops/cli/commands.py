@@ -173,6 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         refit=args.refit,
         levels=args.levels,
+        members=args.members,
     )
     if args.window and not classify:
         raise ConfigError("a window model classifies: pass --label")
@@ -188,6 +189,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         task = prog.add_task("", total=cfg.epochs)
 
         last = 0
+        member = ""
+
+        def on_member(i: int) -> None:
+            nonlocal last, member
+            last, member = 0, f"member {i + 1}/{cfg.members}: "
+            prog.reset(task, total=cfg.epochs)
 
         def on_epoch(epoch: int, tl: float, vl: float) -> None:
             nonlocal last
@@ -195,29 +202,37 @@ def cmd_train(args: argparse.Namespace) -> int:
                 prog.update(task, total=last - 1)
             last = epoch
             val = f"val {vl:.4f}" if vl == vl else "refit on all points"
-            prog.update(task, completed=epoch, description=f"loss {tl:.4f} {val}")
+            prog.update(task, completed=epoch, description=f"{member}loss {tl:.4f} {val}")
 
-        result = train(df, cfg, on_epoch)
+        result = train(df, cfg, on_epoch, on_member)
     version = save_artifact(result.model, args.out, result.summary, result.span)
-    best, refit = result.summary["best_val_loss"], result.summary.get("refit")
     print(
-        f"model {version} ({cfg.cell}) written to {args.out}: "
-        + (
-            f"{refit['epochs']} epochs chosen on held-out points (of {refit['epochs_run_to_choose']}"
-            f", validation loss {best:.4f}), then refit on all of them"
-            if refit
-            else f"{result.summary['epochs_run']} epochs, "
-            + (f"best validation loss {best:.4f}" if best is not None else "no validation split")
-        )
-        + (
-            f"; {', '.join(f'{v}%' for v in result.model.spec.levels)} intervals calibrated on "
-            f"{result.summary['intervals']['residuals_per_step']} held-out points per step"
-            if result.model.spec.levels
-            else ""
-        )
+        f"model {version} ({cfg.cell}) written to {args.out}: {_how_trained(result.summary)}"
         + f"; {time.monotonic() - started:.1f}s"
     )
     return 0
+
+
+def _how_trained(summary: dict[str, Any]) -> str:
+    """How the epochs were chosen, and the intervals, in a few words."""
+    best, refit, members = (summary.get(k) for k in ("best_val_loss", "refit", "members"))
+    if members:
+        chosen = ", ".join(str((m["refit"] or {}).get("epochs", m["epochs_run"])) for m in members)
+        how = f"an ensemble of {len(members)} (epochs chosen on held-out points: {chosen})"
+    elif refit:
+        how = (
+            f"{refit['epochs']} epochs chosen on held-out points (of "
+            f"{refit['epochs_run_to_choose']}, validation loss {best:.4f}), then refit on all of them"
+        )
+    else:
+        how = f"{summary['epochs_run']} epochs, " + (
+            f"best validation loss {best:.4f}" if best is not None else "no validation split"
+        )
+    if "intervals" in summary:
+        iv = summary["intervals"]
+        levels = ", ".join(f"{v}%" for v in iv["levels"])
+        how += f"; {levels} intervals calibrated on {iv['residuals_per_step']} points per step"
+    return how
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -266,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrated on the held-out points of early stopping (none: no intervals)",
     )
     t.add_argument(
+        "--members",
+        type=_positive(int),
+        default=1,
+        help="an ensemble of N models trained alike with seeds seed..seed+N-1, served as one "
+        "(the median forecast, the mean class probabilities)",
+    )
+    t.add_argument(
         "--seed", type=int, default=0, help="random seed (the same seed: the same model)"
     )
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
