@@ -197,8 +197,11 @@ class OnlinePredictor:
         return self._loop.run_until_complete(self.predictor.step_many(self.events(rows)))
 
     def frame(self, rows: Iterable[Mapping[str, Any] | Event]) -> pd.DataFrame:
-        """:meth:`predict`, as Nixtla's long format: ``unique_id, ds, cutoff, h, streamer``."""
+        """:meth:`predict`, as Nixtla's long format: ``unique_id, ds, cutoff, h, streamer``, and
+        ``streamer-lo-80, streamer-hi-80, ...`` for a model with prediction intervals."""
         preds = self.predict(rows)
+        levels = self.predictor.served.spec.levels
+        bounds = [f"streamer-{side}-{v}" for v in levels for side in ("lo", "hi")]
         records = [
             {
                 "unique_id": p.unique_id,
@@ -206,12 +209,18 @@ class OnlinePredictor:
                 "cutoff": p.ds,
                 "h": h + 1,
                 "streamer": v,
+                **{
+                    f"streamer-{side}-{level}": p.intervals[level][i][h]
+                    for level in levels
+                    if level in p.intervals
+                    for i, side in enumerate(("lo", "hi"))
+                },
             }
             for p in preds
             for h, v in enumerate(p.values)
         ]
         return pd.DataFrame.from_records(
-            records, columns=["unique_id", "ds", "cutoff", "h", "streamer"]
+            records, columns=["unique_id", "ds", "cutoff", "h", "streamer", *bounds]
         )
 
     def state(self, entity: str) -> StateRecord | None:

