@@ -176,3 +176,35 @@ def test_the_bundled_panels_are_long_format(
         assert pd.infer_freq(pd.DatetimeIndex(one)) == freq
     else:  # hourly, with a few hours missing as published
         assert (one.diff().dropna() == pd.Timedelta("1h")).mean() > 0.99
+
+
+@pytest.mark.parametrize(
+    ("name", "sequences", "channels", "lengths", "classes"),
+    [
+        ("italy-power-demand-train", 67, 1, (24, 24), 2),
+        ("osuleaf-test", 242, 1, (427, 427), 6),
+        ("basic-motions-train", 40, 6, (100, 100), 4),
+        ("japanese-vowels-test", 370, 12, (7, 29), 9),
+    ],
+)
+def test_the_classification_sets_are_long_format_on_their_published_splits(
+    tmp_path: Path,
+    name: str,
+    sequences: int,
+    channels: int,
+    lengths: tuple[int, int],
+    classes: int,
+) -> None:
+    out = tmp_path / f"{name}.csv"
+    r = run("dataset", name, "--out", str(out), timeout=120)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(out, parse_dates=["ds"])
+    dims = [f"dim_{c}" for c in range(1, channels)]
+    assert list(df.columns) == ["unique_id", "ds", "y", *dims, "label"]
+    sizes = df.groupby("unique_id").size()
+    assert len(sizes) == sequences and (sizes.min(), sizes.max()) == lengths
+    assert df.unique_id.iloc[0] == f"{name.rsplit('-', 1)[1]}-0001"
+    assert df.groupby("unique_id").label.nunique().max() == 1  # one class per sequence
+    assert df.label.nunique() == classes and df[["y", *dims]].notna().all().all()
+    one = df[df.unique_id == df.unique_id.iloc[0]].ds
+    assert (one.diff().dropna() == pd.Timedelta("1h")).all()

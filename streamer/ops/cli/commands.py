@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from streamer.model.artifact import save_artifact
     from streamer.serve.predictor import resolve_device
     from streamer.train.data import read_long
-    from streamer.train.training import TrainConfig, train
+    from streamer.train.training import TrainConfig, resolve, train
 
     device = resolve_device(args.device)
     torch.set_num_threads(2)
@@ -181,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.window and not classify:
         raise ConfigError("a window model classifies: pass --label")
+    cfg = resolve(df, cfg)  # (the epochs, rate and patience of the task, for the progress bar)
     started = time.monotonic()
     with Progress(
         TextColumn("train"),

@@ -215,9 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--horizon", type=_positive(int), default=12, help="forecast steps")
     t.add_argument("--hidden-size", type=_positive(int), default=32, help="units per layer")
     t.add_argument("--layers", type=_positive(int), default=2, help="stacked layers")
-    t.add_argument("--epochs", type=_positive(int), default=100, help="most passes over the data")
-    t.add_argument("--patience", type=_positive(int), default=10, help="early stopping, epochs")
-    t.add_argument("--lr", type=_positive(float), default=3e-3, help="Adam learning rate")
+    t.add_argument(
+        "--epochs",
+        type=_positive(int),
+        help="most passes over the data (default: 100 for forecasters, 200 for classifiers)",
+    )
+    t.add_argument(
+        "--patience",
+        type=_positive(int),
+        help="early stopping, epochs (default: 10 for forecasters, 20 for classifiers)",
+    )
+    t.add_argument(
+        "--lr",
+        type=_positive(float),
+        help="Adam learning rate (default: 3e-3 for forecasters; for classifiers 3e-3 x "
+        "sqrt(T/24) for sequences of median length T, at most 0.01)",
+    )
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     t.add_argument("--dropout", type=float, default=0.0, help="between stacked layers")
     t.add_argument("--batch-size", type=_positive(int), default=16, help="series per step")
