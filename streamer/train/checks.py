@@ -166,5 +166,6 @@ def check_learnt(model: SequenceModel, series: Sequence[Series], cfg: TrainConfi
             f"the classifier learnt nothing: on its own training sequences its log loss is "
             f"{loss:.4f} (the class frequencies alone: {chance_loss:.4f}) and its accuracy "
             f"{accuracy:.3f} (the majority class: {majority:.3f}); try a lower --weight-decay "
-            f"and --noise, more --epochs or a larger --lr"
+            f"and --noise, more --epochs, or another --lr (it was {cfg.lr:g}; too low a rate "
+            f"never starts to learn on long sequences, too high a rate diverges)"
         )
