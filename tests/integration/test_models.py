@@ -321,7 +321,7 @@ def test_evaluate_scores_what_the_worker_published(
 ) -> None:
     if kind == "forecast":
         df = make_panel(12, 30, 40, seed=9)
-        model = random_model(horizon=4)
+        model = random_model(horizon=4, **made_up_intervals((80, 95), 4))  # type: ignore[arg-type]
         extra: list[str] = ["--baselines"]
     else:
         df = labelled_panel(n=20, t=12)
@@ -357,6 +357,7 @@ def test_evaluate_scores_what_the_worker_published(
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["streamed_equals_offline"] and res["max_abs_diff_streamed_vs_offline"] < 1e-4
+    assert res["tolerance"] == 1e-4  # (sequences of at most 100 events)
     assert res["seen_in_training"] is None  # (no training span: a model made by hand)
     assert "does not say what it was trained on" in r.stderr
     (log,) = (tmp_path / "wd").glob("eval*.worker.log")
@@ -369,6 +370,16 @@ def test_evaluate_scores_what_the_worker_published(
         assert {"mase_auto_ets", "smape_theta"} <= set(res["overall"])  # --baselines
         assert all(np.isfinite(r["mase_auto_ets"]) for r in res["per_entity"].values())
         assert res["events_streamed"] == len(df) - 12 * 4
+        # the intervals, the model's and the classical methods' own, scored on the same points
+        assert res["levels"] == [80, 95] and "prediction intervals on the held-out" in r.stderr
+        for name in ("model", "auto_ets", "theta"):
+            for v in (80, 95):
+                assert 0 <= res["overall"][f"coverage{v}_{name}"] <= 1
+                assert res["overall"][f"msis{v}_{name}"] > 0
+        covered = [
+            r["coverage95_model"] >= r["coverage80_model"] for r in res["per_entity"].values()
+        ]
+        assert all(covered)  # the 95% interval holds the 80% one
     elif kind == "classify":
         assert res["sequences"] == 20 and len(res["accuracy_by_step"]) == 12
         assert 0 <= res["accuracy_at_end"] <= 1 and res["log_loss_at_end"] > 0
