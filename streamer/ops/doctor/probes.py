@@ -348,9 +348,11 @@ async def check_model(client: aioredis.Redis, settings: Settings, timeout_s: flo
 def _model(spec: ModelSpec, version: str, source: str) -> _Model:
     what = f"{len(spec.classes)} classes" if spec.task == "classify" else f"horizon {spec.horizon}"
     window = f", window {spec.window}" if spec.window else ""
+    members = f", an ensemble of {spec.members}" if spec.members > 1 else ""
+    levels = f", {'/'.join(map(str, spec.levels))}% intervals" if spec.levels else ""
     detail = (
         f"{version} from {source}: {spec.cell} {spec.task}, "
-        f"{spec.num_layers}x{spec.hidden_size}, {what}{window}"
+        f"{spec.num_layers}x{spec.hidden_size}, {what}{window}{members}{levels}"
     )
     return _Model(Check("model", "ok", detail), spec, version)
 
