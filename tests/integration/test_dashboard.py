@@ -203,6 +203,11 @@ async def test_the_page_draws_the_replayed_entity_and_the_workers_throughput(
         assert state["priors"] == pytest.approx([p.forecast[0] for p in preds[:-1]], rel=1e-6)
         # ... and the last prediction's whole forecast drawn after the last value.
         assert state["future"] == pytest.approx(list(preds[-1].forecast), rel=1e-6)
+        # ... in the band of its widest prediction interval (the test model's: 95%).
+        lows, highs = preds[-1].intervals[95]
+        assert state["level"] == 95
+        assert state["bandLo"] == pytest.approx(list(lows), rel=1e-6)
+        assert state["bandHi"] == pytest.approx(list(highs), rel=1e-6)
         # The per-second metrics saw the replay, and the worker is listed as scraped.
         assert state["eventsPerSecondMax"] > 0 and state["predictionsPerSecondMax"] > 0
         # (read in one script: the table is drawn again every second, and an element found

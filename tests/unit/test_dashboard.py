@@ -188,6 +188,19 @@ def test_each_value_is_overlaid_with_the_forecast_made_at_the_event_before() -> 
     day = 86400.0
     assert view["axis"] == "time" and view["x"][1] - view["x"][0] == day
     assert view["future_x"] == [view["x"][-1] + k * day for k in (1, 2, 3)]
+    assert (view["level"], view["future_lo"], view["future_hi"]) == (None, [], [])
+
+
+def test_the_latest_forecast_comes_with_its_widest_interval() -> None:
+    s = EntitySeries()
+    p = pred(1)
+    p.intervals = {80: ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0)), 95: ((0.5, 1.5, 2.5), (5.0, 6.0, 7.0))}
+    s.add(p)
+    view, _ = s.view("e1")
+    assert view["level"] == 95
+    assert (view["future_lo"], view["future_hi"]) == ([0.5, 1.5, 2.5], [5.0, 6.0, 7.0])
+    s.add(pred(2))  # a model without intervals now: no band
+    assert s.view("e1")[0]["future_lo"] == [] and s.view("e1")[0]["level"] is None
 
 
 def test_no_overlay_across_a_missed_event_and_repeats_are_dropped() -> None:

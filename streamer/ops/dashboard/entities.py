@@ -71,6 +71,8 @@ class EntitySeries:
         self._last: tuple[int, int] = (-1, -1)  # (partition, offset) of the last point
         self.classes: tuple[str, ...] = ()
         self.forecast: tuple[float, ...] = ()  # the latest full forecast
+        #: its widest prediction interval: (level, lows, highs), or None
+        self.interval: tuple[int, tuple[float, ...], tuple[float, ...]] | None = None
         self.seq = 0  # points ever added
         self.epoch = 0  # times the series started again
 
@@ -94,6 +96,8 @@ class EntitySeries:
             Point(self.seq, p.ds, _epoch(p.ds), p.y, p.step, p.model_version, prior, out)
         )
         self.forecast = () if p.classes else p.values
+        widest = max(p.intervals, default=None)
+        self.interval = None if widest is None else (widest, *p.intervals[widest])
         return True
 
     def times(self) -> list[float] | None:
@@ -112,7 +116,8 @@ class EntitySeries:
         it lacks were dropped since, when the x axis changed, or when the series started again.
 
         ``x`` is Unix seconds on a time axis, else the sequence number; ``future_x`` and
-        ``future`` place the latest forecast after the last point, spaced like the last points.
+        ``future`` place the latest forecast after the last point, spaced like the last points,
+        and ``future_lo``, ``future_hi`` its widest interval (``level``; empty without one).
         """
         pts = list(self.points)
         times = self.times()
@@ -147,6 +152,9 @@ class EntitySeries:
             "version": [p.version for p in new],
             "future_x": future_x,
             "future": list(self.forecast),
+            "level": self.interval[0] if self.interval else None,
+            "future_lo": list(self.interval[1]) if self.interval else [],
+            "future_hi": list(self.interval[2]) if self.interval else [],
         }
         if self.classes:
             view["probs"] = [[p.out[i] for p in new] for i in range(len(self.classes))]

@@ -221,7 +221,7 @@
   const entity = { name: null, missing: false, cols: null, axis: null, plot: null, classesKey: null, updates: 0, appends: 0 };
 
   function emptyEntity() {
-    return { x: [], ds: [], y: [], prior: [], step: [], version: [], probs: [], future_x: [], future: [], classes: [], max_points: 500 };
+    return { x: [], ds: [], y: [], prior: [], step: [], version: [], probs: [], future_x: [], future: [], future_lo: [], future_hi: [], level: null, classes: [], max_points: 500 };
   }
 
   function onEntity(v) {
@@ -245,6 +245,9 @@
     }
     c.future_x = v.future_x;
     c.future = v.future;
+    c.future_lo = v.future_lo || [];
+    c.future_hi = v.future_hi || [];
+    c.level = v.level;
     c.classes = v.classes;
     c.max_points = v.max_points;
     entity.cols = c;
@@ -259,11 +262,12 @@
     if (c.classes.length) return [x, c.y.concat(pad)].concat(c.probs.map((p) => p.concat(pad)));
     const future = new Array(n).fill(null).concat(c.future);
     if (n && c.future.length) future[n - 1] = c.y[n - 1]; // the forecast line starts at the last value
-    return [x, c.y.concat(pad), c.prior.concat(pad), future];
+    const bounds = (b) => (b.length ? new Array(n).fill(null).concat(b) : new Array(x.length).fill(null));
+    return [x, c.y.concat(pad), c.prior.concat(pad), future, bounds(c.future_lo), bounds(c.future_hi)];
   }
 
   function entityChart(c) {
-    const key = `${entity.axis}|${c.classes.join("\n")}`;
+    const key = `${entity.axis}|${c.classes.join("\n")}|${c.level}`;
     if (entity.plot && entity.classesKey === key) return entity.plot;
     if (entity.plot) entity.plot.destroy();
     entity.classesKey = key;
@@ -287,10 +291,16 @@
       // Its first point is the last value (the line starts there): not a forecast, not shown.
       const future = (u, v, si, i) => (entity.cols && i >= entity.cols.x.length ? fmtValue(v) : "–");
       series.push({ label: "latest forecast", stroke: "#b91c1c", width: 2, dash: [2, 3], points: { show: true, size: 5, fill: "#fff" }, value: future });
+      // its widest prediction interval, a shaded band between its lows and highs
+      const level = c.level ? `${c.level}% interval` : "interval";
+      series.push({ label: `${level} low`, stroke: "rgba(185,28,28,0.35)", width: 1, show: c.level != null, value: future });
+      series.push({ label: `${level} high`, stroke: "rgba(185,28,28,0.35)", width: 1, show: c.level != null, value: future });
     }
     const el = $("entity-chart");
+    const bands = c.classes.length ? [] : [{ series: [5, 4], fill: "rgba(185,28,28,0.10)" }];
     entity.plot = new uPlot(Object.assign(sized(el, ENTITY_HEIGHT), {
       series: series,
+      bands: bands,
       axes: axes,
       scales: scales,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"), // ds has no time zone
@@ -472,6 +482,10 @@
         priors: d && forecaster ? present(d[2]) : [],
         priorPoints: d && forecaster ? present(d[2]).length : 0,
         future: entity.cols ? entity.cols.future : [],
+        // the band drawn around it: its widest interval, as plotted
+        level: entity.cols ? entity.cols.level : null,
+        bandLo: d && forecaster ? present(d[4]) : [],
+        bandHi: d && forecaster ? present(d[5]) : [],
         forecastPoints: entity.cols ? entity.cols.future.length : 0,
         eventsPerSecond: events.length ? events[events.length - 1] : null,
         eventsPerSecondMax: events.length ? Math.max.apply(null, events) : null,
