@@ -112,9 +112,11 @@ def make_model(
     features: tuple[str, ...] = (),
     seed: int = 7,
     levels: tuple[int, ...] = (80, 95),
+    season: int = 0,
 ) -> SequenceModel:
     """A model of random weights; a forecaster with prediction intervals at ``levels`` (their
-    offsets made up), so every test of the served path carries them too."""
+    offsets made up), so every test of the served path carries them too; with ``season``, level
+    and seasonal components in its state."""
     torch.manual_seed(seed)
     spec = ModelSpec(
         hidden_size=hidden,
@@ -124,6 +126,8 @@ def make_model(
         feature_mean=tuple(0.5 for _ in features),
         feature_std=tuple(2.0 for _ in features),
         **made_up_intervals(levels, horizon),
+        season=season,
+        smoothing=(0.3, 0.2),
     )
     model = SequenceModel(spec)
     # Larger than default init weights, so states move far from zero and differences show.
@@ -158,6 +162,14 @@ def ensemble_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = merge([make_model(seed=s, levels=()) for s in (1, 2, 3)])
     model.spec = replace(model.spec, **made_up_intervals((80, 95), model.spec.horizon))
     save_artifact(model, out, {"note": "random weights for tests"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def seasonal_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`make_model`'s shape with level and seasonal components over 4 steps in its state."""
+    out = tmp_path_factory.mktemp("seasonal")
+    save_artifact(make_model(season=4), out, {"note": "random weights for tests"})
     return out
 
 

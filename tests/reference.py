@@ -12,7 +12,8 @@ import numpy.typing as npt
 import orjson
 import pandas as pd
 
-from streamer.model import SequenceModel
+from streamer import seasonal
+from streamer.model import ModelSpec, SequenceModel
 from streamer.schemas import Event, Prediction
 from streamer.serve.pipeline import RawMessage
 from streamer.train.data import event_rows, split_series
@@ -25,6 +26,8 @@ class Expected:
     h: npt.NDArray[np.float32]  # (L, H)
     c: npt.NDArray[np.float32]
     ds: list[str]
+    #: the level and seasonal components after the whole series (empty: a model without them)
+    comp: npt.NDArray[np.float64]
 
 
 def expected_by_entity(model: SequenceModel, df: pd.DataFrame) -> dict[str, Expected]:
@@ -32,8 +35,17 @@ def expected_by_entity(model: SequenceModel, df: pd.DataFrame) -> dict[str, Expe
     out = {}
     for s in split_series(df, features):
         fc, h, c = offline_predict(model, s)
-        out[s.unique_id] = Expected(fc, h, c, s.ds)
+        out[s.unique_id] = Expected(fc, h, c, s.ds, components_after(model.spec, s.y))
     return out
+
+
+def components_after(spec: ModelSpec, y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """A series' level and seasonal components after all of it, one observation at a time."""
+    comp = np.zeros((1, spec.components))
+    if spec.season:
+        for v in y:
+            comp = seasonal.update(comp, np.array([v]), *spec.smoothing)[0]
+    return comp[0]
 
 
 def synthetic_events(df: pd.DataFrame, partitions: int = 4) -> list[Event]:

@@ -40,7 +40,16 @@ def _same_shape(specs: Sequence[ModelSpec]) -> ModelSpec:
                     f"ensemble members must share {name}: {getattr(first, name)!r} and "
                     f"{getattr(s, name)!r}"
                 )
-        for name in ("features", "feature_mean", "feature_std", "scaling", "window", "freq"):
+        for name in (
+            "features",
+            "feature_mean",
+            "feature_std",
+            "scaling",
+            "window",
+            "freq",
+            "season",
+            "smoothing",
+        ):
             if getattr(s, name) != getattr(first, name):
                 raise ConfigError(f"ensemble members must be trained on the same data ({name})")
     if any(s.members > 1 for s in specs):

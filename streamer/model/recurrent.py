@@ -83,6 +83,11 @@ class ModelSpec:
     #: An ensemble of this many models of this cell and shape, side by side in one core with
     #: block-diagonal weights (:mod:`streamer.model.ensemble`); 1: a single model.
     members: int = 1
+    #: Forecasters: per-entity level and seasonal components over a season of this many steps,
+    #: kept in the state and taken out of what the network sees (:mod:`streamer.seasonal`), with
+    #: their smoothing parameters ``(alpha, gamma)``, fitted in training; 0: none.
+    season: int = 0
+    smoothing: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -107,6 +112,15 @@ class ModelSpec:
             shape = {(len(b), *map(len, b)) for b in (self.interval_lo, self.interval_hi)}
             if shape != {(len(self.levels), *[self.horizon] * len(self.levels))}:
                 raise ConfigError("interval offsets need one row of horizon values per level")
+        if self.season:
+            if self.season < 2 or self.season > 10_000:
+                raise ConfigError(f"a season has 2 to 10,000 steps, not {self.season}")
+            if self.task != "forecast" or self.window or self.scaling != "entity":
+                raise ConfigError(
+                    "seasonal components are for step forecasters with entity scaling"
+                )
+            if len(self.smoothing) != 2 or not all(0 <= v <= 1 for v in self.smoothing):
+                raise ConfigError(f"smoothing is (alpha, gamma) in [0, 1]: {self.smoothing}")
 
     @property
     def input_features(self) -> tuple[str, ...]:
@@ -135,6 +149,11 @@ class ModelSpec:
         return 1 if self.window or self.cell != "lstm" else 2
 
     @property
+    def components(self) -> int:
+        """float64 values of an entity's level and seasonal components in its state (0: none)."""
+        return 2 + self.season if self.season else 0
+
+    @property
     def state_shape(self) -> tuple[int, int]:
         """``(rows, width)`` of each stored state tensor: ``(L, H)``, or for a window model its
         buffer of ``window`` inputs as one row."""
@@ -155,6 +174,10 @@ class ModelSpec:
             del d["levels"], d["interval_lo"], d["interval_hi"]
         if self.members == 1:
             del d["members"]
+        if not self.season:
+            del d["season"], d["smoothing"]
+        else:
+            d["smoothing"] = list(self.smoothing)
         return d
 
     @classmethod
@@ -179,6 +202,8 @@ class ModelSpec:
             interval_lo=tuple(tuple(float(v) for v in row) for row in d.get("interval_lo", ())),
             interval_hi=tuple(tuple(float(v) for v in row) for row in d.get("interval_hi", ())),
             members=int(d.get("members", 1)),
+            season=int(d.get("season", 0)),
+            smoothing=tuple(float(v) for v in d.get("smoothing", (0.0, 0.0))),  # type: ignore[arg-type]
         )
 
 

@@ -265,7 +265,9 @@ class Predictor:
         committed = committed or {}
         entities = cols.entities
         layers, hidden = spec.state_shape
-        layout = Layout(layers, hidden, sv.kept_width, spec.state_tensors, self.state_dtype)
+        layout = Layout(
+            layers, hidden, sv.kept_width, spec.state_tensors, self.state_dtype, spec.components
+        )
         read = await self.states.read(entities, layout, prefetch)
         loaded, problems = read.states, read.problems
         pending.overlaid, report.read_s = read.overlaid, read.read_s

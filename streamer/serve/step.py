@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from streamer import scaling
+from streamer import scaling, seasonal
 from streamer.errors import ConfigError
 from streamer.model import ModelSpec, SequenceModel, intervals
 from streamer.serve.columns import EventColumns
@@ -133,21 +133,16 @@ class Stepper:
         n = len(ev)
         y = ev.y
         steps = self._advance(ev, slot, waves, st)
-        if len(waves) == 1:  # every entity once: the statistics of all at once
-            stats = scaling.update((st.count, st.mean, st.var), y)
-            st.count, st.mean, st.var = stats
-            mean_e, scale_e = stats[1], scaling.scale_of(stats)
-        else:
-            mean_e, scale_e = np.empty(n), np.empty(n)
-            for w in waves:  # scaling statistics advance in event order, per entity
-                s = slot[w]
-                stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w])
-                st.count[s], st.mean[s], st.var[s] = stats
-                mean_e[w], scale_e[w] = stats[1], scaling.scale_of(stats)
-
         x_host, _ = self._inputs(sv, ev, y)  # (N, I)
-        if sv.spec.scaling == "entity":
+        if sv.spec.season:
+            start_e, scale_e = self._components(sv, y, slot, waves, st, x_host)
+        elif sv.spec.scaling == "entity":
+            mean_e, scale_e = self._statistics(y, slot, waves, st)
             x_host[:, 0] = (y - mean_e) / scale_e
+            start_e = mean_e[:, None]
+        else:
+            self._statistics(y, slot, waves, st)
+            start_e, scale_e = np.zeros((n, 1)), np.ones(n)
 
         h, c, x = self._to_device(st.h, st.c, x_host)  # (L, U, H), (L, U, H), (N, I)
         model = sv.model
@@ -169,12 +164,48 @@ class Stepper:
             out = model.serve(out)
         st.h[...], st.c[...], raw = self._to_host(h, c, out)
         values = raw.astype(np.float64)
-        if sv.spec.task == "forecast" and sv.spec.scaling == "entity":
-            values = values * scale_e[:, None] + mean_e[:, None]
+        if sv.spec.task == "forecast":
+            values = values * scale_e[:, None] + start_e
         if len(sv.lo):
-            unit = scale_e if sv.spec.scaling == "entity" else np.ones(n)
-            values = intervals.served(values, unit, sv.lo, sv.hi)
+            values = intervals.served(values, scale_e, sv.lo, sv.hi)
         return values, steps
+
+    @staticmethod
+    def _statistics(y: F64, slot: I64, waves: list[I64], st: StateBatch) -> tuple[F64, F64]:
+        """Add each event's y to its entity's running statistics (``st`` in place); return the
+        running mean and scale after each event ``(N,)``."""
+        if len(waves) == 1:  # every entity once: the statistics of all at once
+            stats = scaling.update((st.count, st.mean, st.var), y)
+            st.count, st.mean, st.var = stats
+            return stats[1], scaling.scale_of(stats)
+        mean_e, scale_e = np.empty(len(y)), np.empty(len(y))
+        for w in waves:  # the statistics advance in event order, per entity
+            s = slot[w]
+            stats = scaling.update((st.count[s], st.mean[s], st.var[s]), y[w])
+            st.count[s], st.mean[s], st.var[s] = stats
+            mean_e[w], scale_e[w] = stats[1], scaling.scale_of(stats)
+        return mean_e, scale_e
+
+    @staticmethod
+    def _components(
+        sv: Served, y: F64, slot: I64, waves: list[I64], st: StateBatch, x: F32
+    ) -> tuple[F64, F64]:
+        """Seasonal forecasters: advance each entity's level and seasonal components and the
+        running statistics of its deseasonalised y (``st`` in place), put the network's input in
+        ``x[:, 0]``; return where each event's forecasts start ``(N, K)`` and their unit ``(N,)``
+        (:mod:`streamer.seasonal`)."""
+        spec = sv.spec
+        alpha, gamma = spec.smoothing
+        start = np.empty((len(y), spec.horizon))
+        d_e, level_e = np.empty(len(y)), np.empty(len(y))
+        for w in waves:  # in event order, per entity
+            s = slot[w]
+            comp, d_e[w] = seasonal.update(st.comp[s], y[w], alpha, gamma)
+            st.comp[s] = comp
+            level_e[w], start[w] = comp[:, 1], seasonal.ahead(comp, spec.horizon)
+        _, scale_e = Stepper._statistics(d_e, slot, waves, st)
+        x[:, 0] = (d_e - level_e) / scale_e
+        return start, scale_e
 
     def windows(
         self, sv: Served, ev: EventColumns, slot: I64, waves: list[I64], st: StateBatch

@@ -27,6 +27,7 @@ from streamer.state.codec import (
     _DTYPE_CODES,
     _VALUE_TYPES,
     BASE,
+    COMPONENTS_FORMAT,
     FORMAT_VERSION,
     MAGIC,
     Dtype,
@@ -54,8 +55,11 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 
-def _row_dtype(code: int, layers: int, hidden: int, tensors: int) -> np.dtype[np.void]:
+def _row_dtype(
+    code: int, layers: int, hidden: int, tensors: int, components: int = 0
+) -> np.dtype[np.void]:
     """One record up to its kept outputs, as a numpy structured type (the layout above)."""
+    comp = [("n_comp", "<u2"), ("comp", "<f8", (components,))] if components else []
     return np.dtype(
         [
             ("magic", "S4"),
@@ -73,6 +77,7 @@ def _row_dtype(code: int, layers: int, hidden: int, tensors: int) -> np.dtype[np
             ("mean", "<f8"),
             ("var", "<f8"),
             ("hc", _VALUE_TYPES[code], (tensors, layers, hidden)),
+            *comp,
             ("n_out", "<u4"),
             ("k", "<u2"),
         ]
@@ -83,7 +88,8 @@ def _row_dtype(code: int, layers: int, hidden: int, tensors: int) -> np.dtype[np
 class StateBatch:
     """The states of U entities as columns, and the outputs they keep as one table.
 
-    h and c are ``(L, U, H)`` float32 (c is ``(0, U, H)`` for states of one tensor), the other
+    h and c are ``(L, U, H)`` float32 (c is ``(0, U, H)`` for states of one tensor), the level
+    and seasonal components ``(U, E)`` float64 (E = 0 for a model without them), the other
     entity fields ``(U,)``. The kept outputs of all
     entities are M rows ordered by entity (``out_entity`` never decreases), each entity's rows in
     offset order: ``out_offset``, ``out_step`` ``(M,)`` and ``out_forecast`` ``(M, K)``.
@@ -105,9 +111,12 @@ class StateBatch:
     out_offset: I64
     out_step: I64
     out_forecast: F64
+    comp: F64
 
     @classmethod
-    def empty(cls, u: int, layers: int, hidden: int, horizon: int, tensors: int = 2) -> StateBatch:
+    def empty(
+        cls, u: int, layers: int, hidden: int, horizon: int, tensors: int = 2, components: int = 0
+    ) -> StateBatch:
         return cls(
             h=np.zeros((layers, u, hidden), np.float32),
             c=np.zeros((layers * (tensors - 1), u, hidden), np.float32),
@@ -123,6 +132,7 @@ class StateBatch:
             out_offset=np.zeros(0, np.int64),
             out_step=np.zeros(0, np.int64),
             out_forecast=np.zeros((0, horizon)),
+            comp=np.zeros((u, components)),
         )
 
     def __len__(self) -> int:
@@ -145,6 +155,7 @@ class StateBatch:
             out_offset=np.zeros(0, np.int64),
             out_step=np.zeros(0, np.int64),
             out_forecast=np.zeros((0, self.out_forecast.shape[1])),
+            comp=self.comp[rows],
         )
 
     def set_outputs(self, entity: I64, offset: I64, step: I64, forecast: F64) -> None:
@@ -173,6 +184,7 @@ class StateBatch:
             out_offsets=self.out_offset[rows],
             out_steps=self.out_step[rows],
             out_forecasts=self.out_forecast[rows],
+            comp=self.comp[j].copy(),
         )
 
 
@@ -194,9 +206,10 @@ def encode_rows(
     code = _DTYPE_CODES[dtype]
     layers, u, hidden = batch.h.shape
     tensors = 2 if len(batch.c) else 1
-    rows = np.zeros(u, _row_dtype(code, layers, hidden, tensors))
+    e = batch.comp.shape[1]
+    rows = np.zeros(u, _row_dtype(code, layers, hidden, tensors, e))
     rows["magic"] = MAGIC
-    rows["format"] = FORMAT_VERSION
+    rows["format"] = COMPONENTS_FORMAT if e else FORMAT_VERSION
     rows["dtype"] = code
     rows["layers"] = layers
     rows["tensors"] = tensors
@@ -206,6 +219,8 @@ def encode_rows(
         rows[name] = getattr(batch, name)
     hc = np.stack([batch.h, batch.c] if tensors == 2 else [batch.h]).transpose(2, 0, 1, 3)
     rows["hc"] = _stored(hc, code)
+    if e:
+        rows["n_comp"], rows["comp"] = e, batch.comp
     e = batch.out_entity
     n = np.bincount(e, minlength=u)
     k = batch.out_forecast.shape[1]
@@ -265,9 +280,11 @@ def decode_many(
     tensors: int = 2,
     cached_at: I64 | None = None,
     cached: npt.NDArray[np.void] | None = None,
+    components: int = 0,
 ) -> tuple[StateBatch, dict[int, str]]:
     """The records of a batch as columns, for a model whose states are ``tensors`` tensors of
-    ``layers`` x ``hidden`` and whose outputs have ``horizon`` values.
+    ``layers`` x ``hidden`` with ``components`` level and seasonal components, and whose outputs
+    have ``horizon`` values.
 
     Returns the batch and the problems, entity index -> why: a record that cannot be decoded, or
     whose shape differs, has zeros in the batch (it starts over) but keeps its fence,
@@ -277,9 +294,9 @@ def decode_many(
     ``cached``: the fixed parts of records without kept outputs (a cache's, see
     :func:`encode_rows`) of the entities at ``cached_at``, whose ``raws`` are None.
     """
-    batch = StateBatch.empty(len(raws), layers, hidden, horizon, tensors)
+    batch = StateBatch.empty(len(raws), layers, hidden, horizon, tensors, components)
     code = _DTYPE_CODES[dtype]
-    rdt = _row_dtype(code, layers, hidden, tensors)
+    rdt = _row_dtype(code, layers, hidden, tensors, components)
     width = rdt.itemsize
     if cached is not None and cached_at is not None and cached.dtype != rdt:  # (another layout)
         raws = list(raws)
@@ -300,7 +317,7 @@ def decode_many(
         k = rows["k"].astype(np.int64)
         fast = (
             (rows["magic"] == MAGIC)
-            & (rows["format"] == FORMAT_VERSION)
+            & (rows["format"] == (COMPONENTS_FORMAT if components else FORMAT_VERSION))
             & (rows["dtype"] == code)
             & (rows["layers"] == layers)
             & (rows["tensors"] == tensors)
@@ -308,6 +325,8 @@ def decode_many(
             & (sizes == width + n * (16 + 8 * k))
             & ((n == 0) | (k == horizon))
         )
+        if components:
+            fast &= rows["n_comp"] == components
         everyone = len(at) == len(raws) and bool(fast.all())
         idx = np.asarray(at, np.int64)[fast]
         good = rows if everyone else rows[fast]
@@ -368,9 +387,16 @@ def decode_many(
                 f"the model's is {tensors}x{layers}x{hidden}"
             )
             continue
+        if len(rec.comp) != components:
+            problems[i] = (
+                f"stored with {len(rec.comp)} level and seasonal components, "
+                f"the model's has {components}"
+            )
+            continue
         batch.h[:, i], batch.c[:, i] = rec.h, rec.c
         batch.step[i], batch.updated_ms[i] = rec.step, rec.updated_ms
         batch.count[i], batch.mean[i], batch.var[i] = rec.count, rec.mean, rec.var
+        batch.comp[i] = rec.comp
     if out_parts:
         batch.set_outputs(
             np.concatenate([p[0] for p in out_parts]),
@@ -391,6 +417,8 @@ def _fill(batch: StateBatch, at: Any, rows: npt.NDArray[np.void], code: int, ten
     for name in ("step", "partition", "offset", "updated_ms", "count", "mean", "var"):
         getattr(batch, name)[at] = rows[name]
     batch.version[at] = rows["version"]
+    if batch.comp.shape[1]:
+        batch.comp[at] = rows["comp"]
 
 
 # ------------------------------------------------------------------------------- the outbox --

@@ -4,7 +4,7 @@ One Redis value per (model name, entity) (:func:`streamer.state.store.state_key`
 
     offset  size  field
     0       4     magic b"STRM"
-    4       1     format version (3; 2 had no S, 1 no kept outputs)
+    4       1     format version (3, or 4 with components; 2 had no S, 1 no kept outputs)
     5       1     dtype of h and c: 0 float32, 1 float16, 2 bfloat16
     6       1     layers L (rows of each state tensor)
     7       1     S: state tensors, 2 (h and c: LSTM) or 1 (h: GRU, RNN; a window's buffer)
@@ -18,6 +18,8 @@ One Redis value per (model name, entity) (:func:`streamer.state.store.state_key`
     64      8     scaling: mean     see streamer.scaling)
     72      8     scaling: var
     80      ...   h (L*H values of dtype), then c (L*H values) when S is 2
+    then    2     E: components (format 4 only: a model with seasonal components)
+            8E    the entity's level and seasonal components (float64, see streamer.seasonal)
     then    4     n: outputs kept for re-emission (format 2)
             2     K: values per output (the horizon, or the classes)
             8n    their source offsets (int64)
@@ -62,8 +64,11 @@ __all__ = [
 
 MAGIC = b"STRM"
 FORMAT_VERSION = 3
-_READABLE_FORMATS = (1, 2, 3)
+#: The format of records with components (records without them stay format 3, byte for byte).
+COMPONENTS_FORMAT = 4
+_READABLE_FORMATS = (1, 2, 3, 4)
 _TAIL = struct.Struct("<IH")
+_COMP = struct.Struct("<H")
 HEADER = struct.Struct("<4sBBBBI16sQiqQddd")
 assert HEADER.size == 80
 #: Where the fence (source partition, offset of the last applied event) lies in every record.
@@ -102,6 +107,8 @@ class StateRecord:
     out_offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     out_steps: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     out_forecasts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
+    #: Level and seasonal components ``(E,)`` (:mod:`streamer.seasonal`); empty for none.
+    comp: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
     @property
     def layers(self) -> int:
@@ -155,9 +162,12 @@ def encode(rec: StateRecord) -> bytes:
     version = rec.model_version.encode("ascii")
     if len(version) > 16:
         raise StateCodecError(f"model version {rec.model_version!r} is longer than 16 bytes")
+    e = len(rec.comp)
+    if e > 0xFFFF:
+        raise StateCodecError(f"a state has at most 65,535 components, not {e}")
     head = HEADER.pack(
         MAGIC,
-        FORMAT_VERSION,
+        COMPONENTS_FORMAT if e else FORMAT_VERSION,
         code,
         layers,
         2 if len(rec.c) else 1,
@@ -179,7 +189,8 @@ def encode(rec: StateRecord) -> bytes:
         + np.asarray(rec.out_steps, "<u8").tobytes()
         + np.asarray(rec.out_forecasts, "<f8").reshape(n, k).tobytes()
     )
-    return head + _to_bytes(rec.h, code) + _to_bytes(rec.c, code) + tail
+    comp = _COMP.pack(e) + np.asarray(rec.comp, "<f8").tobytes() if e else b""
+    return head + _to_bytes(rec.h, code) + _to_bytes(rec.c, code) + comp + tail
 
 
 def decode(buf: bytes) -> StateRecord:
@@ -219,6 +230,12 @@ def decode(buf: bytes) -> StateRecord:
     out_offsets = np.zeros(0, np.int64)
     out_steps = np.zeros(0, np.int64)
     out_forecasts = np.zeros((0, 0))
+    comp = np.zeros(0)
+    if fmt == 4 and len(buf) >= body_end + _COMP.size:
+        (e,) = _COMP.unpack_from(buf, body_end)
+        if len(buf) >= body_end + _COMP.size + 8 * e:
+            comp = np.frombuffer(buf, "<f8", e, body_end + _COMP.size).astype(np.float64)
+        body_end += _COMP.size + 8 * e
     if fmt == 1:
         expected = body_end
     elif len(buf) < body_end + _TAIL.size:
@@ -256,6 +273,7 @@ def decode(buf: bytes) -> StateRecord:
         out_offsets=out_offsets,
         out_steps=out_steps,
         out_forecasts=out_forecasts,
+        comp=comp,
     )
 
 

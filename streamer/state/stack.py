@@ -48,6 +48,8 @@ class Layout:
     width: int
     tensors: int = 2
     dtype: Dtype = "float32"
+    #: float64 level and seasonal components per entity (0: none)
+    components: int = 0
 
 
 @dataclass
@@ -199,6 +201,7 @@ class StateStack:
             layout.tensors,
             at,
             cached,
+            layout.components,
         )
         known = [base_of(raw) for raw in raws]  # (b"" for no record, and for cache hits:)
         if at is not None and cached is not None:

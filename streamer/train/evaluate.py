@@ -48,6 +48,7 @@ from streamer.model import SequenceModel
 from streamer.model.artifact import load_artifact
 from streamer.ops.local import namespaced, remove_run, stream_through, worker_process
 from streamer.schemas import Prediction
+from streamer.seasonal import season_of
 from streamer.settings import Settings
 from streamer.train.baselines import Forecast, classical_forecasts
 from streamer.train.checks import check_seen
@@ -58,19 +59,13 @@ __all__ = ["forecast_scores", "infer_season", "interval_scores", "run_evaluate",
 
 F64 = npt.NDArray[np.float64]
 
-#: pandas frequency prefixes and the season length they usually have
-_SEASONS = {"h": 24, "D": 7, "B": 5, "W": 52, "M": 12, "MS": 12, "ME": 12, "Q": 4, "QS": 4}
-
 
 def infer_season(df: pd.DataFrame) -> int:
     """The usual season length for the data's frequency (monthly 12, daily 7, hourly 24), 1 if
     it cannot be told."""
     g = df[df["unique_id"] == df["unique_id"].iloc[0]]["ds"]
     freq = pd.infer_freq(pd.DatetimeIndex(g)) if len(g) >= 3 else None
-    if not freq:
-        return 1
-    base = freq.split("-")[0].lstrip("0123456789")
-    return _SEASONS.get(base, _SEASONS.get(base[:1], 1))
+    return season_of(freq) or 1
 
 
 @dataclass

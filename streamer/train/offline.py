@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from streamer import scaling
+from streamer import scaling, seasonal
 from streamer.model import ModelSpec, SequenceModel, intervals
 from streamer.train.data import Series
 
@@ -29,24 +29,33 @@ F64 = npt.NDArray[np.float64]
 
 
 def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
-    """Model inputs ``(T, I)`` of one series and the running (mean, scale) ``(T,)`` that made them.
+    """Model inputs ``(T, I)`` of one series, and after each step where its forecasts start from
+    and their unit: a forecast's values are ``start + output · unit`` (``start`` ``(T, 1)``, the
+    running mean, or ``(T, K)`` with seasonal components: the components' own forecasts; ``unit``
+    ``(T,)``, the running scale).
 
     The same arithmetic, in the same precision, as :class:`streamer.serve.predictor.Predictor`.
     """
     t = len(s.y)
-    if spec.scaling == "entity":
-        mean, scale = scaling.expanding(s.y)
-    else:
-        mean, scale = np.zeros(t), np.ones(t)
     x = np.empty((t, spec.input_size), np.float32)
-    x[:, 0] = (s.y - mean) / scale
+    if spec.season:
+        d, level, start = seasonal.expanding(s.y, spec.season, *spec.smoothing, spec.horizon)
+        scale = scaling.expanding(d)[1]
+        x[:, 0] = (d - level) / scale
+    else:
+        if spec.scaling == "entity":
+            mean, scale = scaling.expanding(s.y)
+        else:
+            mean, scale = np.zeros(t), np.ones(t)
+        x[:, 0] = (s.y - mean) / scale
+        start = mean[:, None]
     if spec.input_features:
         cols = [spec.features.index(f) for f in spec.input_features]
         nf = len(spec.features)
         fm = np.asarray(spec.feature_mean or [0.0] * nf, np.float64)[cols]
         fs = np.asarray(spec.feature_std or [1.0] * nf, np.float64)[cols]
         x[:, 1:] = (s.features[:, cols] - fm) / fs
-    return x, mean, scale
+    return x, start, scale
 
 
 @torch.no_grad()
@@ -57,12 +66,12 @@ def offline_predict(model: SequenceModel, s: Series) -> tuple[F64, F32, F32]:
     must reproduce event by event."""
     model.eval()
     spec = model.spec
-    x, mean, scale = series_inputs(s, spec)
+    x, start, scale = series_inputs(s, spec)
     dev = next(model.parameters()).device
     raw, (h, c) = model(torch.from_numpy(x)[None].to(dev))  # (1, T, K), (L, 1, H)
     out = model.serve(raw)[0].cpu().numpy().astype(np.float64)
     if spec.task == "forecast":
-        out = out * scale[:, None] + mean[:, None]
+        out = out * scale[:, None] + start
         if spec.levels:
             lo, hi = np.asarray(spec.interval_lo), np.asarray(spec.interval_hi)
             out = intervals.served(out, scale, lo, hi)

@@ -31,14 +31,15 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
 
-def _targets(y: F64, mean: F64, scale: F64, k: int) -> F32:
-    """Scaled targets ``(T, K)``: y[t+j+1] in the units of step t; NaN past the end."""
+def _targets(y: F64, start: F64, scale: F64, k: int) -> F32:
+    """Scaled targets ``(T, K)``: y[t+j+1] in the units of step t (``(y - start) / scale``, see
+    :func:`~streamer.train.offline.series_inputs`); NaN past the end."""
     t = len(y)
     tg = np.full((t, k), np.nan)
     for j in range(k):
         if t > j + 1:
             tg[: t - j - 1, j] = y[j + 1 :]
-    tg = (tg - mean[:, None]) / scale[:, None]
+    tg = (tg - start) / scale[:, None]
     return np.clip(tg, -20, 20).astype(np.float32)
 
 
@@ -84,8 +85,8 @@ def forecast_problem(
     val_points = cfg.val_points if cfg.val_points is not None else cfg.horizon
     xs, tgs, train_masks, val_masks = [], [], [], []
     for s in series:
-        x, mean, scale = series_inputs(s, spec)
-        tg = _targets(s.y, mean, scale, spec.horizon)
+        x, start, scale = series_inputs(s, spec)
+        tg = _targets(s.y, start, scale, spec.horizon)
         t = len(s.y)
         # target index of (t, j) is t + j + 1; validation targets are the last val_points points
         target_idx = np.arange(t)[:, None] + np.arange(1, spec.horizon + 1)[None, :]

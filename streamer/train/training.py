@@ -35,6 +35,7 @@ import numpy.typing as npt
 import pandas as pd
 import torch
 
+from streamer import scaling, seasonal
 from streamer.errors import DataError
 from streamer.model import ModelSpec, SequenceModel, ensemble, intervals
 from streamer.serve.times import infer_freq
@@ -106,6 +107,9 @@ class TrainConfig:
     #: Models trained alike but for their seeds, served as one: the median of their forecasts
     #: (the mean of their class probabilities), :mod:`streamer.model.ensemble`.
     members: int = 1
+    #: Forecasters: per-entity level and seasonal components over a season of this many steps
+    #: (:mod:`streamer.seasonal`); 0: none.
+    season: int = 0
 
 
 #: Classifiers' learning rate at 24 steps per sequence, and the most it grows to with longer ones.
@@ -193,6 +197,8 @@ def train(
         window_end=cfg.window_end,
         freq=None if classify else infer_freq(pd.to_datetime(df["ds"]), df["unique_id"]),
     )
+    if cfg.season and not classify:
+        spec = replace(spec, season=cfg.season, smoothing=_smoothing(series, cfg))
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)
     if cfg.window:
@@ -261,6 +267,16 @@ def _training_series(
     if not series:
         raise DataError("no series long enough to train on")
     return df, feats, series
+
+
+def _smoothing(series: Sequence[Series], cfg: TrainConfig) -> tuple[float, float]:
+    """The components' ``(alpha, gamma)``, fitted to the training points that do not validate."""
+    cut = cfg.val_points if cfg.val_points is not None else cfg.horizon
+    ys = [s.y[: len(s.y) - cut] for s in series if len(s.y) > cut + cfg.season]
+    if not ys:
+        raise DataError(f"no series is longer than a season ({cfg.season}) and the held-out points")
+    scales = [scaling.expanding(y)[1] for y in ys]
+    return seasonal.fit(ys, cfg.season, cfg.horizon, scales, skip=cfg.warmup)
 
 
 def _fit(

@@ -83,20 +83,29 @@ async def verify(
 
 
 @pytest.mark.parametrize(
-    ("engine", "model"), [("streamer", "single"), ("faust", "single"), ("streamer", "ensemble")]
+    ("engine", "model"),
+    [
+        ("streamer", "single"),
+        ("faust", "single"),
+        ("streamer", "ensemble"),
+        ("streamer", "seasonal"),
+    ],
 )
 async def test_kill_9_at_random_points_then_restart(
     services: dict[str, str],
     ns: str,
     model_dir: Path,
     ensemble_model_dir: Path,
+    seasonal_model_dir: Path,
     tmp_path: Path,
     engine: str,
     model: str,
 ) -> None:
-    """(``ensemble``: three members served as one model, with intervals.)"""
-    if model == "ensemble":
-        model_dir = ensemble_model_dir
+    """(``ensemble``: three members served as one model, with intervals; ``seasonal``: level and
+    seasonal components in the states.)"""
+    model_dir = {"ensemble": ensemble_model_dir, "seasonal": seasonal_model_dir}.get(
+        model, model_dir
+    )
     df, settings = await stream_panel(services, ns, 200, seed=21)
     env = worker_env(services, ns, model_dir, **FAST, STREAMER_ENGINE=engine)
     rng = random.Random(5)
@@ -215,14 +224,15 @@ async def test_redis_restart_mid_stream_loses_nothing(
 
 
 async def test_a_redis_cluster_node_restart_mid_stream_loses_nothing(
-    redis_cluster: dict[str, str], ns: str, model_dir: Path, tmp_path: Path
+    redis_cluster: dict[str, str], ns: str, seasonal_model_dir: Path, tmp_path: Path
 ) -> None:
     """One of the cluster's three primaries goes away mid-stream: batches wait (every batch has
     keys on it), then the node comes back with its slots and data and the worker goes on, from
-    the cluster's new map, losing and doubling nothing."""
+    the cluster's new map, losing and doubling nothing. (A model with seasonal components: a
+    cluster's records keep them beside the kept predictions.)"""
     port = redis_cluster["cluster_ports"].split(",")[1]
     during = await redis_outage_mid_stream(
-        redis_cluster, ns, model_dir, tmp_path, port, "redis-cluster"
+        redis_cluster, ns, seasonal_model_dir, tmp_path, port, "redis-cluster"
     )
     assert value(during, "streamer_redis_retries_total") > 0
 

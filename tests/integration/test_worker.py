@@ -84,6 +84,7 @@ async def check_states(
         assert rec.step == len(exp.ds), uid
         np.testing.assert_allclose(rec.h, exp.h, atol=1e-5, rtol=0, err_msg=uid)
         np.testing.assert_allclose(rec.c, exp.c, atol=1e-5, rtol=0, err_msg=uid)
+        np.testing.assert_array_equal(rec.comp, exp.comp, err_msg=uid)
 
 
 async def outbox_entries(services: dict[str, str], ns: str) -> int:

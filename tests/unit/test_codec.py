@@ -131,7 +131,7 @@ def test_a_state_of_one_tensor_stores_h_alone() -> None:
 
 
 def batch_records(
-    dtype: str, u: int, horizon: int, seed: int, tensors: int = 2
+    dtype: str, u: int, horizon: int, seed: int, tensors: int = 2, components: int = 0
 ) -> list[StateRecord]:
     """Records as the predictor writes them: same shape and dtype, 0 to 3 kept outputs each."""
     rng = np.random.default_rng(seed)
@@ -148,6 +148,7 @@ def batch_records(
                 out_offsets=np.sort(rng.integers(0, 2**50, n)),
                 out_steps=rng.integers(0, 2**40, n),
                 out_forecasts=rng.standard_normal((n, horizon)) * 1e4,
+                comp=rng.standard_normal(components) * 1e3,
             )
         )
     return out
@@ -155,8 +156,10 @@ def batch_records(
 
 def as_batch(recs: list[StateRecord], horizon: int) -> StateBatch:
     tensors = 1 + (len(recs[0].c) > 0)
-    b = StateBatch.empty(len(recs), recs[0].layers, recs[0].hidden_size, horizon, tensors)
+    shape = (recs[0].layers, recs[0].hidden_size, horizon, tensors, len(recs[0].comp))
+    b = StateBatch.empty(len(recs), *shape)
     for j, r in enumerate(recs):
+        b.comp[j] = r.comp
         b.h[:, j], b.c[:, j] = r.h, r.c
         b.step[j], b.partition[j], b.offset[j], b.updated_ms[j] = (
             r.step,
@@ -185,19 +188,29 @@ def no_outputs() -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("tensors", [1, 2])
-def test_encode_many_writes_the_bytes_of_encode(dtype: str, seed: int, tensors: int) -> None:
-    recs = batch_records(dtype, 40, horizon=3, seed=seed, tensors=tensors)
+@pytest.mark.parametrize(("tensors", "components"), [(1, 0), (2, 0), (2, 6), (1, 26)])
+def test_encode_many_writes_the_bytes_of_encode(
+    dtype: str, seed: int, tensors: int, components: int
+) -> None:
+    recs = batch_records(dtype, 40, horizon=3, seed=seed, tensors=tensors, components=components)
     assert encode_many(as_batch(recs, 3), dtype) == [encode(r) for r in recs]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("tensors", [1, 2])
-def test_decode_many_reads_what_decode_reads(dtype: str, tensors: int) -> None:
-    recs = batch_records(dtype, 40, horizon=3, seed=7, tensors=tensors)
+@pytest.mark.parametrize(("tensors", "components"), [(1, 0), (2, 0), (2, 6)])
+def test_decode_many_reads_what_decode_reads(dtype: str, tensors: int, components: int) -> None:
+    recs = batch_records(dtype, 40, horizon=3, seed=7, tensors=tensors, components=components)
     raws: list[bytes | None] = [encode(r) for r in recs]
     raws[5] = None  # an entity without a state
-    batch, problems = decode_many(raws, 2, 16, 3, dtype, tensors)  # type: ignore[arg-type]
+    batch, problems = decode_many(
+        raws,
+        2,
+        16,
+        3,
+        dtype,  # type: ignore[arg-type]
+        tensors,
+        components=components,
+    )
     assert problems == {}
     for j, raw in enumerate(raws):
         if raw is None:
@@ -233,6 +246,39 @@ def test_a_state_of_another_cell_starts_over() -> None:
     assert not batch.h[:, 0].any() and batch.offset[0] == 2**40 + 17  # fence kept
     assert batch.c.shape == (0, 2, 16)
     np.testing.assert_array_equal(batch.h[:, 1], decode(gru).h)
+
+
+def test_components_round_trip_exactly_in_format_4_and_others_stay_format_3() -> None:
+    comp = np.array([17.0, 2564.61060902703, -3.25, 1e-300, 7.5])
+    rec = dataclasses.replace(record(), comp=comp, **no_outputs())
+    raw = encode(rec)
+    assert raw[4] == 4 and encode(record())[4] == 3
+    assert len(raw) == len(encode(record())) + 2 + 8 * len(comp)
+    back = decode(raw)
+    np.testing.assert_array_equal(back.comp, comp)
+    assert back.step == rec.step and back.offset == rec.offset
+    np.testing.assert_array_equal(back.h, rec.h)
+    with_out = dataclasses.replace(
+        rec, out_offsets=np.array([5, 9]), out_steps=np.array([1, 2]), out_forecasts=np.ones((2, 3))
+    )
+    again = decode(encode(with_out))
+    np.testing.assert_array_equal(again.comp, comp)
+    np.testing.assert_array_equal(again.out_forecasts, np.ones((2, 3)))
+    with pytest.raises(StateCodecError, match="bytes"):
+        decode(raw[:-3])
+
+
+def test_states_of_other_components_start_over_with_their_fence() -> None:
+    seasonal = encode(dataclasses.replace(record(seed=1), comp=np.arange(6.0)))
+    plain = encode(record(seed=2))
+    other = encode(dataclasses.replace(record(seed=3), comp=np.arange(4.0)))
+    batch, problems = decode_many([seasonal, plain, other], 2, 16, 3, components=6)
+    assert sorted(problems) == [1, 2] and "0 level and seasonal" in problems[1]
+    np.testing.assert_array_equal(batch.comp[0], np.arange(6.0))
+    assert not batch.comp[1:].any() and not batch.h[:, 1:].any()
+    assert batch.offset[1] == 2**40 + 17  # fence kept
+    batch, problems = decode_many([seasonal, plain], 2, 16, 3)  # a model without components
+    assert list(problems) == [0] and batch.comp.shape == (2, 0)
 
 
 def test_decode_many_drops_kept_outputs_of_another_horizon() -> None:

@@ -27,7 +27,7 @@ from streamer.state.store import OutboxPart
 from streamer.train.data import split_series
 from streamer.train.offline import offline_predict, series_inputs
 from tests.conftest import make_panel
-from tests.reference import in_batches, raw_messages, synthetic_events
+from tests.reference import components_after, in_batches, raw_messages, synthetic_events
 
 DEVICE = resolve_device(os.environ.get("STREAMER_TEST_DEVICE", "cpu"))
 ON_GPU = DEVICE.type == "cuda"
@@ -42,7 +42,9 @@ TOL = 1e-4 if ON_GPU else 1e-5
 DTYPE_TOL = {"float32": TOL, "float16": 3e-3, "bfloat16": 2.5e-2}
 
 
-def make(cell: str, task: str = "forecast", features: tuple[str, ...] = ()) -> SequenceModel:
+def make(
+    cell: str, task: str = "forecast", features: tuple[str, ...] = (), season: int = 0
+) -> SequenceModel:
     torch.manual_seed(3)
     spec = ModelSpec(
         cell=cell,
@@ -54,6 +56,8 @@ def make(cell: str, task: str = "forecast", features: tuple[str, ...] = ()) -> S
         feature_std=tuple(2.0 for _ in features),
         task=task,  # type: ignore[arg-type]
         classes=("down", "flat", "up") if task == "classify" else (),
+        season=season,
+        smoothing=(0.3, 0.2),
     )
     model = SequenceModel(spec)
     with torch.no_grad():  # larger than default weights: states move far from zero
@@ -113,7 +117,7 @@ def reference(
                 rows.append(cpu.serve(raw)[0].numpy().astype(np.float64))
         fc = np.stack(rows)
         if model.spec.task == "forecast":
-            fc = fc * scale[:, None] + mean[:, None]
+            fc = fc * scale[:, None] + mean
             spec = model.spec
             fc = intervals.served(
                 fc, scale, np.asarray(spec.interval_lo), np.asarray(spec.interval_hi)
@@ -146,6 +150,15 @@ async def check_states(
         np.testing.assert_allclose(rec.c, c[: len(rec.c)], atol=tol, rtol=tol)
 
 
+async def check_components(store: MemoryStateStore, spec: ModelSpec, df: pd.DataFrame) -> None:
+    """Every entity's stored components are those of its whole series, bit for bit."""
+    series = split_series(df)
+    raws = await store.get_many([s.unique_id for s in series])
+    for s, raw in zip(series, raws, strict=True):
+        assert raw is not None
+        np.testing.assert_array_equal(decode(raw).comp, components_after(spec, s.y))
+
+
 class InlineStore(MemoryStateStore):
     """A store without an outbox (as Redis Cluster): kept predictions go inside the records."""
 
@@ -157,8 +170,10 @@ class InlineStore(MemoryStateStore):
     ["plain", "cached", "small-cache", "fused", "per-layer", "staged", "inline", "inline-cached"],
 )
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-async def test_stepping_equals_the_module_per_entity(cell: str, variant: str) -> None:
-    model = make(cell, features=("temp",))
+@pytest.mark.parametrize("season", [0, 5])
+async def test_stepping_equals_the_module_per_entity(cell: str, variant: str, season: int) -> None:
+    """(``season``: a forecaster with level and seasonal components in its state.)"""
+    model = make(cell, features=("temp",), season=season)
     df = make_panel(60, 3, 30, seed=1, features=("temp",))
     events = synthetic_events(df)
     ref = reference(model, df, "float32")
@@ -174,6 +189,7 @@ async def test_stepping_equals_the_module_per_entity(cell: str, variant: str) ->
     )
     check(out, ref, TOL)
     await check_states(store, ref, TOL)
+    await check_components(store, model.spec, df)
     # A replay of everything applies nothing and sends the kept predictions again, bit for bit.
     before = await store.get_many(list(ref))
     again = await pred.process(events)

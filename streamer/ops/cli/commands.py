@@ -178,6 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         refit=args.refit,
         levels=args.levels,
         members=args.members,
+        season=args.season,
     )
     if args.window and not classify:
         raise ConfigError("a window model classifies: pass --label")

@@ -150,6 +150,16 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _natural(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
 def _levels(text: str) -> tuple[int, ...]:
     """``80,95`` -> (80, 95); ``none`` -> () (no intervals).
 
@@ -287,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="an ensemble of N models trained alike with seeds seed..seed+N-1, served as one "
         "(the median forecast, the mean class probabilities)",
+    )
+    t.add_argument(
+        "--season",
+        type=_natural,
+        default=0,
+        help="forecasters: per-entity level and seasonal components over a season of N steps, "
+        "kept in the state and taken out of what the network sees (0: none)",
     )
     t.add_argument(
         "--seed", type=int, default=0, help="random seed (the same seed: the same model)"

@@ -1,0 +1,188 @@
+"""Per-entity level and seasonal components, updated online: additive Holt-Winters in the state.
+
+The direction of the M4 competition's winner (Smyl's ES-RNN): exponential smoothing keeps a level
+and a seasonal index per series, and one global recurrent network forecasts the series with them
+taken out. Here every entity's state record keeps its components (``2 + m`` float64 values for a
+season of ``m`` steps): the number of observations ``n``, the level ``l`` and the seasonal indices
+``s_0 .. s_{m-1}`` (position ``n mod m``: events are taken to come at a regular frequency, as the
+seasonal naive forecast takes them).
+
+For each observation ``y`` at position ``j = n mod m``, with ``s = s_j`` once a season is known
+(``n >= m``) and 0 before:
+
+* the deseasonalised value is ``d = y - s``;
+* the level is the plain mean of the first season's observations, then
+  ``l <- l + alpha · (d - l)``;
+* the seasonal index stores the raw observation during the first season, and when that season is
+  complete the indices become deviations from its mean; after it ``s_j <- s + gamma · (y - l - s)``.
+
+The network sees ``(d - l) / scale`` (the scale from the running statistics of ``d``, see
+:mod:`streamer.scaling`), which carries the level's moves too (``l`` moves by ``alpha / (1 - alpha)``
+of it), and its output ``o_k`` for step ``k`` becomes the forecast ``l + s_{(n + k - 1) mod m} +
+o_k · scale``: the network forecasts the normalised, deseasonalised series. ``alpha`` and ``gamma``
+are one pair per model, fitted in training (:func:`fit`) to the components' own forecasts.
+
+Vectorised numpy in float64 over a batch of entities, ``comp`` of shape ``(B, 2 + m)``; training
+runs the same functions step by step over whole series (:func:`expanding`), so train and serve see
+identical values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["SEASONS", "ahead", "expanding", "fit", "season_of", "update", "width"]
+
+F64 = npt.NDArray[np.float64]
+
+#: The season length that goes with a pandas frequency alias (its first letters).
+SEASONS = {
+    "MS": 12,
+    "ME": 12,
+    "M": 12,
+    "QS": 4,
+    "QE": 4,
+    "Q": 4,
+    "W": 52,
+    "D": 7,
+    "B": 5,
+    "h": 24,
+    "H": 24,
+}
+#: The smoothing parameters :func:`fit` chooses from.
+ALPHAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+GAMMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def width(season: int) -> int:
+    """Values of an entity's components for a season of ``season`` steps (0: none)."""
+    return 2 + season if season else 0
+
+
+def season_of(freq: str | None) -> int:
+    """The usual season length of a frequency (0 when unknown or none).
+
+    >>> season_of("MS"), season_of("QS-OCT"), season_of("h"), season_of("15min"), season_of(None)
+    (12, 4, 24, 0, 0)
+    """
+    if not freq:
+        return 0
+    base = freq.split("-")[0].lstrip("0123456789")
+    return SEASONS.get(base, SEASONS.get(base[:1], 0))
+
+
+def update(comp: F64, y: F64, alpha: float, gamma: float) -> tuple[F64, F64]:
+    """Add one observation ``y`` ``(B,)`` per entity to the components ``comp`` ``(B, 2 + m)``;
+    return the new components and the deseasonalised observations ``d`` ``(B,)``.
+
+    >>> c = np.zeros((1, 4))  # a season of 2
+    >>> for v in (10.0, 14.0, 11.0):
+    ...     c, d = update(c, np.array([v]), 0.5, 0.0)
+    >>> c.tolist(), d.tolist()  # the level 12, then 12 + 0.5 (13 - 12); s = (-2, 2)
+    ([[3.0, 12.5, -2.0, 2.0]], [13.0])
+    """
+    m = comp.shape[1] - 2
+    n, level = comp[:, 0], comp[:, 1]
+    rows = np.arange(len(comp))
+    j = np.fmod(n, m).astype(np.int64)
+    warm = n >= m
+    s = np.where(warm, comp[rows, 2 + j], 0.0)
+    d = y - s
+    level = level + np.where(warm, alpha, 1.0 / (n + 1.0)) * (d - level)
+    out = comp.copy()
+    out[:, 0] = n + 1.0
+    out[:, 1] = level
+    out[rows, 2 + j] = np.where(warm, s + gamma * (y - level - s), y)
+    done = n + 1.0 == m  # the first season is complete: its raw values become deviations
+    if done.any():
+        out[done, 2:] -= level[done, None]
+    return out, d
+
+
+def ahead(comp: F64, k: int) -> F64:
+    """The components' forecasts of the next ``k`` observations, ``(B, k)``: the level plus each
+    step's seasonal index (the level alone until a season is known).
+
+    >>> ahead(np.array([[3.0, 12.5, -2.0, 2.0]]), 3).tolist()
+    [[14.5, 10.5, 14.5]]
+    """
+    m = comp.shape[1] - 2
+    n = comp[:, 0]
+    pos = np.fmod(n[:, None] - 1.0 + np.arange(1, k + 1), m).astype(np.int64)  # (B, k)
+    s = np.take_along_axis(comp[:, 2:], pos, axis=1)
+    out: F64 = comp[:, 1:2] + np.where((n >= m)[:, None], s, 0.0)
+    return out
+
+
+def expanding(y: F64, season: int, alpha: float, gamma: float, k: int) -> tuple[F64, F64, F64]:
+    """One series' deseasonalised values ``d`` and levels ``(T,)``, and the components' forecasts
+    of the ``k`` next observations ``(T, k)``, after each observation: :func:`update` then
+    :func:`ahead` once per step, as serving runs them."""
+    t = len(y)
+    d, levels, fut = np.empty(t), np.empty(t), np.empty((t, k))
+    comp = np.zeros((1, width(season)))
+    for i in range(t):
+        comp, di = update(comp, y[i : i + 1], alpha, gamma)
+        d[i], levels[i] = di[0], comp[0, 1]
+        fut[i] = ahead(comp, k)[0]
+    return d, levels, fut
+
+
+def fit(
+    series: Sequence[F64],
+    season: int,
+    horizon: int,
+    scales: Sequence[F64],
+    skip: int = 0,
+) -> tuple[float, float]:
+    """The ``(alpha, gamma)`` of :data:`ALPHAS` x :data:`GAMMAS` whose components forecast the
+    series best: the mean over series of the absolute error of the forecasts ``1..horizon`` steps
+    ahead, in each forecast origin's ``scales`` units, from the origin ``season + skip`` on.
+
+    Every pair and series runs at once: a batch of series x pairs, one step at a time."""
+    pairs = list(itertools.product(ALPHAS, GAMMAS))
+    t_max = max(len(y) for y in series)
+    ns, npair = len(series), len(pairs)
+    ys = np.full((t_max + horizon, ns), np.nan)
+    sc = np.full((t_max, ns), np.nan)
+    for i, (y, s) in enumerate(zip(series, scales, strict=True)):
+        ys[: len(y), i], sc[: len(y), i] = y, s
+    alpha = np.repeat([a for a, _ in pairs], ns)
+    gamma = np.repeat([g for _, g in pairs], ns)
+    b = ns * npair
+    comp = np.zeros((b, width(season)))
+    err, cnt = np.zeros(b), np.zeros(b)
+    m = season
+    rows = np.arange(b)
+    for t in range(t_max):
+        y = np.tile(ys[t], npair)
+        live = ~np.isnan(y)
+        # (update(), with one alpha and gamma per row; rows past their series' end are left)
+        n = comp[:, 0]
+        j = np.fmod(n, m).astype(np.int64)
+        warm = n >= m
+        s = np.where(warm, comp[rows, 2 + j], 0.0)
+        d = y - s
+        level = comp[:, 1] + np.where(warm, alpha, 1.0 / (n + 1.0)) * (d - comp[:, 1])
+        new_s = np.where(warm, s + gamma * (y - level - s), y)
+        comp[live, 1] = level[live]
+        comp[rows[live], 2 + j[live]] = new_s[live]
+        comp[live, 0] = n[live] + 1.0
+        done = live & (comp[:, 0] == m)
+        if done.any():
+            comp[done, 2:] -= comp[done, 1:2]
+        if t < m + skip:
+            continue
+        target = np.tile(ys[t + 1 : t + 1 + horizon].T, (npair, 1))  # (b, horizon)
+        e = np.abs(target - ahead(comp, horizon)) / np.tile(sc[t], npair)[:, None]
+        ok = ~np.isnan(e)
+        err += np.where(ok, e, 0.0).sum(1)
+        cnt += ok.sum(1)
+    per = (err / np.maximum(cnt, 1)).reshape(npair, ns)
+    score = np.where(cnt.reshape(npair, ns) > 0, per, np.nan)
+    best = int(np.nanargmin(np.nanmean(score, axis=1))) if np.isfinite(score).any() else 0
+    return pairs[best]

@@ -1,0 +1,149 @@
+"""Per-entity level and seasonal components: the online updates, their offline twin, the fit, and
+a forecaster that carries them (spec, training, streamed = offline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamer import scaling, seasonal
+from streamer.errors import ConfigError, DataError
+from streamer.model import ModelSpec
+from streamer.train.data import split_series
+from streamer.train.offline import offline_predict, series_inputs
+from streamer.train.training import TrainConfig, train
+
+
+def steps(y: np.ndarray, season: int, alpha: float, gamma: float) -> np.ndarray:
+    comp = np.zeros((1, seasonal.width(season)))
+    for v in y:
+        comp = seasonal.update(comp, np.array([v]), alpha, gamma)[0]
+    return comp[0]
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.02, 0.0), (0.3, 0.2), (0.9, 0.5)])
+def test_a_fixed_seasonal_pattern_is_forecast_exactly_after_one_season(
+    alpha: float, gamma: float
+) -> None:
+    pattern = np.array([3.0, -1.0, 0.5, -2.5, 0.0])  # sums to 0
+    y = 100.0 + np.tile(pattern, 8)
+    d, level, ahead = seasonal.expanding(y, 5, alpha, gamma, 7)
+    np.testing.assert_allclose(level[4:], 100.0, rtol=1e-12)
+    np.testing.assert_allclose(d[5:], 100.0, rtol=1e-12)
+    for t in range(4, len(y) - 7):  # from the end of the first season on
+        np.testing.assert_allclose(ahead[t], y[t + 1 : t + 8], rtol=1e-12, err_msg=str(t))
+    # Before that the level alone: the mean so far.
+    np.testing.assert_allclose(ahead[2], np.full(7, y[:3].mean()))
+
+
+def test_a_batch_of_entities_updates_as_each_alone() -> None:
+    rng = np.random.default_rng(0)
+    m, b = 6, 40
+    series = [rng.normal(50, 10, int(rng.integers(1, 30))) for _ in range(b)]
+    comp = np.zeros((b, seasonal.width(m)))
+    # Entities at every phase: each gets its own number of events before the batch.
+    for i, y in enumerate(series):
+        for v in y[:-1]:
+            comp[i : i + 1] = seasonal.update(comp[i : i + 1], np.array([v]), 0.3, 0.1)[0]
+    last = np.array([y[-1] for y in series])
+    out, d = seasonal.update(comp, last, 0.3, 0.1)
+    for i, y in enumerate(series):
+        np.testing.assert_array_equal(out[i], steps(y, m, 0.3, 0.1))
+    assert d.shape == (b,)
+    fut = seasonal.ahead(out, 2 * m + 1)  # a horizon past the season wraps
+    np.testing.assert_array_equal(fut[:, : m + 1], fut[:, m:])
+
+
+def test_expanding_is_the_online_updates_one_at_a_time() -> None:
+    y = np.random.default_rng(1).gamma(2.0, 30.0, 50)
+    d, level, ahead = seasonal.expanding(y, 4, 0.2, 0.3, 9)
+    comp = np.zeros((1, 6))
+    for t, v in enumerate(y):
+        comp, dt = seasonal.update(comp, np.array([v]), 0.2, 0.3)
+        assert (d[t], level[t]) == (dt[0], comp[0, 1])
+        np.testing.assert_array_equal(ahead[t], seasonal.ahead(comp, 9)[0])
+
+
+def hw_series(rng: np.random.Generator, t: int, walk: float, noise: float) -> np.ndarray:
+    """A seasonal series (period 4) whose level is a random walk of step ``walk``."""
+    level = 100 + np.cumsum(rng.normal(0, walk, t))
+    return level + np.tile([8.0, -3.0, 5.0, -10.0], t // 4 + 1)[:t] + rng.normal(0, noise, t)
+
+
+def test_fit_follows_the_level_of_a_random_walk_and_averages_noise() -> None:
+    rng = np.random.default_rng(2)
+    walks = [hw_series(rng, 120, walk=5.0, noise=0.2) for _ in range(10)]
+    noisy = [hw_series(rng, 120, walk=0.0, noise=5.0) for _ in range(10)]
+    unit = [scaling.expanding(y)[1] for y in walks + noisy]
+    alpha_walk, _ = seasonal.fit(walks, 4, 4, unit[:10])
+    alpha_noisy, gamma_noisy = seasonal.fit(noisy, 4, 4, unit[10:])
+    assert alpha_walk >= 0.5 and alpha_noisy <= 0.1, (alpha_walk, alpha_noisy)
+    assert gamma_noisy <= 0.1
+    assert (alpha_walk, alpha_noisy) in [(a, a2) for a in seasonal.ALPHAS for a2 in seasonal.ALPHAS]
+
+
+@pytest.mark.parametrize(
+    ("freq", "season"),
+    [("MS", 12), ("QS-DEC", 4), ("W-SUN", 52), ("D", 7), ("h", 24), ("2h", 24), ("min", 0)],
+)
+def test_season_of_a_frequency(freq: str, season: int) -> None:
+    assert seasonal.season_of(freq) == season
+
+
+def test_the_spec_carries_its_components_and_refuses_what_cannot_have_them() -> None:
+    spec = ModelSpec(horizon=3, season=12, smoothing=(0.3, 0.1))
+    assert spec.components == 14 and ModelSpec().components == 0
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert "season" not in ModelSpec().to_dict()  # (versions of older models stay the same)
+    for bad in (
+        {"season": 1},
+        {"season": 4, "smoothing": (1.5, 0.1)},
+        {"season": 4, "task": "classify", "classes": ("a", "b")},
+        {"season": 4, "scaling": "none"},
+    ):
+        with pytest.raises(ConfigError):
+            ModelSpec(**bad)  # type: ignore[arg-type]
+
+
+def ar_panel(n: int, t: int, seed: int) -> pd.DataFrame:
+    """Seasonal series (period 12) of very different scales whose deviations are an AR(1) of
+    coefficient -0.8: what the components cannot forecast and a network can."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        scale = float(10 ** rng.uniform(0, 3))
+        e = np.zeros(t)
+        for j in range(1, t):
+            e[j] = -0.8 * e[j - 1] + rng.normal(0, 0.1)
+        season = 0.3 * np.sin(np.arange(t) * 2 * np.pi / 12 + rng.uniform(0, 6))
+        y = scale * (1 + season + e)
+        ds = pd.date_range("2000-01-01", periods=t, freq="MS")
+        frames.append(pd.DataFrame({"unique_id": f"s{i:03d}", "ds": ds, "y": y}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_seasonal_forecaster_trains_serves_offline_and_beats_its_components_alone() -> None:
+    df = ar_panel(32, 72, seed=4)
+    cfg = TrainConfig(horizon=2, hidden_size=16, epochs=40, holdout=2, season=12, levels=())
+    model = train(df, cfg).model
+    spec = model.spec
+    assert spec.season == 12 and spec.smoothing[0] in seasonal.ALPHAS
+    assert spec.smoothing[1] in seasonal.GAMMAS
+    errors, alone = [], []
+    for s in split_series(df):
+        y, hist = s.y[-2:], s.__class__(s.unique_id, s.ds[:-2], s.y[:-2], s.features[:-2])
+        fc = offline_predict(model, hist)[0][-1]
+        start = series_inputs(hist, spec)[1][-1]
+        errors.append(np.abs(fc - y).mean() / np.abs(y).mean())
+        alone.append(np.abs(start - y).mean() / np.abs(y).mean())
+    # The network learnt what the components miss: the deviations' alternation.
+    assert np.mean(errors) < 0.8 * np.mean(alone), (np.mean(errors), np.mean(alone))
+
+
+def test_a_season_longer_than_every_series_is_a_data_error() -> None:
+    df = pd.DataFrame(
+        {"unique_id": "a", "ds": pd.date_range("2020-01-01", periods=10, freq="D"), "y": 1.0}
+    )
+    with pytest.raises(DataError, match="longer than a season"):
+        train(df, TrainConfig(horizon=2, epochs=1, season=12))
