@@ -126,8 +126,7 @@ def make_model(
         feature_mean=tuple(0.5 for _ in features),
         feature_std=tuple(2.0 for _ in features),
         **made_up_intervals(levels, horizon),
-        season=season,
-        smoothing=(0.3, 0.2),
+        **({"season": season, "smoothing": (0.3, 0.2)} if season else {}),  # type: ignore[arg-type]
     )
     model = SequenceModel(spec)
     # Larger than default init weights, so states move far from zero and differences show.

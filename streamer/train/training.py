@@ -108,8 +108,9 @@ class TrainConfig:
     #: (the mean of their class probabilities), :mod:`streamer.model.ensemble`.
     members: int = 1
     #: Forecasters: per-entity level and seasonal components over a season of this many steps
-    #: (:mod:`streamer.seasonal`); 0: none.
-    season: int = 0
+    #: (:mod:`streamer.seasonal`); 0: none; None: the usual season of the data's frequency
+    #: (monthly 12, quarterly 4, hourly 24...) when the series are long enough for it.
+    season: int | None = None
 
 
 #: Classifiers' learning rate at 24 steps per sequence, and the most it grows to with longer ones.
@@ -197,8 +198,9 @@ def train(
         window_end=cfg.window_end,
         freq=None if classify else infer_freq(pd.to_datetime(df["ds"]), df["unique_id"]),
     )
-    if cfg.season and not classify:
-        spec = replace(spec, season=cfg.season, smoothing=_smoothing(series, cfg))
+    season = _season(series, spec.freq, cfg) if not classify else 0
+    if season:
+        spec = replace(spec, season=season, smoothing=_smoothing(series, cfg, season))
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)
     if cfg.window:
@@ -221,6 +223,9 @@ def train(
         "best_val_loss": best if math.isfinite(best) else None,  # None: nothing held out
         "final_train_loss": history[-1][0] if history else None,
     }
+    if season:
+        alpha, gamma = spec.smoothing
+        summary["components"] = {"season": season, "alpha": alpha, "gamma": gamma}
     if classify:
         summary["classes"] = list(spec.classes)
         summary["training_items"] = len(problem.train_idx)
@@ -269,14 +274,25 @@ def _training_series(
     return df, feats, series
 
 
-def _smoothing(series: Sequence[Series], cfg: TrainConfig) -> tuple[float, float]:
+def _season(series: Sequence[Series], freq: str | None, cfg: TrainConfig) -> int:
+    """The season of the components: ``cfg.season`` if given, else the usual one of the
+    frequency when most series have two seasons before their validation points, else none."""
+    if cfg.season is not None:
+        return cfg.season
+    season = seasonal.season_of(freq)
+    cut = cfg.val_points if cfg.val_points is not None else cfg.horizon
+    long_enough = sum(len(s.y) >= 2 * season + cut for s in series)
+    return season if season and cfg.scaling == "entity" and 2 * long_enough > len(series) else 0
+
+
+def _smoothing(series: Sequence[Series], cfg: TrainConfig, season: int) -> tuple[float, float]:
     """The components' ``(alpha, gamma)``, fitted to the training points that do not validate."""
     cut = cfg.val_points if cfg.val_points is not None else cfg.horizon
-    ys = [s.y[: len(s.y) - cut] for s in series if len(s.y) > cut + cfg.season]
+    ys = [s.y[: len(s.y) - cut] for s in series if len(s.y) > cut + season]
     if not ys:
-        raise DataError(f"no series is longer than a season ({cfg.season}) and the held-out points")
+        raise DataError(f"no series is longer than a season ({season}) and the held-out points")
     scales = [scaling.expanding(y)[1] for y in ys]
-    return seasonal.fit(ys, cfg.season, cfg.horizon, scales, skip=cfg.warmup)
+    return seasonal.fit(ys, season, cfg.horizon, scales, skip=cfg.warmup)
 
 
 def _fit(

@@ -56,8 +56,7 @@ def make(
         feature_std=tuple(2.0 for _ in features),
         task=task,  # type: ignore[arg-type]
         classes=("down", "flat", "up") if task == "classify" else (),
-        season=season,
-        smoothing=(0.3, 0.2),
+        **({"season": season, "smoothing": (0.3, 0.2)} if season else {}),  # type: ignore[arg-type]
     )
     model = SequenceModel(spec)
     with torch.no_grad():  # larger than default weights: states move far from zero

@@ -147,3 +147,4 @@ def test_a_season_longer_than_every_series_is_a_data_error() -> None:
     )
     with pytest.raises(DataError, match="longer than a season"):
         train(df, TrainConfig(horizon=2, epochs=1, season=12))
+    assert train(df, TrainConfig(horizon=2, epochs=1, levels=())).model.spec.season == 0  # (auto)

@@ -234,6 +234,12 @@ def _how_trained(summary: dict[str, Any]) -> str:
         how = f"{summary['epochs_run']} epochs, " + (
             f"best validation loss {best:.4f}" if best is not None else "no validation split"
         )
+    if "components" in summary:
+        co = summary["components"]
+        how += (
+            f"; level and seasonal components over {co['season']} steps "
+            f"(alpha {co['alpha']}, gamma {co['gamma']})"
+        )
     if "intervals" in summary:
         iv = summary["intervals"]
         levels = ", ".join(f"{v}%" for v in iv["levels"])

@@ -150,11 +150,13 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
-def _natural(text: str) -> int:
+def _season(text: str) -> int | None:
+    if text == "auto":
+        return None
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return v
@@ -300,10 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--season",
-        type=_natural,
-        default=0,
+        type=_season,
+        default="auto",
         help="forecasters: per-entity level and seasonal components over a season of N steps, "
-        "kept in the state and taken out of what the network sees (0: none)",
+        "kept in the state and taken out of what the network sees; auto: the usual season of "
+        "the data's frequency (monthly 12, quarterly 4, hourly 24) if the series are long "
+        "enough; 0: none",
     )
     t.add_argument(
         "--seed", type=int, default=0, help="random seed (the same seed: the same model)"
