@@ -1,7 +1,9 @@
 """Benchmark: what a model's kind costs the batch path, same run: a plain forecaster, the same with
-prediction intervals, and ensembles of members of the same shape (with intervals).
+prediction intervals, with level and seasonal components (and intervals), and ensembles of members
+of the same shape (with intervals).
 
     python bench/model_kinds.py [--entities N] [--batches N] [--members 3,5] [--hidden 32]
+                                [--season 12]
 
 The predictor steps batches of distinct entities against the in-memory store (no Kafka, no Redis:
 the model's share of a batch, which is what the kinds change), on one torch thread. Prints one
@@ -38,7 +40,9 @@ def _intervals(spec: ModelSpec) -> ModelSpec:
     return replace(spec, levels=(80, 95), interval_lo=lo, interval_hi=hi)
 
 
-def kinds(hidden: int, layers: int, horizon: int, members: list[int]) -> dict[str, SequenceModel]:
+def kinds(
+    hidden: int, layers: int, horizon: int, members: list[int], season: int
+) -> dict[str, SequenceModel]:
     def single(seed: int) -> SequenceModel:
         torch.manual_seed(seed)
         spec = ModelSpec(hidden_size=hidden, num_layers=layers, horizon=horizon)
@@ -48,6 +52,9 @@ def kinds(hidden: int, layers: int, horizon: int, members: list[int]) -> dict[st
     with_intervals = single(0)
     with_intervals.spec = _intervals(with_intervals.spec)
     out = {"plain": plain, "intervals": with_intervals}
+    components = single(0)
+    components.spec = replace(_intervals(components.spec), season=season, smoothing=(0.3, 0.2))
+    out[f"seasonal components ({season}), intervals"] = components
     for m in members:
         ens = merge([single(s) for s in range(m)])
         ens.spec = _intervals(ens.spec)
@@ -70,7 +77,7 @@ def batches(entities: int, n: int, seed: int = 0) -> list[list[Event]]:
 async def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(1)
     members = [int(m) for m in args.members.split(",") if m]
-    models = kinds(args.hidden, args.layers, args.horizon, members)
+    models = kinds(args.hidden, args.layers, args.horizon, members, args.season)
     work = batches(args.entities, args.batches + 2)
     predictors = {
         name: Predictor(m, f"v{i}", MemoryStateStore())
@@ -111,6 +118,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--horizon", type=int, default=12)
     ap.add_argument("--members", default="3,5", help="ensemble sizes, comma-separated")
+    ap.add_argument("--season", type=int, default=12, help="steps of the components' season")
     print(json.dumps(asyncio.run(run(ap.parse_args())), indent=2))
 
 

@@ -77,6 +77,14 @@ def record_to_dict(entity: str, key: str, rec: StateRecord) -> dict[str, Any]:
         "h": rec.h.tolist(),
         "c": rec.c.tolist(),
         "kept_outputs": len(rec.out_offsets),
+        # a seasonal forecaster's level and seasonal indices (streamer.seasonal), else None
+        "components": {
+            "observations": float(rec.comp[0]),
+            "level": float(rec.comp[1]),
+            "seasonal": rec.comp[2:].tolist(),
+        }
+        if len(rec.comp) >= 2
+        else None,
     }
 
 
@@ -156,6 +164,14 @@ async def show_state(settings: Settings, entity: str, *, as_json: bool = False) 
         "scaling", f"mean {sc['mean']:.6g}  scale {sc['scale']:.6g}  count {sc['count']:.0f}"
     )
     table.add_row("kept outputs", str(d["kept_outputs"]))
+    if (co := d["components"]) is not None:
+        season = co["seasonal"]
+        head = " ".join(f"{x:+.4g}" for x in season[:6])
+        table.add_row(
+            "components",
+            f"level {co['level']:.6g}  seasonal over {len(season)} steps [{head}"
+            f"{' …' if len(season) > 6 else ''}]  after {co['observations']:.0f} observations",
+        )
     for name, arr in (("h", rec.h), ("c", rec.c)):
         for layer in range(len(arr)):
             v = arr[layer]
@@ -375,6 +391,16 @@ def _writer(path: Path, suffix: str) -> Iterator[Callable[[list[dict[str, Any]]]
             ("h", matrix),
             ("c", matrix),
             ("kept_outputs", pa.int32()),
+            (
+                "components",
+                pa.struct(
+                    [
+                        ("observations", pa.float64()),
+                        ("level", pa.float64()),
+                        ("seasonal", pa.list_(pa.float64())),
+                    ]
+                ),
+            ),
         ]
     )
     with pq.ParquetWriter(str(path), schema) as pw:

@@ -32,10 +32,11 @@ def cli_env(services: dict[str, str], ns: str) -> dict[str, str]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("kind", ["plain", "seasonal"])
 async def test_state_get_decodes_what_the_predictor_saved(
-    services: dict[str, str], ns: str, model_dir: Path
+    services: dict[str, str], ns: str, model_dir: Path, seasonal_model_dir: Path, kind: str
 ) -> None:
-    art = load_artifact(model_dir)
+    art = load_artifact(seasonal_model_dir if kind == "seasonal" else model_dir)
     df = make_panel(2, 12, 12, seed=9)
     pred = Predictor(art.model, art.version, RedisStateStore.from_url(services["redis_url"], ns))
     await pred.step_many(synthetic_events(df))
@@ -51,11 +52,18 @@ async def test_state_get_decodes_what_the_predictor_saved(
     assert d["layers"] == 2 and d["hidden_size"] == 16 and d["dtype"] == "float32"
     np.testing.assert_allclose(d["h"], exp.h, atol=1e-5)
     np.testing.assert_allclose(d["c"], exp.c, atol=1e-5)
+    if kind == "seasonal":  # the level and seasonal indices, as the offline pass leaves them
+        co = d["components"]
+        assert [co["observations"], co["level"], *co["seasonal"]] == exp.comp.tolist()
+        assert len(co["seasonal"]) == 4
+    else:
+        assert d["components"] is None
 
     r = run("state", "get", "e0001", env=cli_env(services, ns))
     assert r.returncode == 0, r.stderr
     for word in ("model_version", art.version, "step", "12", "offset", "h[1]", "c[0]", "norm"):
         assert word in r.stdout
+    assert ("seasonal over 4 steps" in r.stdout) == (kind == "seasonal"), r.stdout
 
     r = run("state", "get", "nobody", env=cli_env(services, ns))
     assert (
