@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,21 +73,31 @@ def test_topics() -> None:
 
 
 def test_states() -> None:
-    fits = ("v1", (2, 16, 2))
+    fits = ("v1", (2, 16, 2, 0))
     assert states_check([], False, SPEC, "v1", "keep").detail.startswith("no stored states")
     assert states_check([fits] * 5, False, SPEC, "v1", "keep") == Check(
         "states", "ok", "5 sampled; model versions v1 (5); all fit the model"
     )
-    c = states_check([fits, ("v0", (2, 16, 2)), ("v0", (1, 16, 1)), None], True, SPEC, "v1", "keep")
+    c = states_check(
+        [fits, ("v0", (2, 16, 2, 0)), ("v0", (1, 16, 1, 0)), None], True, SPEC, "v1", "keep"
+    )
     assert c.status == "warn"
     assert c.detail == (
         "4 sampled (there are more); model versions v0 (2), v1 (1); 1 cannot be decoded; "
         "1 have another shape (1 tensors of 1x16; the model's: 2 of 2x16): workers reset them"
     )
     # another version of the same shape continues, unless the policy resets it
-    assert states_check([("v0", (2, 16, 2))], False, SPEC, "v1", "keep").status == "ok"
-    c = states_check([("v0", (2, 16, 2))], False, SPEC, "v1", "reset")
+    assert states_check([("v0", (2, 16, 2, 0))], False, SPEC, "v1", "keep").status == "ok"
+    c = states_check([("v0", (2, 16, 2, 0))], False, SPEC, "v1", "reset")
     assert c.status == "warn" and "1 were written by another version" in c.detail
+    # a seasonal model's states keep their components: states without them start over
+    seasonal = replace(SPEC, horizon=3, season=12, smoothing=(0.3, 0.1))
+    assert states_check([("v1", (2, 16, 2, 14))], False, seasonal, "v1", "keep").status == "ok"
+    c = states_check([fits], False, seasonal, "v1", "keep")
+    assert (
+        c.status == "warn"
+        and "(2 tensors of 2x16; the model's: 2 of 2x16 and 14 components)" in c.detail
+    )
 
 
 def worker(wid: str, version: str, partitions: list[int]) -> WorkerInfo:

@@ -350,9 +350,10 @@ def _model(spec: ModelSpec, version: str, source: str) -> _Model:
     window = f", window {spec.window}" if spec.window else ""
     members = f", an ensemble of {spec.members}" if spec.members > 1 else ""
     levels = f", {'/'.join(map(str, spec.levels))}% intervals" if spec.levels else ""
+    season = f", seasonal components over {spec.season} steps" if spec.season else ""
     detail = (
         f"{version} from {source}: {spec.cell} {spec.task}, "
-        f"{spec.num_layers}x{spec.hidden_size}, {what}{window}{members}{levels}"
+        f"{spec.num_layers}x{spec.hidden_size}, {what}{window}{members}{levels}{season}"
     )
     return _Model(Check("model", "ok", detail), spec, version)
 
@@ -368,7 +369,7 @@ async def check_states(client: aioredis.Redis, settings: Settings, model: _Model
             break
     more = cursor != 0 or len(entities) > SAMPLE_KEYS
     raws = await store.get_many(entities[:SAMPLE_KEYS]) if entities else []
-    records: list[tuple[str, tuple[int, int, int]] | None] = []
+    records: list[tuple[str, tuple[int, int, int, int]] | None] = []
     for raw in raws:
         if not isinstance(raw, bytes):  # expired since, or not a string
             continue
@@ -378,7 +379,7 @@ async def check_states(client: aioredis.Redis, settings: Settings, model: _Model
             records.append(None)
             continue
         tensors = 2 if rec.c.shape[0] else 1
-        records.append((rec.model_version, (rec.layers, rec.hidden_size, tensors)))
+        records.append((rec.model_version, (rec.layers, rec.hidden_size, tensors, len(rec.comp))))
     return states_check(records, more, model.spec, model.version, settings.on_model_change)
 
 

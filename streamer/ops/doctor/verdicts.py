@@ -205,17 +205,17 @@ def topic_checks(
 
 
 def states_check(
-    records: Sequence[tuple[str, tuple[int, int, int]] | None],
+    records: Sequence[tuple[str, tuple[int, int, int, int]] | None],
     more: bool,
     spec: ModelSpec | None,
     version: str | None,
     on_model_change: str,
 ) -> Check:
     """What a sample of stored states would meet: ``records`` holds each state's model version and
-    shape ``(rows, width, tensors)``, or None for one that cannot be decoded; ``more``: there are
-    states beyond the sample. Workers reset to zeros (keeping the fences) the states of another
-    shape and those that cannot be decoded, and those of another version when ``on_model_change``
-    is ``reset``."""
+    shape ``(rows, width, tensors, components)``, or None for one that cannot be decoded;
+    ``more``: there are states beyond the sample. Workers reset to zeros (keeping the fences) the
+    states of another shape and those that cannot be decoded, and those of another version when
+    ``on_model_change`` is ``reset``."""
     if not records:
         return Check("states", "ok", "no stored states of this model name yet")
     good = [r for r in records if r is not None]
@@ -228,12 +228,17 @@ def states_check(
         problems.append(f"{len(records) - len(good)} cannot be decoded")
     if spec is not None:
         rows, width = spec.state_shape
-        other = Counter(shape for _, shape in good if shape != (rows, width, spec.state_tensors))
+        mine = (rows, width, spec.state_tensors, spec.components)
+        other = Counter(shape for _, shape in good if shape != mine)
         if other:
-            (r, w, n), _ = other.most_common(1)[0]
+            (r, w, n, e), _ = other.most_common(1)[0]
+
+            def comps(k: int) -> str:
+                return f" and {k} components" if k else ""
+
             problems.append(
-                f"{other.total()} have another shape ({n} tensors of {r}x{w}; the model's: "
-                f"{spec.state_tensors} of {rows}x{width})"
+                f"{other.total()} have another shape ({n} tensors of {r}x{w}{comps(e)}; the "
+                f"model's: {spec.state_tensors} of {rows}x{width}{comps(spec.components)})"
             )
         stale = sum(n for v, n in versions.items() if v != version)
         if on_model_change == "reset" and version is not None and stale:
