@@ -21,23 +21,46 @@ __all__ = ["forecast_times", "infer_freq"]
 
 def infer_freq(ds: pd.Series, ids: pd.Series, most: int = 200) -> str | None:
     """The frequency most of the series (up to ``most`` of them, of at least 3 points) share,
-    as a pandas alias; None when none could be told.
+    as a pandas alias; None when none could be told. A series with a few irregular steps (a
+    sensor's missing hours, clocks changed for daylight saving) has the fixed step that at least
+    95% of its steps take.
 
     >>> ds = pd.Series(pd.to_datetime(["2020-01-01", "2020-02-01", "2020-03-01"] * 2))
     >>> infer_freq(ds, pd.Series(["a"] * 3 + ["b"] * 3))
     'MS'
+    >>> hours = pd.Series(pd.date_range("2020-01-01", periods=50, freq="h").delete(20))
+    >>> infer_freq(hours, pd.Series(["a"] * 49))
+    'h'
     """
     seen: dict[str, int] = {}
     for _, times in list(ds.groupby(ids.to_numpy(), sort=False))[:most]:
         if len(times) < 3:
             continue
+        index = pd.DatetimeIndex(times.sort_values())
         try:
-            freq = pd.infer_freq(pd.DatetimeIndex(times.sort_values()))
+            freq = pd.infer_freq(index)
         except (TypeError, ValueError):
             freq = None
+        if not freq:
+            freq = _dominant_step(index)
         if freq:
             seen[freq] = seen.get(freq, 0) + 1
     return max(seen, key=seen.__getitem__) if seen else None
+
+
+def _dominant_step(index: pd.DatetimeIndex) -> str | None:
+    """The alias of the fixed step that at least 95% of the steps of ``index`` take, if any."""
+    steps = pd.Series(index[1:] - index[:-1])
+    if steps.empty:
+        return None
+    counts = steps.value_counts()
+    step = counts.index[0]
+    if counts.iloc[0] < 0.95 * len(steps) or step <= pd.Timedelta(0):
+        return None
+    try:
+        return str(pd.tseries.frequencies.to_offset(step).freqstr)
+    except ValueError:
+        return None
 
 
 def forecast_times(ds: Sequence[str], freq: str, horizon: int) -> list[bytes]:

@@ -49,6 +49,7 @@ from streamer.model.artifact import load_artifact
 from streamer.ops.local import namespaced, remove_run, stream_through, worker_process
 from streamer.schemas import Prediction
 from streamer.seasonal import season_of
+from streamer.serve.times import infer_freq
 from streamer.settings import Settings
 from streamer.train.baselines import Forecast, classical_forecasts
 from streamer.train.checks import check_seen
@@ -63,9 +64,7 @@ F64 = npt.NDArray[np.float64]
 def infer_season(df: pd.DataFrame) -> int:
     """The usual season length for the data's frequency (monthly 12, daily 7, hourly 24), 1 if
     it cannot be told."""
-    g = df[df["unique_id"] == df["unique_id"].iloc[0]]["ds"]
-    freq = pd.infer_freq(pd.DatetimeIndex(g)) if len(g) >= 3 else None
-    return season_of(freq) or 1
+    return season_of(infer_freq(pd.to_datetime(df["ds"]), df["unique_id"])) or 1
 
 
 @dataclass
