@@ -64,7 +64,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     dropout: float = 0.0
     patience: int | None = None
-    #: Targets in the last ``val_points`` of each (training) series validate; default: horizon.
+    #: Targets in the last ``val_points`` of each (training) series validate; default: the
+    #: horizon, or more for a panel of few series, so that early stopping and the intervals'
+    #: calibration see about :data:`CALIBRATION_TARGETS` targets per step ahead (at most a fifth
+    #: of the median series).
     val_points: int | None = None
     #: Points dropped from the end of every series before training.
     holdout: int = 0
@@ -116,6 +119,8 @@ class TrainConfig:
 #: Classifiers' learning rate at 24 steps per sequence, and the most it grows to with longer ones.
 CLASSIFIER_LR = 3e-3
 CLASSIFIER_MAX_LR = 1e-2
+#: Forecasters: validation targets per step ahead that the default ``val_points`` asks for.
+CALIBRATION_TARGETS = 400
 
 
 def resolve(df: pd.DataFrame, cfg: TrainConfig) -> TrainConfig:
@@ -133,9 +138,21 @@ def resolve(df: pd.DataFrame, cfg: TrainConfig) -> TrainConfig:
     (200, 0.006, 20)
     >>> resolve(frame, TrainConfig()).lr, resolve(frame, TrainConfig(lr=0.1)).lr
     (0.003, 0.1)
+
+    Forecasters validate on the last ``horizon`` points of every series, or on more of them when
+    the series are few: 4 hourly series validate on 100 hours each, 152 monthly ones on their
+    horizon.
+
+    >>> resolve(frame, TrainConfig(horizon=3)).val_points  # 2 series of 96: a fifth of 96
+    19
     """
+    val_points = cfg.val_points
     if cfg.task == "forecast" and not cfg.window:
         epochs, lr, patience = 100, 3e-3, 10
+        if val_points is None:
+            sizes = df.groupby("unique_id").size() - cfg.holdout
+            want = math.ceil(CALIBRATION_TARGETS / max(len(sizes), 1))
+            val_points = max(cfg.horizon, min(want, int(sizes.median()) // 5))
     else:
         length = cfg.window or float(df.groupby("unique_id").size().median())
         epochs, patience = 200, 20
@@ -145,6 +162,7 @@ def resolve(df: pd.DataFrame, cfg: TrainConfig) -> TrainConfig:
         epochs=cfg.epochs or epochs,
         lr=cfg.lr if cfg.lr is not None else lr,
         patience=cfg.patience or patience,
+        val_points=val_points,
     )
 
 
