@@ -114,6 +114,9 @@ class TrainConfig:
     #: (:mod:`streamer.seasonal`); 0: none; None: the usual season of the data's frequency
     #: (monthly 12, quarterly 4, hourly 24...) when the series are long enough for it.
     season: int | None = None
+    #: The components' ``(alpha, gamma)``; None: fitted to the training points (the refit takes
+    #: those of the model early stopping chose, on which the intervals were calibrated).
+    smoothing: tuple[float, float] | None = None
 
 
 #: Classifiers' learning rate at 24 steps per sequence, and the most it grows to with longer ones.
@@ -218,7 +221,8 @@ def train(
     )
     season = _season(series, spec.freq, cfg) if not classify else 0
     if season:
-        spec = replace(spec, season=season, smoothing=_smoothing(series, cfg, season))
+        smoothing = cfg.smoothing or _smoothing(series, cfg, season)
+        spec = replace(spec, season=season, smoothing=smoothing)
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)
     if cfg.window:
@@ -255,7 +259,15 @@ def train(
         summary["intervals"] = _intervals_summary(cfg, residuals)
     if cfg.refit and best_epoch:
         # The epoch count is chosen; now learn from the held-out targets (entities) too.
-        again = replace(cfg, epochs=best_epoch, val_points=0, val_fraction=0.0, refit=False)
+        again = replace(
+            cfg,
+            epochs=best_epoch,
+            val_points=0,
+            val_fraction=0.0,
+            refit=False,
+            season=spec.season,  # (the components of the chosen model, calibrated on)
+            smoothing=spec.smoothing if spec.season else None,
+        )
         full = train(data, again, on_epoch)
         if calibration:  # (the refit has no held-out targets left to calibrate on)
             full.model.spec = replace(full.model.spec, **calibration)

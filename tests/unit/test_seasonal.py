@@ -126,9 +126,12 @@ def ar_panel(n: int, t: int, seed: int) -> pd.DataFrame:
 def test_a_seasonal_forecaster_trains_serves_offline_and_beats_its_components_alone() -> None:
     df = ar_panel(32, 72, seed=4)
     cfg = TrainConfig(horizon=2, hidden_size=16, epochs=40, holdout=2, season=12, levels=())
-    model = train(df, cfg).model
-    spec = model.spec
+    result = train(df, cfg)
+    model, spec = result.model, result.model.spec
     assert spec.season == 12 and spec.smoothing[0] in seasonal.ALPHAS
+    # The refit keeps the components of the model early stopping chose (its intervals' basis).
+    assert result.chosen is not None and result.chosen is not model
+    assert (result.chosen.spec.season, result.chosen.spec.smoothing) == (12, spec.smoothing)
     assert spec.smoothing[1] in seasonal.GAMMAS
     errors, alone = [], []
     for s in split_series(df):
@@ -139,6 +142,20 @@ def test_a_seasonal_forecaster_trains_serves_offline_and_beats_its_components_al
         alone.append(np.abs(start - y).mean() / np.abs(y).mean())
     # The network learnt what the components miss: the deviations' alternation.
     assert np.mean(errors) < 0.8 * np.mean(alone), (np.mean(errors), np.mean(alone))
+
+
+def test_the_refit_keeps_the_chosen_models_components(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intervals are calibrated on the model early stopping chose: the refit must not fit its
+    own smoothing (here each fit would give another pair) nor decide its own season."""
+    from streamer.train import training
+
+    pairs = iter([(0.3, 0.1), (0.9, 0.5)])
+    monkeypatch.setattr(training, "_smoothing", lambda *a: next(pairs))
+    df = ar_panel(8, 40, seed=1)
+    result = train(df, TrainConfig(horizon=2, hidden_size=8, epochs=3, holdout=2, season=12))
+    assert result.chosen is not None and result.chosen is not result.model
+    assert result.chosen.spec.smoothing == result.model.spec.smoothing == (0.3, 0.1)
+    assert result.summary["components"] == {"season": 12, "alpha": 0.3, "gamma": 0.1}
 
 
 def test_a_season_longer_than_every_series_is_a_data_error() -> None:
