@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamer.model import intervals
+from streamer.model import ModelSpec, intervals
 from streamer.schemas import (
     MAX_ABS_VALUE,
     DeadLetter,
@@ -31,11 +31,26 @@ from streamer.schemas import (
     float32_values,
 )
 
-__all__ = ["EventColumns", "Outputs", "decode_columns", "encode_outputs"]
+__all__ = ["EventColumns", "OutputShape", "Outputs", "decode_columns", "encode_outputs"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 _EMPTY_I = np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class OutputShape:
+    """What a prediction's values are: a classifier's probabilities of ``classes``, or a
+    forecast, with the times of its steps when the series' frequency ``freq`` is known and the
+    bounds of its intervals at ``levels`` after it (see :func:`streamer.model.intervals.split`)."""
+
+    classes: tuple[str, ...] = ()
+    freq: str | None = None
+    levels: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> OutputShape:
+        return cls(spec.classes, spec.freq, spec.levels)
 
 
 @dataclass
@@ -276,13 +291,10 @@ class Outputs:
         return Outputs(rows[self.row], self.step, self.values, self.version, self.window)
 
     def predictions(
-        self,
-        events: EventColumns,
-        classes: tuple[str, ...] = (),
-        freq: str | None = None,
-        levels: tuple[int, ...] = (),
+        self, events: EventColumns, shape: OutputShape = OutputShape()
     ) -> list[Prediction]:
         """One :class:`Prediction` per row (tests, the Python API; not the hot path)."""
+        classes, freq, levels = shape.classes, shape.freq, shape.levels
         names = events.entities
         ent, part, off, y = (
             events.entity.tolist(),
@@ -359,15 +371,11 @@ _TEMPLATE = (
 
 
 def encode_outputs(
-    events: EventColumns,
-    out: Outputs,
-    classes: tuple[str, ...] = (),
-    freq: str | None = None,
-    levels: tuple[int, ...] = (),
+    events: EventColumns, out: Outputs, shape: OutputShape = OutputShape()
 ) -> tuple[list[bytes], list[bytes]]:
     """The message key (the entity id) and value (:meth:`Prediction.to_json`'s bytes) of each
-    prediction, in the order of ``out``; a forecaster's with the times of its steps when the
-    series' frequency ``freq`` is known, and the bounds of its intervals at ``levels``."""
+    prediction, in the order of ``out``, as ``shape`` says its values are."""
+    classes, freq, levels = shape.classes, shape.freq, shape.levels
     rows = out.row
     if not len(rows):
         return [], []

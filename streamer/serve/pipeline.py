@@ -61,15 +61,11 @@ class Outcome:
     @property
     def predictions(self) -> list[Prediction]:
         """The outputs as :class:`Prediction` objects (tests and the Python API)."""
-        return self.outputs.predictions(
-            self.events, self.report.classes, self.report.freq, self.report.levels
-        )
+        return self.outputs.predictions(self.events, self.report.shape)
 
     def encoded(self) -> tuple[list[bytes], list[bytes], list[bytes], list[bytes]]:
         """The keys and values of the step predictions, then of the window predictions."""
-        keys, values = encode_outputs(
-            self.events, self.outputs, self.report.classes, self.report.freq, self.report.levels
-        )
+        keys, values = encode_outputs(self.events, self.outputs, self.report.shape)
         windows = self.outputs.window
         if not windows.any():
             return keys, values, [], []

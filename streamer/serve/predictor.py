@@ -38,7 +38,7 @@ from streamer.errors import ConfigError, StaleBatch, StreamerError
 from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
 from streamer.serve import kept
-from streamer.serve.columns import EventColumns, Outputs
+from streamer.serve.columns import EventColumns, Outputs, OutputShape
 from streamer.serve.fence import fence, waves
 from streamer.serve.step import Served, Stepper, resolve_device
 from streamer.state import StateCache, StateStore
@@ -77,11 +77,8 @@ class BatchReport:
     #: The batch's valid events and the predictions to send for them (columns, batch order).
     batch: EventColumns = field(default_factory=EventColumns.empty)
     outputs: Outputs = field(default_factory=Outputs.empty)
-    classes: tuple[str, ...] = ()
-    #: the series' frequency, when the model knows it (forecasts then carry their steps' times)
-    freq: str | None = None
-    #: the levels of a forecaster's prediction intervals (its outputs carry their bounds)
-    levels: tuple[int, ...] = ()
+    #: what the outputs' values are (classes; a forecast's frequency and intervals' levels)
+    shape: OutputShape = field(default_factory=OutputShape)
     #: seconds of the store's read and write round trips (None: none was needed), and of the
     #: model's steps
     read_s: float | None = None
@@ -91,7 +88,7 @@ class BatchReport:
     @property
     def predictions(self) -> list[Prediction]:
         """The outputs as :class:`Prediction` objects (tests and the Python API)."""
-        return self.outputs.predictions(self.batch, self.classes, self.freq, self.levels)
+        return self.outputs.predictions(self.batch, self.shape)
 
 
 @dataclass
@@ -249,9 +246,7 @@ class Predictor:
         sv = served or self.served
         spec = sv.spec
         k = spec.served_outputs
-        report = BatchReport(
-            events=len(cols), batch=cols, classes=spec.classes, freq=spec.freq, levels=spec.levels
-        )
+        report = BatchReport(events=len(cols), batch=cols, shape=OutputShape.of(spec))
         pending = PendingBatch(
             report=report,
             served=sv,

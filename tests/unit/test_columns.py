@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.schemas import DeadLetter, Event, Prediction, decode_event
-from streamer.serve.columns import EventColumns, Outputs, decode_columns, encode_outputs
+from streamer.serve.columns import (
+    EventColumns,
+    Outputs,
+    OutputShape,
+    decode_columns,
+    encode_outputs,
+)
 from streamer.serve.pipeline import RawMessage
 from tests.hostile import hostile_message
 from tests.unit.test_schemas import HOSTILE
@@ -106,20 +112,22 @@ def test_predictions_are_encoded_as_to_json_byte_for_byte(rows: list, classify: 
         version=[r[7] for r in rows],
         window=np.array([r[8] for r in rows], np.int64),
     )
-    keys, values = encode_outputs(cols, out, classes)
+    keys, values = encode_outputs(cols, out, OutputShape(classes))
     if rows:  # one version and no windows: the batch's template path
         same = Outputs(out.row, out.step, out.values, [rows[0][7]] * len(rows), 0 * out.window)
         want_same = [
             Prediction(u, d, y, p, o, rows[0][7], s, tuple(f), classes, 0)
             for u, d, y, p, o, s, f, *_ in rows
         ]
-        assert encode_outputs(cols, same, classes)[1] == [p.to_json() for p in want_same]
+        assert encode_outputs(cols, same, OutputShape(classes))[1] == [
+            p.to_json() for p in want_same
+        ]
     want = [
         Prediction(u, d, y, p, o, v, s, tuple(f), classes, w) for u, d, y, p, o, s, f, v, w in rows
     ]
     assert values == [p.to_json() for p in want]
     assert keys == [p.unique_id.encode() for p in want]
-    assert out.predictions(cols, classes) == want
+    assert out.predictions(cols, OutputShape(classes)) == want
 
 
 def test_forecasts_carry_their_times_when_the_frequency_is_known() -> None:
@@ -139,12 +147,12 @@ def test_forecasts_carry_their_times_when_the_frequency_is_known() -> None:
         version=["v1"] * 4,
         window=np.zeros(4, np.int64),
     )
-    _, values = encode_outputs(cols, out, (), "MS")
+    _, values = encode_outputs(cols, out, OutputShape(freq="MS"))
     docs = [orjson.loads(v) for v in values]
     assert docs[0]["forecast_ds"] == ["2020-02-01", "2020-03-01"]
     assert docs[1]["forecast_ds"] == ["2021-01-01", "2021-02-01"]
     assert "forecast_ds" not in docs[2]
     assert docs[3]["forecast_ds"] == ["2020-02-01T06:00:00", "2020-03-01T06:00:00"]
-    assert values == [p.to_json() for p in out.predictions(cols, (), "MS")]
+    assert values == [p.to_json() for p in out.predictions(cols, OutputShape(freq="MS"))]
     _, plain = encode_outputs(cols, out)
     assert all("forecast_ds" not in orjson.loads(v) for v in plain)

@@ -16,7 +16,7 @@ from streamer.errors import ConfigError
 from streamer.model import ModelSpec, intervals
 from streamer.model.artifact import save_artifact
 from streamer.schemas import Event, Prediction
-from streamer.serve.columns import EventColumns, Outputs, encode_outputs
+from streamer.serve.columns import EventColumns, Outputs, OutputShape, encode_outputs
 from streamer.train.data import split_series
 from streamer.train.offline import offline_predict, series_inputs
 from streamer.train.training import TrainConfig, train
@@ -98,8 +98,8 @@ def test_predictions_with_intervals_are_encoded_as_to_json_byte_for_byte() -> No
     served = intervals.served(fc, np.array([1.0, 3.0]), lo, hi)
     for window, versions in ((np.zeros(2, np.int64), ["v1", "v1"]), (np.array([0, 3]), ["v", "w"])):
         out = Outputs(np.arange(2), np.array([4, 9]), served, versions, window)
-        preds = out.predictions(cols, (), "MS", (80, 95))
-        _, values = encode_outputs(cols, out, (), "MS", (80, 95))
+        preds = out.predictions(cols, OutputShape(freq="MS", levels=(80, 95)))
+        _, values = encode_outputs(cols, out, OutputShape(freq="MS", levels=(80, 95)))
         assert values == [p.to_json() for p in preds]
         assert [Prediction.from_json(v) for v in values] == preds
         doc = orjson.loads(values[1])
