@@ -54,7 +54,12 @@ from streamer.settings import Settings
 from streamer.train.baselines import Forecast, classical_forecasts
 from streamer.train.checks import check_seen
 from streamer.train.data import event_rows, split_series
-from streamer.train.offline import offline_predict, offline_windows, window_bounds
+from streamer.train.offline import (
+    offline_predict,
+    offline_windows,
+    series_inputs,
+    window_bounds,
+)
 
 __all__ = ["forecast_scores", "infer_season", "interval_scores", "run_evaluate", "write_json"]
 
@@ -285,6 +290,8 @@ def _evaluate_forecaster(
             ("naive", Forecast(naive)),
             ("seasonal_naive", Forecast(snaive)),
         ]
+        if model.spec.season:  # what the network adds to its level and seasonal components
+            forecasts.append(("components", Forecast(series_inputs(s_hist, model.spec)[1][-1])))
         forecasts += [(name, fc[s_hist.unique_id]) for name, fc in classical.items()]
         for name, f in forecasts:
             sc = forecast_scores(s_hist.y, actual, f.mean, m)
@@ -299,14 +306,16 @@ def _evaluate_forecaster(
     table = Table(title=f"forecasts published at the origin, {len(frame)} entities, horizon {k}")
     for col in ("forecast", "MASE", "sMAPE %", "entities where the model's MASE is lower"):
         table.add_column(col, justify="right")
-    for name in ("model", "naive", "seasonal_naive", *classical):
+    components = ("components",) if model.spec.season else ()
+    for name in ("model", "naive", "seasonal_naive", *components, *classical):
         wins = (
             ""
             if name == "model"
             else f"{int((frame['mase_model'] < frame[f'mase_{name}']).sum())}/{len(frame)}"
         )
+        label = {"model": f"{model.spec.cell} (streamed)", "components": "its components alone"}
         table.add_row(
-            f"{model.spec.cell} (streamed)" if name == "model" else name.replace("_", " "),
+            label.get(name, name.replace("_", " ")),
             f"{overall[f'mase_{name}']:.3f}",
             f"{overall[f'smape_{name}']:.2f}",
             wins,

@@ -321,7 +321,13 @@ def test_evaluate_scores_what_the_worker_published(
 ) -> None:
     if kind == "forecast":
         df = make_panel(12, 30, 40, seed=9)
-        model = random_model(horizon=4, **made_up_intervals((80, 95), 4))  # type: ignore[arg-type]
+        # (with weekly components: the daily panel's season; evaluate scores them alone too)
+        model = random_model(
+            horizon=4,
+            season=7,
+            smoothing=(0.3, 0.2),
+            **made_up_intervals((80, 95), 4),  # type: ignore[arg-type]
+        )
         extra: list[str] = ["--baselines"]
     else:
         df = labelled_panel(n=20, t=12)
@@ -368,6 +374,7 @@ def test_evaluate_scores_what_the_worker_published(
         assert res["entities"] == 12 and res["horizon"] == 4
         assert set(res["overall"]) >= {"mase_model", "mase_seasonal_naive", "smape_naive"}
         assert {"mase_auto_ets", "smape_theta"} <= set(res["overall"])  # --baselines
+        assert res["overall"]["mase_components"] > 0 and "its components alone" in r.stderr
         assert all(np.isfinite(r["mase_auto_ets"]) for r in res["per_entity"].values())
         assert res["events_streamed"] == len(df) - 12 * 4
         # the intervals, the model's and the classical methods' own, scored on the same points
