@@ -253,8 +253,9 @@ async def list_states(
 
 
 async def reset_state(settings: Settings, entity: str) -> int:
-    """Start an entity's memory over: zeros for its state and scaling statistics, the step count
-    back to 0; its fence and kept predictions stay, so no event it applied is applied again."""
+    """Start an entity's memory over: zeros for its state, scaling statistics and seasonal
+    components, the step count back to 0; its fence and kept predictions stay, so no event it
+    applied is applied again."""
     async with open_store(settings) as store:
         key = store.key(entity)
         rec = await _change(store.redis, key, entity, _zeroed)
@@ -267,7 +268,14 @@ async def reset_state(settings: Settings, entity: str) -> int:
 
 def _zeroed(rec: StateRecord) -> StateRecord:
     return dataclasses.replace(
-        rec, h=np.zeros_like(rec.h), c=np.zeros_like(rec.c), step=0, count=0.0, mean=0.0, var=0.0
+        rec,
+        h=np.zeros_like(rec.h),
+        c=np.zeros_like(rec.c),
+        step=0,
+        count=0.0,
+        mean=0.0,
+        var=0.0,
+        comp=np.zeros_like(rec.comp),
     )
 
 

@@ -158,6 +158,28 @@ def test_the_refit_keeps_the_chosen_models_components(monkeypatch: pytest.Monkey
     assert result.summary["components"] == {"season": 12, "alpha": 0.3, "gamma": 0.1}
 
 
+def test_state_reset_starts_the_components_over_too() -> None:
+    from streamer.ops.states import _zeroed
+    from streamer.state.codec import StateRecord, decode, encode
+
+    rec = StateRecord(
+        h=np.ones((2, 4), np.float32),
+        c=np.ones((2, 4), np.float32),
+        model_version="v1",
+        step=40,
+        partition=1,
+        offset=99,
+        updated_ms=1,
+        count=40.0,
+        mean=3.0,
+        var=1.0,
+        comp=np.array([40.0, 12.5, -2.0, 2.0]),
+    )
+    again = decode(encode(_zeroed(rec)))
+    assert again.comp.tolist() == [0.0, 0.0, 0.0, 0.0] and again.step == 0
+    assert (again.partition, again.offset) == (1, 99)  # the fence stays
+
+
 def test_a_season_longer_than_every_series_is_a_data_error() -> None:
     df = pd.DataFrame(
         {"unique_id": "a", "ds": pd.date_range("2020-01-01", periods=10, freq="D"), "y": 1.0}
