@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from streamer import scaling, seasonal
-from streamer.errors import DataError
+from streamer.errors import ConfigError, DataError
 from streamer.model import ModelSpec, SequenceModel, ensemble, intervals
 from streamer.serve.times import infer_freq
 from streamer.train.checks import check_learnt, training_span
@@ -195,6 +195,8 @@ def train(
     """Train on a long-format frame; ``on_epoch(epoch, train_loss, val_loss)`` reports progress,
     and ``on_member(i)`` the start of an ensemble's i-th member (``cfg.members > 1``)."""
     cfg = resolve(df, cfg)
+    if cfg.season and (cfg.task == "classify" or cfg.window):
+        raise ConfigError("seasonal components (--season) are for forecasters, not classifiers")
     if cfg.members > 1:
         return _train_members(df, cfg, on_epoch, on_member)
     torch.manual_seed(cfg.seed)

@@ -187,3 +187,6 @@ def test_a_season_longer_than_every_series_is_a_data_error() -> None:
     with pytest.raises(DataError, match="longer than a season"):
         train(df, TrainConfig(horizon=2, epochs=1, season=12))
     assert train(df, TrainConfig(horizon=2, epochs=1, levels=())).model.spec.season == 0  # (auto)
+    df["label"] = "a"
+    with pytest.raises(ConfigError, match="for forecasters"):
+        train(df, TrainConfig(task="classify", label="label", season=4))
