@@ -75,9 +75,10 @@ def season_of(freq: str | None) -> int:
     return SEASONS.get(base, SEASONS.get(base[:1], 0))
 
 
-def update(comp: F64, y: F64, alpha: float, gamma: float) -> tuple[F64, F64]:
+def update(comp: F64, y: F64, alpha: float | F64, gamma: float | F64) -> tuple[F64, F64]:
     """Add one observation ``y`` ``(B,)`` per entity to the components ``comp`` ``(B, 2 + m)``;
-    return the new components and the deseasonalised observations ``d`` ``(B,)``.
+    return the new components and the deseasonalised observations ``d`` ``(B,)``. (``alpha`` and
+    ``gamma``: one pair for all, or one per entity, ``(B,)`` each.)
 
     >>> c = np.zeros((1, 4))  # a season of 2
     >>> for v in (10.0, 14.0, 11.0):
@@ -156,26 +157,11 @@ def fit(
     b = ns * npair
     comp = np.zeros((b, width(season)))
     err, cnt = np.zeros(b), np.zeros(b)
-    m = season
-    rows = np.arange(b)
     for t in range(t_max):
         y = np.tile(ys[t], npair)
-        live = ~np.isnan(y)
-        # (update(), with one alpha and gamma per row; rows past their series' end are left)
-        n = comp[:, 0]
-        j = np.fmod(n, m).astype(np.int64)
-        warm = n >= m
-        s = np.where(warm, comp[rows, 2 + j], 0.0)
-        d = y - s
-        level = comp[:, 1] + np.where(warm, alpha, 1.0 / (n + 1.0)) * (d - comp[:, 1])
-        new_s = np.where(warm, s + gamma * (y - level - s), y)
-        comp[live, 1] = level[live]
-        comp[rows[live], 2 + j[live]] = new_s[live]
-        comp[live, 0] = n[live] + 1.0
-        done = live & (comp[:, 0] == m)
-        if done.any():
-            comp[done, 2:] -= comp[done, 1:2]
-        if t < m + skip:
+        live = ~np.isnan(y)[:, None]  # (rows past their series' end are left as they are)
+        comp = np.where(live, update(comp, y, alpha, gamma)[0], comp)
+        if t < season + skip:
             continue
         target = np.tile(ys[t + 1 : t + 1 + horizon].T, (npair, 1))  # (b, horizon)
         e = np.abs(target - ahead(comp, horizon)) / np.tile(sc[t], npair)[:, None]
