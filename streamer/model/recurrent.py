@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from streamer import seasonal
 from streamer.errors import ConfigError
 
 __all__ = [
@@ -151,7 +152,7 @@ class ModelSpec:
     @property
     def components(self) -> int:
         """float64 values of an entity's level and seasonal components in its state (0: none)."""
-        return 2 + self.season if self.season else 0
+        return seasonal.width(self.season)
 
     @property
     def state_shape(self) -> tuple[int, int]:
