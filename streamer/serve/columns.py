@@ -12,13 +12,16 @@ batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import orjson
+from msgspec.structs import astuple
 
 from streamer.model import ModelSpec, intervals
 from streamer.schemas import (
@@ -140,96 +143,83 @@ def decode_columns(
 
     The fast path takes a message whose value is a flat JSON object with exactly the fields, no
     backslash escapes, and as many quoted strings as its keys and two text values (so no field is
-    given twice: a JSON parser keeps the last of a duplicated key silently). Anything else takes
-    the full checks (:func:`streamer.schemas.decode_event`), with the same result for what both
-    accept (a property test holds them equal).
+    given twice: a JSON parser keeps the last of a duplicated key silently), decoded and checked
+    by one msgspec call (:func:`_plain_decoder`). Anything else takes the full checks
+    (:func:`streamer.schemas.decode_event`), with the same result for what both accept (a
+    property test holds them equal).
     """
     nf = len(features)
-    n_fields = 3 + nf
-    quotes = 2 * n_fields + 4  # the keys' quotes and those of unique_id's and ds's values
-    loads, bad_json = orjson.loads, orjson.JSONDecodeError
-    names = tuple(features)
-    plain_names = not any(f in _FIELDS for f in names)
-    top = MAX_ABS_VALUE
-    index: dict[str, int] = {}
-    intern = index.setdefault
-    entity: list[int] = []
-    parts: list[int] = []
-    offs: list[int] = []
-    ys: list[float] = []
-    feats: list[float] = []
-    dss: list[str] = []
+    quotes = 2 * (3 + nf) + 4  # the keys' quotes and those of unique_id's and ds's values
+    plain = _plain_decoder(tuple(features))
+    fast = plain.decode if plain is not None else None
+    rejected = msgspec.DecodeError  # (a ValidationError is one)
+    good: list[Any] = []  # a decoded struct or an Event per valid message, in batch order
     source: list[int] = []
     dead: list[DeadLetter] = []
-    d: Any
-    y: Any
-    row: list[Any] | None = None
     for i, m in enumerate(messages):
         value = m.value
         if (
-            value is not None
+            fast is not None
+            and value is not None
             and len(value) <= max_bytes
             and value.count(b'"') == quotes
             and b"\\" not in value
         ):
             try:
-                d = loads(value)
-            except bad_json:
-                d = None
-            if type(d) is dict and len(d) == n_fields:
-                uid, ds, y = d.get("unique_id"), d.get("ds"), d.get("y")
-                ty = type(y)
-                if (
-                    type(uid) is str
-                    and type(ds) is str
-                    and (ty is float or ty is int)
-                    and 0 < len(uid) <= 512
-                    and 0 < len(ds) <= 64
-                    and -top <= y <= top
-                    and m.key == uid.encode()
-                ):
-                    if nf:
-                        row = [d.get(f) for f in names]
-                        if not plain_names or not all(
-                            (type(v) is float or type(v) is int) and -top <= v <= top for v in row
-                        ):
-                            row = None
-                    if not nf or row is not None:
-                        if row is not None:
-                            feats.extend(row)
-                        entity.append(intern(uid, len(index)))
-                        parts.append(m.partition)
-                        offs.append(m.offset)
-                        ys.append(y)
-                        dss.append(ds)
-                        source.append(i)
-                        continue
+                e = fast(value)
+            except rejected:
+                e = None
+            if e is not None and m.key == e.unique_id.encode():
+                good.append(e)
+                source.append(i)
+                continue
         # the full checks, for their reason or for an event the fast path passed up
         got = decode_event(m.key, value, m.partition, m.offset, features, max_bytes)
         if isinstance(got, DeadLetter):
             dead.append(got)
             continue
-        feats.extend(got.features)
-        entity.append(intern(got.unique_id, len(index)))
-        parts.append(m.partition)
-        offs.append(m.offset)
-        ys.append(got.y)
-        dss.append(got.ds)
+        good.append(got)
         source.append(i)
-    n = len(entity)
+    n = len(good)
+    index: dict[str, int] = {}
+    intern = index.setdefault
+    entity = np.fromiter([intern(e.unique_id, len(index)) for e in good], np.int64, n)
+    if nf:  # (a struct's features follow its three fields; an Event has them as a tuple)
+        feats = [e.features if type(e) is Event else astuple(e)[3:] for e in good]
     return (
         EventColumns(
             entities=list(index),
-            entity=np.asarray(entity, np.int64),
-            partition=np.asarray(parts, np.int64),
-            offset=np.asarray(offs, np.int64),
-            y=np.asarray(ys, np.float64),
-            features=np.asarray(feats, np.float64).reshape(n, nf),
-            ds=dss,
+            entity=entity,
+            partition=np.fromiter([messages[i].partition for i in source], np.int64, n),
+            offset=np.fromiter([messages[i].offset for i in source], np.int64, n),
+            y=np.fromiter([e.y for e in good], np.float64, n),
+            features=np.asarray(feats, np.float64).reshape(n, nf) if nf else np.zeros((n, 0)),
+            ds=[e.ds for e in good],
             source=np.asarray(source, np.int64),
         ),
         dead,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_decoder(features: tuple[str, ...]) -> msgspec.json.Decoder[Any] | None:
+    """A decoder of a plainly valid event with these features (None: names the fast path
+    cannot take): an object with exactly the fields, the ids' lengths and the numbers' range
+    as :func:`streamer.schemas.decode_event` checks them, numbers as floats (never a bool)."""
+    if len(set(features)) != len(features) or _FIELDS & set(features):
+        return None
+    number = Annotated[float, msgspec.Meta(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+    fields: list[tuple[str, Any]] = [
+        ("unique_id", Annotated[str, msgspec.Meta(min_length=1, max_length=512)]),
+        ("ds", Annotated[str, msgspec.Meta(min_length=1, max_length=64)]),
+        ("y", number),
+    ]
+    fields += [(f"f{j}", number) for j in range(len(features))]
+    rename = {f"f{j}": name for j, name in enumerate(features)}
+    struct = msgspec.defstruct(
+        "PlainEvent", fields, rename=rename, forbid_unknown_fields=True, gc=False
+    )
+    return msgspec.json.Decoder(struct)
 
 
 _FIELDS = frozenset(("unique_id", "ds", "y"))

@@ -156,7 +156,11 @@ class Stepper:
                 order_d = torch.from_numpy(order).to(dev, non_blocking=True)
                 slot_d = torch.from_numpy(slot[order]).to(dev, non_blocking=True)
                 out = torch.empty((n, sv.spec.outputs * sv.spec.members), device=dev)  # (N, M·K)
-                for a, b in itertools.pairwise(bounds):
+                # the first wave has every entity's first event, in slot order: the states as
+                # they are, without a gather and a scatter
+                first = order_d[: bounds[1]]
+                out[first], (h, c) = model.step(x[first], (h, c), self._fused(bounds[1]))
+                for a, b in itertools.pairwise(bounds[1:]):
                     rows, ent = order_d[a:b], slot_d[a:b]
                     state = (h[:, ent], c[:, ent])
                     yk, (hk, ck) = model.step(x[rows], state, self._fused(b - a))  # (B, K)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,6 +64,30 @@ def test_a_batch_decodes_as_its_messages_one_by_one(
     assert dead == [r for r in one_by_one if isinstance(r, DeadLetter)]
     assert cols.source.tolist() == [i for i, r in enumerate(one_by_one) if isinstance(r, Event)]
     assert cols.features.shape == (len(cols), len(features))
+
+
+def test_plain_events_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain events (ints, floats, non-ASCII ids, spaces, features in any order) never reach the
+    full checks; they decode as those would."""
+    import streamer.serve.columns as columns
+
+    bodies = [
+        {"unique_id": "e1", "ds": "2024-01", "y": 1, "g": -2.5, "f": 0.25},
+        {"f": 1e-300, "unique_id": "\u00e9t\u00e9", "g": 3, "ds": "d" * 64, "y": -1e30},
+        {"unique_id": "x" * 512, "ds": "2024", "y": 0.1, "f": 0, "g": 7},
+    ]
+    raw = [
+        RawMessage(b["unique_id"].encode(), json.dumps(b, ensure_ascii=False).encode(), 3, i)
+        for i, b in enumerate(bodies)
+    ]
+    want = [decode_event(m.key, m.value, 3, m.offset, ("f", "g")) for m in raw]
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a plain event took the full checks")
+
+    monkeypatch.setattr(columns, "decode_event", refuse)
+    cols, dead = decode_columns(raw, ("f", "g"))
+    assert not dead and cols.events() == want
 
 
 def test_the_hostile_kinds_are_refused_in_a_batch_too() -> None:
