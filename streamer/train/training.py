@@ -75,7 +75,7 @@ class TrainConfig:
     warmup: int = 3
     seed: int = 0
     device: str = "cpu"
-    task: Literal["forecast", "classify"] = "forecast"
+    task: Literal["forecast", "classify", "next"] = "forecast"
     #: The label column of a classifier.
     label: str | None = None
     scaling: Literal["entity", "none"] = "entity"
@@ -117,6 +117,19 @@ class TrainConfig:
     #: The components' ``(alpha, gamma)``; None: fitted to the training points (the refit takes
     #: those of the model early stopping chose, on which the intervals were calibrated).
     smoothing: tuple[float, float] | None = None
+    #: Next-event models (:mod:`streamer.train.nextevent`): the categorical column whose next
+    #: value is predicted (sets ``task="next"``), other categorical input columns, the size of
+    #: each column's embedding, how many values a prediction names, and each vocabulary's most
+    #: values and the fewest times a value must be seen to be kept (else: out-of-vocabulary).
+    next: str | None = None
+    categorical: tuple[str, ...] = ()
+    embedding: int = 32
+    top_k: int = 10
+    max_vocabulary: int = 50_000
+    min_count: int = 1
+    #: The last share of every sequence dropped before training (a next-event evaluation's
+    #: held-out events); 0: none.
+    holdout_fraction: float = 0.0
 
 
 #: Classifiers' learning rate at 24 steps per sequence, and the most it grows to with longer ones.
@@ -150,6 +163,14 @@ def resolve(df: pd.DataFrame, cfg: TrainConfig) -> TrainConfig:
     19
     """
     val_points = cfg.val_points
+    if cfg.next is not None:
+        return replace(
+            cfg,
+            task="next",
+            epochs=cfg.epochs or 60,
+            lr=cfg.lr if cfg.lr is not None else 3e-3,
+            patience=cfg.patience or 5,
+        )
     if cfg.task == "forecast" and not cfg.window:
         epochs, lr, patience = 100, 3e-3, 10
         if val_points is None:
@@ -195,6 +216,10 @@ def train(
     """Train on a long-format frame; ``on_epoch(epoch, train_loss, val_loss)`` reports progress,
     and ``on_member(i)`` the start of an ensemble's i-th member (``cfg.members > 1``)."""
     cfg = resolve(df, cfg)
+    if cfg.next is not None:  # (its module builds on this one's loop)
+        from streamer.train.nextevent import train_next
+
+        return train_next(df, cfg, on_epoch)
     if cfg.season and (cfg.task == "classify" or cfg.window):
         raise ConfigError("seasonal components (--season) are for forecasters, not classifiers")
     if cfg.members > 1:

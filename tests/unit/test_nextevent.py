@@ -1,0 +1,174 @@
+"""Next-event models: vocabularies, the spec, the embedded inputs, training and scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from streamer.errors import ConfigError
+from streamer.model import ModelSpec, SequenceModel
+from streamer.model.vocab import OOV, Vocabulary
+from streamer.train import nextevent as ne
+from streamer.train.training import TrainConfig, train
+
+
+def next_model(
+    vocab: int = 12, k: int = 4, features: tuple[str, ...] = (), seed: int = 3, cell: str = "lstm"
+) -> SequenceModel:
+    torch.manual_seed(seed)
+    spec = ModelSpec(
+        cell=cell,
+        hidden_size=8,
+        num_layers=2,
+        features=features,
+        feature_mean=tuple(0.5 for _ in features),
+        feature_std=tuple(2.0 for _ in features),
+        task="next",
+        scaling="none",
+        categorical=("key", "tag"),
+        vocabularies=(tuple(f"k{i}" for i in range(vocab)), ("a", "b")),
+        embedding=5,
+        next="key",
+        top_k=k,
+    )
+    model = SequenceModel(spec)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model.eval()
+
+
+def test_a_vocabulary_keeps_the_most_frequent_values_and_maps_the_rest_to_oov() -> None:
+    v = Vocabulary.fit(["b", "a", "b", "c", "b", "a", "d"], max_size=2)
+    assert v.values == ("b", "a") and len(v) == 3
+    assert v.ids(["a", "b", "c", None, 7, "b"]).tolist() == [2, 1, OOV, OOV, OOV, 1]
+    assert v.value(1) == "b" and v.value(0) is None and v.value(3) is None
+    assert Vocabulary.fit(["x", "y", "y"], min_count=2).values == ("y",)
+    with pytest.raises(ConfigError):
+        Vocabulary(["a", "a"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"next": "nope"}, "must be categorical"),
+        ({"next": None}, "names the column"),
+        ({"top_k": 0}, "top_k"),
+        ({"vocabularies": (("a",),)}, "vocabulary"),
+        ({"categorical": ("key", "y")}, "no feature"),
+        ({"levels": (80,), "interval_lo": ((0.0,),), "interval_hi": ((0.0,),)}, "intervals"),
+    ],
+)
+def test_bad_next_specs_are_refused(kwargs: dict, needle: str) -> None:  # type: ignore[type-arg]
+    base = next_model().spec.to_dict()
+    spec = {**base}
+    with pytest.raises(ConfigError, match=needle):
+        ModelSpec(**{**ModelSpec.from_dict(spec).__dict__, **kwargs})
+
+
+def test_the_spec_round_trips_and_older_specs_are_unchanged() -> None:
+    spec = next_model().spec
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    plain = ModelSpec().to_dict()
+    assert not {"categorical", "vocabularies", "embedding", "next", "top_k"} & set(plain)
+    assert spec.raw_input_size == 2 and spec.input_size == 10 and spec.outputs == 13
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_stepping_equals_the_sequence_and_the_previous_logit_is_the_last_predictions(
+    cell: str,
+) -> None:
+    model = next_model(cell=cell)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(
+        np.stack([rng.integers(0, 13, 9), rng.integers(0, 3, 9)], 1), dtype=torch.float32
+    )
+    with torch.no_grad():
+        seq, _ = model(x[None])  # (1, T, V)
+        state = model.rnn.zero_state(1)
+        for t in range(len(x)):
+            raw, state = model.step(x[t : t + 1], state)
+            torch.testing.assert_close(raw[0, :-1], seq[0, t], atol=1e-5, rtol=1e-5)
+            if t:
+                want = seq[0, t - 1, int(x[t, 0])]
+                torch.testing.assert_close(raw[0, -1], want, atol=1e-5, rtol=1e-5)
+
+
+def test_served_outputs_are_the_top_known_values_and_their_probabilities() -> None:
+    model = next_model(k=4)
+    raw = torch.randn(3, 14)
+    out = model.serve(raw)
+    assert out.shape == (3, 10)
+    probs = torch.softmax(raw[:, :-1], -1)
+    for r in range(3):
+        ids = out[r, :4].long()
+        want = torch.topk(probs[r, 1:], 4).indices + 1
+        assert ids.tolist() == want.tolist() and OOV not in ids.tolist()
+        torch.testing.assert_close(out[r, 4:8], probs[r, ids])
+        torch.testing.assert_close(out[r, 8], torch.logsumexp(raw[r, :-1], 0))
+        assert out[r, 9] == raw[r, -1]
+
+
+def test_metrics_count_hits_within_each_cutoff() -> None:
+    m = ne.metrics(np.array([1, 2, 0, 11]), cutoffs=(1, 10))
+    assert m["recall@1"] == 0.25 and m["recall@10"] == 0.5
+    assert m["mrr@10"] == pytest.approx((1 + 0.5) / 4)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3)) / 4)
+
+
+def _cycles(n_entities: int = 40, length: int = 30, seed: int = 0) -> pd.DataFrame:
+    """Each entity walks a fixed cycle of six keys from a random start: the next key is
+    certain given the current one, and the keys are equally popular."""
+    rng = np.random.default_rng(seed)
+    cycle = ["login", "list", "view", "cart", "pay", "logout"]
+    rows = []
+    for e in range(n_entities):
+        start = int(rng.integers(0, 6))
+        for t in range(length):
+            rows.append(
+                {
+                    "unique_id": f"u{e}",
+                    "ds": pd.Timestamp("2024-01-01") + pd.Timedelta(minutes=t),
+                    "key": cycle[(start + t) % 6],
+                    "tag": "x" if t % 2 else "y",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_a_trained_model_learns_a_cycle_that_popularity_cannot() -> None:
+    df = _cycles()
+    cfg = TrainConfig(
+        next="key",
+        categorical=("tag",),
+        hidden_size=16,
+        embedding=8,
+        holdout_fraction=0.2,
+        epochs=40,
+        lr=0.02,
+        refit=False,
+    )
+    res = train(df, cfg)
+    spec = res.model.spec
+    assert spec.task == "next" and spec.categorical == ("key", "tag")
+    assert set(spec.vocabularies[0]) == {"login", "list", "view", "cart", "pay", "logout"}
+    data, feats = ne.check_events(df, ["key", "tag"])
+    series = ne.split_tokens(data, ["key", "tag"], feats)
+    starts = ne.held_out(series, 0.2)
+    got = ne.score(res.model, series, starts)
+    base = ne.baselines(series, starts, "key", spec.vocabulary["key"])
+    assert got["recall@1"] > 0.95 and got["events"] == 40 * 6
+    assert base["markov"]["recall@1"] > 0.95  # (a first-order chain is exactly this)
+    assert base["popular"]["recall@1"] < 0.3
+    assert res.span is not None and res.span["points"].tolist() == [24] * 40
+
+
+def test_the_held_out_share_leaves_every_entity_its_start() -> None:
+    series = [
+        ne.TokenSeries("a", ["d"] * n, {"k": ["x"] * n}, np.zeros((n, 0))) for n in (1, 2, 10)
+    ]
+    assert ne.held_out(series, 0.2) == [1, 1, 8]
+    with pytest.raises(ConfigError):
+        ne.held_out(series, 1.0)
