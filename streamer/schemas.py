@@ -57,6 +57,8 @@ Reason = Literal[
 #: Largest magnitude accepted for ``y`` and features. Larger finite values would overflow the
 #: running statistics or float32 inputs and leave an entity's state NaN for good.
 MAX_ABS_VALUE = 1e30
+#: The longest value of a categorical column, in characters.
+MAX_CATEGORY_CHARS = 1024
 
 
 class EventBody(BaseModel):
@@ -83,6 +85,8 @@ class Event:
     features: tuple[float, ...]
     partition: int
     offset: int
+    #: the values of a model's categorical columns, in its order (None: null, out of vocabulary)
+    categories: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,13 @@ class Prediction:
     forecast_ds: tuple[str, ...] = ()
     #: Prediction intervals by level (percent): the lows and the highs of the forecast's steps.
     intervals: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
+    #: A next-event model's: the most likely values of the entity's next event (``values`` are
+    #: their probabilities), and this event's surprise under the prediction before it, ``-ln p``
+    #: (None: there was none), and its rank there (1: the most likely; None: not among the
+    #: values that prediction named, or there was none).
+    next: tuple[str, ...] = ()
+    surprise: float | None = None
+    rank: int | None = None
 
     @classmethod
     def of(
@@ -181,7 +192,12 @@ class Prediction:
             "step": self.step,
         }
         values = _float32_json(self.values)
-        if self.classes:
+        if self.next:
+            d["next"] = self.next
+            d["probabilities"] = orjson.Fragment(values)
+            d["surprise"] = self.surprise
+            d["rank"] = self.rank
+        elif self.classes:
             d["probabilities"] = orjson.Fragment(
                 b"{%s}"
                 % b",".join(
@@ -210,6 +226,16 @@ class Prediction:
     def from_json(cls, raw: bytes) -> Prediction:
         d = orjson.loads(raw)
         probs = d.get("probabilities")
+        if "next" in d:
+            return cls(
+                **{k: d[k] for k in ("unique_id", "ds", "partition", "offset", "step")},
+                y=math.nan if d["y"] is None else d["y"],
+                model_version=d["model_version"],
+                values=tuple(probs),
+                next=tuple(d["next"]),
+                surprise=d["surprise"],
+                rank=d["rank"],
+            )
         return cls(
             unique_id=d["unique_id"],
             ds=d["ds"],
@@ -269,8 +295,14 @@ def decode_event(
     offset: int,
     features: Sequence[str] = (),
     max_bytes: int = 64 * 1024,
+    categorical: Sequence[str] = (),
+    target: bool = True,
 ) -> Event | DeadLetter:
     """Validate one raw message. Never raises on bad input: returns a :class:`DeadLetter`.
+
+    ``categorical`` columns hold text (at most :data:`MAX_CATEGORY_CHARS` characters) or null;
+    without ``target`` (a next-event model's events) ``y`` may be left out (it is then NaN), and
+    is checked like any number when given.
 
     >>> decode_event(b"a", b'{"unique_id": "a", "ds": "2024-01", "y": 1}', 0, 5)
     Event(unique_id='a', ds='2024-01', y=1.0, features=(), partition=0, offset=5)
@@ -278,10 +310,11 @@ def decode_event(
     'non_finite'
     """
 
-    fast = _plain(key, value, features, partition, offset, max_bytes)
-    if fast is not None:
-        return fast
-    return _decode_checked(key, value, partition, offset, features, max_bytes)
+    if not categorical and target:
+        fast = _plain(key, value, features, partition, offset, max_bytes)
+        if fast is not None:
+            return fast
+    return _decode_checked(key, value, partition, offset, features, max_bytes, categorical, target)
 
 
 class Message(Protocol):
@@ -360,6 +393,8 @@ def _decode_checked(
     offset: int,
     features: Sequence[str],
     max_bytes: int,
+    categorical: Sequence[str] = (),
+    target: bool = True,
 ) -> Event | DeadLetter:
     """Every check, with the reason of the first that fails."""
 
@@ -376,8 +411,9 @@ def _decode_checked(
     data, duplicated = parsed
     if not isinstance(data, dict):
         return dead("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    untargeted = not target and "y" not in data
     try:
-        body = EventBody.model_validate(data)
+        body = EventBody.model_validate({**data, "y": 0.0} if untargeted else data)
     except ValidationError as exc:
         return dead(*_reason_of(exc))
     if duplicated:
@@ -386,7 +422,17 @@ def _decode_checked(
         return dead("empty_key", "the message key must be the entity id")
     if key != body.unique_id.encode():
         return dead("key_mismatch", f"key {key[:100]!r} != unique_id {body.unique_id[:100]!r}")
-    extra = body.model_extra or {}
+    extra = dict(body.model_extra or {})
+    categories: list[str | None] = []
+    for name in categorical:
+        if name not in extra:
+            return dead("missing_field", f"{name}: the categorical column is missing")
+        v = extra.pop(name)
+        if v is not None and not isinstance(v, str):
+            return dead("wrong_type", f"{name}: expected text or null, got {type(v).__name__}")
+        if v is not None and len(v) > MAX_CATEGORY_CHARS:
+            return dead("out_of_range", f"{name}: {len(v):,} characters > {MAX_CATEGORY_CHARS:,}")
+        categories.append(v)
     if len(extra) != len(features) or any(f not in extra for f in features):
         return dead(
             "wrong_feature_count",
@@ -404,7 +450,8 @@ def _decode_checked(
         if abs(v) > MAX_ABS_VALUE:
             return dead("out_of_range", f"{name}: {_magnitude(v)} > {MAX_ABS_VALUE:g}")
         values.append(float(v))
-    return Event(body.unique_id, body.ds, body.y, tuple(values), partition, offset)
+    y = math.nan if untargeted else body.y
+    return Event(body.unique_id, body.ds, y, tuple(values), partition, offset, tuple(categories))
 
 
 #: Nesting deeper than this is not an event, whatever else it is: refused before any parser

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from streamer import seasonal
 from streamer.errors import ConfigError
+from streamer.model import nextevent
 from streamer.model.vocab import Vocabulary
 
 __all__ = [
@@ -145,8 +146,8 @@ class ModelSpec:
                 )
             if not 1 <= self.top_k <= 1000:
                 raise ConfigError(f"top_k is 1 to 1,000, not {self.top_k}")
-        elif self.categorical and (self.window or self.season or self.members > 1):
-            raise ConfigError("categorical inputs are for single step models without components")
+        elif self.categorical:
+            raise ConfigError("categorical inputs are for next-event models (task next)")
         if self.season:
             if self.season < 2 or self.season > 10_000:
                 raise ConfigError(f"a season has 2 to 10,000 steps, not {self.season}")
@@ -190,8 +191,17 @@ class ModelSpec:
 
     @property
     def served_outputs(self) -> int:
-        """Values per served prediction: the outputs, then each interval level's lows and highs."""
+        """Values per served prediction: the outputs, then each interval level's lows and highs;
+        for a next-event model the ids and probabilities of its top values, a surprise and a
+        rank (:mod:`streamer.model.nextevent`)."""
+        if self.task == "next":
+            return 2 * self.served_top_k + 2
         return self.outputs * (1 + 2 * len(self.levels))
+
+    @property
+    def raw_outputs(self) -> int:
+        """Values per event the core and head give (a next-event model's previous logit too)."""
+        return self.outputs * self.members + (1 if self.task == "next" else 0)
 
     @property
     def state_tensors(self) -> int:
@@ -202,7 +212,14 @@ class ModelSpec:
     @property
     def components(self) -> int:
         """float64 values of an entity's level and seasonal components in its state (0: none)."""
+        if self.task == "next":
+            return nextevent.components(self.served_top_k)
         return seasonal.width(self.season)
+
+    @property
+    def served_top_k(self) -> int:
+        """Values a next-event prediction names: ``top_k``, or all the known ones if fewer."""
+        return min(self.top_k, self.outputs - 1)
 
     @property
     def state_shape(self) -> tuple[int, int]:
@@ -442,7 +459,7 @@ class SequenceModel(nn.Module):
         event's value (the stepper turns the last two into the event's surprise)."""
         logits, previous = raw[..., :-1], raw[..., -1:]
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        k = min(self.spec.top_k, logits.shape[-1] - 1)
+        k = self.spec.served_top_k
         top, at = torch.topk(logits[..., 1:], k, dim=-1)
         return torch.cat([(at + 1).to(logits.dtype), torch.exp(top - lse), lse, previous], -1)
 

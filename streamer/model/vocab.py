@@ -59,7 +59,7 @@ class Vocabulary:
     def ids(self, values: Iterable[object]) -> npt.NDArray[np.int64]:
         """Each value's id; a value that is no string, or one not held, is :data:`OOV`."""
         get = self._ids.get
-        return np.fromiter((get(v, OOV) if type(v) is str else OOV for v in values), np.int64)
+        return np.fromiter((get(v, OOV) if isinstance(v, str) else OOV for v in values), np.int64)
 
     def value(self, i: int) -> str | None:
         """The value of id ``i`` (None: out of vocabulary)."""

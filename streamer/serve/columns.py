@@ -13,6 +13,7 @@ batch.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ from msgspec.structs import astuple
 from streamer.model import ModelSpec, intervals
 from streamer.schemas import (
     MAX_ABS_VALUE,
+    MAX_CATEGORY_CHARS,
     DeadLetter,
     Event,
     Message,
@@ -50,9 +52,14 @@ class OutputShape:
     classes: tuple[str, ...] = ()
     freq: str | None = None
     levels: tuple[int, ...] = ()
+    #: a next-event model's vocabulary of the predicted column (its ids 1.. are these values):
+    #: its predictions are that many ids, their probabilities, a surprise and a rank
+    vocabulary: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, spec: ModelSpec) -> OutputShape:
+        if spec.task == "next":
+            return cls(vocabulary=spec.vocabularies[spec.categorical.index(spec.next or "")])
         return cls(spec.classes, spec.freq, spec.levels)
 
 
@@ -73,6 +80,8 @@ class EventColumns:
     features: F64  # (N, F)
     ds: list[str]  # (N,)
     source: I64  # (N,)
+    #: each categorical column's values (N each; None: null), in the model's order
+    categories: tuple[list[str | None], ...] = ()
 
     def __len__(self) -> int:
         return len(self.entity)
@@ -102,6 +111,10 @@ class EventColumns:
             ),
             ds=[e.ds for e in events],
             source=np.arange(len(events), dtype=np.int64),
+            categories=tuple(
+                [e.categories[j] for e in events]
+                for j in range(len(events[0].categories) if events else 0)
+            ),
         )
 
     def take(self, rows: I64) -> EventColumns:
@@ -117,29 +130,38 @@ class EventColumns:
             features=self.features[rows],
             ds=[self.ds[i] for i in rows.tolist()],
             source=self.source[rows],
+            categories=tuple([col[i] for i in rows.tolist()] for col in self.categories),
         )
 
     def events(self) -> list[Event]:
         """One :class:`Event` per row (tests, the Python API; not the hot path)."""
         names = self.entities
+        cats = list(zip(*self.categories, strict=True)) if self.categories else [()] * len(self)
         return [
-            Event(names[j], ds, y, tuple(f), p, o)
-            for j, ds, y, f, p, o in zip(
+            Event(names[j], ds, y, tuple(f), p, o, tuple(c))
+            for j, ds, y, f, p, o, c in zip(
                 self.entity.tolist(),
                 self.ds,
                 self.y.tolist(),
                 self.features.tolist(),
                 self.partition.tolist(),
                 self.offset.tolist(),
+                cats,
                 strict=True,
             )
         ]
 
 
 def decode_columns(
-    messages: Sequence[Message], features: Sequence[str] = (), max_bytes: int = 64 * 1024
+    messages: Sequence[Message],
+    features: Sequence[str] = (),
+    max_bytes: int = 64 * 1024,
+    categorical: Sequence[str] = (),
 ) -> tuple[EventColumns, list[DeadLetter]]:
     """Validate a batch: its valid events as columns, and its dead letters, both in batch order.
+
+    With ``categorical`` columns (a next-event model's events: text or null, no ``y`` needed)
+    see :func:`_decode_tokens`.
 
     The fast path takes a message whose value is a flat JSON object with exactly the fields, no
     backslash escapes, and as many quoted strings as its keys and two text values (so no field is
@@ -148,6 +170,8 @@ def decode_columns(
     (:func:`streamer.schemas.decode_event`), with the same result for what both accept (a
     property test holds them equal).
     """
+    if categorical:
+        return _decode_tokens(messages, features, max_bytes, tuple(categorical))
     nf = len(features)
     quotes = 2 * (3 + nf) + 4  # the keys' quotes and those of unique_id's and ds's values
     plain = _plain_decoder(tuple(features))
@@ -201,21 +225,81 @@ def decode_columns(
     )
 
 
+def _decode_tokens(
+    messages: Sequence[Message],
+    features: Sequence[str],
+    max_bytes: int,
+    categorical: tuple[str, ...],
+) -> tuple[EventColumns, list[DeadLetter]]:
+    """:func:`decode_columns` for events with categorical columns and without ``y`` (NaN).
+
+    The fast path is the same as for numbers, with the categorical columns' text (or null) in
+    the struct; the quotes are counted again once the nulls are known, so that a duplicated
+    field still takes the full checks."""
+    nf, nc = len(features), len(categorical)
+    quotes = 2 * (2 + nf + nc) + 4 + 2 * nc  # keys, unique_id's and ds's values, the texts
+    plain = _plain_decoder(tuple(features), categorical)
+    fast = plain.decode if plain is not None else None
+    rejected = msgspec.DecodeError
+    good: list[Event] = []
+    source: list[int] = []
+    dead: list[DeadLetter] = []
+    for i, m in enumerate(messages):
+        value = m.value
+        if fast is not None and value is not None and len(value) <= max_bytes:
+            n_quotes = value.count(b'"')
+            if n_quotes <= quotes and b"\\" not in value:
+                try:
+                    e = fast(value)
+                except rejected:
+                    e = None
+                if e is not None:
+                    row = astuple(e)
+                    cats = row[2 + nf :]
+                    if n_quotes == quotes - 2 * cats.count(None) and m.key == e.unique_id.encode():
+                        good.append(Event(e.unique_id, e.ds, math.nan, row[2 : 2 + nf], 0, 0, cats))
+                        source.append(i)
+                        continue
+        got = decode_event(
+            m.key, value, m.partition, m.offset, features, max_bytes, categorical, target=False
+        )
+        if isinstance(got, DeadLetter):
+            dead.append(got)
+            continue
+        good.append(got)
+        source.append(i)
+    cols = EventColumns.of(good)
+    cols.partition = np.fromiter([messages[i].partition for i in source], np.int64, len(good))
+    cols.offset = np.fromiter([messages[i].offset for i in source], np.int64, len(good))
+    cols.source = np.asarray(source, np.int64)
+    if not good:
+        cols.features = np.zeros((0, nf))
+        cols.categories = tuple([] for _ in categorical)
+    return cols, dead
+
+
 @functools.lru_cache(maxsize=16)
-def _plain_decoder(features: tuple[str, ...]) -> msgspec.json.Decoder[Any] | None:
+def _plain_decoder(
+    features: tuple[str, ...], categorical: tuple[str, ...] = ()
+) -> msgspec.json.Decoder[Any] | None:
     """A decoder of a plainly valid event with these features (None: names the fast path
     cannot take): an object with exactly the fields, the ids' lengths and the numbers' range
     as :func:`streamer.schemas.decode_event` checks them, numbers as floats (never a bool)."""
-    if len(set(features)) != len(features) or _FIELDS & set(features):
+    names = (*features, *categorical)
+    if len(set(names)) != len(names) or _FIELDS & set(names):
         return None
     number = Annotated[float, msgspec.Meta(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+    text = Annotated[str, msgspec.Meta(max_length=MAX_CATEGORY_CHARS)] | None
     fields: list[tuple[str, Any]] = [
         ("unique_id", Annotated[str, msgspec.Meta(min_length=1, max_length=512)]),
         ("ds", Annotated[str, msgspec.Meta(min_length=1, max_length=64)]),
-        ("y", number),
     ]
+    if not categorical:  # (a next-event model's events need no y)
+        fields.append(("y", number))
     fields += [(f"f{j}", number) for j in range(len(features))]
+    fields += [(f"c{j}", text) for j in range(len(categorical))]
     rename = {f"f{j}": name for j, name in enumerate(features)}
+    rename |= {f"c{j}": name for j, name in enumerate(categorical)}
     struct = msgspec.defstruct(
         "PlainEvent", fields, rename=rename, forbid_unknown_fields=True, gc=False
     )
@@ -241,6 +325,37 @@ class Outputs:
 
     def __len__(self) -> int:
         return len(self.row)
+
+    def _next_predictions(
+        self, events: EventColumns, vocabulary: tuple[str, ...]
+    ) -> list[Prediction]:
+        ids, probs, surprise, rank = next_parts(self.values)
+        names = events.entities
+        return [
+            Prediction(
+                names[int(events.entity[r])],
+                events.ds[r],
+                float(events.y[r]),
+                int(events.partition[r]),
+                int(events.offset[r]),
+                v,
+                s,
+                tuple(p),
+                next=tuple(vocabulary[i - 1] for i in row),
+                surprise=None if u != u else u,
+                rank=None if k != k else int(k),
+            )
+            for r, s, v, row, p, u, k in zip(
+                self.row.tolist(),
+                self.step.tolist(),
+                self.version,
+                ids.tolist(),
+                probs.tolist(),
+                surprise.tolist(),
+                rank.tolist(),
+                strict=True,
+            )
+        ]
 
     @classmethod
     def empty(cls, k: int = 0) -> Outputs:
@@ -286,6 +401,8 @@ class Outputs:
         """One :class:`Prediction` per row (tests, the Python API; not the hot path)."""
         classes, freq, levels = shape.classes, shape.freq, shape.levels
         names = events.entities
+        if shape.vocabulary:
+            return self._next_predictions(events, shape.vocabulary)
         ent, part, off, y = (
             events.entity.tolist(),
             events.partition.tolist(),
@@ -349,6 +466,27 @@ def _rows(a: F64) -> list[bytes]:
     return [b"[" + r + b"]" for r in text[2:-2].split(b"],[")]
 
 
+def next_parts(values: F64) -> tuple[I64, F64, F64, F64]:
+    """A next-event model's served values ``(M, 2k + 2)`` as the ids of its top values ``(M,
+    k)``, their probabilities ``(M, k)``, the surprises and the ranks ``(M,)`` (NaN: none)."""
+    k = (values.shape[1] - 2) // 2
+    return values[:, :k].astype(np.int64), values[:, k : 2 * k], values[:, -2], values[:, -1]
+
+
+def _next_bodies(values: F64, vocabulary: tuple[str, ...]) -> list[bytes]:
+    """Each next-event prediction's fields after ``step``, as :meth:`Prediction.to_json` has
+    them: the values' names, their probabilities, the surprise and the rank (null: none)."""
+    ids, probs, surprise, rank = next_parts(values)
+    names = {int(i): orjson.dumps(vocabulary[i - 1]) for i in np.unique(ids).tolist()}
+    texts = _floats(surprise)
+    ranks = [b"null" if r != r else b"%d" % r for r in rank.tolist()]
+    return [
+        b'"next":[%s],"probabilities":%s,"surprise":%s,"rank":%s'
+        % (b",".join([names[i] for i in row]), p, t, r)
+        for row, p, t, r in zip(ids.tolist(), _rows(probs), texts, ranks, strict=True)
+    ]
+
+
 #: A prediction's JSON, as :meth:`Prediction.to_json` writes it; its body is the forecast, or the
 #: probabilities and the label
 _ANY = (
@@ -387,7 +525,9 @@ def encode_outputs(
     )
     versions = {v: dumps(v) for v in set(out.version)}
     one = len(versions) == 1 and not out.window.any()
-    if classes:
+    if shape.vocabulary:
+        body = _next_bodies(out.values, shape.vocabulary)
+    elif classes:
         labels = [dumps(classes[a]) for a in np.argmax(out.values, axis=1).tolist()]
         names_json = [dumps(c) + b":" for c in classes]
         body = [

@@ -110,7 +110,8 @@ class BatchHandler:
         return self._staged[1] if self._staged else self.predictor.version
 
     def decode(self, messages: Sequence[Message]) -> tuple[EventColumns, list[DeadLetter]]:
-        return decode_columns(messages, self.predictor.features, self.max_event_bytes)
+        p = self.predictor
+        return decode_columns(messages, p.features, self.max_event_bytes, p.categorical)
 
     async def handle(
         self, messages: Sequence[Message], committed: Mapping[int, int] | None = None

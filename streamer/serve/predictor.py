@@ -184,6 +184,11 @@ class Predictor:
         return self.served.spec.features
 
     @property
+    def categorical(self) -> tuple[str, ...]:
+        """The text fields an event must carry (a next-event model's; then ``y`` is not needed)."""
+        return self.served.spec.categorical
+
+    @property
     def staged(self) -> bool:
         """Whether inputs and states go to the device in one packed buffer (on a GPU)."""
         return self.stepper.staged
@@ -323,7 +328,8 @@ class Predictor:
                 )
             rows, slots, window = f.applied[sel], w.slot[sel], lengths
         else:
-            values, steps = self.stepper.step(sv, ev, w.slot, w.waves, st)
+            run = self.stepper.next_events if sv.spec.task == "next" else self.stepper.step
+            values, steps = run(sv, ev, w.slot, w.waves, st)
             if inline:
                 kept.keep_in_records(
                     st,

@@ -17,7 +17,8 @@ import torch
 
 from streamer import scaling, seasonal
 from streamer.errors import ConfigError
-from streamer.model import ModelSpec, SequenceModel, intervals
+from streamer.model import ModelSpec, SequenceModel, intervals, nextevent
+from streamer.model.vocab import Vocabulary
 from streamer.serve.columns import EventColumns
 from streamer.state.batch import StateBatch
 
@@ -51,6 +52,8 @@ class Served:
     #: a forecaster's interval offsets ``(levels, K)`` in scaled units (empty: no intervals)
     lo: F64
     hi: F64
+    #: a next-event model's vocabularies, one per categorical column
+    vocabularies: tuple[Vocabulary, ...] = ()
 
     @classmethod
     def of(cls, model: SequenceModel, version: str, device: torch.device) -> Served:
@@ -65,7 +68,9 @@ class Served:
         )
         end = spec.features.index(spec.window_end) if spec.window_end else None
         lo, hi = np.asarray(spec.interval_lo, np.float64), np.asarray(spec.interval_hi, np.float64)
-        return cls(model.eval().to(device), version, mean[inputs], std[inputs], inputs, end, lo, hi)
+        vocabularies = tuple(spec.vocabulary.values())
+        model = model.eval().to(device)
+        return cls(model, version, mean[inputs], std[inputs], inputs, end, lo, hi, vocabularies)
 
     @property
     def spec(self) -> ModelSpec:
@@ -144,6 +149,17 @@ class Stepper:
             self._statistics(y, slot, waves, st)
             start_e, scale_e = np.zeros((n, 1)), np.ones(n)
 
+        values = self._run(sv, x_host, slot, waves, st).astype(np.float64)
+        if sv.spec.task == "forecast":
+            values = values * scale_e[:, None] + start_e
+        if len(sv.lo):
+            values = intervals.served(values, scale_e, sv.lo, sv.hi)
+        return values, steps
+
+    def _run(self, sv: Served, x_host: F32, slot: I64, waves: list[I64], st: StateBatch) -> F32:
+        """Step the states ``st`` (in place) through the waves of model inputs ``x_host``
+        ``(N, raw I)``: one batched call per wave; return the served outputs ``(N, ...)``."""
+        n = len(x_host)
         h, c, x = self._to_device(st.h, st.c, x_host)  # (L, U, H), (L, U, H), (N, I)
         model = sv.model
         with torch.inference_mode():
@@ -155,7 +171,7 @@ class Stepper:
                 bounds = np.cumsum([0, *(len(w) for w in waves)]).tolist()
                 order_d = torch.from_numpy(order).to(dev, non_blocking=True)
                 slot_d = torch.from_numpy(slot[order]).to(dev, non_blocking=True)
-                out = torch.empty((n, sv.spec.outputs * sv.spec.members), device=dev)  # (N, M·K)
+                out = torch.empty((n, sv.spec.raw_outputs), device=dev)  # (N, M·K)
                 # the first wave has every entity's first event, in slot order: the states as
                 # they are, without a gather and a scatter
                 first = order_d[: bounds[1]]
@@ -167,11 +183,29 @@ class Stepper:
                     h[:, ent], c[:, ent], out[rows] = hk, ck, yk
             out = model.serve(out)
         st.h[...], st.c[...], raw = self._to_host(h, c, out)
-        values = raw.astype(np.float64)
-        if sv.spec.task == "forecast":
-            values = values * scale_e[:, None] + start_e
-        if len(sv.lo):
-            values = intervals.served(values, scale_e, sv.lo, sv.hi)
+        return raw
+
+    def next_events(
+        self, sv: Served, ev: EventColumns, slot: I64, waves: list[I64], st: StateBatch
+    ) -> tuple[F64, I64]:
+        """:meth:`step` for a next-event model: the events' inputs are their features and the
+        ids of their categorical values; the served values and each entity's previous
+        prediction in its components follow :func:`streamer.model.nextevent.advance`."""
+        spec = sv.spec
+        steps = self._advance(ev, slot, waves, st)
+        nf = len(spec.features)
+        x_host = np.empty((len(ev), spec.raw_input_size), np.float32)
+        if nf:
+            x_host[:, :nf] = (ev.features[:, sv.inputs] - sv.fmean) / sv.fstd
+        ids = [v.ids(col) for v, col in zip(sv.vocabularies, ev.categories, strict=True)]
+        for j, col_ids in enumerate(ids):
+            x_host[:, nf + j] = col_ids
+        raw = self._run(sv, x_host, slot, waves, st).astype(np.float64)
+        actual = ids[spec.categorical.index(spec.next or "")]
+        values = np.empty((len(ev), spec.served_outputs))
+        for w in waves:  # in event order, per entity: each one's previous prediction
+            s = slot[w]
+            values[w], st.comp[s] = nextevent.advance(raw[w], actual[w], st.comp[s], steps[w] > 1)
         return values, steps
 
     @staticmethod

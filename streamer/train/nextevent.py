@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from streamer.errors import ConfigError, DataError
-from streamer.model import ModelSpec, SequenceModel
+from streamer.model import ModelSpec, SequenceModel, nextevent
 from streamer.model.vocab import OOV, Vocabulary
 from streamer.train.checks import values_crc
 from streamer.train.data import format_ds
@@ -42,6 +42,7 @@ __all__ = [
     "check_events",
     "next_inputs",
     "offline_logits",
+    "offline_served",
     "score",
     "split_tokens",
     "train_next",
@@ -182,6 +183,32 @@ def offline_logits(model: SequenceModel, s: TokenSeries) -> F32:
     raw, _ = model(torch.from_numpy(next_inputs(s, model.spec))[None].to(dev))
     logits: F32 = raw[0].float().cpu().numpy()
     return logits
+
+
+@torch.no_grad()
+def offline_served(model: SequenceModel, s: TokenSeries) -> tuple[F64, F32, F32, F64]:
+    """A next-event model over a whole series with the fused kernel, as the stream serves it:
+    each event's values (the ids of the top values, their probabilities, the surprise and the
+    rank: :func:`streamer.model.nextevent.advance`), the final h and c, and the components the
+    entity's state then holds."""
+    model.eval()
+    spec = model.spec
+    x = next_inputs(s, spec)
+    dev = next(model.parameters()).device
+    logits, (h, c) = model(torch.from_numpy(x)[None].to(dev))  # (1, T, V)
+    ids = torch.from_numpy(x[:, spec.categorical.index(spec.next or "") - len(spec.categorical)])
+    previous = torch.zeros(len(x), 1, device=dev)
+    if len(x) > 1:  # the prediction before event t is the one made after event t - 1
+        at = ids[1:].long().to(dev)[:, None]
+        previous[1:] = logits[0, :-1].gather(1, at)
+    raw = model.next_outputs(torch.cat([logits[0], previous], 1)).cpu().numpy().astype(np.float64)
+    comp = np.zeros((1, nextevent.components(spec.served_top_k)))
+    rows = []
+    actual = ids.numpy().astype(np.int64)
+    for t in range(len(x)):
+        values, comp = nextevent.advance(raw[t : t + 1], actual[t : t + 1], comp, np.array([t > 0]))
+        rows.append(values[0])
+    return np.stack(rows), h[:, 0].cpu().numpy(), c[:, 0].cpu().numpy(), comp[0]
 
 
 def _ranks(logits: F32, actual: I64) -> I64:

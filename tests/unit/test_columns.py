@@ -181,3 +181,152 @@ def test_forecasts_carry_their_times_when_the_frequency_is_known() -> None:
     assert values == [p.to_json() for p in out.predictions(cols, OutputShape(freq="MS"))]
     _, plain = encode_outputs(cols, out)
     assert all("forecast_ds" not in orjson.loads(v) for v in plain)
+
+
+_category = st.one_of(
+    st.none(),
+    st.sampled_from(["k1", "k2", "", "\u00e9t\u00e9", 'q"uote', "back\\slash"]),
+    st.integers(-5, 5),
+    st.floats(),
+    st.booleans(),
+    st.just("x" * 10_000),
+    st.just("y" * 1024),
+    st.lists(st.just("k1"), max_size=1),
+)
+
+
+@st.composite
+def token_messages(draw: st.DrawFn) -> tuple[bytes | None, bytes | None]:
+    if draw(st.integers(0, 5)) == 0:
+        return draw(hostile_message(["e1", "e2"], max_bytes=16_384))
+    body = draw(
+        st.fixed_dictionaries(
+            {"unique_id": st.sampled_from(["e1", "e2"]), "ds": st.just("2024")},
+            optional={"key": _category, "tag": _category, "f": _value, "y": _value},
+        )
+    )
+    try:
+        raw = orjson.dumps(body)
+    except TypeError:  # an int beyond 64 bits
+        raw = json.dumps(body).encode()
+    if draw(st.booleans()):  # a field given twice
+        raw = raw[:-1] + b',"key":"k2"}'
+    return draw(st.sampled_from([b"e1", b"e2", None])), raw
+
+
+@settings(max_examples=600, deadline=None)
+@given(msgs=st.lists(token_messages(), max_size=12), features=st.sampled_from([(), ("f",)]))
+def test_events_with_categorical_columns_decode_as_one_by_one(
+    msgs: list[tuple[bytes | None, bytes | None]], features: tuple[str, ...]
+) -> None:
+    """A next-event model's events: text or null in the categorical columns (a number, a list
+    or more than 1,024 characters is a dead letter), no y needed (NaN), a y given checked as a
+    number; the batch decodes as the messages one by one, fast path or not."""
+    cats = ("key", "tag")
+    raw = [RawMessage(k, v, 1, 10 + i) for i, (k, v) in enumerate(msgs)]
+    one_by_one = [
+        decode_event(k, v, 1, 10 + i, features, 16_384, cats, target=False)
+        for i, (k, v) in enumerate(msgs)
+    ]
+    cols, dead = decode_columns(raw, features, 16_384, cats)
+    events = [r for r in one_by_one if isinstance(r, Event)]
+    got = cols.events()
+    assert len(got) == len(events)
+    for a, b in zip(got, events, strict=True):  # (NaN != NaN: y compared apart)
+        assert (a.unique_id, a.ds, a.features, a.categories) == (
+            b.unique_id,
+            b.ds,
+            b.features,
+            b.categories,
+        )
+        assert a.y == b.y or (a.y != a.y and b.y != b.y)
+        assert all(c is None or (type(c) is str and len(c) <= 1024) for c in a.categories)
+    assert dead == [r for r in one_by_one if isinstance(r, DeadLetter)]
+    assert cols.source.tolist() == [i for i, r in enumerate(one_by_one) if isinstance(r, Event)]
+    assert len(cols.categories) == 2 and all(len(c) == len(cols) for c in cols.categories)
+
+
+def test_the_categorical_refusals_name_their_reasons() -> None:
+    def reason(body: bytes) -> str | None:
+        got = decode_event(b"e1", body, 0, 0, (), 65536, ("key",), target=False)
+        return got.reason if isinstance(got, DeadLetter) else None
+
+    assert reason(b'{"unique_id":"e1","ds":"d","key":"k"}') is None
+    assert reason(b'{"unique_id":"e1","ds":"d","key":null}') is None
+    assert reason(b'{"unique_id":"e1","ds":"d","key":3}') == "wrong_type"
+    assert reason(b'{"unique_id":"e1","ds":"d","key":"%s"}' % (b"x" * 1025)) == "out_of_range"
+    assert reason(b'{"unique_id":"e1","ds":"d"}') == "missing_field"
+    assert reason(b'{"unique_id":"e1","ds":"d","key":"k","y":"no"}') == "wrong_type"
+    assert reason(b'{"unique_id":"e1","ds":"d","key":"k","extra":1}') == "wrong_feature_count"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["e1", "e\u00e9", 'q"']),
+            st.integers(1, 2**40),
+            st.lists(st.integers(1, 5), min_size=3, max_size=3, unique=True),
+            st.lists(st.floats(0, 1), min_size=3, max_size=3),
+            st.one_of(st.just(float("nan")), st.floats(0, 50)),
+            st.one_of(st.just(float("nan")), st.integers(1, 3).map(float)),
+        ),
+        max_size=12,
+    )
+)
+def test_next_event_predictions_are_encoded_as_to_json_byte_for_byte(rows: list) -> None:  # type: ignore[type-arg]
+    vocab = ("m1", 'm"2', "m\u00e93", "m4", "m5")
+    evs = [Event(u, "2024", float("nan"), (), 0, i, ("m1",)) for i, (u, *_) in enumerate(rows)]
+    cols = EventColumns.of(evs)
+    values = np.array([[*ids, *p, s, r] for _, _, ids, p, s, r in rows], np.float64)
+    out = Outputs(
+        row=np.arange(len(rows), dtype=np.int64),
+        step=np.array([r[1] for r in rows], np.int64),
+        values=values.reshape(len(rows), 8),
+        version=["v1"] * len(rows),
+        window=np.zeros(len(rows), np.int64),
+    )
+    shape = OutputShape(vocabulary=vocab)
+    keys, encoded = encode_outputs(cols, out, shape)
+    want = out.predictions(cols, shape)
+    assert keys == [p.unique_id.encode() for p in want]
+    assert encoded == [p.to_json() for p in want]
+    for p, (u, step, ids, probs, s, r) in zip(want, rows, strict=True):
+        assert p.next == tuple(vocab[i - 1] for i in ids) and p.step == step
+        np.testing.assert_allclose(p.values, probs, rtol=1e-6)
+        assert p.surprise == (None if s != s else s) and p.rank == (None if r != r else int(r))
+        back = Prediction.from_json(p.to_json())
+        assert (back.next, back.surprise, back.rank, back.unique_id) == (
+            p.next,
+            p.surprise,
+            p.rank,
+            u,
+        )
+
+
+def test_plain_token_events_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamer.serve.columns as columns
+
+    bodies = [
+        {"unique_id": "e1", "ds": "2024-01", "key": "m1", "tag": None, "f": 2},
+        {"tag": "\u00e9t\u00e9", "unique_id": "e2", "f": -0.5, "ds": "d", "key": None},
+        {"unique_id": "e3", "ds": "2024", "key": "x" * 1024, "tag": "", "f": 1e10},
+    ]
+    raw = [
+        RawMessage(b["unique_id"].encode(), json.dumps(b, ensure_ascii=False).encode(), 3, i)
+        for i, b in enumerate(bodies)
+    ]
+    want = [
+        decode_event(m.key, m.value, 3, m.offset, ("f",), 65536, ("key", "tag"), target=False)
+        for m in raw
+    ]
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a plain event took the full checks")
+
+    monkeypatch.setattr(columns, "decode_event", refuse)
+    cols, dead = decode_columns(raw, ("f",), 65536, ("key", "tag"))
+    got = cols.events()
+    assert not dead and [(e.categories, e.features) for e in got] == [
+        (e.categories, e.features) for e in want if isinstance(e, Event)
+    ]

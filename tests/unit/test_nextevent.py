@@ -172,3 +172,28 @@ def test_the_held_out_share_leaves_every_entity_its_start() -> None:
     assert ne.held_out(series, 0.2) == [1, 1, 8]
     with pytest.raises(ConfigError):
         ne.held_out(series, 1.0)
+
+
+def test_the_served_surprise_and_rank_are_the_previous_predictions() -> None:
+    """Independently of the stepper: each event's surprise is ``-ln`` of the probability the
+    prediction before it gave its value, and its rank that value's place among the values that
+    prediction named (None beyond them, or for a value out of vocabulary)."""
+    model = next_model(vocab=12, k=4)
+    rng = np.random.default_rng(1)
+    n = 40
+    keys = [rng.choice([*(f"k{j}" for j in range(12)), "nope"]) for _ in range(n)]
+    s = ne.TokenSeries("a", ["d"] * n, {"key": keys, "tag": ["a"] * n}, np.zeros((n, 0)))
+    served, *_ = ne.offline_served(model, s)
+    logp = torch.log_softmax(torch.from_numpy(ne.offline_logits(model, s)).double(), -1).numpy()
+    ids = model.spec.vocabulary["key"].ids(keys)
+    assert np.isnan(served[0, -2:]).all()
+    ranked = 0
+    for t in range(1, n):
+        np.testing.assert_allclose(served[t, -2], -logp[t - 1, ids[t]], rtol=1e-5)
+        top = (np.argsort(-logp[t - 1, 1:])[:4] + 1).tolist()
+        assert served[t - 1, :4].astype(int).tolist() == top
+        want = top.index(ids[t]) + 1 if ids[t] in top else None
+        got = None if np.isnan(served[t, -1]) else int(served[t, -1])
+        assert got == want
+        ranked += want is not None
+    assert 0 < ranked < n - 1  # (both cases happen)

@@ -25,6 +25,7 @@ from streamer.state import MemoryStateStore, StateCache, decode
 from streamer.state.codec import Dtype
 from streamer.state.store import OutboxPart
 from streamer.train.data import split_series
+from streamer.train.nextevent import TokenSeries, offline_served
 from streamer.train.offline import offline_predict, series_inputs
 from tests.conftest import make_panel
 from tests.reference import components_after, in_batches, raw_messages, synthetic_events
@@ -376,3 +377,97 @@ async def test_states_at_rest_hold_only_what_the_model_needs() -> None:
     committed = {p: max(e.offset for e in events if e.partition == p) + 1 for p in parts}
     await pred.trim(committed)
     assert not any([await store.kept(p, 0) for p in parts])
+
+
+def _token_events(entities: int = 25, length: int = 18, seed: int = 4) -> list[Event]:
+    """Interleaved events of entities with a categorical ``key`` (values the vocabulary holds,
+    one it does not, and nulls), a second categorical ``tag`` and a numeric feature."""
+    rng = np.random.default_rng(seed)
+    rows = [(f"e{e}", t) for e in range(entities) for t in range(length)]
+    order = rng.permutation(len(rows))
+    offsets = [0, 0, 0]
+    events = []
+    seen: dict[str, int] = {}
+    for i in order.tolist():
+        uid, _ = rows[i]
+        t = seen.get(uid, 0)
+        seen[uid] = t + 1
+        p = int(uid[1:]) % 3
+        key = rng.choice([*(f"k{j}" for j in range(12)), "unseen", None])  # type: ignore[list-item]
+        tag = rng.choice(["a", "b", None])  # type: ignore[list-item]
+        events.append(
+            Event(
+                uid,
+                f"2024-01-01T00:{t:02d}",
+                float("nan"),
+                (float(rng.normal()),),
+                p,
+                offsets[p],
+                (key, tag),
+            )
+        )
+        offsets[p] += 1
+    return events
+
+
+def _token_series(events: list[Event]) -> dict[str, TokenSeries]:
+    by: dict[str, list[Event]] = {}
+    for e in events:
+        by.setdefault(e.unique_id, []).append(e)
+    return {
+        uid: TokenSeries(
+            uid,
+            [e.ds for e in evs],
+            {"key": [e.categories[0] for e in evs], "tag": [e.categories[1] for e in evs]},
+            np.array([e.features for e in evs]),
+        )
+        for uid, evs in by.items()
+    }
+
+
+@pytest.mark.parametrize("variant", ["plain", "cached", "fused", "per-layer", "staged", "inline"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+async def test_next_event_predictions_equal_the_module_per_entity(cell: str, variant: str) -> None:
+    """The top values, their probabilities, each event's surprise and rank and the states of a
+    next-event model, streamed in random batches across a restart, are the module's over each
+    whole sequence; a replay re-emits them bit for bit."""
+    from tests.unit.test_nextevent import next_model
+
+    model = next_model(cell=cell, features=("temp",))
+    events = _token_events()
+    series = _token_series(events)
+    ref = {uid: offline_served(model, s) for uid, s in series.items()}
+    store = InlineStore() if variant == "inline" else MemoryStateStore()
+    pred = predictor(model.to(DEVICE), store, variant)
+    half = len(events) // 2
+    out = await in_batches(pred, events[:half], seed=2)
+    pred = predictor(model.to(DEVICE), store, variant)
+    out += await in_batches(pred, events[half:], seed=3)
+    assert len(out) == len(events)
+    vocab = model.spec.vocabularies[0]
+    surprises = 0
+    for p in out:
+        want = ref[p.unique_id][0][p.step - 1]
+        k = (len(want) - 2) // 2
+        assert p.next == tuple(vocab[int(i) - 1] for i in want[:k]), p
+        np.testing.assert_allclose(p.values, want[k : 2 * k], rtol=TOL, atol=TOL)
+        if p.step == 1:
+            assert p.surprise is None and p.rank is None
+        else:
+            assert p.surprise is not None and p.surprise > 0
+            np.testing.assert_allclose(p.surprise, want[-2], rtol=TOL, atol=TOL)
+            surprises += 1
+            assert p.rank == (None if want[-1] != want[-1] else int(want[-1]))
+    assert surprises == len(events) - len(series)
+    raws = await store.get_many(list(ref))
+    for uid, raw in zip(ref, raws, strict=True):
+        assert raw is not None
+        rec = decode(raw)
+        _, h, c, comp = ref[uid]
+        np.testing.assert_allclose(rec.h, h, atol=TOL, rtol=TOL)
+        np.testing.assert_allclose(rec.c, c[: len(rec.c)], atol=TOL, rtol=TOL)
+        np.testing.assert_allclose(rec.comp, comp, atol=TOL, rtol=TOL)
+    again = await pred.process(events)
+    assert again.applied == 0 and again.reemitted == len(events)
+    by_id = {(p.partition, p.offset): p for p in out}
+    assert all(p.to_json() == by_id[(p.partition, p.offset)].to_json() for p in again.predictions)
