@@ -1,15 +1,17 @@
 """Benchmark: what a model's kind costs the batch path, same run: a plain forecaster, the same with
-prediction intervals, with level and seasonal components (and intervals), and ensembles of members
-of the same shape (with intervals).
+prediction intervals, with level and seasonal components (and intervals), ensembles of members
+of the same shape (with intervals), and next-event models of the same core over vocabularies of
+1,000 and 10,000 values (top 10, surprise and rank).
 
     python bench/model_kinds.py [--entities N] [--batches N] [--members 3,5] [--hidden 32]
-                                [--season 12]
+                                [--season 12] [--vocabularies 1000,10000]
 
-The predictor steps batches of distinct entities against the in-memory store (no Kafka, no Redis:
-the model's share of a batch, which is what the kinds change), on one torch thread. Prints one
-JSON document: microseconds of CPU per event for every kind (the median of the rounds, the kinds
-interleaved in every round) and each kind's ratio to the plain model. Not a test: compare the
-figures of one run, not across runs.
+Batches of distinct entities go through the worker's batch path without its sockets: the events'
+JSON decoded (:class:`~streamer.serve.pipeline.BatchHandler`), the predictor against the
+in-memory store, the predictions encoded (no Kafka, no Redis: what the kinds change), on one torch
+thread. Prints one JSON document: microseconds of CPU per event for every kind, of the whole path
+and of the predictor alone (the median of the rounds, the kinds interleaved in every round), and
+each kind's ratio to the plain model. Not a test: compare the figures of one run, not across runs.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import orjson
 import torch
 
 from streamer.model import ModelSpec, SequenceModel
 from streamer.model.ensemble import merge
 from streamer.schemas import Event
+from streamer.serve.pipeline import BatchHandler, RawMessage
 from streamer.serve.predictor import Predictor
 from streamer.state.memory import MemoryStateStore
 
@@ -41,7 +45,7 @@ def _intervals(spec: ModelSpec) -> ModelSpec:
 
 
 def kinds(
-    hidden: int, layers: int, horizon: int, members: list[int], season: int
+    hidden: int, layers: int, horizon: int, members: list[int], season: int, vocabularies: list[int]
 ) -> dict[str, SequenceModel]:
     def single(seed: int) -> SequenceModel:
         torch.manual_seed(seed)
@@ -59,6 +63,36 @@ def kinds(
         ens = merge([single(s) for s in range(m)])
         ens.spec = _intervals(ens.spec)
         out[f"ensemble of {m}, intervals"] = ens
+    for v in vocabularies:
+        torch.manual_seed(0)
+        spec = ModelSpec(
+            hidden_size=hidden,
+            num_layers=layers,
+            task="next",
+            scaling="none",
+            categorical=("item",),
+            vocabularies=(tuple(f"m{i}" for i in range(v)),),
+            embedding=hidden,
+            next="item",
+            top_k=10,
+        )
+        out[f"next event, {v:,} values, top 10"] = SequenceModel(spec).eval()
+    return out
+
+
+def messages(model: SequenceModel, batch: list[Event], seed: int) -> list[RawMessage]:
+    """The batch's events as the worker receives them: JSON, keyed by entity (a next-event
+    model's carry an item drawn from its vocabulary instead of y)."""
+    spec = model.spec
+    rng = np.random.default_rng(seed)
+    out = []
+    for e in batch:
+        body: dict[str, object] = {"unique_id": e.unique_id, "ds": e.ds}
+        if spec.task == "next":
+            body["item"] = f"m{int(rng.integers(0, len(spec.vocabularies[0]) + 50))}"
+        else:
+            body["y"] = e.y
+        out.append(RawMessage(e.unique_id.encode(), orjson.dumps(body), e.partition, e.offset))
     return out
 
 
@@ -77,25 +111,46 @@ def batches(entities: int, n: int, seed: int = 0) -> list[list[Event]]:
 async def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(1)
     members = [int(m) for m in args.members.split(",") if m]
-    models = kinds(args.hidden, args.layers, args.horizon, members, args.season)
+    vocabularies = [int(v) for v in args.vocabularies.split(",") if v]
+    models = kinds(args.hidden, args.layers, args.horizon, members, args.season, vocabularies)
     work = batches(args.entities, args.batches + 2)
-    predictors = {
+    handlers = {
+        name: BatchHandler(Predictor(m, f"v{i}", MemoryStateStore()))
+        for i, (name, m) in enumerate(models.items())
+    }
+    alone = {  # the predictor alone, on a store of its own
         name: Predictor(m, f"v{i}", MemoryStateStore())
         for i, (name, m) in enumerate(models.items())
     }
-    for p in predictors.values():  # warm-up: states exist, code paths are hot
-        for b in work[:2]:
-            await p.process(b)
-    cpu: dict[str, list[float]] = {name: [] for name in predictors}
-    for b in work[2:]:  # every round: one batch through every kind, interleaved
-        for name, p in predictors.items():
+    raw = {
+        name: [messages(models[name], b, seed) for seed, b in enumerate(work)] for name in models
+    }
+    for name, h in handlers.items():  # warm-up: states exist, code paths are hot
+        for b in raw[name][:2]:
+            (await h.handle(b)).encoded()
+            await alone[name].process(h.decode(b)[0])
+    cpu: dict[str, list[float]] = {name: [] for name in handlers}
+    step: dict[str, list[float]] = {name: [] for name in handlers}
+    for r in range(2, len(work)):  # every round: one batch through every kind, interleaved
+        for name, h in handlers.items():
+            b = raw[name][r]
             started = time.process_time()
-            report = await p.process(b)
+            outcome = await h.handle(b)
+            outcome.encoded()
             cpu[name].append((time.process_time() - started) / len(b) * 1e6)
-            assert report.applied == len(b)
+            assert outcome.report.applied == len(b), outcome.dead_letters[:1]
+        for name, p in alone.items():  # the predictor alone, on the batch's columns
+            cols, _ = handlers[name].decode(raw[name][r])
+            started = time.process_time()
+            await p.process(cols)
+            step[name].append((time.process_time() - started) / len(cols) * 1e6)
     per_event = {name: round(statistics.median(v), 2) for name, v in cpu.items()}
+    predictor = {name: round(statistics.median(v), 2) for name, v in step.items()}
     return {
-        "what": "CPU microseconds per event of Predictor.process, in-memory store, 1 torch thread",
+        "what": "CPU microseconds per event of the batch path (JSON decoded, Predictor.process "
+        "with the in-memory store, predictions encoded), 1 torch thread; predictor: "
+        "Predictor.process alone",
+        "predictor_cpu_us_per_event": predictor,
         "model": {"cell": "lstm", "hidden_size": args.hidden, "layers": args.layers},
         "horizon": args.horizon,
         "entities_per_batch": args.entities,
@@ -119,6 +174,9 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=12)
     ap.add_argument("--members", default="3,5", help="ensemble sizes, comma-separated")
     ap.add_argument("--season", type=int, default=12, help="steps of the components' season")
+    ap.add_argument(
+        "--vocabularies", default="1000,10000", help="next-event models' vocabulary sizes"
+    )
     print(json.dumps(asyncio.run(run(ap.parse_args())), indent=2))
 
 

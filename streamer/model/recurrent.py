@@ -200,8 +200,8 @@ class ModelSpec:
 
     @property
     def raw_outputs(self) -> int:
-        """Values per event the core and head give (a next-event model's previous logit too)."""
-        return self.outputs * self.members + (1 if self.task == "next" else 0)
+        """Values per event :meth:`SequenceModel.step` gives (a next-event model's served)."""
+        return self.served_outputs if self.task == "next" else self.outputs * self.members
 
     @property
     def state_tensors(self) -> int:
@@ -435,14 +435,21 @@ class SequenceModel(nn.Module):
     def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
         """Serving path of a step model: x ``(B, I)`` -> raw outputs ``(B, K)``, next state.
 
-        A next-event model's raw outputs are the next event's logits ``(B, V)`` and, last, the
-        logit the previous prediction (made from the state before this event) gave this event's
-        value: ``(B, V + 1)``."""
+        A next-event model's outputs are already served (:meth:`next_outputs`): its logits
+        over the vocabulary are made and reduced a few rows at a time on a CPU, so that they
+        stay in the cache (a batch's would be ``B x V`` floats), all at once on a GPU."""
         out, new = self.rnn.step(self._embedded(x), state, fused)  # (B, H)
-        logits = self.head(out)
         if self.spec.task != "next":
-            return logits, new
-        return torch.cat([logits, self._previous_logit(x, state[0][-1])[:, None]], 1), new
+            return self.head(out), new
+        previous = self._previous_logit(x, state[0][-1])
+        rows = max(1, (1 << 18) // self.spec.outputs) if out.device.type == "cpu" else len(out)
+        if rows >= len(out):
+            return self.next_outputs(self.head(out), previous), new
+        served = out.new_empty((len(out), self.spec.served_outputs))
+        for a in range(0, len(out), rows):
+            b = a + rows
+            served[a:b] = self.next_outputs(self.head(out[a:b]), previous[a:b])
+        return served, new
 
     def _previous_logit(self, x: Tensor, before: Tensor) -> Tensor:
         """The logit of each event's value ``(B,)`` under the prediction made from ``before``,
@@ -452,12 +459,13 @@ class SequenceModel(nn.Module):
         ids = x[:, column].long()
         return (before * self.head.weight[ids]).sum(-1) + self.head.bias[ids]
 
-    def next_outputs(self, raw: Tensor) -> Tensor:
-        """A next-event model's raw outputs ``(..., V + 1)`` as served ``(..., 2k + 2)``: the
-        ids of the ``k`` most likely known values (out-of-vocabulary is never named), their
-        probabilities, the logits' log-sum-exp and the previous prediction's logit of this
-        event's value (the stepper turns the last two into the event's surprise)."""
-        logits, previous = raw[..., :-1], raw[..., -1:]
+    def next_outputs(self, logits: Tensor, previous: Tensor) -> Tensor:
+        """A next-event model's logits ``(..., V)`` and the previous prediction's logit of each
+        event's value ``(...)`` as served ``(..., 2k + 2)``: the ids of the ``k`` most likely
+        known values (out-of-vocabulary is never named), their probabilities, the logits'
+        log-sum-exp and the previous logit (the stepper turns the last two into the event's
+        surprise: :mod:`streamer.model.nextevent`)."""
+        previous = previous[..., None]
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         k = self.spec.served_top_k
         top, at = torch.topk(logits[..., 1:], k, dim=-1)
@@ -476,8 +484,8 @@ class SequenceModel(nn.Module):
         """Raw outputs ``(..., M·K)`` as served ``(..., K)``: class probabilities for a classifier
         (an ensemble's: the mean of its members'), forecasts as they are (an ensemble's: the median
         of its members', the mean of the middle two for an even count)."""
-        if self.spec.task == "next":
-            return self.next_outputs(raw)
+        if self.spec.task == "next":  # (served by step already)
+            return raw
         classify = self.spec.task == "classify"
         m = self.spec.members
         if m == 1:

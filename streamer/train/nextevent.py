@@ -201,7 +201,7 @@ def offline_served(model: SequenceModel, s: TokenSeries) -> tuple[F64, F32, F32,
     if len(x) > 1:  # the prediction before event t is the one made after event t - 1
         at = ids[1:].long().to(dev)[:, None]
         previous[1:] = logits[0, :-1].gather(1, at)
-    raw = model.next_outputs(torch.cat([logits[0], previous], 1)).cpu().numpy().astype(np.float64)
+    raw = model.next_outputs(logits[0], previous[:, 0]).cpu().numpy().astype(np.float64)
     comp = np.zeros((1, nextevent.components(spec.served_top_k)))
     rows = []
     actual = ids.numpy().astype(np.int64)

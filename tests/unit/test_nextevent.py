@@ -89,26 +89,38 @@ def test_stepping_equals_the_sequence_and_the_previous_logit_is_the_last_predict
         seq, _ = model(x[None])  # (1, T, V)
         state = model.rnn.zero_state(1)
         for t in range(len(x)):
-            raw, state = model.step(x[t : t + 1], state)
-            torch.testing.assert_close(raw[0, :-1], seq[0, t], atol=1e-5, rtol=1e-5)
-            if t:
-                want = seq[0, t - 1, int(x[t, 0])]
-                torch.testing.assert_close(raw[0, -1], want, atol=1e-5, rtol=1e-5)
+            served, state = model.step(x[t : t + 1], state)
+            previous = seq[0, t - 1, int(x[t, 0])] if t else served[0, -1]
+            want = model.next_outputs(seq[0, t : t + 1], previous[None])
+            torch.testing.assert_close(served, want, atol=1e-5, rtol=1e-5)
 
 
 def test_served_outputs_are_the_top_known_values_and_their_probabilities() -> None:
     model = next_model(k=4)
-    raw = torch.randn(3, 14)
-    out = model.serve(raw)
-    assert out.shape == (3, 10)
-    probs = torch.softmax(raw[:, :-1], -1)
+    logits, previous = torch.randn(3, 13), torch.randn(3)
+    out = model.next_outputs(logits, previous)
+    assert out.shape == (3, 10) and model.serve(out) is out
+    probs = torch.softmax(logits, -1)
     for r in range(3):
         ids = out[r, :4].long()
         want = torch.topk(probs[r, 1:], 4).indices + 1
         assert ids.tolist() == want.tolist() and OOV not in ids.tolist()
         torch.testing.assert_close(out[r, 4:8], probs[r, ids])
-        torch.testing.assert_close(out[r, 8], torch.logsumexp(raw[r, :-1], 0))
-        assert out[r, 9] == raw[r, -1]
+        torch.testing.assert_close(out[r, 8], torch.logsumexp(logits[r], 0))
+        assert out[r, 9] == previous[r]
+
+
+def test_a_large_vocabulary_is_served_in_chunks_as_in_one_piece() -> None:
+    """On a CPU the logits of a large vocabulary are reduced a few rows at a time: the same
+    outputs as the whole batch's at once."""
+    model = next_model(vocab=30_000, k=10)
+    x = torch.stack([torch.randint(0, 30_001, (100,)), torch.randint(0, 3, (100,))], 1).float()
+    state = model.rnn.zero_state(100)
+    with torch.no_grad():
+        served, _ = model.step(x, state)
+        out, _ = model.rnn.step(model._embedded(x), state)
+        whole = model.next_outputs(model.head(out), model._previous_logit(x, state[0][-1]))
+    torch.testing.assert_close(served, whole)
 
 
 def test_metrics_count_hits_within_each_cutoff() -> None:
