@@ -206,6 +206,13 @@ class Metrics:
             "Stored states reset to zeros (another model shape, or the reset policy).",
             registry=r,
         )
+        self.out_of_vocabulary = Counter(
+            "streamer_out_of_vocabulary_values",
+            "Values of a next-event model's categorical columns that its vocabulary does not "
+            "hold (null included), stepped as out-of-vocabulary.",
+            ["column"],
+            registry=r,
+        )
         self.rejected = Counter(
             "streamer_rejected_writes",
             "State writes refused because the stored state changed since it was read.",
@@ -267,6 +274,8 @@ class Metrics:
         self.skipped.inc(report.skipped)
         self.resets.inc(report.resets)
         self.rejected.inc(report.rejected)
+        for column, n in report.out_of_vocabulary.items():
+            self.out_of_vocabulary.labels(column).inc(n)
         counts: dict[str, int] = {}
         for d in dead_letters:
             counts[d.reason] = counts.get(d.reason, 0) + 1

@@ -70,6 +70,9 @@ class BatchReport:
     rejected_entities: list[str] = field(default_factory=list)
     #: Entities whose stored state did not fit the model (or the policy) and was reset.
     resets: int = 0
+    #: A next-event model's: per categorical column, the applied events whose value its
+    #: vocabulary does not hold (null included), stepped with the out-of-vocabulary id.
+    out_of_vocabulary: dict[str, int] = field(default_factory=dict)
     #: Rows of events from another partition than their entity's (see :mod:`~.fence`).
     conflicts: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
     #: the partition each conflicting event's entity belongs to
@@ -328,8 +331,12 @@ class Predictor:
                 )
             rows, slots, window = f.applied[sel], w.slot[sel], lengths
         else:
-            run = self.stepper.next_events if sv.spec.task == "next" else self.stepper.step
-            values, steps = run(sv, ev, w.slot, w.waves, st)
+            if sv.spec.task == "next":
+                values, steps, report.out_of_vocabulary = self.stepper.next_events(
+                    sv, ev, w.slot, w.waves, st
+                )
+            else:
+                values, steps = self.stepper.step(sv, ev, w.slot, w.waves, st)
             if inline:
                 kept.keep_in_records(
                     st,

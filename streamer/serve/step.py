@@ -18,7 +18,7 @@ import torch
 from streamer import scaling, seasonal
 from streamer.errors import ConfigError
 from streamer.model import ModelSpec, SequenceModel, intervals, nextevent
-from streamer.model.vocab import Vocabulary
+from streamer.model.vocab import OOV, Vocabulary
 from streamer.serve.columns import EventColumns
 from streamer.state.batch import StateBatch
 
@@ -187,10 +187,11 @@ class Stepper:
 
     def next_events(
         self, sv: Served, ev: EventColumns, slot: I64, waves: list[I64], st: StateBatch
-    ) -> tuple[F64, I64]:
+    ) -> tuple[F64, I64, dict[str, int]]:
         """:meth:`step` for a next-event model: the events' inputs are their features and the
         ids of their categorical values; the served values and each entity's previous
-        prediction in its components follow :func:`streamer.model.nextevent.advance`."""
+        prediction in its components follow :func:`streamer.model.nextevent.advance`. Also
+        returns, per categorical column, how many values were out of its vocabulary."""
         spec = sv.spec
         steps = self._advance(ev, slot, waves, st)
         nf = len(spec.features)
@@ -206,7 +207,8 @@ class Stepper:
         for w in waves:  # in event order, per entity: each one's previous prediction
             s = slot[w]
             values[w], st.comp[s] = nextevent.advance(raw[w], actual[w], st.comp[s], steps[w] > 1)
-        return values, steps
+        oov = {c: int((i == OOV).sum()) for c, i in zip(spec.categorical, ids, strict=True)}
+        return values, steps, oov
 
     @staticmethod
     def _statistics(y: F64, slot: I64, waves: list[I64], st: StateBatch) -> tuple[F64, F64]:

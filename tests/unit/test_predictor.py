@@ -471,3 +471,15 @@ async def test_next_event_predictions_equal_the_module_per_entity(cell: str, var
     assert again.applied == 0 and again.reemitted == len(events)
     by_id = {(p.partition, p.offset): p for p in out}
     assert all(p.to_json() == by_id[(p.partition, p.offset)].to_json() for p in again.predictions)
+
+
+async def test_values_out_of_vocabulary_are_stepped_and_counted_per_column() -> None:
+    from tests.unit.test_nextevent import next_model
+
+    model = next_model()
+    pred = predictor(model.to(DEVICE), MemoryStateStore())
+    cats = [("k1", "a"), ("new", "b"), (None, "zzz"), ("k2", None), ("k3", "a")]
+    events = [Event(f"e{i}", "d", float("nan"), (), 0, i, c) for i, c in enumerate(cats)]
+    report = await pred.process(events)
+    assert report.applied == 5 and not report.conflicts.size
+    assert report.out_of_vocabulary == {"key": 2, "tag": 2}

@@ -1,0 +1,131 @@
+"""A next-event model through real processes: categorical events on Kafka, a worker killed with
+SIGKILL at random points, states in Redis; every event's top values, probabilities, surprise and
+rank equal the module's over the entity's whole sequence, and duplicates (after a crash) equal the
+first emission."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from streamer.kafka import ensure_topics
+from streamer.model.artifact import save_artifact
+from streamer.state.codec import decode
+from streamer.train.nextevent import TokenSeries, offline_served
+from tests.integration.test_faults import FAST
+from tests.integration.test_worker import settings_for
+from tests.integration.workers import (
+    TopicReader,
+    WorkerProcess,
+    predictions_of,
+    produce,
+    store_for,
+    worker_env,
+)
+from tests.unit.test_nextevent import next_model
+
+pytestmark = pytest.mark.integration
+
+
+def token_events(entities: int, length: int, seed: int) -> list[dict[str, object]]:
+    """Events in time order across entities: a ``key`` from the vocabulary, one it does not
+    hold, or null; a ``tag``; a number ``temp``; no ``y``."""
+    rng = np.random.default_rng(seed)
+    keys = [*(f"k{j}" for j in range(12)), "unseen", None]
+    out = []
+    for t in range(length):
+        for e in rng.permutation(entities).tolist():
+            out.append(
+                {
+                    "unique_id": f"e{e:03d}",
+                    "ds": f"2024-01-01T{t // 60:02d}:{t % 60:02d}",
+                    "key": keys[int(rng.integers(0, len(keys)))],
+                    "tag": ["a", "b", None][int(rng.integers(0, 3))],
+                    "temp": round(float(rng.normal()), 3),
+                }
+            )
+    return out
+
+
+async def test_next_event_predictions_survive_kill_9_and_equal_the_module(
+    services: dict[str, str], ns: str, tmp_path: Path
+) -> None:
+    model = next_model(features=("temp",))
+    model_dir = tmp_path / "model"
+    save_artifact(model, model_dir, {"note": "random weights for tests"})
+    events = token_events(120, 25, seed=3)
+    settings = settings_for(services, ns)
+    await ensure_topics(settings)
+    msgs = [(str(e["unique_id"]).encode(), orjson.dumps(e)) for e in events]
+    await produce(services["bootstrap"], settings.topics.events, msgs)
+    env = worker_env(services, ns, model_dir, **FAST)
+    rng = random.Random(9)
+    kill_points = sorted(rng.sample(range(300, len(events) - 300), 3))
+    async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+        for i, point in enumerate(kill_points):
+            w = WorkerProcess(env, tmp_path / f"w{i}.log")
+            await out.read_until(point, timeout=120, proc=w)
+            await asyncio.sleep(rng.uniform(0, 0.3))
+            w.kill()
+        w = WorkerProcess(env, tmp_path / "final.log")
+        try:
+            await w.logged("partitions assigned")
+            while len({(p.partition, p.offset) for p in predictions_of(out.records)}) < len(events):
+                await out.read_until(len(out.records) + 1, timeout=60, proc=w)
+            await out.drain(quiet_s=2)
+        finally:
+            assert w.stop() == 0, w.tail()
+        preds = predictions_of(out.records)
+
+    by_id = defaultdict(list)
+    for p in preds:
+        by_id[(p.partition, p.offset)].append(p)
+    assert len(by_id) == len(events)
+    assert all(all(d == ds[0] for d in ds) for ds in by_id.values()), "a duplicate differs"
+    series: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for e in events:
+        series[str(e["unique_id"])].append(e)
+    ref = {
+        uid: offline_served(
+            model,
+            TokenSeries(
+                uid,
+                [str(e["ds"]) for e in evs],
+                {c: [e[c] for e in evs] for c in ("key", "tag")},  # type: ignore[misc]
+                np.array([[e["temp"]] for e in evs], np.float64),
+            ),
+        )
+        for uid, evs in series.items()
+    }
+    vocab = model.spec.vocabularies[0]
+    for ds in by_id.values():
+        p = ds[0]
+        want = ref[p.unique_id][0][p.step - 1]
+        k = (len(want) - 2) // 2
+        assert p.next == tuple(vocab[int(i) - 1] for i in want[:k])
+        np.testing.assert_allclose(p.values, want[k : 2 * k], rtol=1e-5, atol=1e-6)
+        assert (p.surprise is None) == (p.step == 1)
+        if p.surprise is not None:
+            np.testing.assert_allclose(p.surprise, want[-2], rtol=1e-5, atol=1e-5)
+        assert p.rank == (None if want[-1] != want[-1] else int(want[-1]))
+        assert p.y != p.y  # (no y in the events: null)
+    store = store_for(services, ns)
+    try:
+        raws = await store.get_many(list(ref))
+    finally:
+        await store.aclose()
+    for uid, raw in zip(ref, raws, strict=True):
+        assert raw is not None
+        rec = decode(raw)
+        _, h, c, comp = ref[uid]
+        assert rec.step == len(series[uid])
+        np.testing.assert_allclose(rec.h, h, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(rec.c, c, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(rec.comp, comp, atol=1e-5, rtol=1e-6)
+    print(f"kill points {kill_points}: {len(events)} events, {len(preds) - len(events)} duplicates")
