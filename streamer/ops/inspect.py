@@ -65,6 +65,10 @@ def long_header(levels: Sequence[int] = ()) -> str:
     )
 
 
+#: the long format of a next-event model's predictions: a row per value named, most likely first
+NEXT_HEADER = "unique_id,ds,k,next,probability"
+
+
 def long_rows(p: Prediction, levels: Sequence[int] = ()) -> list[str]:
     """A forecast as CSV rows of :func:`long_header` (Nixtla's long format, with the forecast's
     origin as the cutoff): one row per step ahead, with the bounds of its intervals at ``levels``
@@ -78,6 +82,11 @@ def long_rows(p: Prediction, levels: Sequence[int] = ()) -> list[str]:
     ['"s,1",,2020-01,1,4.0,3.0,5.0,,', '"s,1",,2020-01,2,5.5,4.0,7.0,,']
     """
     uid = _csv(p.unique_id)
+    if p.next:  # a next-event model's: one row per value it names (NEXT_HEADER)
+        return [
+            f"{uid},{_csv(p.ds)},{k},{_csv(v)},{prob!r}"
+            for k, (v, prob) in enumerate(zip(p.next, p.values, strict=True), start=1)
+        ]
     if p.classes:
         return [f"{uid},{_csv(p.ds)},{_csv(p.ds)},0,{_csv(str(p.label))}" + "," * 2 * len(levels)]
     stamps = p.forecast_ds or ("",) * len(p.values)
@@ -110,6 +119,13 @@ def format_prediction(p: Prediction) -> str:
         f"y={p.y:<10.4g} step {p.step:<6} "
         f"[dim]p{p.partition}@{p.offset} {p.model_version}[/dim]"
     )
+    if p.next:
+        top = zip(p.next[:5], p.values, strict=False)
+        named = " ".join(f"{printable(v)}:{q:.3g}" for v, q in top)
+        more = " …" if len(p.next) > 5 else ""
+        surprise = "" if p.surprise is None else f"  surprise {p.surprise:.3f}"
+        rank = "" if p.surprise is None else f" rank {p.rank if p.rank is not None else '>k'}"
+        return f"{head}  next {escape(f'[{named}{more}]')}{surprise}{rank}"
     if p.classes:
         ranked = sorted(zip(p.values, p.classes, strict=True), reverse=True)[:3]
         probs = " ".join(f"{escape(c)}:{v:.3f}" for v, c in ranked)
@@ -169,7 +185,7 @@ async def tail(
             elif form == "long":
                 if levels is None:
                     levels = tuple(p.intervals)
-                    sys.stdout.write(long_header(levels) + "\n")
+                    sys.stdout.write((NEXT_HEADER if p.next else long_header(levels)) + "\n")
                 sys.stdout.write("".join(row + "\n" for row in long_rows(p, levels)))
             else:
                 console.print(format_prediction(p))

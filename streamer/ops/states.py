@@ -35,6 +35,7 @@ from rich.table import Table
 
 from streamer import scaling
 from streamer.errors import ConfigError, StateCodecError, StateError, StoreUnavailable
+from streamer.model import nextevent
 from streamer.ops.terminal import printable
 from streamer.settings import Settings
 from streamer.state import RedisClusterStateStore, RedisStateStore, state_key
@@ -83,7 +84,14 @@ def record_to_dict(entity: str, key: str, rec: StateRecord) -> dict[str, Any]:
             "level": float(rec.comp[1]),
             "seasonal": rec.comp[2:].tolist(),
         }
-        if len(rec.comp) >= 2
+        if len(rec.comp) >= 2 and rec.comp[0] >= 0
+        else None,
+        # a next-event model's last prediction (streamer.model.nextevent), else None
+        "previous_prediction": {
+            "log_sum_exp": float(rec.comp[1]),
+            "top_ids": [int(i) for i in rec.comp[2:]],
+        }
+        if len(rec.comp) >= 2 and rec.comp[0] == nextevent.MARKER
         else None,
     }
 
@@ -171,6 +179,13 @@ async def show_state(settings: Settings, entity: str, *, as_json: bool = False) 
             "components",
             f"level {co['level']:.6g}  seasonal over {len(season)} steps [{head}"
             f"{' …' if len(season) > 6 else ''}]  after {co['observations']:.0f} observations",
+        )
+    if (pp := d["previous_prediction"]) is not None:
+        ids = " ".join(str(i) for i in pp["top_ids"][:10])
+        table.add_row(
+            "last prediction",
+            f"top ids [{ids}{' …' if len(pp['top_ids']) > 10 else ''}] (vocabulary ids of the "
+            f"model's predicted column)  log-sum-exp {pp['log_sum_exp']:.6g}",
         )
     for name, arr in (("h", rec.h), ("c", rec.c)):
         for layer in range(len(arr)):
@@ -408,6 +423,10 @@ def _writer(path: Path, suffix: str) -> Iterator[Callable[[list[dict[str, Any]]]
                         ("seasonal", pa.list_(pa.float64())),
                     ]
                 ),
+            ),
+            (
+                "previous_prediction",
+                pa.struct([("log_sum_exp", pa.float64()), ("top_ids", pa.list_(pa.int64()))]),
             ),
         ]
     )

@@ -112,6 +112,35 @@ def check_long(df: pd.DataFrame, name: str = "data", label: str | None = None) -
     return df.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
 
 
+def check_events(
+    df: pd.DataFrame, categorical: Sequence[str], name: str = "data"
+) -> tuple[pd.DataFrame, list[str]]:
+    """The frame sorted by (unique_id, ds) with the categorical columns as text, and its numeric
+    feature columns (every column but the entity, time, ``y`` and the categorical ones)."""
+    missing = [c for c in ("unique_id", "ds", *categorical) if c not in df.columns]
+    if missing:
+        raise DataError(f"{name}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise DataError(f"{name}: no rows")
+    df = df.copy()
+    df["unique_id"] = df["unique_id"].astype(str)
+    try:
+        df["ds"] = pd.to_datetime(df["ds"])
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{name}: column ds is not a timestamp ({exc})") from exc
+    for c in categorical:
+        df[c] = df[c].map(lambda v: None if v is None or v != v else str(v))
+    feats = [c for c in df.columns if c not in ("unique_id", "ds", "y", *categorical)]
+    for c in feats:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            raise DataError(
+                f"{name}: column {c} is not numeric (is it categorical? --categorical {c})"
+            )
+    if feats and not np.isfinite(df[feats].to_numpy(np.float64)).all():
+        raise DataError(f"{name}: features must be finite (found NaN or inf)")
+    return df.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True), feats
+
+
 def feature_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in REQUIRED]
 
@@ -157,19 +186,27 @@ def format_ds(t: pd.Timestamp) -> str:
     return str(t.isoformat())
 
 
-def event_rows(df: pd.DataFrame, drop: Sequence[str] = ()) -> Iterator[dict[str, object]]:
+def event_rows(
+    df: pd.DataFrame, drop: Sequence[str] = (), text: Sequence[str] = ()
+) -> Iterator[dict[str, object]]:
     """Rows as event dicts in time order (ties keep entity order), ready to be sent; columns in
-    ``drop`` (a label) are left out."""
-    feats = [c for c in feature_columns(df) if c not in drop]
+    ``drop`` (a label) are left out, those in ``text`` (categorical) sent as text (null where
+    empty), and ``y`` only if the frame has one (a next-event model's events need none)."""
+    feats = [c for c in feature_columns(df) if c not in drop and c not in text]
     ordered = df.sort_values(["ds", "unique_id"], kind="stable")
     ds_text = [format_ds(t) for t in ordered["ds"]]
     uids = ordered["unique_id"].tolist()
-    ys = ordered["y"].astype(float).tolist()
+    ys = ordered["y"].astype(float).tolist() if "y" in ordered.columns else None
     fcols = [ordered[f].astype(float).tolist() for f in feats]
+    tcols = [[None if v is None or v != v else str(v) for v in ordered[c]] for c in text]
     for i in range(len(ordered)):
-        ev: dict[str, object] = {"unique_id": uids[i], "ds": ds_text[i], "y": ys[i]}
+        ev: dict[str, object] = {"unique_id": uids[i], "ds": ds_text[i]}
+        if ys is not None:
+            ev["y"] = ys[i]
         for name, col in zip(feats, fcols, strict=True):
             ev[name] = col[i]
+        for name, tcol in zip(text, tcols, strict=True):
+            ev[name] = tcol[i]
         yield ev
 
 

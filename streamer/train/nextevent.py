@@ -32,7 +32,7 @@ from streamer.errors import ConfigError, DataError
 from streamer.model import ModelSpec, SequenceModel, nextevent
 from streamer.model.vocab import OOV, Vocabulary
 from streamer.train.checks import values_crc
-from streamer.train.data import format_ds
+from streamer.train.data import check_events, format_ds
 from streamer.train.problems import Problem, _pad
 from streamer.train.training import TrainConfig, TrainResult, _fit
 
@@ -76,35 +76,6 @@ class TokenSeries:
             {c: v[:n] for c, v in self.values.items()},
             self.features[:n],
         )
-
-
-def check_events(
-    df: pd.DataFrame, categorical: Sequence[str], name: str = "data"
-) -> tuple[pd.DataFrame, list[str]]:
-    """The frame sorted by (unique_id, ds) with the categorical columns as text, and its numeric
-    feature columns (every column but the entity, time, ``y`` and the categorical ones)."""
-    missing = [c for c in ("unique_id", "ds", *categorical) if c not in df.columns]
-    if missing:
-        raise DataError(f"{name}: missing column(s) {', '.join(missing)}")
-    if df.empty:
-        raise DataError(f"{name}: no rows")
-    df = df.copy()
-    df["unique_id"] = df["unique_id"].astype(str)
-    try:
-        df["ds"] = pd.to_datetime(df["ds"])
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{name}: column ds is not a timestamp ({exc})") from exc
-    for c in categorical:
-        df[c] = df[c].map(lambda v: None if v is None or v != v else str(v))
-    feats = [c for c in df.columns if c not in ("unique_id", "ds", "y", *categorical)]
-    for c in feats:
-        if not pd.api.types.is_numeric_dtype(df[c]):
-            raise DataError(
-                f"{name}: column {c} is not numeric (is it categorical? --categorical {c})"
-            )
-    if feats and not np.isfinite(df[feats].to_numpy(np.float64)).all():
-        raise DataError(f"{name}: features must be finite (found NaN or inf)")
-    return df.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True), feats
 
 
 def split_tokens(

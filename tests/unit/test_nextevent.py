@@ -10,6 +10,7 @@ import torch
 from streamer.errors import ConfigError
 from streamer.model import ModelSpec, SequenceModel
 from streamer.model.vocab import OOV, Vocabulary
+from streamer.schemas import Event
 from streamer.train import nextevent as ne
 from streamer.train.training import TrainConfig, train
 
@@ -209,3 +210,41 @@ def test_the_served_surprise_and_rank_are_the_previous_predictions() -> None:
         assert got == want
         ranked += want is not None
     assert 0 < ranked < n - 1  # (both cases happen)
+
+
+def test_tail_and_state_get_show_next_event_predictions() -> None:
+    import math
+
+    from rich.console import Console
+
+    from streamer.ops.inspect import NEXT_HEADER, format_prediction, long_rows
+    from streamer.schemas import Prediction
+
+    p = Prediction(
+        "u1", "d", math.nan, 0, 1, "v", 2, (0.5, 0.25), next=("a", "b[x]"), surprise=1.5, rank=None
+    )
+    console = Console(record=True, width=200)
+    console.print(format_prediction(p))
+    assert "next [a:0.5 b[x]:0.25]  surprise 1.500 rank >k" in console.export_text()
+    assert NEXT_HEADER.split(",") == ["unique_id", "ds", "k", "next", "probability"]
+    assert long_rows(p) == ["u1,d,1,a,0.5", "u1,d,2,b[x],0.25"]
+
+
+async def test_a_stored_state_names_its_last_prediction() -> None:
+    from streamer.ops.states import record_to_dict
+    from streamer.serve.predictor import Predictor
+    from streamer.state import MemoryStateStore, decode
+
+    model = next_model(k=4)
+    store = MemoryStateStore()
+    pred = Predictor(model, "v1", store)
+    [p] = (await pred.process([ne_event("k3", 0)])).predictions
+    rec = decode((await store.get_many(["e"]))[0] or b"")
+    d = record_to_dict("e", "key", rec)
+    assert d["components"] is None
+    vocab = model.spec.vocabularies[0]
+    assert [vocab[i - 1] for i in d["previous_prediction"]["top_ids"]] == list(p.next)
+
+
+def ne_event(key: str | None, offset: int) -> Event:
+    return Event("e", "d", float("nan"), (), 0, offset, (key, "a"))

@@ -64,6 +64,7 @@ async def _check_store(settings: Settings) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import pandas as pd
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -73,12 +74,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
 
     from streamer.kafka import ensure_topics, replay_events
-    from streamer.train.data import event_rows, read_long
+    from streamer.train.data import check_events, event_rows, read_frame, read_long, rename_long
 
     settings = settings_from(args)
-    df = read_long(args.file, columns=_columns(args))
+    raw = rename_long(read_frame(args.file), _columns(args), str(args.file), True)
+    fixed = ("unique_id", "ds", "y")
+    text = [c for c in raw.columns if c not in fixed and not pd.api.types.is_numeric_dtype(raw[c])]
+    if text or "y" not in raw.columns:  # events of a next-event model: text columns, no y
+        df, _ = check_events(raw, text, str(args.file))
+    else:
+        df = read_long(args.file, columns=_columns(args))
     total = len(df) if not args.limit else min(args.limit, len(df))
-    rows = event_rows(df)
+    rows = event_rows(df, text=text)
     if args.limit:
         rows = (r for i, r in zip(range(args.limit), rows, strict=False))
 
