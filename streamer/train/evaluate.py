@@ -198,6 +198,7 @@ def run_evaluate(
     keep: bool = False,
     allow_seen: bool = False,
     baselines: bool = False,
+    holdout_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Stream ``data`` through a worker serving ``model_dir`` and score what it published.
     Returns the results (also what ``--json`` writes). The run's topics and keys are deleted
@@ -207,6 +208,21 @@ def run_evaluate(
     console = console or Console(stderr=True)
     art = load_artifact(model_dir)
     model, spec = art.model, art.spec
+    if spec.task == "next":
+        from streamer.train.evaluate_next import evaluate_next
+
+        started = time.monotonic()
+        result = evaluate_next(
+            base,
+            data,
+            model_dir,
+            fraction=holdout_fraction,
+            workdir=workdir,
+            console=console,
+            keep=keep,
+            allow_seen=allow_seen,
+        )
+        return _checked(result, art, data, tolerance, started)
     if spec.task == "classify" and not label:
         raise DataError("a classifier is scored against a label column: pass --label")
     started = time.monotonic()
@@ -224,6 +240,15 @@ def run_evaluate(
             base, data, model, model_dir, label or "", workdir, console, keep
         )
     result["seen_in_training"] = seen
+    return _checked(result, art, data, tolerance, started)
+
+
+def _checked(
+    result: dict[str, Any], art: Any, data: pd.DataFrame, tolerance: float | None, started: float
+) -> dict[str, Any]:
+    """The result with the model and wall time, once its streamed predictions are found equal to
+    the offline model's (an error if they are not)."""
+    spec = art.spec
     result["model_version"] = art.version
     result["model"] = {k: spec.to_dict()[k] for k in ("cell", "hidden_size", "num_layers")}
     result["wall_seconds"] = round(time.monotonic() - started, 1)

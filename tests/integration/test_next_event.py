@@ -6,7 +6,10 @@ first emission."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -129,3 +132,94 @@ async def test_next_event_predictions_survive_kill_9_and_equal_the_module(
         np.testing.assert_allclose(rec.c, c, atol=1e-5, rtol=0)
         np.testing.assert_allclose(rec.comp, comp, atol=1e-5, rtol=1e-6)
     print(f"kill points {kill_points}: {len(events)} events, {len(preds) - len(events)} duplicates")
+
+
+def test_train_replay_and_evaluate_a_next_event_model_from_the_command_line(
+    services: dict[str, str], ns: str, tmp_path: Path
+) -> None:
+    """The recipe a user follows: ``train --next`` with held-out events, ``evaluate`` through a
+    worker. Every entity walks a fixed cycle, so the model and first-order Markov transitions
+    rank the next key first, and popularity cannot; the run's topics and keys are removed."""
+    from tests.integration.test_models import await_sync, keys_of, topics_named
+    from tests.unit.test_nextevent import _cycles
+
+    data = tmp_path / "cycles.csv"
+    _cycles(n_entities=30, length=30).to_csv(data, index=False)
+    env = worker_env(services, ns, tmp_path / "m")
+    cli = [sys.executable, "-m", "streamer.ops.cli"]
+    train = [
+        *cli,
+        "train",
+        str(data),
+        "--next",
+        "key",
+        "--categorical",
+        "tag",
+        "--out",
+        str(tmp_path / "m"),
+        "--holdout-fraction",
+        "0.2",
+        "--hidden-size",
+        "16",
+        "--embedding",
+        "8",
+        "--lr",
+        "0.02",
+        "--epochs",
+        "40",
+        "--top-k",
+        "5",
+    ]
+    r = subprocess.run(train, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "vocabularies key 6, tag 2" in r.stdout
+    evaluate = [
+        *cli,
+        "evaluate",
+        str(data),
+        "--model",
+        str(tmp_path / "m"),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--workdir",
+        str(tmp_path / "wd"),
+    ]
+    r = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["task"] == "next" and res["held_out_fraction"] == 0.2
+    assert res["events_scored"] == 30 * 6 and res["events_streamed"] == 30 * 30
+    assert res["streamed_equals_offline"] and res["seen_in_training"] == 0
+    s = res["scores"]
+    assert s["streamer"]["recall@1"] > 0.95 and s["markov"]["recall@1"] > 0.95
+    assert s["popular"]["recall@1"] < 0.5 and set(s["streamer"]) >= {"mrr@5", "ndcg@5"}
+    assert "recall@10" not in s["streamer"]  # (beyond the model's top 5)
+    assert "Recall@5" in r.stderr and "Markov" in r.stderr
+    (log,) = (tmp_path / "wd").glob("eval*.worker.log")
+    run = log.name.split(".")[0]
+    assert not await_sync(topics_named(services["bootstrap"], run)), "the run's topics are left"
+    assert not await_sync(keys_of(services["redis_url"], run)), "the run's keys are left"
+    # a model trained on every event is refused: its held-out events were seen
+    r = subprocess.run(
+        [
+            *cli,
+            "train",
+            str(data),
+            "--next",
+            "key",
+            "--categorical",
+            "tag",
+            "--out",
+            str(tmp_path / "all"),
+            "--epochs",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    evaluate[evaluate.index(str(tmp_path / "m"))] = str(tmp_path / "all")
+    r = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "trained on the held-out events" in r.stderr

@@ -279,12 +279,15 @@ def _how_trained(summary: dict[str, Any]) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from streamer.model.artifact import load_artifact
-    from streamer.train.data import read_long
+    from streamer.train.data import read_frame, read_long, rename_long
     from streamer.train.evaluate import run_evaluate, write_json
 
     settings = settings_from(args)
-    load_artifact(args.model)  # a bad artifact fails before anything starts
-    df = read_long(args.file, args.label, _columns(args))
+    art = load_artifact(args.model)  # a bad artifact fails before anything starts
+    if art.spec.task == "next":  # events of categorical columns: checked by the evaluation
+        df = rename_long(read_frame(args.file), _columns(args), str(args.file), True)
+    else:
+        df = read_long(args.file, args.label, _columns(args))
     result = run_evaluate(
         settings,
         df,
@@ -295,6 +298,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         keep=args.keep,
         allow_seen=args.allow_seen,
         baselines=args.baselines,
+        holdout_fraction=args.holdout_fraction,
     )
     if args.json:
         write_json(result, args.json)

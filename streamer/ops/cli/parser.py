@@ -367,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", type=Path, required=True, help="model artifact directory")
     ev.add_argument("--label", help="label column (classifiers)")
     ev.add_argument("--season", type=_positive(int), help="season length (default: from ds)")
+    ev.add_argument(
+        "--holdout-fraction",
+        type=_positive(float),
+        help="next-event models: share of each entity's last events scored (default: the "
+        "model's training --holdout-fraction, else 0.2)",
+    )
     ev.add_argument("--json", type=Path, help="write the results as JSON here")
     ev.add_argument(
         "--baselines",
