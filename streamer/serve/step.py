@@ -204,9 +204,12 @@ class Stepper:
         raw = self._run(sv, x_host, slot, waves, st).astype(np.float64)
         actual = ids[spec.categorical.index(spec.next or "")]
         values = np.empty((len(ev), spec.served_outputs))
-        for w in waves:  # in event order, per entity: each one's previous prediction
+        # a state another model version wrote holds that model's last prediction: none of ours
+        ours = st.version == sv.version.encode("ascii")
+        for i, w in enumerate(waves):  # in event order, per entity: each one's last prediction
             s = slot[w]
-            values[w], st.comp[s] = nextevent.advance(raw[w], actual[w], st.comp[s], steps[w] > 1)
+            had = (steps[w] > 1) & (ours[s] if i == 0 else True)
+            values[w], st.comp[s] = nextevent.advance(raw[w], actual[w], st.comp[s], had)
         oov = {c: int((i == OOV).sum()) for c, i in zip(spec.categorical, ids, strict=True)}
         return values, steps, oov
 

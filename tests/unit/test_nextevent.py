@@ -248,3 +248,18 @@ async def test_a_stored_state_names_its_last_prediction() -> None:
 
 def ne_event(key: str | None, offset: int) -> Event:
     return Event("e", "d", float("nan"), (), 0, offset, (key, "a"))
+
+
+async def test_after_a_model_change_the_first_event_has_no_surprise() -> None:
+    """A state written by another model version holds that model's last prediction (its ids may
+    be another vocabulary's): the new model's first event there gets no surprise or rank."""
+    from streamer.serve.predictor import Predictor
+    from streamer.state import MemoryStateStore
+
+    store = MemoryStateStore()
+    first = Predictor(next_model(seed=1), "v1", store)
+    await first.process([ne_event("k1", 0), ne_event("k2", 1)])
+    second = Predictor(next_model(seed=2), "v2", store)
+    [a, b] = (await second.process([ne_event("k3", 2), ne_event("k4", 3)])).predictions
+    assert a.step == 3 and a.surprise is None and a.rank is None
+    assert b.surprise is not None
