@@ -221,6 +221,7 @@ def run_evaluate(
             console=console,
             keep=keep,
             allow_seen=allow_seen,
+            label=label,
         )
         return _checked(result, art, data, tolerance, started)
     if spec.task == "classify" and not label:

@@ -33,7 +33,7 @@ from streamer.model import ModelSpec, SequenceModel, nextevent
 from streamer.model.vocab import OOV, Vocabulary
 from streamer.train.checks import values_crc
 from streamer.train.data import check_events, format_ds
-from streamer.train.problems import Problem, _pad
+from streamer.train.problems import Problem, _pad, _split
 from streamer.train.training import TrainConfig, TrainResult, _fit
 
 __all__ = [
@@ -115,34 +115,30 @@ def _targets(s: TokenSeries, spec: ModelSpec) -> I64:
 
 
 def next_problem(
-    model: SequenceModel, series: list[TokenSeries], val_points: Sequence[int], dev: torch.device
+    model: SequenceModel,
+    series: list[TokenSeries],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    dev: torch.device,
 ) -> Problem:
-    """Per-step cross-entropy against the next event's id; each series' last ``val_points[i]``
-    targets validate (early stopping), the ones before them train."""
+    """Per-step cross-entropy against the next event's id, over every target of a sequence; a
+    share of the entities (``cfg.val_fraction``) validates (early stopping). (Holding out the last
+    events of every sequence instead would keep what ends a sequence, a session's close, out of
+    training altogether.)"""
     spec = model.spec
     xs = [next_inputs(s, spec) for s in series]
     ys = [_targets(s, spec) for s in series]
     ce = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=-1)
 
-    def masked(i: int, train: bool) -> I64:
-        y = ys[i].copy()
-        cut = len(y) - 1 - val_points[i]  # targets from here on validate
-        if train:
-            y[cut:] = -1
-        else:
-            y[: max(cut, 0)] = -1
-        return y
-
     def loss(idx: Sequence[int], train: bool) -> tuple[Tensor, float]:
         x = _pad([xs[i] for i in idx], torch.float32, dev)
-        y = _pad([masked(i, train) + 1 for i in idx], torch.int64, dev) - 1  # padding: -1
+        y = _pad([ys[i] + 1 for i in idx], torch.int64, dev) - 1  # padding: -1, no target
         out, _ = model(x)  # (B, T, V)
         per = ce(out.reshape(-1, out.shape[-1]), y.reshape(-1))
         return per.sum(), float((y >= 0).sum())
 
-    every = list(range(len(series)))
-    validating = [i for i in every if val_points[i] > 0]
-    return Problem(len(series), every, validating, loss)
+    train_idx, val_idx = _split(len(series), cfg, rng)
+    return Problem(len(series), train_idx, val_idx, loss)
 
 
 @torch.no_grad()
@@ -333,16 +329,11 @@ def train_next(
         next=target,
         top_k=cfg.top_k,
     )
-    val = [
-        0 if cfg.val_points == 0 else min(len(s) - 2, cfg.val_points or max(1, round(0.1 * len(s))))
-        for s in series
-    ]
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)
-    problem = next_problem(model, series, [max(v, 0) for v in val], dev)
+    problem = next_problem(model, series, cfg, rng, dev)
     best, best_epoch, epoch, history = _fit(model, problem, cfg, rng, on_epoch)
     model.cpu()
-    starts = [len(s) - max(v, 0) for s, v in zip(series, val, strict=True)]
     summary: dict[str, Any] = {
         "config": asdict(cfg),
         "entities": len(series),
@@ -356,11 +347,12 @@ def train_next(
         "best_val_loss": best if math.isfinite(best) else None,
         "final_train_loss": history[-1][0] if history else None,
     }
-    if any(val):
-        summary["validation"] = score(model, series, starts)
+    if problem.val_idx:  # every event after the first of the validation entities
+        held = [series[i] for i in problem.val_idx]
+        summary["validation"] = score(model, held, [1] * len(held))
     span = token_span(series, spec)
     if cfg.refit and best_epoch:
-        again = replace(cfg, epochs=best_epoch, val_points=0, refit=False)
+        again = replace(cfg, epochs=best_epoch, val_fraction=0.0, refit=False)
         full = train_next(df, again, on_epoch)
         full.summary.update(
             config=asdict(cfg),

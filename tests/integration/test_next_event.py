@@ -223,3 +223,42 @@ def test_train_replay_and_evaluate_a_next_event_model_from_the_command_line(
     evaluate[evaluate.index(str(tmp_path / "m"))] = str(tmp_path / "all")
     r = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "trained on the held-out events" in r.stderr
+
+
+def test_anomalous_log_sessions_are_found_by_the_surprise_of_the_streamed_predictions(
+    services: dict[str, str], ns: str, tmp_path: Path
+) -> None:
+    """Normal sessions to train on; held-out sessions of which a third were hurt (a swap, a
+    missing step, an unknown key), streamed through a worker by ``evaluate --label anomaly``:
+    the probability rule finds them."""
+    from streamer.train.logs import log_sessions
+    from streamer.train.training import TrainConfig, train
+
+    res = train(log_sessions(600, seed=1, prefix="train"), TrainConfig(next="key", seed=0))
+    save_artifact(res.model, tmp_path / "m", res.summary, res.span)
+    data = tmp_path / "test.csv"
+    log_sessions(240, 1 / 3, seed=2, prefix="test").to_csv(data, index=False)
+    env = worker_env(services, ns, tmp_path / "m")
+    evaluate = [
+        sys.executable,
+        "-m",
+        "streamer.ops.cli",
+        "evaluate",
+        str(data),
+        "--model",
+        str(tmp_path / "m"),
+        "--label",
+        "anomaly",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--workdir",
+        str(tmp_path / "wd"),
+    ]
+    r = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert out["task"] == "next-anomalies" and out["anomalous"] == 80 and out["entities"] == 240
+    assert out["streamed_equals_offline"] and out["seen_in_training"] == 0
+    assert out["best_f1"] > 0.9, out["rules"]
+    assert out["rules"]["top 1"]["recall"] == 1.0  # (everything is flagged at g = 1)
+    assert "p < 0.01" in r.stderr and "top 5" in r.stderr

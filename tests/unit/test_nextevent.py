@@ -263,3 +263,20 @@ async def test_after_a_model_change_the_first_event_has_no_surprise() -> None:
     [a, b] = (await second.process([ne_event("k3", 2), ne_event("k4", 3)])).predictions
     assert a.step == 3 and a.surprise is None and a.rank is None
     assert b.surprise is not None
+
+
+def test_log_sessions_follow_their_rules_and_each_anomaly_breaks_them() -> None:
+    from streamer.train.logs import KINDS, UNKNOWN_KEYS, log_sessions, normal
+
+    train = log_sessions(300, seed=1)
+    assert "anomaly" not in train and all(
+        normal(list(g.key)) for _, g in train.groupby("unique_id")
+    )
+    test = log_sessions(300, 1 / 3, seed=2)
+    hurt = test.groupby("unique_id")["anomaly"].max()
+    assert hurt.sum() == 100 and (test.groupby("unique_id")["anomaly"].sum() <= 1).all()
+    for uid, g in test.groupby("unique_id"):
+        assert normal(list(g.key)) == (not hurt[uid]), uid
+    unknown = test[test.key.isin(UNKNOWN_KEYS)]
+    assert (unknown.anomaly == 1).all() and len(unknown) == len(range(2, 100, len(KINDS)))  # 33
+    assert log_sessions(50, 0.5, seed=3).equals(log_sessions(50, 0.5, seed=3))  # seeded

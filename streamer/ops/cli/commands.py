@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streamer.errors import ConfigError
@@ -117,6 +118,8 @@ def _columns(args: argparse.Namespace) -> tuple[str, str, str]:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from streamer.train.data import (
         classification_set,
         demo_panel,
@@ -124,12 +127,16 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         pedestrian_panel,
         prison_panel,
     )
+    from streamer.train.logs import log_sessions
 
-    panels = {
+    panels: dict[str, Callable[[], pd.DataFrame]] = {
         "aus-retail": demo_panel,
         "prison": prison_panel,
         "pedestrian": pedestrian_panel,
         "movielens-100k": movielens_100k,
+        # normal sessions to train on; others with a third of them hurt, to find
+        "log-sessions-train": lambda: log_sessions(2_000, seed=1, prefix="train"),
+        "log-sessions-test": lambda: log_sessions(1_000, 1 / 3, seed=2, prefix="test"),
     }
     name = args.name
     if name in panels:

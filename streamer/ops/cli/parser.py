@@ -18,6 +18,8 @@ DATASETS = (
     "prison",
     "pedestrian",
     "movielens-100k",
+    "log-sessions-train",
+    "log-sessions-test",
     *(
         f"{name}-{split}"
         for name in ("italy-power-demand", "osuleaf", "basic-motions", "japanese-vowels")
