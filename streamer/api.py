@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,7 +177,8 @@ class OnlinePredictor:
 
     def events(self, rows: Iterable[Mapping[str, Any] | Event]) -> list[Event]:
         """The rows as events, with this predictor's partition and its next offsets."""
-        features = self.model.spec.features
+        spec = self.model.spec
+        features, categorical = spec.features, spec.categorical
         out: list[Event] = []
         for row in rows:
             if isinstance(row, Event):
@@ -184,7 +186,10 @@ class OnlinePredictor:
                 continue
             try:
                 feats = tuple(float(row[f]) for f in features)
-                ev = Event(str(row["unique_id"]), str(row["ds"]), float(row["y"]), feats, 0, 0)
+                # (a next-event model's events: text values, None out of vocabulary; no y)
+                cats = tuple(None if row[c] is None else str(row[c]) for c in categorical)
+                y = float(row["y"]) if not categorical or "y" in row else math.nan
+                ev = Event(str(row["unique_id"]), str(row["ds"]), y, feats, 0, 0, cats)
             except KeyError as exc:
                 raise ConfigError(f"an event has no {exc.args[0]!r}: {dict(row)}") from None
             ev.partition, ev.offset = self.partition, self.offset

@@ -280,3 +280,22 @@ def test_log_sessions_follow_their_rules_and_each_anomaly_breaks_them() -> None:
     unknown = test[test.key.isin(UNKNOWN_KEYS)]
     assert (unknown.anomaly == 1).all() and len(unknown) == len(range(2, 100, len(KINDS)))  # 33
     assert log_sessions(50, 0.5, seed=3).equals(log_sessions(50, 0.5, seed=3))  # seeded
+
+
+def test_the_python_api_steps_next_event_models_from_mappings() -> None:
+    import streamer.api as st
+
+    model = next_model(k=3)
+    live = st.OnlinePredictor(st.Model(model, model.spec, "v1"))
+    try:
+        rows = [
+            {"unique_id": "a", "ds": "1", "key": "k1", "tag": "a"},
+            {"unique_id": "a", "ds": "2", "key": None, "tag": "b", "y": 2.0},
+        ]
+        first, second = live.predict(rows)
+    finally:
+        live.close()
+    assert len(first.next) == 3 and first.surprise is None and first.y != first.y
+    assert second.surprise is not None and second.rank is None and second.y == 2.0
+    with pytest.raises(ConfigError, match="no 'tag'"):
+        live.events([{"unique_id": "a", "ds": "3", "key": "k1"}])

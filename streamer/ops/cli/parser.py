@@ -286,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifiers: which steps of a sequence the loss counts",
     )
     t.add_argument(
-        "--val-fraction", type=float, default=0.2, help="classifiers: share held out for stopping"
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="classifiers and next-event models: share of the entities held out for stopping",
     )
     t.add_argument(
         "--refit",
@@ -367,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("file", type=Path, help="CSV or Parquet: unique_id, ds, y[, features...]")
     _columns(ev)
     ev.add_argument("--model", type=Path, required=True, help="model artifact directory")
-    ev.add_argument("--label", help="label column (classifiers)")
+    ev.add_argument(
+        "--label",
+        help="label column (classifiers; next-event models: 1 marks an anomaly, and entities are "
+        "scored by the top-g and surprise rules)",
+    )
     ev.add_argument("--season", type=_positive(int), help="season length (default: from ds)")
     ev.add_argument(
         "--holdout-fraction",
