@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from streamer import seasonal
 from streamer.errors import ConfigError
 from streamer.model import nextevent
-from streamer.model.vocab import Vocabulary
+from streamer.model.vocab import MAX_VOCABULARY, Vocabulary
 
 __all__ = [
     "CELLS",
@@ -102,6 +102,9 @@ class ModelSpec:
     #: most likely values each prediction names.
     next: str | None = None
     top_k: int = 10
+    #: Categorical inputs other than the predicted column hashed into this many buckets instead
+    #: of a vocabulary (open-ended values: ids, URLs...); 0: vocabularies.
+    hash_buckets: int = 0
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -146,6 +149,8 @@ class ModelSpec:
                 )
             if not 1 <= self.top_k <= 1000:
                 raise ConfigError(f"top_k is 1 to 1,000, not {self.top_k}")
+            if not 0 <= self.hash_buckets <= MAX_VOCABULARY:
+                raise ConfigError(f"hash buckets are 0 to {MAX_VOCABULARY:,}")
         elif self.categorical:
             raise ConfigError("categorical inputs are for next-event models (task next)")
         if self.season:
@@ -187,7 +192,10 @@ class ModelSpec:
     @property
     def vocabulary(self) -> dict[str, Vocabulary]:
         """Each categorical column's vocabulary."""
-        return {c: Vocabulary(v) for c, v in zip(self.categorical, self.vocabularies, strict=True)}
+        return {
+            c: Vocabulary(v, self.hash_buckets if c != self.next else 0)
+            for c, v in zip(self.categorical, self.vocabularies, strict=True)
+        }
 
     @property
     def served_outputs(self) -> int:
@@ -253,6 +261,8 @@ class ModelSpec:
             d["vocabularies"] = [list(v) for v in self.vocabularies]
         if self.next is None:
             del d["next"], d["top_k"]
+        if not self.hash_buckets:
+            del d["hash_buckets"]
         return d
 
     @classmethod
@@ -284,6 +294,7 @@ class ModelSpec:
             embedding=int(d.get("embedding", 0)),
             next=d.get("next"),
             top_k=int(d.get("top_k", 10)),
+            hash_buckets=int(d.get("hash_buckets", 0)),
         )
 
 
@@ -413,7 +424,7 @@ class SequenceModel(nn.Module):
         self.head = nn.Linear(width, spec.outputs * spec.members)
         #: one embedding per categorical column, over its ids (out-of-vocabulary included)
         self.embeddings = nn.ModuleList(
-            nn.Embedding(1 + len(v), spec.embedding) for v in spec.vocabularies
+            nn.Embedding(len(v), spec.embedding) for v in spec.vocabulary.values()
         )
 
     def _embedded(self, x: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ vocabulary kept here) and the model embeds them (:class:`streamer.model.Sequence
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -26,25 +27,36 @@ MAX_VOCABULARY = 1_000_000
 
 
 class Vocabulary:
-    """Values by id: ``values[i - 1]`` has id ``i``; anything else is :data:`OOV`."""
+    """Values by id: ``values[i - 1]`` has id ``i``; anything else is :data:`OOV`.
 
-    def __init__(self, values: Sequence[str]):
-        if len(values) > MAX_VOCABULARY:
+    With ``buckets``, an open-ended column instead: any text's id is ``1 + CRC32(text) mod
+    buckets`` (values that share a bucket share an embedding), and only a missing value (null,
+    or no text) is :data:`OOV`."""
+
+    def __init__(self, values: Sequence[str], buckets: int = 0):
+        if len(values) > MAX_VOCABULARY or buckets > MAX_VOCABULARY:
             raise ConfigError(f"a vocabulary holds at most {MAX_VOCABULARY:,} values")
         if len(set(values)) != len(values):
             raise ConfigError("a vocabulary's values must be distinct")
+        if buckets and values:
+            raise ConfigError("a hashed column keeps no values")
         self.values: tuple[str, ...] = tuple(values)
+        self.buckets = buckets
         self._ids = {v: i for i, v in enumerate(self.values, start=1)}
 
     def __len__(self) -> int:
         """Ids, out-of-vocabulary included."""
-        return len(self.values) + 1
+        return (self.buckets or len(self.values)) + 1
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocabulary) and other.values == self.values
+        return (
+            isinstance(other, Vocabulary)
+            and other.values == self.values
+            and other.buckets == self.buckets
+        )
 
     def __hash__(self) -> int:
-        return hash(self.values)
+        return hash((self.values, self.buckets))
 
     @classmethod
     def fit(cls, values: Iterable[str], max_size: int = 50_000, min_count: int = 1) -> Vocabulary:
@@ -58,6 +70,17 @@ class Vocabulary:
 
     def ids(self, values: Iterable[object]) -> npt.NDArray[np.int64]:
         """Each value's id; a value that is no string, or one not held, is :data:`OOV`."""
+        if self.buckets:
+            n = self.buckets
+            return np.fromiter(
+                (
+                    1 + zlib.crc32(v.encode("utf-8", "surrogatepass")) % n
+                    if isinstance(v, str)
+                    else OOV
+                    for v in values
+                ),
+                np.int64,
+            )
         get = self._ids.get
         return np.fromiter((get(v, OOV) if isinstance(v, str) else OOV for v in values), np.int64)
 

@@ -305,7 +305,9 @@ def train_next(
     if not series:
         raise DataError("no entity has two events to learn a next event from")
     vocabs = [
-        Vocabulary.fit(
+        Vocabulary((), cfg.hash_buckets)
+        if cfg.hash_buckets and c != target
+        else Vocabulary.fit(
             (v for s in series for v in s.values[c] if v is not None),
             cfg.max_vocabulary,
             cfg.min_count,
@@ -328,6 +330,7 @@ def train_next(
         embedding=cfg.embedding,
         next=target,
         top_k=cfg.top_k,
+        hash_buckets=cfg.hash_buckets,
     )
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)

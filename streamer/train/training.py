@@ -127,6 +127,9 @@ class TrainConfig:
     top_k: int = 10
     max_vocabulary: int = 50_000
     min_count: int = 1
+    #: Categorical inputs but the predicted column hashed into this many buckets instead of a
+    #: vocabulary (open-ended values); 0: vocabularies.
+    hash_buckets: int = 0
     #: The last share of every sequence dropped before training (a next-event evaluation's
     #: held-out events); 0: none.
     holdout_fraction: float = 0.0

@@ -16,8 +16,14 @@ from streamer.train.training import TrainConfig, train
 
 
 def next_model(
-    vocab: int = 12, k: int = 4, features: tuple[str, ...] = (), seed: int = 3, cell: str = "lstm"
+    vocab: int = 12,
+    k: int = 4,
+    features: tuple[str, ...] = (),
+    seed: int = 3,
+    cell: str = "lstm",
+    hash_buckets: int = 0,
 ) -> SequenceModel:
+    """(``hash_buckets``: ``tag`` hashed instead of a vocabulary of ``a`` and ``b``.)"""
     torch.manual_seed(seed)
     spec = ModelSpec(
         cell=cell,
@@ -29,10 +35,11 @@ def next_model(
         task="next",
         scaling="none",
         categorical=("key", "tag"),
-        vocabularies=(tuple(f"k{i}" for i in range(vocab)), ("a", "b")),
+        vocabularies=(tuple(f"k{i}" for i in range(vocab)), () if hash_buckets else ("a", "b")),
         embedding=5,
         next="key",
         top_k=k,
+        hash_buckets=hash_buckets,
     )
     model = SequenceModel(spec)
     with torch.no_grad():
@@ -299,3 +306,22 @@ def test_the_python_api_steps_next_event_models_from_mappings() -> None:
     assert second.surprise is not None and second.rank is None and second.y == 2.0
     with pytest.raises(ConfigError, match="no 'tag'"):
         live.events([{"unique_id": "a", "ds": "3", "key": "k1"}])
+
+
+def test_hashed_columns_map_any_text_to_a_bucket_and_keep_no_values() -> None:
+    v = Vocabulary((), buckets=7)
+    ids = v.ids(["a", "b", "a", None, 3, "\ud800", "x" * 1024])
+    assert ids[0] == ids[2] and ids[3] == ids[4] == OOV and len(v) == 8
+    assert all(1 <= i <= 7 for i in ids[[0, 1, 5, 6]])
+    assert Vocabulary((), 7).ids(["a"]).tolist() == [ids[0]]  # (stable: CRC32, no salt)
+    with pytest.raises(ConfigError):
+        Vocabulary(("a",), buckets=3)
+    model = next_model(hash_buckets=16)
+    spec = model.spec
+    assert ModelSpec.from_dict(spec.to_dict()) == spec and spec.to_dict()["hash_buckets"] == 16
+    assert spec.vocabulary["key"].buckets == 0 and spec.vocabulary["tag"].buckets == 16
+    assert model.embeddings[1].num_embeddings == 17
+    df = _cycles(n_entities=12, length=12)
+    df["tag"] = [f"t{i}" for i in range(len(df))]  # every value new: open-ended
+    res = train(df, TrainConfig(next="key", categorical=("tag",), hash_buckets=32, epochs=2))
+    assert res.model.spec.vocabularies[1] == () and res.summary["vocabulary"]["tag"] == 32

@@ -425,7 +425,9 @@ def _token_series(events: list[Event]) -> dict[str, TokenSeries]:
     }
 
 
-@pytest.mark.parametrize("variant", ["plain", "cached", "fused", "per-layer", "staged", "inline"])
+@pytest.mark.parametrize(
+    "variant", ["plain", "cached", "fused", "per-layer", "staged", "inline", "hashed"]
+)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 async def test_next_event_predictions_equal_the_module_per_entity(cell: str, variant: str) -> None:
     """The top values, their probabilities, each event's surprise and rank and the states of a
@@ -433,7 +435,7 @@ async def test_next_event_predictions_equal_the_module_per_entity(cell: str, var
     whole sequence; a replay re-emits them bit for bit."""
     from tests.unit.test_nextevent import next_model
 
-    model = next_model(cell=cell, features=("temp",))
+    model = next_model(cell=cell, features=("temp",), hash_buckets=8 if variant == "hashed" else 0)
     events = _token_events()
     series = _token_series(events)
     ref = {uid: offline_served(model, s) for uid, s in series.items()}

@@ -210,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         max_vocabulary=args.max_vocabulary,
         min_count=args.min_count,
+        hash_buckets=args.hash_buckets,
         holdout_fraction=args.holdout_fraction,
     )
     if args.window and not classify:

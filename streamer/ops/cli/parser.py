@@ -352,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="next-event models: fewest occurrences of a value in training to keep it",
     )
     t.add_argument(
+        "--hash-buckets",
+        type=int,
+        default=0,
+        help="next-event models: hash the other categorical columns into N buckets instead of "
+        "keeping vocabularies (open-ended values; 0: vocabularies)",
+    )
+    t.add_argument(
         "--holdout-fraction",
         type=float,
         default=0.0,
