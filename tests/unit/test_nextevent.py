@@ -325,3 +325,14 @@ def test_hashed_columns_map_any_text_to_a_bucket_and_keep_no_values() -> None:
     df["tag"] = [f"t{i}" for i in range(len(df))]  # every value new: open-ended
     res = train(df, TrainConfig(next="key", categorical=("tag",), hash_buckets=32, epochs=2))
     assert res.model.spec.vocabularies[1] == () and res.summary["vocabulary"]["tag"] == 32
+
+
+def test_movielens_100k_comes_from_recboles_wheel_as_events() -> None:
+    """(Downloads RecBole's wheel from PyPI once, without its dependencies, into the cache.)"""
+    from streamer.train.data import movielens_100k
+
+    df = movielens_100k()
+    assert len(df) == 100_000 and df.unique_id.nunique() == 943 and df["item"].nunique() == 1682
+    assert list(df.columns) == ["unique_id", "ds", "item", "rating"]
+    assert df.groupby("unique_id")["ds"].apply(lambda d: d.is_monotonic_increasing).all()
+    assert df.rating.between(1, 5).all() and df["item"].str.startswith("m").all()
