@@ -271,7 +271,10 @@ def _how_trained(summary: dict[str, Any]) -> str:
         how += "; vocabularies " + ", ".join(f"{c} {n:,}" for c, n in summary["vocabulary"].items())
         if summary.get("validation"):
             v = summary["validation"]
-            how += f"; on held-out targets Recall@10 {v['recall@10']:.4f}, MRR@10 {v['mrr@10']:.4f}"
+            how += (
+                f"; on the validation entities Recall@10 {v['recall@10']:.4f}, "
+                f"MRR@10 {v['mrr@10']:.4f}"
+            )
     if "components" in summary:
         co = summary["components"]
         how += (
