@@ -347,6 +347,14 @@ async def check_model(client: aioredis.Redis, settings: Settings, timeout_s: flo
 
 def _model(spec: ModelSpec, version: str, source: str) -> _Model:
     what = f"{len(spec.classes)} classes" if spec.task == "classify" else f"horizon {spec.horizon}"
+    if spec.task == "next":
+        known = spec.outputs - 1
+        what = f"next {spec.next} of {known:,} values, top {spec.served_top_k}"
+        if len(spec.categorical) > 1:
+            others = ", ".join(spec.categorical[1:])
+            what += f"; inputs {others}" + (
+                f" hashed into {spec.hash_buckets:,} buckets" if spec.hash_buckets else ""
+            )
     window = f", window {spec.window}" if spec.window else ""
     members = f", an ensemble of {spec.members}" if spec.members > 1 else ""
     levels = f", {'/'.join(map(str, spec.levels))}% intervals" if spec.levels else ""
