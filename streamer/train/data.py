@@ -85,12 +85,8 @@ def rename_long(
     return df.rename(columns=renames)
 
 
-def check_long(df: pd.DataFrame, name: str = "data", label: str | None = None) -> pd.DataFrame:
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise DataError(f"{name}: missing column(s) {', '.join(missing)}; need unique_id, ds, y")
-    if label is not None and label not in df.columns:
-        raise DataError(f"{name}: no label column {label!r}")
+def _entity_and_time(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """A copy of a frame with rows, its ids as text and its times parsed."""
     if df.empty:
         raise DataError(f"{name}: no rows")
     df = df.copy()
@@ -99,6 +95,16 @@ def check_long(df: pd.DataFrame, name: str = "data", label: str | None = None) -
         df["ds"] = pd.to_datetime(df["ds"])
     except (ValueError, TypeError) as exc:
         raise DataError(f"{name}: column ds is not a timestamp ({exc})") from exc
+    return df
+
+
+def check_long(df: pd.DataFrame, name: str = "data", label: str | None = None) -> pd.DataFrame:
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise DataError(f"{name}: missing column(s) {', '.join(missing)}; need unique_id, ds, y")
+    if label is not None and label not in df.columns:
+        raise DataError(f"{name}: no label column {label!r}")
+    df = _entity_and_time(df, name)
     for col in df.columns:
         if col in ("unique_id", "ds", label):
             continue
@@ -120,14 +126,7 @@ def check_events(
     missing = [c for c in ("unique_id", "ds", *categorical) if c not in df.columns]
     if missing:
         raise DataError(f"{name}: missing column(s) {', '.join(missing)}")
-    if df.empty:
-        raise DataError(f"{name}: no rows")
-    df = df.copy()
-    df["unique_id"] = df["unique_id"].astype(str)
-    try:
-        df["ds"] = pd.to_datetime(df["ds"])
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{name}: column ds is not a timestamp ({exc})") from exc
+    df = _entity_and_time(df, name)
     for c in categorical:
         df[c] = df[c].map(lambda v: None if v is None or v != v else str(v))
     feats = [c for c in df.columns if c not in ("unique_id", "ds", "y", *categorical)]

@@ -34,7 +34,7 @@ from streamer.model.vocab import OOV, Vocabulary
 from streamer.train.checks import values_crc
 from streamer.train.data import check_events, format_ds
 from streamer.train.problems import Problem, _pad, _split
-from streamer.train.training import TrainConfig, TrainResult, _fit
+from streamer.train.training import TrainConfig, TrainResult, _fit, refitted
 
 __all__ = [
     "TokenSeries",
@@ -357,16 +357,8 @@ def train_next(
     if cfg.refit and best_epoch:
         again = replace(cfg, epochs=best_epoch, val_fraction=0.0, refit=False)
         full = train_next(df, again, on_epoch)
-        full.summary.update(
-            config=asdict(cfg),
-            refit={
-                "epochs": best_epoch,
-                "chosen_by": summary["best_val_loss"],
-                "epochs_run_to_choose": epoch,
-            },
-            best_val_loss=summary["best_val_loss"],
-            validation=summary.get("validation"),
-        )
+        full.summary.update(refitted(cfg, summary, best_epoch, epoch))
+        full.summary["validation"] = summary.get("validation")
         return replace(full, chosen=model)
     return TrainResult(model, summary, span, model)
 

@@ -302,17 +302,24 @@ def train(
         if calibration:  # (the refit has no held-out targets left to calibrate on)
             full.model.spec = replace(full.model.spec, **calibration)
             full.summary["intervals"] = summary["intervals"]
-        full.summary.update(
-            config=asdict(cfg),
-            refit={
-                "epochs": best_epoch,
-                "chosen_by": summary["best_val_loss"],
-                "epochs_run_to_choose": epoch,
-            },
-            best_val_loss=summary["best_val_loss"],
-        )
+        full.summary.update(refitted(cfg, summary, best_epoch, epoch))
         return replace(full, chosen=model)
     return TrainResult(model, summary, training_span(series), model)
+
+
+def refitted(
+    cfg: TrainConfig, summary: dict[str, Any], best_epoch: int, epochs_run: int
+) -> dict[str, Any]:
+    """What a refit's summary says of the run that chose its epochs."""
+    return {
+        "config": asdict(cfg),
+        "refit": {
+            "epochs": best_epoch,
+            "chosen_by": summary["best_val_loss"],
+            "epochs_run_to_choose": epochs_run,
+        },
+        "best_val_loss": summary["best_val_loss"],
+    }
 
 
 def _training_series(

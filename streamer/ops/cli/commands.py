@@ -81,7 +81,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     raw = rename_long(read_frame(args.file), _columns(args), str(args.file), True)
     fixed = ("unique_id", "ds", "y")
     text = [c for c in raw.columns if c not in fixed and not pd.api.types.is_numeric_dtype(raw[c])]
-    if text or "y" not in raw.columns:  # events of a next-event model: text columns, no y
+    if text:  # events of a next-event model: text columns, y only if the file has one
         df, _ = check_events(raw, text, str(args.file))
     else:
         df = read_long(args.file, columns=_columns(args))
