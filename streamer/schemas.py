@@ -305,7 +305,7 @@ def decode_event(
     is checked like any number when given.
 
     >>> decode_event(b"a", b'{"unique_id": "a", "ds": "2024-01", "y": 1}', 0, 5)
-    Event(unique_id='a', ds='2024-01', y=1.0, features=(), partition=0, offset=5)
+    Event(unique_id='a', ds='2024-01', y=1.0, features=(), partition=0, offset=5, categories=())
     >>> decode_event(b"a", b'{"unique_id": "a", "ds": "2024-01", "y": NaN}', 0, 6).reason
     'non_finite'
     """
