@@ -31,6 +31,7 @@ import torch
 
 from streamer.model import ModelSpec, SequenceModel
 from streamer.model.ensemble import merge
+from streamer.model.vocab import groups_for
 from streamer.schemas import Event
 from streamer.serve.pipeline import BatchHandler, RawMessage
 from streamer.serve.predictor import Predictor
@@ -64,19 +65,24 @@ def kinds(
         ens.spec = _intervals(ens.spec)
         out[f"ensemble of {m}, intervals"] = ens
     for v in vocabularies:
-        torch.manual_seed(0)
-        spec = ModelSpec(
-            hidden_size=hidden,
-            num_layers=layers,
-            task="next",
-            scaling="none",
-            categorical=("item",),
-            vocabularies=(tuple(f"m{i}" for i in range(v)),),
-            embedding=hidden,
-            next="item",
-            top_k=10,
-        )
-        out[f"next event, {v:,} values, top 10"] = SequenceModel(spec).eval()
+        for groups in sorted({groups_for(v + 1), 0}, reverse=True):
+            torch.manual_seed(0)
+            spec = ModelSpec(
+                hidden_size=hidden,
+                num_layers=layers,
+                task="next",
+                scaling="none",
+                categorical=("item",),
+                vocabularies=(tuple(f"m{i}" for i in range(v)),),
+                embedding=hidden,
+                next="item",
+                top_k=10,
+                groups=groups,
+            )
+            head = (
+                f", {groups} groups" if groups else (", one softmax" if groups_for(v + 1) else "")
+            )
+            out[f"next event, {v:,} values, top 10{head}"] = SequenceModel(spec).eval()
     return out
 
 

@@ -1,8 +1,9 @@
 """A next-event model's outputs after each event: the top values, and the event's surprise.
 
-The device gives, per event (:meth:`streamer.model.SequenceModel.next_outputs`), the ids of the
+The device gives, per event (:meth:`streamer.model.SequenceModel.next_served`), the ids of the
 ``k`` most likely next values and their probabilities, the logits' log-sum-exp, and the logit that
-the *previous* prediction gave this event's value. What the previous prediction was is the
+the *previous* prediction gave this event's value (a two-level softmax gives log-probabilities:
+its log-sum-exp is 0). What the previous prediction was is the
 entity's: it lives in its state as ``2 + k`` float64 components (:data:`MARKER`, the log-sum-exp
 and the ids of its top values), so the surprise of an event, ``-ln p = lse_prev -
 logit_prev(value)``, and its rank among the values named before it are exact, whichever batch the

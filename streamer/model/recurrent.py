@@ -105,6 +105,13 @@ class ModelSpec:
     #: Categorical inputs other than the predicted column hashed into this many buckets instead
     #: of a vocabulary (open-ended values: ids, URLs...); 0: vocabularies.
     hash_buckets: int = 0
+    #: Next-event models over large vocabularies: a two-level softmax. The predicted column's
+    #: ids (most frequent first) fall in ``groups`` groups of consecutive ids, and a value's
+    #: probability is its group's times its own within the group; a prediction's top values are
+    #: searched in its ``groups_searched`` most likely groups (:meth:`SequenceModel.next_served`).
+    #: 0: one softmax over the whole vocabulary.
+    groups: int = 0
+    groups_searched: int = 4
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -151,6 +158,15 @@ class ModelSpec:
                 raise ConfigError(f"top_k is 1 to 1,000, not {self.top_k}")
             if not 0 <= self.hash_buckets <= MAX_VOCABULARY:
                 raise ConfigError(f"hash buckets are 0 to {MAX_VOCABULARY:,}")
+            if self.groups and not 2 <= self.groups <= self.outputs // 2:
+                raise ConfigError(
+                    f"a two-level softmax over {self.outputs:,} ids has 2 to "
+                    f"{self.outputs // 2:,} groups, not {self.groups}"
+                )
+            if self.groups_searched < 1:
+                raise ConfigError("a two-level softmax searches at least one group")
+        elif self.groups:
+            raise ConfigError("a two-level softmax (groups) is for next-event models")
         elif self.categorical:
             raise ConfigError("categorical inputs are for next-event models (task next)")
         if self.season:
@@ -225,6 +241,17 @@ class ModelSpec:
         return seasonal.width(self.season)
 
     @property
+    def group_size(self) -> int:
+        """Ids per group of a two-level softmax (the last group may have fewer)."""
+        return -(-self.outputs // self.groups) if self.groups else self.outputs
+
+    @property
+    def group_count(self) -> int:
+        """Groups of a two-level softmax as the head has them (``groups``, or fewer when the ids
+        fill fewer groups of :attr:`group_size`); 0: one softmax."""
+        return -(-self.outputs // self.group_size) if self.groups else 0
+
+    @property
     def served_top_k(self) -> int:
         """Values a next-event prediction names: ``top_k``, or all the known ones if fewer."""
         return min(self.top_k, self.outputs - 1)
@@ -263,6 +290,8 @@ class ModelSpec:
             del d["next"], d["top_k"]
         if not self.hash_buckets:
             del d["hash_buckets"]
+        if not self.groups:
+            del d["groups"], d["groups_searched"]
         return d
 
     @classmethod
@@ -295,6 +324,8 @@ class ModelSpec:
             next=d.get("next"),
             top_k=int(d.get("top_k", 10)),
             hash_buckets=int(d.get("hash_buckets", 0)),
+            groups=int(d.get("groups", 0)),
+            groups_searched=int(d.get("groups_searched", 4)),
         )
 
 
@@ -402,6 +433,25 @@ CELLS: dict[str, type[StackedLSTM | StackedGRU | StackedRNN]] = {
 }
 
 
+def top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk(x, k)`` over the last dimension of ``(N, W)``, values and indices the same
+    (ties aside). Rows of ``4k`` to ``64k`` values take two steps: the ``k`` blocks of four whose
+    maxima are highest hold the top ``k`` values (a block outside them has ``k`` values above
+    its maximum), then the top ``k`` of those ``4k``; torch's CPU kernel sorts rows this short
+    several times slower than it selects from longer ones."""
+    n, w = x.shape
+    if not 4 * k < w < 64 * k or x.device.type != "cpu":
+        values, indices = torch.topk(x, k, dim=-1)
+        return values, indices
+    if w % 4:
+        x = nn.functional.pad(x, (0, 4 - w % 4), value=-torch.inf)
+    blocks = x.view(n, -1, 4)
+    which = torch.topk(blocks.amax(-1), k, dim=-1, sorted=False).indices  # (N, k)
+    values = blocks.gather(1, which[..., None].expand(-1, -1, 4)).view(n, 4 * k)
+    best, at = torch.topk(values, k, dim=-1)
+    return best, which.gather(1, torch.div(at, 4, rounding_mode="floor")) * 4 + at % 4
+
+
 def recurrent(spec: ModelSpec) -> StackedLSTM | StackedGRU | StackedRNN:
     """The recurrent core a spec describes."""
     return CELLS[spec.cell](
@@ -421,7 +471,17 @@ class SequenceModel(nn.Module):
         self.spec = spec
         self.rnn = recurrent(spec)
         width = spec.hidden_size * spec.members * (2 if spec.window else 1)
-        self.head = nn.Linear(width, spec.outputs * spec.members)
+        groups = spec.group_count
+        if groups:  # a two-level softmax: the ids' logits within their groups, the groups'
+            self.head = nn.Linear(width, groups * spec.group_size)
+            self.group_head: nn.Linear | None = nn.Linear(width, groups)
+            pad = torch.zeros(groups * spec.group_size)
+            pad[spec.outputs :] = -torch.inf  # (the last group's places beyond the vocabulary)
+            self.register_buffer("pad", pad.view(groups, spec.group_size), persistent=False)
+            self.pad: Tensor
+        else:
+            self.head = nn.Linear(width, spec.outputs * spec.members)
+            self.group_head = None
         #: one embedding per categorical column, over its ids (out-of-vocabulary included)
         self.embeddings = nn.ModuleList(
             nn.Embedding(len(v), spec.embedding) for v in spec.vocabulary.values()
@@ -437,50 +497,124 @@ class SequenceModel(nn.Module):
         parts = [x[..., :-n]] + [e(ids[..., j]) for j, e in enumerate(self.embeddings)]
         return torch.cat(parts, dim=-1)
 
+    def hidden(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """The core over raw input rows ``(B, T, raw I)``: the top layer's hidden state after
+        each event ``(B, T, H)`` and the final state."""
+        return self.rnn.sequence(self._embedded(x_seq), state)
+
     def forward(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Training path of a step model: x_seq ``(B, T, I)`` -> raw outputs ``(B, T, K)``
         (scaled forecasts, or class or next-event logits) and the final state."""
-        out, new = self.rnn.sequence(self._embedded(x_seq), state)  # (B, T, H)
-        return self.head(out), new
+        out, new = self.hidden(x_seq, state)  # (B, T, H)
+        return self.logits(out), new
+
+    def logits(self, out: Tensor) -> Tensor:
+        """The head over hidden states ``(..., H)``: raw outputs ``(..., K)``. A two-level
+        softmax gives each id's log-probability (logits up to a constant, like any other's)."""
+        if self.group_head is None:
+            raw: Tensor = self.head(out)
+            return raw
+        spec = self.spec
+        group = torch.log_softmax(self.group_head(out), -1)  # (..., G)
+        within = self.head(out).unflatten(-1, (spec.group_count, spec.group_size)) + self.pad
+        joint = group[..., None] + torch.log_softmax(within, -1)  # (..., G, S)
+        logits: Tensor = joint.flatten(-2)[..., : spec.outputs]
+        return logits
 
     def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
-        """Serving path of a step model: x ``(B, I)`` -> raw outputs ``(B, K)``, next state.
-
-        A next-event model's outputs are already served (:meth:`next_outputs`): its logits
-        over the vocabulary are made and reduced a few rows at a time on a CPU, so that they
-        stay in the cache (a batch's would be ``B x V`` floats), all at once on a GPU."""
+        """Serving path of a step model: x ``(B, I)`` -> raw outputs ``(B, K)``, next state
+        (a next-event model's are already served: :meth:`next_served`)."""
         out, new = self.rnn.step(self._embedded(x), state, fused)  # (B, H)
         if self.spec.task != "next":
             return self.head(out), new
-        previous = self._previous_logit(x, state[0][-1])
-        rows = max(1, (1 << 18) // self.spec.outputs) if out.device.type == "cpu" else len(out)
+        spec = self.spec
+        ids = x[:, spec.categorical.index(spec.next or "") - len(spec.categorical)].long()
+        return self.next_served(out, state[0][-1], ids), new
+
+    def next_served(self, out: Tensor, before: Tensor, ids: Tensor) -> Tensor:
+        """A next-event model's served outputs ``(N, 2k + 2)`` (:mod:`streamer.model.nextevent`)
+        from the top layer's hidden state after each event ``out`` ``(N, H)`` and before it
+        ``before`` ``(N, H)``, and each event's id ``(N,)``: the ids of the ``k`` most likely
+        known values next (out-of-vocabulary is never named), their probabilities, the
+        log-sum-exp of the logits and the logit the previous prediction gave the event's value
+        (the stepper turns the last two into the event's surprise).
+
+        One softmax: the logits of the whole vocabulary, made and reduced a few rows at a time
+        on a CPU so that they stay in the cache (a batch's would be ``N x V`` floats), all at
+        once on a GPU. A two-level softmax (:attr:`ModelSpec.groups`): the groups'
+        probabilities, then the values of the ``groups_searched`` most likely groups and of the
+        event's own group before it: ``(m + 1) x V / G`` logits a row instead of ``V``, and
+        log-probabilities (the log-sum-exp is 0)."""
+        spec = self.spec
+        grouped = self.group_head is not None
+        # (a two-level softmax's logits per row are few: its rows go a few thousand at a time)
+        width = (spec.groups_searched + 1) * spec.group_size // 4 if grouped else spec.outputs
+        rows = max(1, (1 << 18) // width) if out.device.type == "cpu" else len(out)
+        each = self._grouped if grouped else self._flat
         if rows >= len(out):
-            return self.next_outputs(self.head(out), previous), new
-        served = out.new_empty((len(out), self.spec.served_outputs))
+            return each(out, before, ids)
+        served = out.new_empty((len(out), spec.served_outputs))
         for a in range(0, len(out), rows):
             b = a + rows
-            served[a:b] = self.next_outputs(self.head(out[a:b]), previous[a:b])
-        return served, new
+            served[a:b] = each(out[a:b], before[a:b], ids[a:b])
+        return served
 
-    def _previous_logit(self, x: Tensor, before: Tensor) -> Tensor:
-        """The logit of each event's value ``(B,)`` under the prediction made from ``before``,
-        the top layer's hidden state before the event ``(B, H)``: one row of the head each."""
-        spec = self.spec
-        column = spec.categorical.index(spec.next or "") - len(spec.categorical)
-        ids = x[:, column].long()
-        return (before * self.head.weight[ids]).sum(-1) + self.head.bias[ids]
-
-    def next_outputs(self, logits: Tensor, previous: Tensor) -> Tensor:
-        """A next-event model's logits ``(..., V)`` and the previous prediction's logit of each
-        event's value ``(...)`` as served ``(..., 2k + 2)``: the ids of the ``k`` most likely
-        known values (out-of-vocabulary is never named), their probabilities, the logits'
-        log-sum-exp and the previous logit (the stepper turns the last two into the event's
-        surprise: :mod:`streamer.model.nextevent`)."""
-        previous = previous[..., None]
+    def _flat(self, out: Tensor, before: Tensor, ids: Tensor) -> Tensor:
+        """:meth:`next_served` for one softmax over the vocabulary."""
+        logits = self.head(out)
+        previous = (before * self.head.weight[ids]).sum(-1, keepdim=True) + self.head.bias[
+            ids, None
+        ]
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        k = self.spec.served_top_k
-        top, at = torch.topk(logits[..., 1:], k, dim=-1)
+        top, at = torch.topk(logits[..., 1:], self.spec.served_top_k, dim=-1)
         return torch.cat([(at + 1).to(logits.dtype), torch.exp(top - lse), lse, previous], -1)
+
+    def _grouped(self, out: Tensor, before: Tensor, ids: Tensor) -> Tensor:
+        """:meth:`next_served` for a two-level softmax."""
+        assert self.group_head is not None
+        spec = self.spec
+        n, size, k = len(out), spec.group_size, spec.served_top_k
+        m = min(spec.group_count, max(spec.groups_searched, -(-(k + 1) // size)))
+        group = torch.log_softmax(self.group_head(torch.cat([out, before])), -1)  # (2N, G)
+        top_group, top = torch.topk(group[:n], m, dim=-1)  # (N, m)
+        own = torch.div(ids, size, rounding_mode="floor")  # each event's group, and place in it
+        place = ids - own * size
+        arange = torch.arange(n, device=out.device)
+        # the pairs (hidden state, group) whose values' logits are made: after each event its m
+        # most likely groups, before it its own
+        which = torch.cat([top.reshape(-1), own])  # (P,)
+        hidden = torch.cat([out.repeat_interleave(m, 0), before])  # (P, H)
+        within = self._within(hidden, which)
+        within = within - torch.logsumexp(within, -1, keepdim=True)  # (P, S)
+        joint = top_group[..., None] + within[: n * m].view(n, m, size)  # (N, m, S)
+        joint[..., 0].masked_fill_(top == 0, -torch.inf)  # (id 0, out-of-vocabulary, is unnamed)
+        best, at = top_k(joint.view(n, m * size), k)
+        chosen = top.gather(1, torch.div(at, size, rounding_mode="floor")) * size + at % size
+        previous = group[n + arange, own] + within[n * m + arange, place]
+        return torch.cat(
+            [chosen.to(out.dtype), torch.exp(best), out.new_zeros(n, 1), previous[:, None]], -1
+        )
+
+    def _within(self, hidden: Tensor, which: Tensor) -> Tensor:
+        """The logits of the values of group ``which[p]`` for hidden state ``hidden[p]``
+        ``(P, S)`` (beyond the vocabulary: -inf). On a CPU one product per group present (no
+        weights copied), on a GPU one batched product over the pairs' gathered weights (no
+        host sync)."""
+        spec = self.spec
+        weight = self.head.weight.view(spec.group_count, spec.group_size, -1)  # (G, S, H)
+        bias = self.head.bias.view(spec.group_count, spec.group_size) + self.pad
+        if hidden.device.type != "cpu":
+            return torch.einsum("ph,psh->ps", hidden, weight[which]) + bias[which]
+        order = torch.argsort(which)
+        counts = torch.bincount(which, minlength=spec.group_count).tolist()
+        pairs = hidden[order]  # sorted by group
+        done = hidden.new_empty((len(which), spec.group_size))
+        a = 0
+        for g, c in enumerate(counts):
+            if c:
+                torch.addmm(bias[g], pairs[a : a + c], weight[g].t(), out=done[a : a + c])
+                a += c
+        return done[torch.argsort(order)]  # (back in the pairs' order)
 
     def window_logits(self, x_win: Tensor) -> Tensor:
         """A window model over closed windows of one length: x_win ``(B, T, I)`` -> ``(B, K)``,

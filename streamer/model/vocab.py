@@ -18,12 +18,27 @@ import numpy.typing as npt
 
 from streamer.errors import ConfigError
 
-__all__ = ["MAX_VOCABULARY", "OOV", "Vocabulary"]
+__all__ = ["GROUPS_ABOVE", "MAX_VOCABULARY", "OOV", "Vocabulary", "groups_for"]
 
 #: the id of a value the vocabulary does not hold
 OOV = 0
 #: the most values a vocabulary keeps (ids must stay exact in float32)
 MAX_VOCABULARY = 1_000_000
+
+
+#: Predicted columns of more ids than this get a two-level softmax by default.
+GROUPS_ABOVE = 4096
+
+
+def groups_for(ids: int) -> int:
+    """The default groups of a two-level softmax over ``ids`` ids (out-of-vocabulary included):
+    about the square root (the fewest logits per prediction: the groups', and one group's
+    values), or 0, one softmax, up to :data:`GROUPS_ABOVE` ids.
+
+    >>> groups_for(1_683), groups_for(10_001), groups_for(50_001)
+    (0, 100, 224)
+    """
+    return 0 if ids <= GROUPS_ABOVE else round(ids**0.5)
 
 
 class Vocabulary:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from streamer.errors import ConfigError, DataError
 from streamer.model import ModelSpec, SequenceModel, nextevent
-from streamer.model.vocab import OOV, Vocabulary
+from streamer.model.vocab import OOV, Vocabulary, groups_for
 from streamer.train.checks import values_crc
 from streamer.train.data import check_events, format_ds
 from streamer.train.problems import Problem, _pad, _split
@@ -162,13 +162,11 @@ def offline_served(model: SequenceModel, s: TokenSeries) -> tuple[F64, F32, F32,
     spec = model.spec
     x = next_inputs(s, spec)
     dev = next(model.parameters()).device
-    logits, (h, c) = model(torch.from_numpy(x)[None].to(dev))  # (1, T, V)
+    out, (h, c) = model.hidden(torch.from_numpy(x)[None].to(dev))  # (1, T, H)
     ids = torch.from_numpy(x[:, spec.categorical.index(spec.next or "") - len(spec.categorical)])
-    previous = torch.zeros(len(x), 1, device=dev)
-    if len(x) > 1:  # the prediction before event t is the one made after event t - 1
-        at = ids[1:].long().to(dev)[:, None]
-        previous[1:] = logits[0, :-1].gather(1, at)
-    raw = model.next_outputs(logits[0], previous[:, 0]).cpu().numpy().astype(np.float64)
+    # the prediction before event t is the one made after event t - 1 (none before the first)
+    before = torch.cat([torch.zeros_like(out[0, :1]), out[0, :-1]])
+    raw = model.next_served(out[0], before, ids.long().to(dev)).cpu().numpy().astype(np.float64)
     comp = np.zeros((1, nextevent.components(spec.served_top_k)))
     rows = []
     actual = ids.numpy().astype(np.int64)
@@ -331,6 +329,8 @@ def train_next(
         next=target,
         top_k=cfg.top_k,
         hash_buckets=cfg.hash_buckets,
+        groups=groups_for(len(vocabs[0])) if cfg.groups is None else cfg.groups,
+        groups_searched=cfg.groups_searched,
     )
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)

@@ -130,6 +130,11 @@ class TrainConfig:
     #: Categorical inputs but the predicted column hashed into this many buckets instead of a
     #: vocabulary (open-ended values); 0: vocabularies.
     hash_buckets: int = 0
+    #: A two-level softmax over this many groups of the predicted column's values
+    #: (:attr:`streamer.model.ModelSpec.groups`); None: :func:`streamer.model.vocab.groups_for`
+    #: the vocabulary's size. And the groups a prediction's top values are searched in.
+    groups: int | None = None
+    groups_searched: int = 4
     #: The last share of every sequence dropped before training (a next-event evaluation's
     #: held-out events); 0: none.
     holdout_fraction: float = 0.0

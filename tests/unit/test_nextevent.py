@@ -9,6 +9,7 @@ import torch
 
 from streamer.errors import ConfigError
 from streamer.model import ModelSpec, SequenceModel
+from streamer.model.recurrent import top_k
 from streamer.model.vocab import OOV, Vocabulary
 from streamer.schemas import Event
 from streamer.train import nextevent as ne
@@ -22,8 +23,11 @@ def next_model(
     seed: int = 3,
     cell: str = "lstm",
     hash_buckets: int = 0,
+    groups: int = 0,
+    searched: int = 4,
 ) -> SequenceModel:
-    """(``hash_buckets``: ``tag`` hashed instead of a vocabulary of ``a`` and ``b``.)"""
+    """(``hash_buckets``: ``tag`` hashed instead of a vocabulary of ``a`` and ``b``; ``groups``:
+    a two-level softmax, ``searched`` of its groups searched.)"""
     torch.manual_seed(seed)
     spec = ModelSpec(
         cell=cell,
@@ -40,6 +44,8 @@ def next_model(
         next="key",
         top_k=k,
         hash_buckets=hash_buckets,
+        groups=groups,
+        groups_searched=searched,
     )
     model = SequenceModel(spec)
     with torch.no_grad():
@@ -84,51 +90,99 @@ def test_the_spec_round_trips_and_older_specs_are_unchanged() -> None:
     assert spec.raw_input_size == 2 and spec.input_size == 10 and spec.outputs == 13
 
 
+@pytest.mark.parametrize("groups", [0, 3])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_stepping_equals_the_sequence_and_the_previous_logit_is_the_last_predictions(
-    cell: str,
+    cell: str, groups: int
 ) -> None:
-    model = next_model(cell=cell)
+    model = next_model(cell=cell, groups=groups, searched=2)
     rng = np.random.default_rng(0)
     x = torch.tensor(
         np.stack([rng.integers(0, 13, 9), rng.integers(0, 3, 9)], 1), dtype=torch.float32
     )
     with torch.no_grad():
-        seq, _ = model(x[None])  # (1, T, V)
+        hidden, _ = model.hidden(x[None])  # (1, T, H)
+        logits = model.logits(hidden[0])  # (T, V)
         state = model.rnn.zero_state(1)
+        lse = torch.tensor(0.0)
         for t in range(len(x)):
             served, state = model.step(x[t : t + 1], state)
-            previous = seq[0, t - 1, int(x[t, 0])] if t else served[0, -1]
-            want = model.next_outputs(seq[0, t : t + 1], previous[None])
+            before = hidden[0, t - 1 : t] if t else torch.zeros_like(hidden[0, :1])
+            want = model.next_served(hidden[0, t : t + 1], before, x[t : t + 1, 0].long())
             torch.testing.assert_close(served, want, atol=1e-5, rtol=1e-5)
+            if t:  # the previous logit: the last prediction's, of this event's value
+                want_p = torch.log_softmax(logits[t - 1], 0)[int(x[t, 0])]
+                torch.testing.assert_close(served[0, -1] - lse, want_p, atol=1e-5, rtol=1e-5)
+            lse = served[0, -2]  # (a two-level softmax's: 0)
 
 
-def test_served_outputs_are_the_top_known_values_and_their_probabilities() -> None:
-    model = next_model(k=4)
-    logits, previous = torch.randn(3, 13), torch.randn(3)
-    out = model.next_outputs(logits, previous)
-    assert out.shape == (3, 10) and model.serve(out) is out
+@pytest.mark.parametrize("groups", [0, 3, 6])
+def test_served_outputs_are_the_top_known_values_and_their_probabilities(groups: int) -> None:
+    """Top values as the full softmax has them (a two-level softmax searching all its groups
+    too), their probabilities, and log-probabilities that sum to one over the vocabulary."""
+    model = next_model(k=4, groups=groups, searched=6)
+    out, before, ids = torch.randn(7, 8), torch.randn(7, 8), torch.randint(0, 13, (7,))
+    with torch.no_grad():
+        served = model.next_served(out, before, ids)
+        logits, earlier = model.logits(out), model.logits(before)
+    assert served.shape == (7, 10) and model.serve(served) is served
     probs = torch.softmax(logits, -1)
-    for r in range(3):
-        ids = out[r, :4].long()
-        want = torch.topk(probs[r, 1:], 4).indices + 1
-        assert ids.tolist() == want.tolist() and OOV not in ids.tolist()
-        torch.testing.assert_close(out[r, 4:8], probs[r, ids])
-        torch.testing.assert_close(out[r, 8], torch.logsumexp(logits[r], 0))
-        assert out[r, 9] == previous[r]
+    if groups:
+        torch.testing.assert_close(logits.exp().sum(-1), torch.ones(7))
+        assert (served[:, 8] == 0).all()
+    for r in range(7):
+        top = served[r, :4].long()
+        assert top.tolist() == (torch.topk(probs[r, 1:], 4).indices + 1).tolist()
+        assert OOV not in top.tolist()
+        torch.testing.assert_close(served[r, 4:8], probs[r, top])
+        torch.testing.assert_close(served[r, 8], torch.logsumexp(logits[r], 0))
+        # the logit the prediction made from `before` gave this event's value
+        log_p = served[r, 9] - torch.logsumexp(earlier[r], 0)
+        torch.testing.assert_close(log_p, torch.log_softmax(earlier[r], 0)[ids[r]])
 
 
-def test_a_large_vocabulary_is_served_in_chunks_as_in_one_piece() -> None:
+def test_a_two_level_softmax_searches_its_most_likely_groups_only() -> None:
+    """With fewer groups searched than it has, a prediction names the most likely values of
+    its most likely groups, at their exact probabilities."""
+    model = next_model(vocab=29, k=4, groups=6, searched=2)  # 30 ids, groups of 5
+    out = torch.randn(50, 8)
+    with torch.no_grad():
+        served = model.next_served(out, out, torch.zeros(50, dtype=torch.long))
+        assert model.group_head is not None
+        group = torch.softmax(model.group_head(out), -1)
+        probs = model.logits(out).exp()
+    best_two = torch.topk(group, 2).indices  # (50, 2)
+    for r in range(50):
+        top = served[r, :4].long()
+        assert set((top // 5).tolist()) <= set(best_two[r].tolist())
+        pool = torch.cat([torch.arange(g * 5, g * 5 + 5) for g in best_two[r].tolist()])
+        pool = pool[pool != OOV]
+        assert top.tolist() == pool[torch.topk(probs[r, pool], 4).indices].tolist()
+        torch.testing.assert_close(served[r, 4:8], probs[r, top])
+
+
+@pytest.mark.parametrize("groups", [0, 100])
+def test_a_large_vocabulary_is_served_in_chunks_as_in_one_piece(groups: int) -> None:
     """On a CPU the logits of a large vocabulary are reduced a few rows at a time: the same
     outputs as the whole batch's at once."""
-    model = next_model(vocab=30_000, k=10)
-    x = torch.stack([torch.randint(0, 30_001, (100,)), torch.randint(0, 3, (100,))], 1).float()
-    state = model.rnn.zero_state(100)
+    model = next_model(vocab=30_000, k=10, groups=groups)
+    x = torch.stack([torch.randint(0, 30_001, (3000,)), torch.randint(0, 3, (3000,))], 1).float()
+    state = model.rnn.zero_state(3000)
     with torch.no_grad():
         served, _ = model.step(x, state)
         out, _ = model.rnn.step(model._embedded(x), state)
-        whole = model.next_outputs(model.head(out), model._previous_logit(x, state[0][-1]))
+        each = model._grouped if groups else model._flat
+        whole = each(out, state[0][-1], x[:, 0].long())
     torch.testing.assert_close(served, whole)
+
+
+@pytest.mark.parametrize("width", [5, 41, 100, 203, 400, 639, 641, 2000])
+def test_the_two_step_top_k_is_torch_s(width: int) -> None:
+    x = torch.randn(64, width)
+    x[:, 3] = -torch.inf
+    best, at = top_k(x, 10 if width > 10 else 3)
+    want = torch.topk(x, 10 if width > 10 else 3)
+    assert torch.equal(best, want.values) and torch.equal(at, want.indices)
 
 
 def test_metrics_count_hits_within_each_cutoff() -> None:
@@ -158,7 +212,9 @@ def _cycles(n_entities: int = 40, length: int = 30, seed: int = 0) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def test_a_trained_model_learns_a_cycle_that_popularity_cannot() -> None:
+@pytest.mark.parametrize("groups", [None, 3])
+def test_a_trained_model_learns_a_cycle_that_popularity_cannot(groups: int | None) -> None:
+    """(Both heads: one softmax, the default for so few values, and a two-level one.)"""
     df = _cycles()
     cfg = TrainConfig(
         next="key",
@@ -169,10 +225,12 @@ def test_a_trained_model_learns_a_cycle_that_popularity_cannot() -> None:
         epochs=40,
         lr=0.02,
         refit=False,
+        groups=groups,
     )
     res = train(df, cfg)
     spec = res.model.spec
     assert spec.task == "next" and spec.categorical == ("key", "tag")
+    assert spec.groups == (groups or 0)
     assert set(spec.vocabularies[0]) == {"login", "list", "view", "cart", "pay", "logout"}
     data, feats = ne.check_events(df, ["key", "tag"])
     series = ne.split_tokens(data, ["key", "tag"], feats)
@@ -183,6 +241,8 @@ def test_a_trained_model_learns_a_cycle_that_popularity_cannot() -> None:
     assert base["markov"]["recall@1"] > 0.95  # (a first-order chain is exactly this)
     assert base["popular"]["recall@1"] < 0.3
     assert res.span is not None and res.span["points"].tolist() == [24] * 40
+    served, *_ = ne.offline_served(res.model, series[0])  # the stream names the same values
+    assert (served[starts[0] - 1 : -1, 0] == ne.next_inputs(series[0], spec)[starts[0] :, 0]).all()
 
 
 def test_the_held_out_share_leaves_every_entity_its_start() -> None:

@@ -426,7 +426,7 @@ def _token_series(events: list[Event]) -> dict[str, TokenSeries]:
 
 
 @pytest.mark.parametrize(
-    "variant", ["plain", "cached", "fused", "per-layer", "staged", "inline", "hashed"]
+    "variant", ["plain", "cached", "fused", "per-layer", "staged", "inline", "hashed", "grouped"]
 )
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 async def test_next_event_predictions_equal_the_module_per_entity(cell: str, variant: str) -> None:
@@ -435,7 +435,13 @@ async def test_next_event_predictions_equal_the_module_per_entity(cell: str, var
     whole sequence; a replay re-emits them bit for bit."""
     from tests.unit.test_nextevent import next_model
 
-    model = next_model(cell=cell, features=("temp",), hash_buckets=8 if variant == "hashed" else 0)
+    model = next_model(
+        cell=cell,
+        features=("temp",),
+        hash_buckets=8 if variant == "hashed" else 0,
+        groups=3 if variant == "grouped" else 0,
+        searched=2,
+    )
     events = _token_events()
     series = _token_series(events)
     ref = {uid: offline_served(model, s) for uid, s in series.items()}

@@ -211,6 +211,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_vocabulary=args.max_vocabulary,
         min_count=args.min_count,
         hash_buckets=args.hash_buckets,
+        groups=args.groups,
+        groups_searched=args.groups_searched,
         holdout_fraction=args.holdout_fraction,
     )
     if args.window and not classify:

@@ -359,6 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
         "keeping vocabularies (open-ended values; 0: vocabularies)",
     )
     t.add_argument(
+        "--groups",
+        type=_season,
+        default="auto",
+        metavar="auto|N",
+        help="next-event models: a two-level softmax over N groups of the predicted column's "
+        "values (large vocabularies: the group, then the value in it); auto: the square root "
+        "of the vocabulary above 4,096 values, 0 (one softmax) up to it",
+    )
+    t.add_argument(
+        "--groups-searched",
+        type=_positive(int),
+        default=4,
+        help="next-event models with --groups: the most likely groups a prediction's top values "
+        "are searched in",
+    )
+    t.add_argument(
         "--holdout-fraction",
         type=float,
         default=0.0,

@@ -350,6 +350,11 @@ def _model(spec: ModelSpec, version: str, source: str) -> _Model:
     if spec.task == "next":
         known = spec.outputs - 1
         what = f"next {spec.next} of {known:,} values, top {spec.served_top_k}"
+        if spec.groups:
+            what += (
+                f", a two-level softmax over {spec.group_count} groups"
+                f" ({spec.groups_searched} searched)"
+            )
         if len(spec.categorical) > 1:
             others = ", ".join(spec.categorical[1:])
             what += f"; inputs {others}" + (
