@@ -48,8 +48,10 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # Starts its own Kafka and Redis (ports 29092, 26379) and stops them at the end; a few minutes.
+# Then what each model kind costs the batch path (no sockets; under a minute).
 bench: install
 	$(PY) bench/throughput.py
+	$(PY) bench/model_kinds.py
 
 # Throughput with 1 and 2 workers, failover (kill -9), leave and join times; same services, minutes.
 bench-scale: install

@@ -435,12 +435,12 @@ CELLS: dict[str, type[StackedLSTM | StackedGRU | StackedRNN]] = {
 
 def top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``torch.topk(x, k)`` over the last dimension of ``(N, W)``, values and indices the same
-    (ties aside). Rows of ``4k`` to ``64k`` values take two steps: the ``k`` blocks of four whose
+    (ties aside). Rows of ``16k`` to ``64k`` values take two steps: the ``k`` blocks of four whose
     maxima are highest hold the top ``k`` values (a block outside them has ``k`` values above
     its maximum), then the top ``k`` of those ``4k``; torch's CPU kernel sorts rows this short
     several times slower than it selects from longer ones."""
     n, w = x.shape
-    if not 4 * k < w < 64 * k or x.device.type != "cpu":
+    if not 16 * k <= w < 64 * k or x.device.type != "cpu":
         values, indices = torch.topk(x, k, dim=-1)
         return values, indices
     if w % 4:
@@ -547,9 +547,11 @@ class SequenceModel(nn.Module):
         log-probabilities (the log-sum-exp is 0)."""
         spec = self.spec
         grouped = self.group_head is not None
-        # (a two-level softmax's logits per row are few: its rows go a few thousand at a time)
-        width = (spec.groups_searched + 1) * spec.group_size // 4 if grouped else spec.outputs
-        rows = max(1, (1 << 18) // width) if out.device.type == "cpu" else len(out)
+        if out.device.type == "cpu":  # (a two-level softmax's few logits: thousands of rows)
+            width = (spec.groups_searched + 1) * spec.group_size // 4 if grouped else spec.outputs
+            rows = max(1, (1 << 18) // width)
+        else:  # (all at once, up to 512 MiB of logits)
+            rows = max(1, (1 << 27) // (spec.outputs * (2 if grouped else 1)))
         each = self._grouped if grouped else self._flat
         if rows >= len(out):
             return each(out, before, ids)
@@ -575,17 +577,18 @@ class SequenceModel(nn.Module):
         spec = self.spec
         n, size, k = len(out), spec.group_size, spec.served_top_k
         m = min(spec.group_count, max(spec.groups_searched, -(-(k + 1) // size)))
-        group = torch.log_softmax(self.group_head(torch.cat([out, before])), -1)  # (2N, G)
-        top_group, top = torch.topk(group[:n], m, dim=-1)  # (N, m)
+        both = torch.cat([out, before])  # (2N, H)
+        group = torch.log_softmax(self.group_head(both), -1)  # (2N, G)
+        top_group, top = top_k(group[:n], m)  # (N, m)
         own = torch.div(ids, size, rounding_mode="floor")  # each event's group, and place in it
         place = ids - own * size
         arange = torch.arange(n, device=out.device)
         # the pairs (hidden state, group) whose values' logits are made: after each event its m
         # most likely groups, before it its own
         which = torch.cat([top.reshape(-1), own])  # (P,)
-        hidden = torch.cat([out.repeat_interleave(m, 0), before])  # (P, H)
-        within = self._within(hidden, which)
-        within = within - torch.logsumexp(within, -1, keepdim=True)  # (P, S)
+        rows = torch.cat([arange.repeat_interleave(m), n + arange])  # (P,): rows of both
+        within = self._within(both, rows, which)
+        within -= torch.logsumexp(within, -1, keepdim=True)  # (P, S): log p(value | group)
         joint = top_group[..., None] + within[: n * m].view(n, m, size)  # (N, m, S)
         joint[..., 0].masked_fill_(top == 0, -torch.inf)  # (id 0, out-of-vocabulary, is unnamed)
         best, at = top_k(joint.view(n, m * size), k)
@@ -595,20 +598,24 @@ class SequenceModel(nn.Module):
             [chosen.to(out.dtype), torch.exp(best), out.new_zeros(n, 1), previous[:, None]], -1
         )
 
-    def _within(self, hidden: Tensor, which: Tensor) -> Tensor:
-        """The logits of the values of group ``which[p]`` for hidden state ``hidden[p]``
-        ``(P, S)`` (beyond the vocabulary: -inf). On a CPU one product per group present (no
-        weights copied), on a GPU one batched product over the pairs' gathered weights (no
-        host sync)."""
+    def _within(
+        self, both: Tensor, rows: Tensor, which: Tensor, whole: bool | None = None
+    ) -> Tensor:
+        """The logits of the values of group ``which[p]`` for hidden state ``both[rows[p]]``
+        ``(P, S)`` (beyond the vocabulary: -inf). On a CPU one product per group present, over
+        the rows that need it (no weights copied); on a GPU the whole head over ``both``, one
+        product, and the pairs' groups gathered from it (no host sync); ``whole`` chooses."""
         spec = self.spec
-        weight = self.head.weight.view(spec.group_count, spec.group_size, -1)  # (G, S, H)
-        bias = self.head.bias.view(spec.group_count, spec.group_size) + self.pad
-        if hidden.device.type != "cpu":
-            return torch.einsum("ph,psh->ps", hidden, weight[which]) + bias[which]
+        shape = (spec.group_count, spec.group_size)
+        if both.device.type != "cpu" if whole is None else whole:
+            whole_head: Tensor = self.head(both).unflatten(-1, shape) + self.pad
+            return whole_head[rows, which]
+        weight = self.head.weight.view(*shape, -1)  # (G, S, H)
+        bias = self.head.bias.view(shape) + self.pad
         order = torch.argsort(which)
         counts = torch.bincount(which, minlength=spec.group_count).tolist()
-        pairs = hidden[order]  # sorted by group
-        done = hidden.new_empty((len(which), spec.group_size))
+        pairs = both[rows[order]]  # (P, H), sorted by group
+        done = both.new_empty((len(which), spec.group_size))
         a = 0
         for g, c in enumerate(counts):
             if c:

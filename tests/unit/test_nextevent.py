@@ -176,6 +176,20 @@ def test_a_large_vocabulary_is_served_in_chunks_as_in_one_piece(groups: int) -> 
     torch.testing.assert_close(served, whole)
 
 
+def test_the_gpu_s_way_to_the_searched_logits_is_the_cpu_s() -> None:
+    """A GPU makes the whole head and gathers the pairs' groups; a CPU makes only theirs, one
+    product per group: the same logits (both run here, on the CPU)."""
+    model = next_model(vocab=27, k=4, groups=6)  # 28 ids: groups of 5, the last of 3
+    both = torch.randn(40, 8)
+    rows, which = torch.randint(0, 40, (90,)), torch.randint(0, 6, (90,))
+    with torch.no_grad():
+        per_group = model._within(both, rows, which, whole=False)
+        whole = model._within(both, rows, which, whole=True)
+    torch.testing.assert_close(per_group, whole)
+    last = whole[which == 5]
+    assert len(last) and torch.isinf(last[:, 3:]).all() and torch.isfinite(last[:, :3]).all()
+
+
 @pytest.mark.parametrize("width", [5, 41, 100, 203, 400, 639, 641, 2000])
 def test_the_two_step_top_k_is_torch_s(width: int) -> None:
     x = torch.randn(64, width)
