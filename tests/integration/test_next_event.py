@@ -56,10 +56,12 @@ def token_events(entities: int, length: int, seed: int) -> list[dict[str, object
     return out
 
 
+@pytest.mark.parametrize("groups", [0, 3])
 async def test_next_event_predictions_survive_kill_9_and_equal_the_module(
-    services: dict[str, str], ns: str, tmp_path: Path
+    services: dict[str, str], ns: str, tmp_path: Path, groups: int
 ) -> None:
-    model = next_model(features=("temp",))
+    """(``groups``: one softmax, and a two-level one searching two of its three groups.)"""
+    model = next_model(features=("temp",), groups=groups, searched=2)
     model_dir = tmp_path / "model"
     save_artifact(model, model_dir, {"note": "random weights for tests"})
     events = token_events(120, 25, seed=3)
