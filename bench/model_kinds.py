@@ -33,8 +33,10 @@ from streamer.model import ModelSpec, SequenceModel
 from streamer.model.ensemble import merge
 from streamer.model.vocab import groups_for
 from streamer.schemas import Event
+from streamer.serve.allocator import retain_freed_memory
 from streamer.serve.pipeline import BatchHandler, RawMessage
 from streamer.serve.predictor import Predictor
+from streamer.settings import Settings
 from streamer.state.memory import MemoryStateStore
 
 
@@ -116,9 +118,12 @@ def batches(entities: int, n: int, seed: int = 0) -> list[list[Event]]:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(1)
+    retain_freed_memory(0 if args.glibc_defaults else Settings().retain_memory_mb)
     members = [int(m) for m in args.members.split(",") if m]
     vocabularies = [int(v) for v in args.vocabularies.split(",") if v]
     models = kinds(args.hidden, args.layers, args.horizon, members, args.season, vocabularies)
+    if args.only:  # (one kind alone: a worker serves one model, its allocator serves it alone)
+        models = {n: m for n, m in models.items() if args.only in n}
     work = batches(args.entities, args.batches + 2)
     handlers = {
         name: BatchHandler(Predictor(m, f"v{i}", MemoryStateStore()))
@@ -162,7 +167,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "entities_per_batch": args.entities,
         "rounds": args.batches,
         "cpu_us_per_event": per_event,
-        "ratio_to_plain": {n: round(v / per_event["plain"], 2) for n, v in per_event.items()},
+        "ratio_to_plain": {n: round(v / per_event["plain"], 2) for n, v in per_event.items()}
+        if "plain" in per_event
+        else None,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -182,6 +189,12 @@ def main() -> None:
     ap.add_argument("--season", type=int, default=12, help="steps of the components' season")
     ap.add_argument(
         "--vocabularies", default="1000,10000", help="next-event models' vocabulary sizes"
+    )
+    ap.add_argument("--only", default="", help="only the kinds whose names contain this")
+    ap.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave the C allocator as it is (the worker keeps freed memory: retain_memory_mb)",
     )
     print(json.dumps(asyncio.run(run(ap.parse_args())), indent=2))
 

@@ -294,6 +294,10 @@ class Settings(BaseSettings):
     state_ttl_s: int = Field(default=30 * 24 * 3600, ge=0)
     #: Torch intra-op threads for the cell; 1 leaves the other core to Kafka and Redis clients.
     torch_threads: int = Field(default=1, ge=1)
+    #: glibc: keep up to this many MiB of freed memory mapped, and serve blocks under 32 MiB
+    #: from the heap, so a batch's tensors reuse the last batch's pages instead of faulting in
+    #: fresh ones (:mod:`streamer.serve.allocator`); 0: the C library's defaults.
+    retain_memory_mb: int = Field(default=256, ge=0)
     #: Waves of at least this many events run the fused sequence kernel instead of one cell call
     #: per layer; 0 never. Unset: from 256 on CPU, never on a GPU (measured faster each way:
     #: streamer.serve.step.Stepper, bench/gpu_check.py).

@@ -473,17 +473,24 @@ def next_parts(values: F64) -> tuple[I64, F64, F64, F64]:
     return values[:, :k].astype(np.int64), values[:, k : 2 * k], values[:, -2], values[:, -1]
 
 
+@functools.lru_cache(maxsize=8)
+def _names_json(vocabulary: tuple[str, ...]) -> npt.NDArray[np.object_]:
+    """Each value's JSON string, by id - 1 (once per vocabulary: a batch names thousands)."""
+    out = np.empty(len(vocabulary), dtype=object)
+    out[:] = [orjson.dumps(v) for v in vocabulary]
+    return out
+
+
 def _next_bodies(values: F64, vocabulary: tuple[str, ...]) -> list[bytes]:
     """Each next-event prediction's fields after ``step``, as :meth:`Prediction.to_json` has
     them: the values' names, their probabilities, the surprise and the rank (null: none)."""
     ids, probs, surprise, rank = next_parts(values)
-    names = {int(i): orjson.dumps(vocabulary[i - 1]) for i in np.unique(ids).tolist()}
+    names = _names_json(vocabulary)[ids - 1].tolist()
     texts = _floats(surprise)
     ranks = [b"null" if r != r else b"%d" % r for r in rank.tolist()]
     return [
-        b'"next":[%s],"probabilities":%s,"surprise":%s,"rank":%s'
-        % (b",".join([names[i] for i in row]), p, t, r)
-        for row, p, t, r in zip(ids.tolist(), _rows(probs), texts, ranks, strict=True)
+        b'"next":[%s],"probabilities":%s,"surprise":%s,"rank":%s' % (b",".join(row), p, t, r)
+        for row, p, t, r in zip(names, _rows(probs), texts, ranks, strict=True)
     ]
 
 

@@ -24,6 +24,7 @@ from streamer.model.artifact import Artifact, load_artifact
 from streamer.model.registry import Registry
 from streamer.ops.metrics import Metrics, serve_metrics
 from streamer.ops.presence import WorkerInfo, announce, withdraw
+from streamer.serve.allocator import retain_freed_memory
 from streamer.serve.pipeline import BatchHandler
 from streamer.serve.predictor import Predictor, resolve_device
 from streamer.settings import Settings
@@ -49,6 +50,7 @@ async def load_handler(settings: Settings) -> BatchHandler:
     """The batch handler around the model to serve: the registry's active version of
     ``model_name`` if there is one, else the artifact at ``model_path``."""
     torch.set_num_threads(settings.torch_threads)
+    retain_freed_memory(settings.retain_memory_mb)
     device = resolve_device(settings.device)
     art, unreachable = None, ""
     if settings.registry_poll_s:
