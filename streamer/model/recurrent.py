@@ -576,7 +576,10 @@ class SequenceModel(nn.Module):
         assert self.group_head is not None
         spec = self.spec
         n, size, k = len(out), spec.group_size, spec.served_top_k
-        m = min(spec.group_count, max(spec.groups_searched, -(-(k + 1) // size)))
+        # enough groups to name k known values whichever are searched: the last group may hold
+        # fewer (``last``), and group 0 holds out-of-vocabulary, never named
+        last = spec.outputs - (spec.group_count - 1) * size
+        m = min(spec.group_count, max(spec.groups_searched, -(-(k + 1 + size - last) // size)))
         both = torch.cat([out, before])  # (2N, H)
         group = torch.log_softmax(self.group_head(both), -1)  # (2N, G)
         top_group, top = top_k(group[:n], m)  # (N, m)

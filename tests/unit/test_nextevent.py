@@ -161,6 +161,20 @@ def test_a_two_level_softmax_searches_its_most_likely_groups_only() -> None:
         torch.testing.assert_close(served[r, 4:8], probs[r, top])
 
 
+@pytest.mark.parametrize(("vocab", "k"), [(6, 4), (6, 5), (10, 7), (13, 9)])
+def test_a_search_of_few_groups_still_names_k_known_values(vocab: int, k: int) -> None:
+    """However few groups are searched, and whichever they are (the short last one, the one with
+    out-of-vocabulary), a prediction names k values of the vocabulary, each with a probability."""
+    model = next_model(vocab=vocab, k=k, groups=3, searched=1)
+    with torch.no_grad():
+        served = model.next_served(
+            torch.randn(200, 8) * 3, torch.randn(200, 8), torch.zeros(200).long()
+        )
+    ids, probs = served[:, :k], served[:, k : 2 * k]
+    assert ((ids >= 1) & (ids <= vocab)).all() and (probs > 0).all()
+    assert all(len(set(row.tolist())) == k for row in ids)
+
+
 @pytest.mark.parametrize("groups", [0, 100])
 def test_a_large_vocabulary_is_served_in_chunks_as_in_one_piece(groups: int) -> None:
     """On a CPU the logits of a large vocabulary are reduced a few rows at a time: the same
