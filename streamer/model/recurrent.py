@@ -514,12 +514,17 @@ class SequenceModel(nn.Module):
         if self.group_head is None:
             raw: Tensor = self.head(out)
             return raw
-        spec = self.spec
         group = torch.log_softmax(self.group_head(out), -1)  # (..., G)
-        within = self.head(out).unflatten(-1, (spec.group_count, spec.group_size)) + self.pad
-        joint = group[..., None] + torch.log_softmax(within, -1)  # (..., G, S)
-        logits: Tensor = joint.flatten(-2)[..., : spec.outputs]
+        joint = group[..., None] + torch.log_softmax(self._group_values(out), -1)  # (..., G, S)
+        logits: Tensor = joint.flatten(-2)[..., : self.spec.outputs]
         return logits
+
+    def _group_values(self, out: Tensor) -> Tensor:
+        """A two-level softmax's logits of every value within its group ``(..., G, S)`` (the
+        last group's places beyond the vocabulary: -inf)."""
+        shape = (self.spec.group_count, self.spec.group_size)
+        values: Tensor = self.head(out).unflatten(-1, shape) + self.pad
+        return values
 
     def step(self, x: Tensor, state: State, fused: bool = False) -> tuple[Tensor, State]:
         """Serving path of a step model: x ``(B, I)`` -> raw outputs ``(B, K)``, next state
@@ -611,8 +616,7 @@ class SequenceModel(nn.Module):
         spec = self.spec
         shape = (spec.group_count, spec.group_size)
         if both.device.type != "cpu" if whole is None else whole:
-            whole_head: Tensor = self.head(both).unflatten(-1, shape) + self.pad
-            return whole_head[rows, which]
+            return self._group_values(both)[rows, which]
         weight = self.head.weight.view(*shape, -1)  # (G, S, H)
         bias = self.head.bias.view(shape) + self.pad
         order = torch.argsort(which)
