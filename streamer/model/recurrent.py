@@ -595,8 +595,7 @@ class SequenceModel(nn.Module):
         # most likely groups, before it its own
         which = torch.cat([top.reshape(-1), own])  # (P,)
         rows = torch.cat([arange.repeat_interleave(m), n + arange])  # (P,): rows of both
-        within = self._within(both, rows, which)
-        within -= torch.logsumexp(within, -1, keepdim=True)  # (P, S): log p(value | group)
+        within = self._within(both, rows, which)  # (P, S): log p(value | group)
         joint = top_group[..., None] + within[: n * m].view(n, m, size)  # (N, m, S)
         joint[..., 0].masked_fill_(top == 0, -torch.inf)  # (id 0, out-of-vocabulary, is unnamed)
         best, at = top_k(joint.view(n, m * size), k)
@@ -609,14 +608,15 @@ class SequenceModel(nn.Module):
     def _within(
         self, both: Tensor, rows: Tensor, which: Tensor, whole: bool | None = None
     ) -> Tensor:
-        """The logits of the values of group ``which[p]`` for hidden state ``both[rows[p]]``
-        ``(P, S)`` (beyond the vocabulary: -inf). On a CPU one product per group present, over
-        the rows that need it (no weights copied); on a GPU the whole head over ``both``, one
-        product, and the pairs' groups gathered from it (no host sync); ``whole`` chooses."""
+        """The log-probabilities of the values of group ``which[p]`` within it for hidden state
+        ``both[rows[p]]`` ``(P, S)`` (beyond the vocabulary: -inf). On a CPU one product per
+        group present, over the rows that need it (no weights copied); on a GPU the whole head
+        over ``both``, one product, and the pairs' groups gathered from it (no host sync);
+        ``whole`` chooses."""
         spec = self.spec
         shape = (spec.group_count, spec.group_size)
         if both.device.type != "cpu" if whole is None else whole:
-            return self._group_values(both)[rows, which]
+            return torch.log_softmax(self._group_values(both)[rows, which], -1)
         weight = self.head.weight.view(*shape, -1)  # (G, S, H)
         bias = self.head.bias.view(shape) + self.pad
         order = torch.argsort(which)
@@ -628,7 +628,9 @@ class SequenceModel(nn.Module):
             if c:
                 torch.addmm(bias[g], pairs[a : a + c], weight[g].t(), out=done[a : a + c])
                 a += c
-        return done[torch.argsort(order)]  # (back in the pairs' order)
+        back = torch.empty_like(order)  # (the pairs' places in the sorted order)
+        back[order] = torch.arange(len(order), device=order.device)
+        return torch.log_softmax(done, -1)[back]
 
     def window_logits(self, x_win: Tensor) -> Tensor:
         """A window model over closed windows of one length: x_win ``(B, T, I)`` -> ``(B, K)``,

@@ -241,41 +241,61 @@ def _decode_tokens(
     plain = _plain_decoder(tuple(features), categorical)
     fast = plain.decode if plain is not None else None
     rejected = msgspec.DecodeError
-    good: list[Event] = []
+    rows: list[tuple[Any, ...]] = []  # (unique_id, ds, *features, *categories) per valid event
     source: list[int] = []
     dead: list[DeadLetter] = []
+    given: dict[int, float] = {}  # a y that an event the full checks took gave (unused, kept)
     for i, m in enumerate(messages):
         value = m.value
         if fast is not None and value is not None and len(value) <= max_bytes:
             n_quotes = value.count(b'"')
             if n_quotes <= quotes and b"\\" not in value:
                 try:
-                    e = fast(value)
+                    row = astuple(fast(value))
                 except rejected:
-                    e = None
-                if e is not None:
-                    row = astuple(e)
-                    cats = row[2 + nf :]
-                    if n_quotes == quotes - 2 * cats.count(None) and m.key == e.unique_id.encode():
-                        good.append(Event(e.unique_id, e.ds, math.nan, row[2 : 2 + nf], 0, 0, cats))
-                        source.append(i)
-                        continue
+                    row = None
+                if (
+                    row is not None
+                    and n_quotes == quotes - 2 * row[2 + nf :].count(None)
+                    and m.key == row[0].encode()
+                ):
+                    rows.append(row)
+                    source.append(i)
+                    continue
         got = decode_event(
             m.key, value, m.partition, m.offset, features, max_bytes, categorical, target=False
         )
         if isinstance(got, DeadLetter):
             dead.append(got)
             continue
-        good.append(got)
+        if got.y == got.y:
+            given[len(rows)] = got.y
+        rows.append((got.unique_id, got.ds, *got.features, *got.categories))
         source.append(i)
-    cols = EventColumns.of(good)
-    cols.partition = np.fromiter([messages[i].partition for i in source], np.int64, len(good))
-    cols.offset = np.fromiter([messages[i].offset for i in source], np.int64, len(good))
-    cols.source = np.asarray(source, np.int64)
-    if not good:
-        cols.features = np.zeros((0, nf))
-        cols.categories = tuple([] for _ in categorical)
-    return cols, dead
+    n = len(rows)
+    y = np.full(n, math.nan)
+    if given:
+        y[list(given)] = list(given.values())
+    columns = list(zip(*rows, strict=True)) if rows else [()] * (2 + nf + nc)
+    index: dict[str, int] = {}
+    intern = index.setdefault
+    entity = np.fromiter([intern(u, len(index)) for u in columns[0]], np.int64, n)
+    return (
+        EventColumns(
+            entities=list(index),
+            entity=entity,
+            partition=np.fromiter([messages[i].partition for i in source], np.int64, n),
+            offset=np.fromiter([messages[i].offset for i in source], np.int64, n),
+            y=y,
+            features=np.asarray(columns[2 : 2 + nf], np.float64).T.reshape(n, nf)
+            if nf
+            else np.zeros((n, 0)),
+            ds=list(columns[1]),
+            source=np.asarray(source, np.int64),
+            categories=tuple(list(c) for c in columns[2 + nf :]),
+        ),
+        dead,
+    )
 
 
 @functools.lru_cache(maxsize=16)
