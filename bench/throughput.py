@@ -8,6 +8,9 @@
 - **streamer-cluster**: the same worker with its states in a Redis Cluster of three masters (ports
   27000-27002, started for it);
 - **streamer-confluent**: the same worker on its other Kafka client, confluent-kafka;
+- **streamer-next**: the same worker serving a next-event model of the same core over a vocabulary
+  of ``--next-values`` values (a two-level softmax, top 10, surprise and rank), on a backlog of the
+  same entities whose events carry a value of it (issue 19: at most twice streamer's worker CPU);
 - **streamer-faust**: the Faust engine (``streamer worker --engine faust``): streamer's batch
   path as a Faust agent taking ``noack_take`` batches;
 - **naive**: a hand-written Faust agent doing GET, one LSTM step, SET and send per event;
@@ -58,6 +61,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streamer.kafka import send_keyed
 from streamer.model import ModelSpec, SequenceModel
 from streamer.model.artifact import save_artifact
+from streamer.model.vocab import groups_for
 from streamer.settings import Settings, to_env
 from streamer.state import RedisStateStore
 from streamer.state.batch import StateBatch, encode_many
@@ -82,6 +86,7 @@ KINDS = (
     "streamer",
     "streamer-cluster",
     "streamer-confluent",
+    "streamer-next",
     "streamer-faust",
     "naive",
 )
@@ -163,6 +168,8 @@ class Run:
     args: argparse.Namespace
     tmp: Path
     model_dir: Path
+    #: streamer-next's model: a next-event model of the same core (:func:`next_model`)
+    next_model_dir: Path | None = None
     run_id: str = field(default_factory=lambda: f"{int(time.time())}")
     #: more environment for streamer's workers, over the settings the benchmark gives them
     worker_env: dict[str, str] = field(default_factory=dict)
@@ -204,10 +211,11 @@ class Run:
                     "cache_max_mb": self.args.cache_mb,
                     "torch_threads": self.args.torch_threads,
                 }
+            next_kind = kind == "streamer-next" and self.next_model_dir is not None
             settings = Settings(
                 app_id=ns,
                 model_name=ns,
-                model_path=self.model_dir,
+                model_path=self.next_model_dir if next_kind else self.model_dir,
                 device="cpu",
                 engine=engine,
                 kafka=kafka,
@@ -264,6 +272,13 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> No
 def event(entity: int, y: float) -> tuple[bytes, bytes]:
     uid = f"e{entity:07d}"
     body = {"unique_id": uid, "ds": str(time.time_ns()), "y": y}
+    return uid.encode(), orjson.dumps(body)
+
+
+def next_event(entity: int, value: int) -> tuple[bytes, bytes]:
+    """An event of a next-event model's stream: its value of ``item`` (``v<value>``)."""
+    uid = f"e{entity:07d}"
+    body = {"unique_id": uid, "ds": str(time.time_ns()), "item": f"v{value}"}
     return uid.encode(), orjson.dumps(body)
 
 
@@ -464,7 +479,7 @@ async def throughput(
         result["events_by_partition"] = {p: by1[p] - by0.get(p, 0) for p in sorted(by1)}
     if profile is not None:
         result["profile"] = profile
-    if kind in ("streamer", "streamer-cluster", "streamer-confluent", "streamer-faust", "naive"):
+    if kind.startswith("streamer") or kind == "naive":
         mem1, keys = await redis_memory(*urls)
         payload = await mean_value_size(*urls)
         result["redis"] = {
@@ -721,23 +736,55 @@ def table(doc: dict[str, Any]) -> str:
 
 
 def new_run(args: argparse.Namespace, tmp: Path) -> Run:
-    """A run in scratch directory ``tmp``, with the benchmark's model (H=64, 2 layers) saved."""
+    """A run in scratch directory ``tmp``, with the benchmark's model (H=64, 2 layers) saved, and
+    streamer-next's (:func:`next_model`) when it runs."""
     torch.manual_seed(0)
     model_dir = tmp / "model"
     save_artifact(SequenceModel(ModelSpec(hidden_size=64, num_layers=2, horizon=1)), model_dir)
-    return Run(args, tmp, model_dir)
+    run = Run(args, tmp, model_dir)
+    if "streamer-next" in getattr(args, "kinds", ()):
+        run.next_model_dir = tmp / "next-model"
+        save_artifact(next_model(args.next_values), run.next_model_dir)
+    return run
 
 
-async def backlog(run: Run) -> str:
-    """A new topic holding ``--events`` events of ``--entities`` entities; its name."""
+def next_model(values: int) -> SequenceModel:
+    """A next-event model of the benchmark's core (H=64, 2 layers) over ``values`` values of
+    ``item`` (``v0``...), with the head ``streamer train --next`` gives that many (a two-level
+    softmax from 4,096 on), top 10, embeddings of 32 (train's default): untrained weights cost
+    what trained ones do."""
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        hidden_size=64,
+        num_layers=2,
+        task="next",
+        scaling="none",
+        categorical=("item",),
+        vocabularies=(tuple(f"v{i}" for i in range(values)),),
+        embedding=32,
+        next="item",
+        top_k=10,
+        groups=groups_for(values + 1),
+    )
+    return SequenceModel(spec).eval()
+
+
+async def backlog(run: Run, values: int = 0) -> str:
+    """A new topic holding ``--events`` events of ``--entities`` entities; its name. With
+    ``values``: next-event events, each with a value of ``item`` drawn uniformly (a few beyond
+    the vocabulary: out of it), instead of a y."""
     args = run.args
-    src = f"bench-events-{run.run_id}"
+    src = f"bench-{'next-' if values else ''}events-{run.run_id}"
     await create_topics(run.bootstrap, [src], args.partitions)
     order = np.random.default_rng(0).permutation(np.resize(np.arange(args.entities), args.events))
     ys = np.random.default_rng(1).normal(100, 10, args.events)
     producer = await new_producer(run.bootstrap)
     t = time.monotonic()
-    events = [event(int(e), float(y)) for e, y in zip(order, ys, strict=True)]
+    if values:
+        items = np.random.default_rng(2).integers(0, values + values // 100, args.events)
+        events = [next_event(int(e), int(v)) for e, v in zip(order, items, strict=True)]
+    else:
+        events = [event(int(e), float(y)) for e, y in zip(order, ys, strict=True)]
     await asyncio.gather(*await send_keyed(producer, src, events))
     await producer.stop()
     print(
@@ -762,6 +809,11 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
         "cache_max_mb": args.cache_mb,
         "torch_threads": args.torch_threads,
         "budget_s": args.budget_s,
+        **(
+            {"next_values": args.next_values}
+            if "streamer-next" in getattr(args, "kinds", ())
+            else {}
+        ),
     }
 
 
@@ -770,6 +822,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         run = new_run(args, Path(tmp_name))
         kinds = [k for k in KINDS if k in args.kinds]
         src = await backlog(run)
+        sources = (
+            {"streamer-next": await backlog(run, args.next_values)} if run.next_model_dir else {}
+        )
         doc: dict[str, Any] = {
             "benchmark": "throughput",
             "config": config(args),
@@ -778,12 +833,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         }
         for kind in kinds:
             print(f"throughput: {kind}", file=sys.stderr)
-            doc["throughput"][kind] = await throughput(run, kind, src)
+            doc["throughput"][kind] = await throughput(run, kind, sources.get(kind, src))
             print(f"  {doc['throughput'][kind]}", file=sys.stderr)
         if args.rounds > 1 and {"raw-pass", "streamer"} <= set(kinds):
             doc["paired_rounds"] = await paired_rounds(run, src, doc["throughput"])
         eps = {k: v["events_per_second"] for k, v in doc["throughput"].items()}
         rate = args.rate or eps.get("streamer", max(eps.values())) / 2
+        kinds = [k for k in kinds if k not in sources]  # (latency: of the forecasters' events)
         for kind in kinds:
             print(f"latency at {rate:,.0f}/s: {kind}", file=sys.stderr)
             doc["latency"][kind] = await latency(run, kind, rate)
@@ -861,6 +917,13 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
     cpu = doc["throughput"].get("streamer", {}).get("cpu_us_per_event", {}).get("worker")
     if cpu is not None:
         out["streamer_worker_cpu_us_per_event"] = {"value": cpu, "target": "<= 12"}
+    per = doc["throughput"].get("streamer-next", {}).get("cpu_us_per_event", {}).get("worker")
+    if cpu and per is not None:
+        out["next_event_worker_cpu_over_streamer"] = {
+            "value": round(per / cpu, 2),
+            "values": doc["config"].get("next_values"),
+            "target": "<= 2",
+        }
     passes = {k: v for k, v in eps.items() if k in PASS_KINDS}
     if s and passes:
         fastest = max(passes, key=lambda k: passes[k])
@@ -930,6 +993,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="a second, low offered rate for the kinds that kept up (0: none)",
     )
     ap.add_argument("--memory-entities", type=int, default=1_000_000)
+    ap.add_argument(
+        "--next-values", type=int, default=10_000, help="streamer-next's vocabulary size"
+    )
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"subset of {','.join(KINDS)}")
     ap.add_argument("--profile", action="store_true", help="sample streamer's worker with py-spy")
     ap.add_argument(
