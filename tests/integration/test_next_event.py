@@ -56,11 +56,12 @@ def token_events(entities: int, length: int, seed: int) -> list[dict[str, object
     return out
 
 
-@pytest.mark.parametrize("groups", [0, 3])
+@pytest.mark.parametrize(("groups", "engine"), [(0, "streamer"), (3, "streamer"), (3, "faust")])
 async def test_next_event_predictions_survive_kill_9_and_equal_the_module(
-    services: dict[str, str], ns: str, tmp_path: Path, groups: int
+    services: dict[str, str], ns: str, tmp_path: Path, groups: int, engine: str
 ) -> None:
-    """(``groups``: one softmax, and a two-level one searching two of its three groups.)"""
+    """(``groups``: one softmax, and a two-level one searching two of its three groups;
+    ``engine``: the worker's own loop, or streamer's batch path as a Faust agent.)"""
     model = next_model(features=("temp",), groups=groups, searched=2)
     model_dir = tmp_path / "model"
     save_artifact(model, model_dir, {"note": "random weights for tests"})
@@ -69,7 +70,7 @@ async def test_next_event_predictions_survive_kill_9_and_equal_the_module(
     await ensure_topics(settings)
     msgs = [(str(e["unique_id"]).encode(), orjson.dumps(e)) for e in events]
     await produce(services["bootstrap"], settings.topics.events, msgs)
-    env = worker_env(services, ns, model_dir, **FAST)
+    env = worker_env(services, ns, model_dir, **FAST, STREAMER_ENGINE=engine)
     rng = random.Random(9)
     kill_points = sorted(rng.sample(range(300, len(events) - 300), 3))
     async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
