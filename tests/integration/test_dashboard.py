@@ -25,10 +25,20 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
 from streamer.kafka import ensure_topics, replay_events
+from streamer.model.artifact import save_artifact
 from streamer.settings import Settings
 from streamer.train.data import event_rows
 from tests.conftest import ROOT, make_panel
-from tests.integration.workers import TopicReader, WorkerProcess, predictions_of, worker_env
+from tests.integration.test_next_event import token_events
+from tests.integration.test_worker import settings_for
+from tests.integration.workers import (
+    TopicReader,
+    WorkerProcess,
+    predictions_of,
+    produce,
+    worker_env,
+)
+from tests.unit.test_nextevent import next_model
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -234,6 +244,60 @@ async def test_the_page_draws_the_replayed_entity_and_the_workers_throughput(
     assert code == 0, dashboard.tail()
     assert worker_code == 0, worker.tail()
     assert "Traceback" not in dashboard.log.read_text()
+
+
+@pytest.mark.integration
+async def test_the_page_draws_a_next_event_model_s_surprise_and_the_values_it_names(
+    services: dict[str, str], ns: str, tmp_path: Path, browser: webdriver.Chrome
+) -> None:
+    model = next_model(features=("temp",))
+    save_artifact(model, tmp_path / "model", {"note": "random weights for tests"})
+    events = token_events(3, 20, seed=4)
+    entity = "e001"
+    settings = settings_for(services, ns)
+    await ensure_topics(settings)
+    env = worker_env(services, ns, tmp_path / "model")
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    dashboard = DashboardProcess(env, tmp_path / "dashboard.log")
+    try:
+        url = await dashboard.url()
+        browser.get(f"{url}?entity={entity}")
+        await until(
+            lambda: dashboard_state(browser).get("missing"), 30, "the page did not load", dashboard
+        )
+        msgs = [(str(e["unique_id"]).encode(), orjson.dumps(e)) for e in events]
+        await produce(services["bootstrap"], settings.topics.events, msgs)
+        async with TopicReader(services["bootstrap"], settings.topics.predictions) as out:
+            await out.read_until(len(events), timeout=120, proc=worker)
+            preds = sorted(
+                (p for p in predictions_of(out.records) if p.unique_id == entity),
+                key=lambda p: p.step,
+            )
+        assert len(preds) == 20
+
+        def drawn() -> dict[str, Any]:
+            s = dashboard_state(browser)
+            return s if s.get("kind") == "next" and len(s.get("ys", [])) == 19 else {}
+
+        state = await until(drawn, 60, "the page did not draw the entity", worker, dashboard)
+        # each event's surprise under the prediction before it (none for the first) ...
+        want = [p.surprise for p in preds[1:]]
+        assert state["ys"] == pytest.approx(want, rel=1e-6)
+        # ... and the values the last prediction names, with their probabilities, above it
+        assert state["next"] == list(preds[-1].next)
+        assert state["future"] == pytest.approx(list(preds[-1].values), rel=1e-6)
+        assert f"next {preds[-1].next[0]} ({preds[-1].values[0]:.3f})" in state["info"]
+        hits = sum(p.rank is not None for p in preds[1:])
+        assert f"named before {hits} of 19" in state["info"]
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(SCREENSHOTS / "dashboard-next.png"))
+    finally:
+        code = dashboard.stop()
+        worker_code = worker.stop()
+    assert code == 0, dashboard.tail()
+    assert worker_code == 0, worker.tail()
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ from worker scrapes, each entity's points with the forecasts aligned, and the pa
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from types import SimpleNamespace
@@ -346,3 +347,30 @@ async def test_the_stream_sends_history_status_and_the_entity(client: TestClient
     assert list(events) == ["history", "status", "entity"]
     assert events["history"]["events"] == [5]  # type: ignore[index]
     assert events["entity"]["full"] and events["entity"]["step"] == [1, 2, 3]  # type: ignore[index]
+
+
+def next_pred(step: int, surprise: float | None, rank: int | None) -> Prediction:
+    p = pred(step, values=(0.5, 0.3))
+    p.y = math.nan
+    p.next, p.surprise, p.rank = (f"k{step}", f"k{step + 1}"), surprise, rank
+    return p
+
+
+def test_a_next_event_model_shows_each_event_s_surprise_and_the_values_it_names() -> None:
+    s = EntitySeries()
+    s.add(pred(1))
+    _, cursor = s.view("e1")
+    s.add(next_pred(2, None, None))  # (the entity's first event under this model: no surprise)
+    s.add(next_pred(3, 1.25, 2))
+    s.add(next_pred(4, 7.5, None))  # (not among the values named before it)
+    view, cursor = s.view("e1", cursor)
+    assert view["full"]  # another kind of model: the page starts the chart again
+    assert view["surprise"] == [None, 1.25, 7.5] and view["rank"] == [None, 2, None]
+    assert view["next"] == ["k4", "k5"] and view["future"] == [0.5, 0.3]
+    assert view["future_x"] == [] and view["prior"] == [None, None, None]
+    s.add(next_pred(5, 0.5, 1))
+    new, _ = s.view("e1", cursor)
+    assert not new["full"] and new["surprise"] == [0.5] and new["rank"] == [1]
+    s.add(pred(6))  # a forecaster again
+    back, _ = s.view("e1")
+    assert "next" not in back and back["future"] == [6.5, 6.6, 6.7] and len(back["future_x"]) == 3

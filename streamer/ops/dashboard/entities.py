@@ -1,10 +1,13 @@
 """Each entity's last predictions, as the entity chart draws them: its values with the one-step
-forecasts overlaid, and the latest forecast into the future. Pure, no I/O."""
+forecasts overlaid, and the latest forecast into the future (a classifier's: its probabilities;
+a next-event model's: each event's surprise and rank, and the values it names next). Pure, no
+I/O."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,7 +54,8 @@ class Point:
     #: the one-step forecast for this event, made at the event before (None when the dashboard
     #: did not see that event): the value to overlay on ``y``
     prior: float | None
-    #: a forecaster's forecast for the next event, or a classifier's probabilities
+    #: a forecaster's forecast for the next event, a classifier's probabilities, or a next-event
+    #: model's surprise and rank of the event (NaN: none)
     out: tuple[float, ...]
 
 
@@ -71,6 +75,7 @@ class EntitySeries:
         self._last: tuple[int, int] = (-1, -1)  # (partition, offset) of the last point
         self.classes: tuple[str, ...] = ()
         self.forecast: tuple[float, ...] = ()  # the latest full forecast
+        self.names: tuple[str, ...] | None = None  # a next-event model's latest named values
         #: its widest prediction interval: (level, lows, highs), or None
         self.interval: tuple[int, tuple[float, ...], tuple[float, ...]] | None = None
         self.seq = 0  # points ever added
@@ -82,20 +87,30 @@ class EntitySeries:
         if p.partition == partition and p.offset <= offset:
             return False
         self._last = (p.partition, p.offset)
-        if p.classes != self.classes:  # another kind of model: the points before do not compare
-            self.points.clear()
+        names = p.next if p.next or p.surprise is not None else None  # (a next-event model's)
+        if p.classes != self.classes or (names is None) != (self.names is None):
+            self.points.clear()  # another kind of model: the points before do not compare
             self.classes = p.classes
             self.epoch += 1
+        self.names = names
         last = self.points[-1] if self.points else None
         prior = None
-        if last is not None and not p.classes and last.step + 1 == p.step and last.out:
+        plain = not p.classes and names is None  # a forecaster
+        if plain and last is not None and last.step + 1 == p.step and last.out:
             prior = last.out[0]
         self.seq += 1
-        out = p.values if p.classes else p.values[:1]
+        out: tuple[float, ...]
+        if names is not None:
+            out = (
+                math.nan if p.surprise is None else p.surprise,
+                math.nan if p.rank is None else float(p.rank),
+            )
+        else:
+            out = p.values if p.classes else p.values[:1]
         self.points.append(
             Point(self.seq, p.ds, _epoch(p.ds), p.y, p.step, p.model_version, prior, out)
         )
-        self.forecast = () if p.classes else p.values
+        self.forecast = p.values if plain or names is not None else ()
         widest = max(p.intervals, default=None)
         self.interval = None if widest is None else (widest, *p.intervals[widest])
         return True
@@ -117,7 +132,10 @@ class EntitySeries:
 
         ``x`` is Unix seconds on a time axis, else the sequence number; ``future_x`` and
         ``future`` place the latest forecast after the last point, spaced like the last points,
-        and ``future_lo``, ``future_hi`` its widest interval (``level``; empty without one).
+        and ``future_lo``, ``future_hi`` its widest interval (``level``; empty without one). A
+        next-event model's view has ``next``, the values its latest prediction names (``future``:
+        their probabilities, not placed on the x axis), and each point's ``surprise`` and
+        ``rank`` (None: none).
         """
         pts = list(self.points)
         times = self.times()
@@ -132,7 +150,7 @@ class EntitySeries:
         new = pts if full or after is None else [p for p in pts if p.seq > after.seq]
         xs = [float(p.seq) for p in pts] if times is None else times
         future_x: list[float] = []
-        if self.forecast and xs:
+        if self.forecast and xs and self.names is None:
             tail = xs[-13:]
             gaps = sorted(b - a for a, b in itertools.pairwise(tail))
             step = gaps[len(gaps) // 2] if gaps else (86400.0 if times else 1.0)
@@ -158,6 +176,10 @@ class EntitySeries:
         }
         if self.classes:
             view["probs"] = [[p.out[i] for p in new] for i in range(len(self.classes))]
+        if self.names is not None:  # the named values and their probabilities, not a forecast
+            view["next"] = list(self.names)
+            view["surprise"] = [None if p.out[0] != p.out[0] else p.out[0] for p in new]
+            view["rank"] = [None if p.out[1] != p.out[1] else int(p.out[1]) for p in new]
         return view, Cursor(self.seq, mode, self.epoch)
 
 

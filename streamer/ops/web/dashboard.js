@@ -221,7 +221,7 @@
   const entity = { name: null, missing: false, cols: null, axis: null, plot: null, classesKey: null, updates: 0, appends: 0 };
 
   function emptyEntity() {
-    return { x: [], ds: [], y: [], prior: [], step: [], version: [], probs: [], future_x: [], future: [], future_lo: [], future_hi: [], level: null, classes: [], max_points: 500 };
+    return { x: [], ds: [], y: [], prior: [], step: [], version: [], probs: [], surprise: [], rank: [], next: null, future_x: [], future: [], future_lo: [], future_hi: [], level: null, classes: [], max_points: 500 };
   }
 
   function onEntity(v) {
@@ -236,13 +236,15 @@
     entity.updates++;
     if (!v.full && entity.cols) entity.appends++;
     const c = !v.full && entity.cols ? entity.cols : emptyEntity();
-    for (const k of ["x", "ds", "y", "prior", "step", "version"]) c[k] = c[k].concat(v[k]);
+    const cols = v.next ? ["x", "ds", "y", "prior", "step", "version", "surprise", "rank"] : ["x", "ds", "y", "prior", "step", "version"];
+    for (const k of cols) c[k] = c[k].concat(v[k]);
     if (v.probs) c.probs = v.classes.map((_, i) => (c.probs[i] || []).concat(v.probs[i]));
     const extra = c.x.length - v.max_points;
     if (extra > 0) {
-      for (const k of ["x", "ds", "y", "prior", "step", "version"]) c[k].splice(0, extra);
+      for (const k of cols) c[k].splice(0, extra);
       for (const p of c.probs) p.splice(0, extra);
     }
+    c.next = v.next || null;
     c.future_x = v.future_x;
     c.future = v.future;
     c.future_lo = v.future_lo || [];
@@ -259,6 +261,7 @@
     const n = c.x.length;
     const pad = new Array(c.future_x.length).fill(null);
     const x = c.x.concat(c.future_x);
+    if (c.next) return [c.x, c.surprise, c.rank]; // a next-event model: each event's surprise
     if (c.classes.length) return [x, c.y.concat(pad)].concat(c.probs.map((p) => p.concat(pad)));
     const future = new Array(n).fill(null).concat(c.future);
     if (n && c.future.length) future[n - 1] = c.y[n - 1]; // the forecast line starts at the last value
@@ -267,7 +270,7 @@
   }
 
   function entityChart(c) {
-    const key = `${entity.axis}|${c.classes.join("\n")}|${c.level}`;
+    const key = `${entity.axis}|${c.classes.join("\n")}|${c.level}|${c.next ? "next" : ""}`;
     if (entity.plot && entity.classesKey === key) return entity.plot;
     if (entity.plot) entity.plot.destroy();
     entity.classesKey = key;
@@ -278,11 +281,20 @@
       if (i < cols.ds.length) return `${cols.ds[i]} (step ${cols.step[i]})`;
       return `forecast +${i - cols.ds.length + 1}`;
     };
-    const series = [{ label: time ? "ds" : "event", value: xLabel },
-      { label: "value (y)", stroke: "#2563eb", width: 2, points: { size: 4, fill: "#2563eb" }, value: (u, v) => fmtValue(v) }];
+    const series = [{ label: time ? "ds" : "event", value: xLabel }];
+    if (c.next) {
+      // how unlikely each event was under the prediction made before it; its rank there
+      const rank = (u, v, si, i) => (entity.cols && i != null && entity.cols.rank[i] != null ? `#${entity.cols.rank[i]}` : "not named");
+      series.push({ label: "surprise, -ln p (under the prediction before)", stroke: "#7c3aed", width: 1.5, points: { size: 4, fill: "#7c3aed" }, value: (u, v) => (v == null ? "–" : v.toFixed(2)) });
+      series.push({ label: "its rank there", show: false, value: rank });
+    } else {
+      series.push({ label: "value (y)", stroke: "#2563eb", width: 2, points: { size: 4, fill: "#2563eb" }, value: (u, v) => fmtValue(v) });
+    }
     const axes = [Object.assign({}, AXIS), Object.assign({}, AXIS, { size: 60, values: (u, s) => s.map((v) => (v == null ? "" : fmtNum(v))) })];
     const scales = { x: { time: time } };
-    if (c.classes.length) {
+    if (c.next) {
+      // (no more series: the values named next are in the line above the chart)
+    } else if (c.classes.length) {
       c.classes.forEach((name, i) => series.push({ label: `p(${name})`, scale: "p", stroke: COLORS[(i + 1) % COLORS.length], width: 1.5, value: (u, v) => (v == null ? "–" : v.toFixed(3)) }));
       axes.push(Object.assign({}, AXIS, { scale: "p", side: 1, size: 40, grid: { show: false } }));
       scales.p = { range: [0, 1] };
@@ -297,7 +309,7 @@
       series.push({ label: `${level} high`, stroke: "rgba(185,28,28,0.35)", width: 1, show: c.level != null, value: future });
     }
     const el = $("entity-chart");
-    const bands = c.classes.length ? [] : [{ series: [5, 4], fill: "rgba(185,28,28,0.10)" }];
+    const bands = c.classes.length || c.next ? [] : [{ series: [5, 4], fill: "rgba(185,28,28,0.10)" }];
     entity.plot = new uPlot(Object.assign(sized(el, ENTITY_HEIGHT), {
       series: series,
       bands: bands,
@@ -327,8 +339,15 @@
     plot.setData(entityData(c));
     showLatest(plot, c.x.length - 1);
     const n = c.y.length;
-    let info = `<b>${esc(entity.name)}</b> · ${fmtInt(n)} points · last <b>${esc(c.ds[n - 1])}</b> y <b>${fmtValue(c.y[n - 1])}</b>`;
-    if (c.classes.length) {
+    let info = `<b>${esc(entity.name)}</b> · ${fmtInt(n)} points · last <b>${esc(c.ds[n - 1])}</b>`;
+    if (!c.next) info += ` y <b>${fmtValue(c.y[n - 1])}</b>`;
+    if (c.next) {
+      const named = c.next.slice(0, 5).map((name, i) => `<b>${esc(name)}</b> (${c.future[i].toFixed(3)})`);
+      info += ` · next ${named.join(", ")}${c.next.length > 5 ? ", …" : ""}`;
+      let sum = 0, m = 0, hits = 0;
+      for (let i = 0; i < n; i++) if (c.surprise[i] != null) { sum += c.surprise[i]; m++; if (c.rank[i] != null) hits++; }
+      if (m) info += ` · mean surprise <b>${(sum / m).toFixed(2)}</b>, named before <b>${fmtInt(hits)}</b> of ${fmtInt(m)}`;
+    } else if (c.classes.length) {
       const probs = c.probs.map((p) => p[n - 1]);
       const best = probs.indexOf(Math.max.apply(null, probs));
       info += ` · predicted <b>${esc(c.classes[best])}</b> (${probs[best].toFixed(2)})`;
@@ -463,7 +482,7 @@
     state() {
       const d = entity.plot ? entity.plot.data : null;
       const ys = d ? present(d[1]) : [];
-      const forecaster = entity.cols && !entity.cols.classes.length;
+      const forecaster = entity.cols && !entity.cols.classes.length && !entity.cols.next;
       const events = present(column("throughput", 1));
       return {
         connected: connected,
@@ -474,7 +493,7 @@
         updates: entity.updates, // entity messages received
         appends: entity.appends, // of which new points appended to those drawn
         axis: entity.axis,
-        kind: entity.cols ? (forecaster ? "forecast" : "classify") : null,
+        kind: entity.cols ? (entity.cols.next ? "next" : forecaster ? "forecast" : "classify") : null,
         points: ys.length,
         ys: ys,
         firstY: ys.length ? ys[0] : null,
@@ -487,6 +506,8 @@
         bandLo: d && forecaster ? present(d[4]) : [],
         bandHi: d && forecaster ? present(d[5]) : [],
         forecastPoints: entity.cols ? entity.cols.future.length : 0,
+        next: entity.cols ? entity.cols.next : null, // a next-event model's named values
+        info: $("entity-info").innerText,
         eventsPerSecond: events.length ? events[events.length - 1] : null,
         eventsPerSecondMax: events.length ? Math.max.apply(null, events) : null,
         predictionsPerSecondMax: Math.max.apply(null, [0].concat(present(column("throughput", 2)))),
