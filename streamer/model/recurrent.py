@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from streamer import seasonal
 from streamer.errors import ConfigError
-from streamer.model import nextevent
+from streamer.model import nextevent, nexthead
 from streamer.model.vocab import MAX_VOCABULARY, Vocabulary
 
 __all__ = [
@@ -433,25 +433,6 @@ CELLS: dict[str, type[StackedLSTM | StackedGRU | StackedRNN]] = {
 }
 
 
-def top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``torch.topk(x, k)`` over the last dimension of ``(N, W)``, values and indices the same
-    (ties aside). Rows of ``16k`` to ``64k`` values take two steps: the ``k`` blocks of four whose
-    maxima are highest hold the top ``k`` values (a block outside them has ``k`` values above
-    its maximum), then the top ``k`` of those ``4k``; torch's CPU kernel sorts rows this short
-    several times slower than it selects from longer ones."""
-    n, w = x.shape
-    if not 16 * k <= w < 64 * k or x.device.type != "cpu":
-        values, indices = torch.topk(x, k, dim=-1)
-        return values, indices
-    if w % 4:
-        x = nn.functional.pad(x, (0, 4 - w % 4), value=-torch.inf)
-    blocks = x.view(n, -1, 4)
-    which = torch.topk(blocks.amax(-1), k, dim=-1, sorted=False).indices  # (N, k)
-    values = blocks.gather(1, which[..., None].expand(-1, -1, 4)).view(n, 4 * k)
-    best, at = torch.topk(values, k, dim=-1)
-    return best, which.gather(1, torch.div(at, 4, rounding_mode="floor")) * 4 + at % 4
-
-
 def recurrent(spec: ModelSpec) -> StackedLSTM | StackedGRU | StackedRNN:
     """The recurrent core a spec describes."""
     return CELLS[spec.cell](
@@ -515,11 +496,11 @@ class SequenceModel(nn.Module):
             raw: Tensor = self.head(out)
             return raw
         group = torch.log_softmax(self.group_head(out), -1)  # (..., G)
-        joint = group[..., None] + torch.log_softmax(self._group_values(out), -1)  # (..., G, S)
+        joint = group[..., None] + torch.log_softmax(self.group_values(out), -1)  # (..., G, S)
         logits: Tensor = joint.flatten(-2)[..., : self.spec.outputs]
         return logits
 
-    def _group_values(self, out: Tensor) -> Tensor:
+    def group_values(self, out: Tensor) -> Tensor:
         """A two-level softmax's logits of every value within its group ``(..., G, S)`` (the
         last group's places beyond the vocabulary: -inf)."""
         shape = (self.spec.group_count, self.spec.group_size)
@@ -537,100 +518,10 @@ class SequenceModel(nn.Module):
         return self.next_served(out, state[0][-1], ids), new
 
     def next_served(self, out: Tensor, before: Tensor, ids: Tensor) -> Tensor:
-        """A next-event model's served outputs ``(N, 2k + 2)`` (:mod:`streamer.model.nextevent`)
-        from the top layer's hidden state after each event ``out`` ``(N, H)`` and before it
-        ``before`` ``(N, H)``, and each event's id ``(N,)``: the ids of the ``k`` most likely
-        known values next (out-of-vocabulary is never named), their probabilities, the
-        log-sum-exp of the logits and the logit the previous prediction gave the event's value
-        (the stepper turns the last two into the event's surprise).
-
-        One softmax: the logits of the whole vocabulary, made and reduced a few rows at a time
-        on a CPU so that they stay in the cache (a batch's would be ``N x V`` floats), all at
-        once on a GPU. A two-level softmax (:attr:`ModelSpec.groups`): the groups'
-        probabilities, then the values of the ``groups_searched`` most likely groups and of the
-        event's own group before it: ``(m + 1) x V / G`` logits a row instead of ``V``, and
-        log-probabilities (the log-sum-exp is 0)."""
-        spec = self.spec
-        grouped = self.group_head is not None
-        if out.device.type == "cpu":  # (a two-level softmax's few logits: thousands of rows)
-            width = (spec.groups_searched + 1) * spec.group_size // 4 if grouped else spec.outputs
-            rows = max(1, (1 << 18) // width)
-        else:  # (all at once, up to 512 MiB of logits)
-            rows = max(1, (1 << 27) // (spec.outputs * (2 if grouped else 1)))
-        each = self._grouped if grouped else self._flat
-        if rows >= len(out):
-            return each(out, before, ids)
-        served = out.new_empty((len(out), spec.served_outputs))
-        for a in range(0, len(out), rows):
-            b = a + rows
-            served[a:b] = each(out[a:b], before[a:b], ids[a:b])
-        return served
-
-    def _flat(self, out: Tensor, before: Tensor, ids: Tensor) -> Tensor:
-        """:meth:`next_served` for one softmax over the vocabulary."""
-        logits = self.head(out)
-        previous = (before * self.head.weight[ids]).sum(-1, keepdim=True) + self.head.bias[
-            ids, None
-        ]
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        top, at = torch.topk(logits[..., 1:], self.spec.served_top_k, dim=-1)
-        return torch.cat([(at + 1).to(logits.dtype), torch.exp(top - lse), lse, previous], -1)
-
-    def _grouped(self, out: Tensor, before: Tensor, ids: Tensor) -> Tensor:
-        """:meth:`next_served` for a two-level softmax."""
-        assert self.group_head is not None
-        spec = self.spec
-        n, size, k = len(out), spec.group_size, spec.served_top_k
-        # enough groups to name k known values whichever are searched: the last group may hold
-        # fewer (``last``), and group 0 holds out-of-vocabulary, never named
-        last = spec.outputs - (spec.group_count - 1) * size
-        m = min(spec.group_count, max(spec.groups_searched, -(-(k + 1 + size - last) // size)))
-        both = torch.cat([out, before])  # (2N, H)
-        group = torch.log_softmax(self.group_head(both), -1)  # (2N, G)
-        top_group, top = top_k(group[:n], m)  # (N, m)
-        own = torch.div(ids, size, rounding_mode="floor")  # each event's group, and place in it
-        place = ids - own * size
-        arange = torch.arange(n, device=out.device)
-        # the pairs (hidden state, group) whose values' logits are made: after each event its m
-        # most likely groups, before it its own
-        which = torch.cat([top.reshape(-1), own])  # (P,)
-        rows = torch.cat([arange.repeat_interleave(m), n + arange])  # (P,): rows of both
-        within = self._within(both, rows, which)  # (P, S): log p(value | group)
-        joint = top_group[..., None] + within[: n * m].view(n, m, size)  # (N, m, S)
-        joint[..., 0].masked_fill_(top == 0, -torch.inf)  # (id 0, out-of-vocabulary, is unnamed)
-        best, at = top_k(joint.view(n, m * size), k)
-        chosen = top.gather(1, torch.div(at, size, rounding_mode="floor")) * size + at % size
-        previous = group[n + arange, own] + within[n * m + arange, place]
-        return torch.cat(
-            [chosen.to(out.dtype), torch.exp(best), out.new_zeros(n, 1), previous[:, None]], -1
-        )
-
-    def _within(
-        self, both: Tensor, rows: Tensor, which: Tensor, whole: bool | None = None
-    ) -> Tensor:
-        """The log-probabilities of the values of group ``which[p]`` within it for hidden state
-        ``both[rows[p]]`` ``(P, S)`` (beyond the vocabulary: -inf). On a CPU one product per
-        group present, over the rows that need it (no weights copied); on a GPU the whole head
-        over ``both``, one product, and the pairs' groups gathered from it (no host sync);
-        ``whole`` chooses."""
-        spec = self.spec
-        shape = (spec.group_count, spec.group_size)
-        if both.device.type != "cpu" if whole is None else whole:
-            return torch.log_softmax(self._group_values(both)[rows, which], -1)
-        weight = self.head.weight.view(*shape, -1)  # (G, S, H)
-        bias = self.head.bias.view(shape) + self.pad
-        order = torch.argsort(which)
-        counts = torch.bincount(which, minlength=spec.group_count).tolist()
-        pairs = both[rows[order]]  # (P, H), sorted by group
-        done = both.new_empty((len(which), spec.group_size))
-        a = 0
-        for g, c in enumerate(counts):
-            if c:
-                torch.addmm(bias[g], pairs[a : a + c], weight[g].t(), out=done[a : a + c])
-                a += c
-        back = torch.empty_like(order)  # (the pairs' places in the sorted order)
-        back[order] = torch.arange(len(order), device=order.device)
-        return torch.log_softmax(done, -1)[back]
+        """A next-event model's served outputs ``(N, 2k + 2)`` from the top layer's hidden state
+        after each event ``out`` ``(N, H)`` and before it ``before`` ``(N, H)``, and each event's
+        id ``(N,)`` (:func:`streamer.model.nexthead.served`)."""
+        return nexthead.served(self, out, before, ids)
 
     def window_logits(self, x_win: Tensor) -> Tensor:
         """A window model over closed windows of one length: x_win ``(B, T, I)`` -> ``(B, K)``,

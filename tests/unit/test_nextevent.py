@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from streamer.errors import ConfigError
-from streamer.model import ModelSpec, SequenceModel
-from streamer.model.recurrent import top_k
+from streamer.model import ModelSpec, SequenceModel, nexthead
+from streamer.model.nexthead import top_k
 from streamer.model.vocab import OOV, Vocabulary
 from streamer.schemas import Event
 from streamer.train import nextevent as ne
@@ -185,8 +185,8 @@ def test_a_large_vocabulary_is_served_in_chunks_as_in_one_piece(groups: int) -> 
     with torch.no_grad():
         served, _ = model.step(x, state)
         out, _ = model.rnn.step(model._embedded(x), state)
-        each = model._grouped if groups else model._flat
-        whole = each(out, state[0][-1], x[:, 0].long())
+        each = nexthead.grouped if groups else nexthead.flat
+        whole = each(model, out, state[0][-1], x[:, 0].long())
     torch.testing.assert_close(served, whole)
 
 
@@ -197,8 +197,8 @@ def test_the_gpu_s_way_to_the_searched_logits_is_the_cpu_s() -> None:
     both = torch.randn(40, 8)
     rows, which = torch.randint(0, 40, (90,)), torch.randint(0, 6, (90,))
     with torch.no_grad():
-        per_group = model._within(both, rows, which, whole=False)
-        whole = model._within(both, rows, which, whole=True)
+        per_group = nexthead.within(model, both, rows, which, whole=False)
+        whole = nexthead.within(model, both, rows, which, whole=True)
     torch.testing.assert_close(per_group, whole)
     last = whole[which == 5]
     assert len(last) and torch.isinf(last[:, 3:]).all() and torch.isfinite(last[:, :3]).all()
