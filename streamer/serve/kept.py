@@ -16,8 +16,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from streamer.serve.columns import EventColumns, Outputs
+from streamer.serve.columns import EventColumns
 from streamer.serve.fence import group_ranks
+from streamer.serve.outputs import Outputs
 from streamer.serve.step import Served
 from streamer.state.batch import StateBatch, outbox_dtype
 from streamer.state.store import OutboxPart

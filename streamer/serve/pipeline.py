@@ -23,7 +23,8 @@ from streamer.errors import StoreUnavailable
 from streamer.model import SequenceModel
 from streamer.schemas import DeadLetter, Message, Prediction
 from streamer.serve.chain import Chain, Deliver
-from streamer.serve.columns import EventColumns, Outputs, decode_columns, encode_outputs
+from streamer.serve.columns import EventColumns, decode_columns
+from streamer.serve.outputs import Outputs, encode_outputs
 from streamer.serve.predictor import BatchReport, PendingBatch, Predictor, Served
 
 __all__ = ["BatchHandler", "Message", "Outcome", "RawMessage"]

@@ -38,8 +38,9 @@ from streamer.errors import ConfigError, StaleBatch, StreamerError
 from streamer.model import SequenceModel
 from streamer.schemas import Event, Prediction
 from streamer.serve import kept
-from streamer.serve.columns import EventColumns, Outputs, OutputShape
+from streamer.serve.columns import EventColumns
 from streamer.serve.fence import fence, waves
+from streamer.serve.outputs import Outputs, OutputShape
 from streamer.serve.step import Served, Stepper, resolve_device
 from streamer.state import StateCache, StateStore
 from streamer.state.batch import StateBatch, decode_outbox

@@ -11,13 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.schemas import DeadLetter, Event, Prediction, decode_event
-from streamer.serve.columns import (
-    EventColumns,
-    Outputs,
-    OutputShape,
-    decode_columns,
-    encode_outputs,
-)
+from streamer.serve.columns import EventColumns, decode_columns
+from streamer.serve.outputs import Outputs, OutputShape, encode_outputs
 from streamer.serve.pipeline import RawMessage
 from tests.hostile import hostile_message
 from tests.unit.test_schemas import HOSTILE

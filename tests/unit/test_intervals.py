@@ -16,7 +16,8 @@ from streamer.errors import ConfigError
 from streamer.model import ModelSpec, intervals
 from streamer.model.artifact import save_artifact
 from streamer.schemas import Event, Prediction
-from streamer.serve.columns import EventColumns, Outputs, OutputShape, encode_outputs
+from streamer.serve.columns import EventColumns
+from streamer.serve.outputs import Outputs, OutputShape, encode_outputs
 from streamer.train.data import split_series
 from streamer.train.offline import offline_predict, series_inputs
 from streamer.train.training import TrainConfig, train
