@@ -61,33 +61,71 @@ def flat(model: SequenceModel, out: Tensor, before: Tensor, ids: Tensor) -> Tens
 
 
 def grouped(model: SequenceModel, out: Tensor, before: Tensor, ids: Tensor) -> Tensor:
-    """:func:`served` for a two-level softmax."""
+    """:func:`served` for a two-level softmax. With :attr:`~streamer.model.ModelSpec.groups_exact`
+    the predictions whose k-th value is less likely than the most likely group not searched
+    (which bounds each of its values) rank the whole vocabulary instead: the served top k is
+    then the model's own, at the price of a host sync per batch on a GPU."""
     assert model.group_head is not None
     spec = model.spec
     n, size, k = len(out), spec.group_size, spec.served_top_k
-    # enough groups to name k known values whichever are searched: the last group may hold
-    # fewer (``last``), and group 0 holds out-of-vocabulary, never named
-    last = spec.outputs - (spec.group_count - 1) * size
-    m = min(spec.group_count, max(spec.groups_searched, -(-(k + 1 + size - last) // size)))
+    m = _searched_groups(model)
+    wider = spec.groups_exact and m < spec.group_count
     both = torch.cat([out, before])  # (2N, H)
     group = torch.log_softmax(model.group_head(both), -1)  # (2N, G)
-    top_group, top = top_k(group[:n], m)  # (N, m)
+    top_group, top = top_k(group[:n], m + 1 if wider else m)  # (N, m), or m + 1 to bound
     own = torch.div(ids, size, rounding_mode="floor")  # each event's group, and place in it
     place = ids - own * size
     arange = torch.arange(n, device=out.device)
     # the pairs (hidden state, group) whose values' logits are made: after each event its m
     # most likely groups, before it its own
-    which = torch.cat([top.reshape(-1), own])  # (P,)
+    which = torch.cat([top[:, :m].reshape(-1), own])  # (P,)
     rows = torch.cat([arange.repeat_interleave(m), n + arange])  # (P,): rows of both
     logp = within(model, both, rows, which)  # (P, S): log p(value | group)
-    joint = top_group[..., None] + logp[: n * m].view(n, m, size)  # (N, m, S)
-    joint[..., 0].masked_fill_(top == 0, -torch.inf)  # (id 0, out-of-vocabulary, is unnamed)
-    best, at = top_k(joint.view(n, m * size), k)
-    chosen = top.gather(1, torch.div(at, size, rounding_mode="floor")) * size + at % size
+    best, chosen = _best(top_group, top, logp[: n * m], m, size, k)
+    if wider:
+        _widen(model, out, best, chosen, top_group[:, m])
     previous = group[n + arange, own] + logp[n * m + arange, place]
     return torch.cat(
         [chosen.to(out.dtype), torch.exp(best), out.new_zeros(n, 1), previous[:, None]], -1
     )
+
+
+def _searched_groups(model: SequenceModel) -> int:
+    """The groups a prediction searches first: ``groups_searched``, or more if need be to name
+    k known values whichever are searched (the last group may hold fewer, and group 0 holds
+    out-of-vocabulary, never named)."""
+    spec = model.spec
+    size, k = spec.group_size, spec.served_top_k
+    last = spec.outputs - (spec.group_count - 1) * size
+    return min(spec.group_count, max(spec.groups_searched, -(-(k + 1 + size - last) // size)))
+
+
+def _best(
+    top_group: Tensor, top: Tensor, logp: Tensor, m: int, size: int, k: int
+) -> tuple[Tensor, Tensor]:
+    """The k most likely known values among the values of each row's m searched groups ``top``
+    (their log-probabilities ``top_group``; ``logp`` ``(N·m, S)`` the values' within them):
+    their log-probabilities and ids, ``(N, k)`` each."""
+    n = len(top)
+    joint = top_group[:, :m, None] + logp.view(n, m, size)  # (N, m, S)
+    joint[..., 0].masked_fill_(top[:, :m] == 0, -torch.inf)  # (id 0, out-of-vocabulary, unnamed)
+    best, at = top_k(joint.view(n, m * size), k)
+    chosen = top.gather(1, torch.div(at, size, rounding_mode="floor")) * size + at % size
+    return best, chosen
+
+
+def _widen(model: SequenceModel, out: Tensor, best: Tensor, chosen: Tensor, bound: Tensor) -> None:
+    """The rows whose k-th value ``best[:, -1]`` is below ``bound`` (the log-probability of the
+    most likely group not searched, which bounds each of its values') ranked over the whole
+    vocabulary instead, a few rows at a time; ``best`` and ``chosen`` in place."""
+    spec = model.spec
+    rows = torch.nonzero(best[:, -1] < bound).squeeze(1)  # (a host sync)
+    step = max(1, (1 << 18) // spec.outputs)
+    for a in range(0, len(rows), step):
+        r = rows[a : a + step]
+        logp = model.logits(out[r])  # (R, V): every value's log-probability
+        logp[:, 0] = -torch.inf  # (out-of-vocabulary is never named)
+        best[r], chosen[r] = top_k(logp, spec.served_top_k)
 
 
 def within(

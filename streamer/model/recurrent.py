@@ -108,10 +108,12 @@ class ModelSpec:
     #: Next-event models over large vocabularies: a two-level softmax. The predicted column's
     #: ids (most frequent first) fall in ``groups`` groups of consecutive ids, and a value's
     #: probability is its group's times its own within the group; a prediction's top values are
-    #: searched in its ``groups_searched`` most likely groups (:meth:`SequenceModel.next_served`).
+    #: searched in its ``groups_searched`` most likely groups (:meth:`SequenceModel.next_served`),
+    #: and with ``groups_exact`` over the whole vocabulary where they could lie beyond those.
     #: 0: one softmax over the whole vocabulary.
     groups: int = 0
     groups_searched: int = 4
+    groups_exact: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -291,7 +293,9 @@ class ModelSpec:
         if not self.hash_buckets:
             del d["hash_buckets"]
         if not self.groups:
-            del d["groups"], d["groups_searched"]
+            del d["groups"], d["groups_searched"], d["groups_exact"]
+        elif not self.groups_exact:
+            del d["groups_exact"]  # (artifacts from before it read the same)
         return d
 
     @classmethod
@@ -326,6 +330,7 @@ class ModelSpec:
             hash_buckets=int(d.get("hash_buckets", 0)),
             groups=int(d.get("groups", 0)),
             groups_searched=int(d.get("groups_searched", 4)),
+            groups_exact=bool(d.get("groups_exact", False)),
         )
 
 

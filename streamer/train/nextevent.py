@@ -331,6 +331,7 @@ def train_next(
         hash_buckets=cfg.hash_buckets,
         groups=groups_for(len(vocabs[0])) if cfg.groups is None else cfg.groups,
         groups_searched=cfg.groups_searched,
+        groups_exact=cfg.groups_exact,
     )
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)

@@ -135,6 +135,9 @@ class TrainConfig:
     #: the vocabulary's size. And the groups a prediction's top values are searched in.
     groups: int | None = None
     groups_searched: int = 4
+    #: Rank the whole vocabulary where the top values could lie beyond the searched groups: the
+    #: served top k is the model's own (:attr:`streamer.model.ModelSpec.groups_exact`).
+    groups_exact: bool = False
     #: The last share of every sequence dropped before training (a next-event evaluation's
     #: held-out events); 0: none.
     holdout_fraction: float = 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,6 +27,7 @@ def next_model(
     hash_buckets: int = 0,
     groups: int = 0,
     searched: int = 4,
+    exact: bool = False,
 ) -> SequenceModel:
     """(``hash_buckets``: ``tag`` hashed instead of a vocabulary of ``a`` and ``b``; ``groups``:
     a two-level softmax, ``searched`` of its groups searched.)"""
@@ -46,6 +49,7 @@ def next_model(
         hash_buckets=hash_buckets,
         groups=groups,
         groups_searched=searched,
+        groups_exact=exact,
     )
     model = SequenceModel(spec)
     with torch.no_grad():
@@ -85,6 +89,9 @@ def test_bad_next_specs_are_refused(kwargs: dict, needle: str) -> None:  # type:
 def test_the_spec_round_trips_and_older_specs_are_unchanged() -> None:
     spec = next_model().spec
     assert ModelSpec.from_dict(spec.to_dict()) == spec
+    for kind in (next_model(groups=3), next_model(groups=3, exact=True)):
+        assert ModelSpec.from_dict(kind.spec.to_dict()) == kind.spec
+    assert "groups_exact" not in next_model(groups=3).spec.to_dict()  # (as written before it)
     plain = ModelSpec().to_dict()
     assert not {"categorical", "vocabularies", "embedding", "next", "top_k"} & set(plain)
     assert spec.raw_input_size == 2 and spec.input_size == 10 and spec.outputs == 13
@@ -159,6 +166,37 @@ def test_a_two_level_softmax_searches_its_most_likely_groups_only() -> None:
         pool = pool[pool != OOV]
         assert top.tolist() == pool[torch.topk(probs[r, pool], 4).indices].tolist()
         torch.testing.assert_close(served[r, 4:8], probs[r, top])
+
+
+@pytest.mark.parametrize(("groups", "searched"), [(8, 1), (8, 2), (3, 1), (29, 1)])
+def test_an_exact_search_names_the_model_s_own_top_values(groups: int, searched: int) -> None:
+    """With ``groups_exact`` a prediction whose top values could lie beyond its searched groups
+    ranks the whole vocabulary: the full softmax's top k, whatever the search starts with (flat
+    and peaked predictions both), in batches of any size."""
+    model = next_model(vocab=59, k=6, groups=groups, searched=searched, exact=True)
+    out = torch.cat([torch.randn(300, 8) * 0.3, torch.randn(300, 8) * 4])  # flat, then peaked
+    ids = torch.randint(0, 60, (600,))
+    with torch.no_grad():
+        served = model.next_served(out, out.flip(0), ids)
+        probs = model.logits(out).exp()
+        plain = replace(model.spec, groups_exact=False)
+        searched_only = next_model(vocab=59, k=6, groups=groups, searched=searched)
+        assert searched_only.spec == plain
+        first = searched_only.next_served(out, out.flip(0), ids)
+    want = torch.topk(probs[:, 1:], 6)
+    assert served[:, :6].long().tolist() == (want.indices + 1).tolist()
+    torch.testing.assert_close(served[:, 6:12], want.values)
+    torch.testing.assert_close(served[:, 12:], first[:, 12:])  # (the surprise's part: the same)
+    if searched < groups // 2:  # (the plain search misses some, else this tests nothing)
+        assert (first[:, :6] != served[:, :6]).any()
+    with torch.no_grad():  # row by row: the same as in one batch
+        each = torch.cat(
+            [
+                model.next_served(out[i : i + 1], out.flip(0)[i : i + 1], ids[i : i + 1])
+                for i in range(0, 600, 37)
+            ]
+        )
+    torch.testing.assert_close(each, served[::37])
 
 
 @pytest.mark.parametrize(("vocab", "k"), [(6, 4), (6, 5), (10, 7), (13, 9)])

@@ -426,7 +426,8 @@ def _token_series(events: list[Event]) -> dict[str, TokenSeries]:
 
 
 @pytest.mark.parametrize(
-    "variant", ["plain", "cached", "fused", "per-layer", "staged", "inline", "hashed", "grouped"]
+    "variant",
+    ["plain", "cached", "fused", "per-layer", "staged", "inline", "hashed", "grouped", "exact"],
 )
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 async def test_next_event_predictions_equal_the_module_per_entity(cell: str, variant: str) -> None:
@@ -439,8 +440,9 @@ async def test_next_event_predictions_equal_the_module_per_entity(cell: str, var
         cell=cell,
         features=("temp",),
         hash_buckets=8 if variant == "hashed" else 0,
-        groups=3 if variant == "grouped" else 0,
-        searched=2,
+        groups=3 if variant in ("grouped", "exact") else 0,
+        searched=1 if variant == "exact" else 2,
+        exact=variant == "exact",
     )
     events = _token_events()
     series = _token_series(events)

@@ -213,6 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         hash_buckets=args.hash_buckets,
         groups=args.groups,
         groups_searched=args.groups_searched,
+        groups_exact=args.groups_exact,
         holdout_fraction=args.holdout_fraction,
     )
     if args.window and not classify:

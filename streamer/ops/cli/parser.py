@@ -375,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
         "are searched in",
     )
     t.add_argument(
+        "--groups-exact",
+        action="store_true",
+        help="next-event models with --groups: a prediction whose top values could lie beyond "
+        "its searched groups ranks the whole vocabulary (the served top k is then the model's "
+        "own; slower where predictions are spread over many groups)",
+    )
+    t.add_argument(
         "--holdout-fraction",
         type=float,
         default=0.0,

@@ -353,7 +353,7 @@ def _model(spec: ModelSpec, version: str, source: str) -> _Model:
         if spec.groups:
             what += (
                 f", a two-level softmax over {spec.group_count} groups"
-                f" ({spec.groups_searched} searched)"
+                f" ({spec.groups_searched} searched{', exact' if spec.groups_exact else ''})"
             )
         if len(spec.categorical) > 1:
             others = ", ".join(spec.categorical[1:])
