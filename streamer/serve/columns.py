@@ -178,23 +178,43 @@ def decode_columns(
         good.append(got)
         source.append(i)
     n = len(good)
-    index: dict[str, int] = {}
-    intern = index.setdefault
-    entity = np.fromiter([intern(e.unique_id, len(index)) for e in good], np.int64, n)
     if nf:  # (a struct's features follow its three fields; an Event has them as a tuple)
         feats = [e.features if type(e) is Event else astuple(e)[3:] for e in good]
-    return (
-        EventColumns(
-            entities=list(index),
-            entity=entity,
-            partition=np.fromiter([messages[i].partition for i in source], np.int64, n),
-            offset=np.fromiter([messages[i].offset for i in source], np.int64, n),
-            y=np.fromiter([e.y for e in good], np.float64, n),
-            features=np.asarray(feats, np.float64).reshape(n, nf) if nf else np.zeros((n, 0)),
-            ds=[e.ds for e in good],
-            source=np.asarray(source, np.int64),
-        ),
-        dead,
+    cols = _columns(
+        messages,
+        source,
+        [e.unique_id for e in good],
+        np.fromiter([e.y for e in good], np.float64, n),
+        np.asarray(feats, np.float64).reshape(n, nf) if nf else np.zeros((n, 0)),
+        [e.ds for e in good],
+    )
+    return cols, dead
+
+
+def _columns(
+    messages: Sequence[Message],
+    source: list[int],
+    ids: Sequence[str],
+    y: F64,
+    features: F64,
+    ds: list[str],
+    categories: tuple[list[str | None], ...] = (),
+) -> EventColumns:
+    """The columns of the valid events, ``source`` their messages' places in the batch."""
+    n = len(source)
+    index: dict[str, int] = {}
+    intern = index.setdefault
+    entity = np.fromiter([intern(u, len(index)) for u in ids], np.int64, n)
+    return EventColumns(
+        entities=list(index),
+        entity=entity,
+        partition=np.fromiter([messages[i].partition for i in source], np.int64, n),
+        offset=np.fromiter([messages[i].offset for i in source], np.int64, n),
+        y=y,
+        features=features,
+        ds=ds,
+        source=np.asarray(source, np.int64),
+        categories=categories,
     )
 
 
@@ -250,25 +270,17 @@ def _decode_tokens(
     if given:
         y[list(given)] = list(given.values())
     columns = list(zip(*rows, strict=True)) if rows else [()] * (2 + nf + nc)
-    index: dict[str, int] = {}
-    intern = index.setdefault
-    entity = np.fromiter([intern(u, len(index)) for u in columns[0]], np.int64, n)
-    return (
-        EventColumns(
-            entities=list(index),
-            entity=entity,
-            partition=np.fromiter([messages[i].partition for i in source], np.int64, n),
-            offset=np.fromiter([messages[i].offset for i in source], np.int64, n),
-            y=y,
-            features=np.asarray(columns[2 : 2 + nf], np.float64).T.reshape(n, nf)
-            if nf
-            else np.zeros((n, 0)),
-            ds=list(columns[1]),
-            source=np.asarray(source, np.int64),
-            categories=tuple(list(c) for c in columns[2 + nf :]),
-        ),
-        dead,
+    feats = np.asarray(columns[2 : 2 + nf], np.float64).T.reshape(n, nf) if nf else None
+    cols = _columns(
+        messages,
+        source,
+        columns[0],
+        y,
+        np.zeros((n, 0)) if feats is None else feats,
+        list(columns[1]),
+        tuple(list(c) for c in columns[2 + nf :]),
     )
+    return cols, dead
 
 
 @functools.lru_cache(maxsize=16)
