@@ -1,7 +1,8 @@
 """Benchmark: what a model's kind costs the batch path, same run: a plain forecaster, the same with
 prediction intervals, with level and seasonal components (and intervals), ensembles of members
 of the same shape (with intervals), and next-event models of the same core over vocabularies of
-1,000 and 10,000 values (top 10, surprise and rank).
+1,000 and 10,000 values (top 10, surprise and rank; at 10,000 a two-level softmax, also with
+``groups_exact``, and one softmax).
 
     python bench/model_kinds.py [--entities N] [--batches N] [--members 3,5] [--hidden 32]
                                 [--season 12] [--vocabularies 1000,10000]
@@ -67,7 +68,9 @@ def kinds(
         ens.spec = _intervals(ens.spec)
         out[f"ensemble of {m}, intervals"] = ens
     for v in vocabularies:
-        for groups in sorted({groups_for(v + 1), 0}, reverse=True):
+        two_level = groups_for(v + 1)
+        heads = [(two_level, False), (two_level, True)] if two_level else []
+        for groups, exact in [*heads, (0, False)]:
             torch.manual_seed(0)
             spec = ModelSpec(
                 hidden_size=hidden,
@@ -80,9 +83,10 @@ def kinds(
                 next="item",
                 top_k=10,
                 groups=groups,
+                groups_exact=exact,
             )
-            head = (
-                f", {groups} groups" if groups else (", one softmax" if groups_for(v + 1) else "")
+            head = (f", {groups} groups" if groups else (", one softmax" if two_level else "")) + (
+                ", exact" if exact else ""
             )
             out[f"next event, {v:,} values, top 10{head}"] = SequenceModel(spec).eval()
     return out
