@@ -29,6 +29,7 @@ from dataclasses import replace
 import numpy as np
 import orjson
 import torch
+from throughput import next_model  # bench/ is the script's directory, first on sys.path
 
 from streamer.model import ModelSpec, SequenceModel
 from streamer.model.ensemble import merge
@@ -71,24 +72,11 @@ def kinds(
         two_level = groups_for(v + 1)
         heads = [(two_level, False), (two_level, True)] if two_level else []
         for groups, exact in [*heads, (0, False)]:
-            torch.manual_seed(0)
-            spec = ModelSpec(
-                hidden_size=hidden,
-                num_layers=layers,
-                task="next",
-                scaling="none",
-                categorical=("item",),
-                vocabularies=(tuple(f"m{i}" for i in range(v)),),
-                embedding=hidden,
-                next="item",
-                top_k=10,
-                groups=groups,
-                groups_exact=exact,
-            )
             head = (f", {groups} groups" if groups else (", one softmax" if two_level else "")) + (
                 ", exact" if exact else ""
             )
-            out[f"next event, {v:,} values, top 10{head}"] = SequenceModel(spec).eval()
+            model = next_model(v, hidden, layers, embedding=hidden, groups=groups, exact=exact)
+            out[f"next event, {v:,} values, top 10{head}"] = model
     return out
 
 
@@ -101,7 +89,7 @@ def messages(model: SequenceModel, batch: list[Event], seed: int) -> list[RawMes
     for e in batch:
         body: dict[str, object] = {"unique_id": e.unique_id, "ds": e.ds}
         if spec.task == "next":
-            body["item"] = f"m{int(rng.integers(0, len(spec.vocabularies[0]) + 50))}"
+            body["item"] = f"v{int(rng.integers(0, len(spec.vocabularies[0]) + 50))}"
         else:
             body["y"] = e.y
         out.append(RawMessage(e.unique_id.encode(), orjson.dumps(body), e.partition, e.offset))

@@ -748,23 +748,31 @@ def new_run(args: argparse.Namespace, tmp: Path) -> Run:
     return run
 
 
-def next_model(values: int) -> SequenceModel:
-    """A next-event model of the benchmark's core (H=64, 2 layers) over ``values`` values of
-    ``item`` (``v0``...), with the head ``streamer train --next`` gives that many (a two-level
-    softmax from 4,096 on), top 10, embeddings of 32 (train's default): untrained weights cost
-    what trained ones do."""
+def next_model(
+    values: int,
+    hidden: int = 64,
+    layers: int = 2,
+    embedding: int = 32,
+    groups: int | None = None,
+    exact: bool = False,
+) -> SequenceModel:
+    """A next-event model (by default of the benchmark's core, H=64, 2 layers) over ``values``
+    values of ``item`` (``v0``...), top 10, embeddings of 32 (train's default) and the head
+    ``streamer train --next`` gives that many values (``groups`` None: a two-level softmax from
+    4,096 on; ``exact``: ``--groups-exact``). Untrained weights cost what trained ones do."""
     torch.manual_seed(0)
     spec = ModelSpec(
-        hidden_size=64,
-        num_layers=2,
+        hidden_size=hidden,
+        num_layers=layers,
         task="next",
         scaling="none",
         categorical=("item",),
         vocabularies=(tuple(f"v{i}" for i in range(values)),),
-        embedding=32,
+        embedding=embedding,
         next="item",
         top_k=10,
-        groups=groups_for(values + 1),
+        groups=groups_for(values + 1) if groups is None else groups,
+        groups_exact=exact,
     )
     return SequenceModel(spec).eval()
 

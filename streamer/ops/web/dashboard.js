@@ -292,13 +292,11 @@
     }
     const axes = [Object.assign({}, AXIS), Object.assign({}, AXIS, { size: 60, values: (u, s) => s.map((v) => (v == null ? "" : fmtNum(v))) })];
     const scales = { x: { time: time } };
-    if (c.next) {
-      // (no more series: the values named next are in the line above the chart)
-    } else if (c.classes.length) {
+    if (c.classes.length) {
       c.classes.forEach((name, i) => series.push({ label: `p(${name})`, scale: "p", stroke: COLORS[(i + 1) % COLORS.length], width: 1.5, value: (u, v) => (v == null ? "–" : v.toFixed(3)) }));
       axes.push(Object.assign({}, AXIS, { scale: "p", side: 1, size: 40, grid: { show: false } }));
       scales.p = { range: [0, 1] };
-    } else {
+    } else if (!c.next) { // (a next-event model: the values it names are in the line above)
       series.push({ label: "one-step forecast (made at the event before)", stroke: "#ea580c", width: 1.5, dash: [6, 4], points: { size: 3, fill: "#ea580c" }, value: (u, v) => fmtValue(v) });
       // Its first point is the last value (the line starts there): not a forecast, not shown.
       const future = (u, v, si, i) => (entity.cols && i >= entity.cols.x.length ? fmtValue(v) : "–");
