@@ -40,6 +40,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -504,6 +505,9 @@ def stop_profile(spy: tuple[subprocess.Popen[bytes], Path], top: int = 20) -> di
     proc, out = spy
     proc.send_signal(signal.SIGINT)
     proc.wait(60)
+    keep = Path("build") / out.name  # the raw stacks, for flame graphs or a closer look
+    keep.parent.mkdir(exist_ok=True)
+    shutil.copyfile(out, keep)
     by_function: dict[str, int] = {}
     by_module: dict[str, int] = {}
     total = 0
