@@ -194,8 +194,12 @@ class ConfluentRunner(Runner):
             while not self._closing.is_set():
                 self._run_commands()
                 with self._wake:
-                    if self._ahead >= _AHEAD:  # the loop is behind: wait for it (or a call)
-                        self._wake.wait(1.0)
+                    # The loop is behind: wait for it, or for a call. (A call handed over since
+                    # the commands above ran is seen here, under the lock its notice takes:
+                    # else the thread slept through it, and the loop with it, for up to 1 s.)
+                    if self._ahead >= _AHEAD:
+                        if self._commands.empty():
+                            self._wake.wait(1.0)
                         continue
                 # poll waits for a first message only; consume(n, 0) then takes what has come.
                 first = consumer.poll(_POLL_S)
