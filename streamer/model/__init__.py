@@ -1,6 +1,6 @@
-"""Models: the recurrent networks and their heads (:mod:`~streamer.model.recurrent`, torch only),
-artifacts on disk (:mod:`~streamer.model.artifact`) and the registry in Redis
-(:mod:`~streamer.model.registry`)."""
+"""Models: their description (:mod:`~streamer.model.spec`), the recurrent networks and their
+heads (:mod:`~streamer.model.recurrent`, torch only), artifacts on disk
+(:mod:`~streamer.model.artifact`) and the registry in Redis (:mod:`~streamer.model.registry`)."""
 
 from __future__ import annotations
 
