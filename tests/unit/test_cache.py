@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -102,3 +103,40 @@ def test_a_batch_larger_than_the_cache_keeps_its_newest_records() -> None:
     cache.put_many(["a", "b", "c"], [0, 1, 2], rows(b"1", b"2", b"3"))
     assert got(cache, ["x", "a", "b", "c"]) == [None, None, b"2", b"3"]
     assert cache.drop_partitions({2}) == 1 and len(cache) == 1
+
+
+def _mapping_of(address: int) -> dict[str, str]:
+    """The fields of this process's memory mapping that holds ``address`` (Linux smaps)."""
+    fields: dict[str, str] = {}
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside:
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+    return fields
+
+
+def test_the_slots_take_no_transparent_huge_pages_and_are_written_in_place() -> None:
+    # A first write to a huge page may wait for the kernel to compact memory (tens of ms in a
+    # batch); numpy asks for them for any array of 4 MiB or more, as the slots are.
+    cache = StateCache(max_bytes=64 * 2**20)
+    big = np.dtype([("v", "S1000")])
+    cache.put_many(["a", "b"], [0, 1], np.array([(b"x" * 1000,), (b"y" * 1000,)], big))
+    hits = cache.get_many(["b", "a"])
+    assert [r["v"][:1] for r in hits.rows] == [b"y", b"x"]
+    middle = cache._rows.__array_interface__["data"][0] + cache._rows.nbytes // 2
+    mapping = _mapping_of(middle)
+    assert mapping, "the slots are in no mapping of this process"
+    assert mapping.get("THPeligible", "0") == "0"
+    assert mapping.get("AnonHugePages", "0 kB") == "0 kB"
+    # and numpy alone would have asked for them, where the kernel gives any: the test can tell
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        plain = np.empty(len(cache._rows), cache._rows.dtype)
+        middle = plain.__array_interface__["data"][0] + plain.nbytes // 2
+        assert _mapping_of(middle).get("THPeligible") == "1"
