@@ -505,7 +505,7 @@ def stop_profile(spy: tuple[subprocess.Popen[bytes], Path], top: int = 20) -> di
     proc, out = spy
     proc.send_signal(signal.SIGINT)
     proc.wait(60)
-    keep = Path("build") / out.name  # the raw stacks, for flame graphs or a closer look
+    keep = Path(__file__).resolve().parents[1] / "build" / out.name  # the raw stacks, to read
     keep.parent.mkdir(exist_ok=True)
     shutil.copyfile(out, keep)
     by_function: dict[str, int] = {}
