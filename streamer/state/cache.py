@@ -55,7 +55,7 @@ class CacheHits:
 
 
 def _slots(n: int, size: int) -> npt.NDArray[np.void]:
-    """``n`` slots of ``size`` bytes in an anonymous mapping, without transparent huge pages.
+    """``n`` slots of ``size`` bytes in a private anonymous mapping, without transparent huge pages.
 
     Pages are in memory only once a slot on them is written. numpy asks the kernel for huge pages
     for any array of 4 MiB or more, and a huge page's first write may compact memory first: on
@@ -65,7 +65,8 @@ def _slots(n: int, size: int) -> npt.NDArray[np.void]:
     """
     if n * size == 0:
         return np.zeros(0, np.dtype(("V", max(1, size))))
-    region = mmap.mmap(-1, n * size)
+    private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    region = mmap.mmap(-1, n * size, flags=private) if private else mmap.mmap(-1, n * size)
     with contextlib.suppress(AttributeError, OSError):  # (not on every platform)
         region.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(region, np.dtype(("V", size)), n)
