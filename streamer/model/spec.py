@@ -80,8 +80,9 @@ class ModelSpec:
     #: Next-event models over large vocabularies: a two-level softmax. The predicted column's
     #: ids (most frequent first) fall in ``groups`` groups of consecutive ids, and a value's
     #: probability is its group's times its own within the group; a prediction's top values are
-    #: searched in its ``groups_searched`` most likely groups (:meth:`SequenceModel.next_served`),
-    #: and with ``groups_exact`` over the whole vocabulary where they could lie beyond those.
+    #: searched in its ``groups_searched`` most likely groups
+    #: (:meth:`~streamer.model.recurrent.SequenceModel.next_served`), and with ``groups_exact``
+    #: over the whole vocabulary where they could lie beyond those.
     #: 0: one softmax over the whole vocabulary.
     groups: int = 0
     groups_searched: int = 4
@@ -198,7 +199,8 @@ class ModelSpec:
 
     @property
     def raw_outputs(self) -> int:
-        """Values per event :meth:`SequenceModel.step` gives (a next-event model's served)."""
+        """Values per event :meth:`~streamer.model.recurrent.SequenceModel.step` gives (a
+        next-event model's served)."""
         return self.served_outputs if self.task == "next" else self.outputs * self.members
 
     @property
