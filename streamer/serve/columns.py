@@ -270,13 +270,12 @@ def _decode_tokens(
     if given:
         y[list(given)] = list(given.values())
     columns = list(zip(*rows, strict=True)) if rows else [()] * (2 + nf + nc)
-    feats = np.asarray(columns[2 : 2 + nf], np.float64).T.reshape(n, nf) if nf else None
     cols = _columns(
         messages,
         source,
         columns[0],
         y,
-        np.zeros((n, 0)) if feats is None else feats,
+        np.asarray(columns[2 : 2 + nf], np.float64).T.reshape(n, nf) if nf else np.zeros((n, 0)),
         list(columns[1]),
         tuple(list(c) for c in columns[2 + nf :]),
     )
