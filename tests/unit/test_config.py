@@ -10,7 +10,8 @@ import pytest
 
 from streamer.config import config_path, read_config, unknown_variables
 from streamer.errors import ConfigError
-from streamer.ops.cli.parser import build_parser, settings_from
+from streamer.ops.cli.options import settings_from
+from streamer.ops.cli.parser import build_parser
 from streamer.settings import Settings
 
 CONFIG = """

