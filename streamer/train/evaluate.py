@@ -27,16 +27,13 @@ difference is carried and grows along the sequence).
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import pandas as pd
 from rich.console import Console
@@ -48,8 +45,6 @@ from streamer.model import SequenceModel
 from streamer.model.artifact import load_artifact
 from streamer.ops.local import namespaced, remove_run, stream_through, worker_process
 from streamer.schemas import Prediction
-from streamer.seasonal import season_of
-from streamer.serve.times import infer_freq
 from streamer.settings import Settings
 from streamer.train.baselines import Forecast, classical_forecasts
 from streamer.train.checks import check_seen
@@ -60,69 +55,15 @@ from streamer.train.offline import (
     series_inputs,
     window_bounds,
 )
+from streamer.train.scores import (
+    forecast_scores,
+    infer_season,
+    interval_scores,
+    log_loss,
+    naive_forecasts,
+)
 
-__all__ = ["forecast_scores", "infer_season", "interval_scores", "run_evaluate", "write_json"]
-
-F64 = npt.NDArray[np.float64]
-
-
-def infer_season(df: pd.DataFrame) -> int:
-    """The usual season length for the data's frequency (monthly 12, daily 7, hourly 24), 1 if
-    it cannot be told."""
-    return season_of(infer_freq(pd.to_datetime(df["ds"]), df["unique_id"])) or 1
-
-
-@dataclass
-class ForecastScore:
-    mase: float
-    smape: float
-
-
-def _mase_scale(history: F64, season: int) -> float:
-    """The in-sample mean absolute error of the seasonal naive forecast (MASE's denominator)."""
-    m = season if len(history) > season else 1
-    return float(np.mean(np.abs(history[m:] - history[:-m]))) if len(history) > m else math.nan
-
-
-def interval_scores(
-    history: F64, actual: F64, lo: F64, hi: F64, level: int, season: int
-) -> tuple[float, float]:
-    """Coverage (the share of ``actual`` inside ``[lo, hi]``) and the scaled interval score
-    (MSIS, as in the M4 competition: the width plus ``2/α`` times each miss, over the MASE scale).
-
-    >>> interval_scores(np.array([1.0, 2, 3, 4]), np.array([5.0, 9]), np.array([4.0, 5]),
-    ...                 np.array([6.0, 7]), 50, 1)
-    (0.5, 6.0)
-    """
-    alpha = 1 - level / 100
-    score = (hi - lo) + 2 / alpha * (np.maximum(lo - actual, 0) + np.maximum(actual - hi, 0))
-    scale = _mase_scale(history, season)
-    inside = float(np.mean((actual >= lo) & (actual <= hi)))
-    return inside, float(np.mean(score)) / scale if scale > 0 else math.nan
-
-
-def _smape(y: F64, f: F64) -> float:
-    den = np.maximum(np.abs(y) + np.abs(f), 1e-12)
-    return float(np.mean(200 * np.abs(f - y) / den))
-
-
-def forecast_scores(history: F64, actual: F64, forecast: F64, season: int) -> ForecastScore:
-    """MASE and sMAPE of one entity's forecast.
-
-    >>> s = forecast_scores(np.array([1.0, 2, 3, 4]), np.array([5.0, 6]), np.array([5.0, 7]), 1)
-    >>> (s.mase, round(s.smape, 3))
-    (0.5, 7.692)
-    """
-    scale = _mase_scale(history, season)
-    mae = float(np.mean(np.abs(forecast - actual)))
-    return ForecastScore(mae / scale if scale > 0 else math.nan, _smape(actual, forecast))
-
-
-def _naive(history: F64, k: int, season: int) -> tuple[F64, F64]:
-    naive = np.full(k, history[-1])
-    m = season if len(history) >= season else 1
-    last = history[-m:]
-    return naive, np.asarray([last[i % m] for i in range(k)])
+__all__ = ["run_evaluate", "write_json"]
 
 
 def _stream(
@@ -308,7 +249,7 @@ def _evaluate_forecaster(
         offline = offline_predict(model, s_hist)[0][-1]
         diff = max(diff, float(np.max(np.abs(streamed - offline) / np.maximum(1, np.abs(offline)))))
         actual = s_all.y[-k:]
-        naive, snaive = _naive(s_hist.y, k, m)
+        naive, snaive = naive_forecasts(s_hist.y, k, m)
         row: dict[str, float] = {}
         bounds = {v: (np.asarray(lo), np.asarray(hi)) for v, (lo, hi) in origin.intervals.items()}
         forecasts = [
@@ -380,10 +321,6 @@ def _interval_table(
     return table
 
 
-def _log_loss(p: float) -> float:
-    return -math.log(min(max(p, 1e-15), 1.0))
-
-
 def _evaluate_classifier(
     base: Settings,
     data: pd.DataFrame,
@@ -421,7 +358,7 @@ def _evaluate_classifier(
                 diff = max(diff, float(np.max(np.abs(np.asarray(p.values) - offline))))
                 truth = (s.labels or [])[row]
                 correct += p.label == truth
-                losses += _log_loss(p.values[index[truth]])
+                losses += log_loss(p.values[index[truth]])
                 n += 1
         result: dict[str, Any] = {
             "task": "classify-windows",
@@ -452,7 +389,7 @@ def _evaluate_classifier(
                 seen_at[t] += 1
             final = got[len(s.y)]
             correct += ok[-1]
-            losses += _log_loss(final.values[index[truth]])
+            losses += log_loss(final.values[index[truth]])
             # the first step from which the prediction stays right to the end
             first = len(ok)
             while first > 0 and ok[first - 1]:

@@ -127,7 +127,7 @@ def test_a_classifier_that_learnt_nothing_is_an_error() -> None:
 
 def test_classical_baselines_forecast_every_entity_from_its_own_history() -> None:
     from streamer.train.baselines import classical_forecasts
-    from streamer.train.evaluate import forecast_scores
+    from streamer.train.scores import forecast_scores
 
     t = np.arange(48)
     rows = [
