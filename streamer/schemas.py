@@ -12,10 +12,8 @@ instead of raising, and the worker sends it to the dead-letter topic with the or
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeGuard
@@ -24,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streamer.strict_json import magnitude, parse
 
 __all__ = [
     "DeadLetter",
@@ -405,7 +405,7 @@ def _decode_checked(
         return dead("invalid_json", "empty message (tombstone)")
     if len(value) > max_bytes:
         return dead("too_large", f"{len(value)} bytes, limit {max_bytes}")
-    parsed = _parse(value)
+    parsed = parse(value)
     if isinstance(parsed, str):
         return dead("invalid_json", parsed)
     data, duplicated = parsed
@@ -439,7 +439,7 @@ def _decode_checked(
             f"expected features {sorted(features)}, got {sorted(extra)[:50]}",
         )
     if abs(body.y) > MAX_ABS_VALUE:
-        return dead("out_of_range", f"y: {_magnitude(body.y)} > {MAX_ABS_VALUE:g}")
+        return dead("out_of_range", f"y: {magnitude(body.y)} > {MAX_ABS_VALUE:g}")
     values: list[float] = []
     for name in features:
         v = extra[name]
@@ -448,77 +448,7 @@ def _decode_checked(
         if isinstance(v, float) and not math.isfinite(v):
             return dead("non_finite", f"{name}: {v}")
         if abs(v) > MAX_ABS_VALUE:
-            return dead("out_of_range", f"{name}: {_magnitude(v)} > {MAX_ABS_VALUE:g}")
+            return dead("out_of_range", f"{name}: {magnitude(v)} > {MAX_ABS_VALUE:g}")
         values.append(float(v))
     y = math.nan if untargeted else body.y
     return Event(body.unique_id, body.ds, y, tuple(values), partition, offset, tuple(categories))
-
-
-#: Nesting deeper than this is not an event, whatever else it is: refused before any parser
-#: recurses into it.
-MAX_DEPTH = 64
-#: A number beyond the range of a double (``1e400``, a 400-digit integer) stands for this value:
-#: finite, and out of range like any other number above :data:`MAX_ABS_VALUE`.
-_BEYOND = 1.7976931348623157e308
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_OPEN = np.frombuffer(b"[{", np.uint8)
-_CLOSE = np.frombuffer(b"]}", np.uint8)
-
-
-def _depth(value: bytes) -> int:
-    """How deeply a JSON text nests arrays and objects (strings left out), without recursion.
-
-    >>> _depth(b'{"a": [[1], "]]]"]}'), _depth(b"1")
-    (3, 0)
-    """
-    bare = np.frombuffer(_STRING.sub(b'""', value), np.uint8)
-    step = np.isin(bare, _OPEN).astype(np.int64) - np.isin(bare, _CLOSE)
-    return int(np.cumsum(step).max(initial=0))
-
-
-def _number(text: str) -> float | int:
-    """A JSON number as Python's parser reads it, but never infinite nor an integer too long to
-    convert: a literal beyond a double's range is :data:`_BEYOND` (out of range, not "not a
-    number")."""
-    if "." in text or "e" in text or "E" in text or len(text) > 18:
-        v = float(text)
-        return v if math.isfinite(v) else math.copysign(_BEYOND, v)
-    return int(text)
-
-
-def _parse(value: bytes) -> tuple[Any, list[str]] | str:
-    """The JSON value of a message and the top-level keys it gives twice; or why it is not JSON.
-
-    Strict: UTF-8 only, no byte-order mark (orjson's rules; Python's ``json`` also takes UTF-16
-    and UTF-32 from bytes), nothing nested deeper than :data:`MAX_DEPTH`. ``NaN`` and
-    ``Infinity`` are read (as the non-finite floats they name) so that the checks can say so.
-    """
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"not UTF-8: {exc}"
-    if text.startswith("\ufeff"):
-        return "starts with a byte-order mark (JSON text is UTF-8 without one)"
-    if _depth(value) > MAX_DEPTH:
-        return f"nested deeper than {MAX_DEPTH} levels"
-    seen: list[list[str]] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(items)
-        if len(out) != len(items):
-            names = [k for k, _ in items]
-            seen.append(sorted({k for k in names if names.count(k) > 1}))
-        else:
-            seen.append([])
-        return out
-
-    try:
-        data = json.loads(text, object_pairs_hook=pairs, parse_int=_number, parse_float=_number)
-    except (ValueError, RecursionError) as exc:
-        return str(exc)[:200] or type(exc).__name__
-    # the hook saw the innermost objects first: the last call was the top-level object's
-    return data, seen[-1] if seen and isinstance(data, dict) else []
-
-
-def _magnitude(v: float) -> str:
-    return "beyond a double's range" if abs(v) >= _BEYOND else f"|{float(v):.3g}|"
