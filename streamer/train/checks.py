@@ -101,9 +101,11 @@ def check_seen(
     label: str | None,
     allow_seen: bool,
     console: Console,
+    origins: int = 1,
 ) -> int | None:
-    """Refuse (or with ``allow_seen`` warn about) a model trained on what would be scored; the
-    number of such entities, None if the artifact does not say what it was trained on."""
+    """Refuse (or with ``allow_seen`` warn about) a model trained on what would be scored (a
+    forecaster: the last ``origins`` horizons of each entity); the number of such entities, None
+    if the artifact does not say what it was trained on."""
     span = read_span(model_dir)
     if span is None:
         console.print(
@@ -113,10 +115,11 @@ def check_seen(
         )
         return None
     forecast = spec.task == "forecast"
+    held = spec.horizon * origins
     if forecast:
-        data = data[data.groupby("unique_id")["y"].transform("size") > spec.horizon + 1]
+        data = data[data.groupby("unique_id")["y"].transform("size") > held + 1]
     seen = seen_in_training(
-        span, data.drop(columns=[label] if label else []), spec.horizon if forecast else None
+        span, data.drop(columns=[label] if label else []), held if forecast else None
     )
     if not seen:
         return 0
@@ -129,7 +132,7 @@ def check_seen(
     )
     if not allow_seen:
         hint = (
-            f"train with --holdout {spec.horizon} (or more) on this file"
+            f"train with --holdout {held} (or more) on this file"
             if forecast
             else "score it on sequences it was not trained on"
         )

@@ -140,15 +140,20 @@ def run_evaluate(
     allow_seen: bool = False,
     baselines: bool = False,
     holdout_fraction: float | None = None,
+    origins: int = 1,
 ) -> dict[str, Any]:
     """Stream ``data`` through a worker serving ``model_dir`` and score what it published.
     Returns the results (also what ``--json`` writes). The run's topics and keys are deleted
     afterwards unless ``keep``. A model trained on what would be scored (the held-out points of a
     forecaster, the sequences of a classifier) is refused unless ``allow_seen``. ``baselines``:
-    AutoETS and Theta (statsforecast) beside the naive forecasts of a forecaster."""
+    AutoETS and Theta (statsforecast) beside the naive forecasts of a forecaster. ``origins``:
+    a forecaster's forecasts published at that many origins, a horizon apart, are scored over the
+    last ``origins`` horizons of every entity (a rolling-origin evaluation)."""
     console = console or Console(stderr=True)
     art = load_artifact(model_dir)
     model, spec = art.model, art.spec
+    if origins != 1 and spec.task != "forecast":
+        raise DataError("--origins is for forecasters: a classifier is scored on every sequence")
     if spec.task == "next":
         from streamer.train.evaluate_next import evaluate_next
 
@@ -172,10 +177,10 @@ def run_evaluate(
     missing = [f for f in feats if f not in data.columns]
     if missing:
         raise DataError(f"the model needs feature column(s) {', '.join(missing)}")
-    seen = check_seen(model_dir, data, spec, label, allow_seen, console)
+    seen = check_seen(model_dir, data, spec, label, allow_seen, console, origins)
     if spec.task == "forecast":
         result = _evaluate_forecaster(
-            base, data, model, model_dir, season, workdir, console, keep, baselines
+            base, data, model, model_dir, season, workdir, console, keep, baselines, origins
         )
     else:
         result = _evaluate_classifier(
@@ -218,63 +223,93 @@ def _evaluate_forecaster(
     console: Console,
     keep: bool,
     baselines: bool,
+    origins: int = 1,
 ) -> dict[str, Any]:
     k = model.spec.horizon
     m = season or infer_season(data)
+    held = k * origins  # the last origin's forecast reaches the end of the data
     sizes = data.groupby("unique_id")["y"].transform("size")
-    data = data[sizes > k + 1]
+    data = data[sizes > held + 1]
     if data.empty:
-        raise DataError(f"no entity has more than {k + 1} points to hold {k} out")
-    history = data[data.groupby("unique_id").cumcount(ascending=False) >= k]
-    rows = list(event_rows(history))
+        raise DataError(f"no entity has more than {held + 1} points to hold {held} out")
+    from_end = data.groupby("unique_id").cumcount(ascending=False)
+    streamed = data[from_end >= k]  # (the points before the last origin)
+    rows = list(event_rows(streamed))
     console.print(
-        f"streaming {len(rows)} events of {history['unique_id'].nunique()} entities; the last "
-        f"{k} points of each are held out (season {m})"
+        f"streaming {len(rows)} events of {streamed['unique_id'].nunique()} entities; the last "
+        f"{held} points of each are held out (season {m}"
+        + (f"; {origins} forecast origins, {k} points apart)" if origins > 1 else ")")
     )
     levels = model.spec.levels
-    classical = classical_forecasts(history, k, m, console, levels) if baselines else {}
+    # the classical methods fitted again at each origin, on the points before it
+    classical = (
+        [
+            classical_forecasts(data[from_end >= held - i * k], k, m, console, levels)
+            for i in range(origins)
+        ]
+        if baselines
+        else []
+    )
     preds, stream_s = _stream(base, model_dir, False, rows, len(rows), workdir, keep)
-    last: dict[str, Prediction] = {}
+    size = data.groupby("unique_id").size()
+    wanted = {(str(u), int(n) - held + i * k) for u, n in size.items() for i in range(origins)}
+    at: dict[tuple[str, int], Prediction] = {}
     for p in preds:
-        if p.unique_id not in last or p.step > last[p.unique_id].step:
-            last[p.unique_id] = p
+        if (p.unique_id, p.step) in wanted:
+            at[(p.unique_id, p.step)] = p
     feats = list(model.spec.features)
     per_entity: dict[str, dict[str, float]] = {}
     diff = 0.0
-    for s_hist, s_all in zip(split_series(history, feats), split_series(data, feats), strict=True):
-        origin = last[s_hist.unique_id]
-        if origin.step != len(s_hist.y):
-            raise StreamerError(f"{s_hist.unique_id}: no prediction for its last history event")
-        streamed = np.asarray(origin.served)  # (the forecast, then its intervals' bounds)
-        offline = offline_predict(model, s_hist)[0][-1]
-        diff = max(diff, float(np.max(np.abs(streamed - offline) / np.maximum(1, np.abs(offline)))))
-        actual = s_all.y[-k:]
-        naive, snaive = naive_forecasts(s_hist.y, k, m)
-        row: dict[str, float] = {}
-        bounds = {v: (np.asarray(lo), np.asarray(hi)) for v, (lo, hi) in origin.intervals.items()}
-        forecasts = [
-            ("model", Forecast(np.asarray(origin.values), bounds)),
-            ("naive", Forecast(naive)),
-            ("seasonal_naive", Forecast(snaive)),
-        ]
-        if model.spec.season:  # what the network adds to its level and seasonal components
-            forecasts.append(("components", Forecast(series_inputs(s_hist, model.spec)[1][-1])))
-        forecasts += [(name, fc[s_hist.unique_id]) for name, fc in classical.items()]
-        for name, f in forecasts:
-            sc = forecast_scores(s_hist.y, actual, f.mean, m)
-            row[f"mase_{name}"], row[f"smape_{name}"] = sc.mase, sc.smape
-            for v, (lo, hi) in f.bounds.items():
-                row[f"coverage{v}_{name}"], row[f"msis{v}_{name}"] = interval_scores(
-                    s_hist.y, actual, lo, hi, v, m
-                )
-        per_entity[s_hist.unique_id] = row
+    for s_hist, s_all in zip(split_series(streamed, feats), split_series(data, feats), strict=True):
+        offline = offline_predict(model, s_hist)[0]
+        starts = series_inputs(s_hist, model.spec)[1] if model.spec.season else None
+        rows_of: list[dict[str, float]] = []
+        for i in range(origins):
+            n = len(s_all.y) - held + i * k  # the points seen at this origin
+            origin = at.get((s_hist.unique_id, n))
+            if origin is None:
+                raise StreamerError(f"{s_hist.unique_id}: no prediction for its event {n}")
+            served = np.asarray(origin.served)  # (the forecast, then its intervals' bounds)
+            diff = max(
+                diff,
+                float(
+                    np.max(np.abs(served - offline[n - 1]) / np.maximum(1, np.abs(offline[n - 1])))
+                ),
+            )
+            history, actual = s_all.y[:n], s_all.y[n : n + k]
+            naive, snaive = naive_forecasts(history, k, m)
+            bounds = {
+                v: (np.asarray(lo), np.asarray(hi)) for v, (lo, hi) in origin.intervals.items()
+            }
+            forecasts = [
+                ("model", Forecast(np.asarray(origin.values), bounds)),
+                ("naive", Forecast(naive)),
+                ("seasonal_naive", Forecast(snaive)),
+            ]
+            if starts is not None:  # what the network adds to its level and seasonal components
+                forecasts.append(("components", Forecast(starts[n - 1])))
+            if classical:
+                forecasts += [(name, fc[s_hist.unique_id]) for name, fc in classical[i].items()]
+            row: dict[str, float] = {}
+            for name, f in forecasts:
+                sc = forecast_scores(history, actual, f.mean, m)
+                row[f"mase_{name}"], row[f"smape_{name}"] = sc.mase, sc.smape
+                for v, (lo, hi) in f.bounds.items():
+                    row[f"coverage{v}_{name}"], row[f"msis{v}_{name}"] = interval_scores(
+                        history, actual, lo, hi, v, m
+                    )
+            rows_of.append(row)
+        # an entity's scores: the mean over its origins
+        per_entity[s_hist.unique_id] = {c: float(np.mean([r[c] for r in rows_of])) for c in row}
     frame = pd.DataFrame.from_dict(per_entity, orient="index")
     overall = {c: float(frame[c].mean()) for c in frame.columns}
-    table = Table(title=f"forecasts published at the origin, {len(frame)} entities, horizon {k}")
+    where = "the origin" if origins == 1 else f"{origins} origins (the mean over them)"
+    table = Table(title=f"forecasts published at {where}, {len(frame)} entities, horizon {k}")
     for col in ("forecast", "MASE", "sMAPE %", "entities where the model's MASE is lower"):
         table.add_column(col, justify="right")
     components = ("components",) if model.spec.season else ()
-    for name in ("model", "naive", "seasonal_naive", *components, *classical):
+    names = tuple(classical[0]) if classical else ()
+    for name in ("model", "naive", "seasonal_naive", *components, *names):
         wins = (
             ""
             if name == "model"
@@ -289,12 +324,13 @@ def _evaluate_forecaster(
         )
     console.print(table)
     if levels:
-        console.print(_interval_table(overall, levels, ("model", *classical), model.spec.cell))
+        console.print(_interval_table(overall, levels, ("model", *names), model.spec.cell))
     return {
         "task": "forecast",
         "levels": list(levels),
         "entities": len(frame),
         "horizon": k,
+        "origins": origins,
         "season": m,
         "events_streamed": len(rows),
         "stream_seconds": round(stream_s, 1),

@@ -315,11 +315,11 @@ async def produce_slowly(bootstrap: str, topic: str, msgs: list[tuple[bytes, byt
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("kind", ["forecast", "classify", "window"])
+@pytest.mark.parametrize("kind", ["forecast", "origins", "classify", "window"])
 def test_evaluate_scores_what_the_worker_published(
     services: dict[str, str], ns: str, tmp_path: Path, kind: str
 ) -> None:
-    if kind == "forecast":
+    if kind in ("forecast", "origins"):
         df = make_panel(12, 30, 40, seed=9)
         # (with weekly components: the daily panel's season; evaluate scores them alone too)
         model = random_model(
@@ -329,6 +329,8 @@ def test_evaluate_scores_what_the_worker_published(
             **made_up_intervals((80, 95), 4),  # type: ignore[arg-type]
         )
         extra: list[str] = ["--baselines"]
+        if kind == "origins":  # a rolling-origin evaluation: three origins, four points apart
+            extra += ["--origins", "3"]
     else:
         df = labelled_panel(n=20, t=12)
         spec = {"task": "classify", "classes": ("down", "up"), "features": ("end",)}
@@ -370,8 +372,9 @@ def test_evaluate_scores_what_the_worker_published(
     run = log.name.split(".")[0]
     assert not await_sync(topics_named(services["bootstrap"], run)), "the run's topics are left"
     assert not await_sync(keys_of(services["redis_url"], run)), "the run's keys are left"
-    if kind == "forecast":
-        assert res["entities"] == 12 and res["horizon"] == 4
+    if kind in ("forecast", "origins"):
+        origins = 3 if kind == "origins" else 1
+        assert res["entities"] == 12 and res["horizon"] == 4 and res["origins"] == origins
         assert set(res["overall"]) >= {"mase_model", "mase_seasonal_naive", "smape_naive"}
         assert {"mase_auto_ets", "smape_theta"} <= set(res["overall"])  # --baselines
         assert res["overall"]["mase_components"] > 0 and "its components alone" in r.stderr
@@ -387,6 +390,18 @@ def test_evaluate_scores_what_the_worker_published(
             r["coverage95_model"] >= r["coverage80_model"] for r in res["per_entity"].values()
         ]
         assert all(covered)  # the 95% interval holds the 80% one
+        # seasonal naive (weekly: the daily panel's season) by hand, at each origin of one entity
+        y = df[df["unique_id"] == "e0003"]["y"].to_numpy()
+        mases = []
+        for i in range(origins):
+            n = len(y) - 4 * (origins - i)
+            history, actual = y[:n], y[n : n + 4]
+            scale = np.mean(np.abs(history[7:] - history[:-7]))
+            mases.append(np.mean(np.abs(np.resize(history[-7:], 4) - actual)) / scale)
+        got = res["per_entity"]["e0003"]["mase_seasonal_naive"]
+        assert got == pytest.approx(np.mean(mases), rel=1e-9)
+        if origins > 1:
+            assert "3 origins" in r.stderr and "3 forecast origins, 4 points apart" in r.stderr
     elif kind == "classify":
         assert res["sequences"] == 20 and len(res["accuracy_by_step"]) == 12
         assert 0 <= res["accuracy_at_end"] <= 1 and res["log_loss_at_end"] > 0

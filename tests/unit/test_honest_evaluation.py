@@ -99,6 +99,11 @@ def test_evaluate_refuses_a_model_trained_on_the_held_out_points(tmp_path: Path)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "trained on the held-out points of 4 of the 4" in lines[0]
     assert "--holdout 3" in lines[0] and "--allow-seen" in lines[0]
+    # held out for one origin is not held out for three: they reach 3 x 3 points back
+    held = train(df, TrainConfig(**{**QUICK, "epochs": 2, "holdout": 3}))  # type: ignore[arg-type]
+    save_artifact(held.model, tmp_path / "h", held.summary, held.span)
+    r = run("evaluate", str(data), "--model", str(tmp_path / "h"), "--origins", "3", timeout=120)
+    assert r.returncode == 1 and "--holdout 9" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("flag", ["--refit", "--no-refit"])

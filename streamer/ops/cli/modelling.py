@@ -208,6 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         allow_seen=args.allow_seen,
         baselines=args.baselines,
         holdout_fraction=args.holdout_fraction,
+        origins=args.origins,
     )
     if args.json:
         write_json(result, args.json)

@@ -250,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="next-event models: share of each entity's last events scored (default: the "
         "model's training --holdout-fraction, else 0.2)",
     )
+    ev.add_argument(
+        "--origins",
+        type=positive(int),
+        default=1,
+        help="forecasters: score the forecasts published at N origins a horizon apart, over the "
+        "last N horizons of every entity (a rolling-origin evaluation; train with --holdout "
+        "N x horizon)",
+    )
     ev.add_argument("--json", type=Path, help="write the results as JSON here")
     ev.add_argument(
         "--baselines",
