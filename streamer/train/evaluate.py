@@ -300,7 +300,9 @@ def _evaluate_forecaster(
                     )
             rows_of.append(row)
         # an entity's scores: the mean over its origins
-        per_entity[s_hist.unique_id] = {c: float(np.mean([r[c] for r in rows_of])) for c in row}
+        per_entity[s_hist.unique_id] = {
+            c: float(np.mean([r[c] for r in rows_of])) for c in rows_of[0]
+        }
     frame = pd.DataFrame.from_dict(per_entity, orient="index")
     overall = {c: float(frame[c].mean()) for c in frame.columns}
     where = "the origin" if origins == 1 else f"{origins} origins (the mean over them)"
