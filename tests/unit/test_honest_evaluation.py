@@ -39,7 +39,13 @@ def test_early_stopping_is_followed_by_a_refit_on_every_point() -> None:
 def test_no_validation_no_refit() -> None:
     df = labelled_panel(n=8, t=6)
     cfg = TrainConfig(
-        task="classify", label="label", hidden_size=8, num_layers=1, epochs=3, val_fraction=0.0
+        task="classify",
+        label="label",
+        hidden_size=8,
+        num_layers=1,
+        epochs=3,
+        val_fraction=0.0,
+        members=1,
     )
     assert "refit" not in train(df, cfg).summary
 

@@ -77,6 +77,33 @@ def test_a_classifier_learns_its_classes_and_predicts_probabilities() -> None:
     assert right >= 34  # 40 easy sequences: far above chance
 
 
+def test_a_small_classification_set_gets_an_ensemble_by_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streamer.ops.cli.parser import build_parser
+    from streamer.train.training import SMALL_CLASSIFIER_EVENTS, SMALL_CLASSIFIER_MEMBERS, resolve
+
+    step = TrainConfig(task="classify", label="label")
+    small = labelled_panel(n=10)
+    large = pd.DataFrame({"unique_id": np.repeat(np.arange(200), 101), "y": 0.0, "label": "a"})
+    assert len(small) <= SMALL_CLASSIFIER_EVENTS < len(large)
+    assert resolve(small, step).members == SMALL_CLASSIFIER_MEMBERS
+    assert resolve(large, step).members == 1
+    assert resolve(small, TrainConfig(**{**step.__dict__, "members": 2})).members == 2
+    assert resolve(small, TrainConfig(**{**step.__dict__, "window": 4})).members == 1
+    assert resolve(small, TrainConfig()).members == 1  # (forecasters)
+    result = train(small, TrainConfig(**{**TINY, "epochs": 2}))
+    assert result.model.spec.members == SMALL_CLASSIFIER_MEMBERS
+    assert [m["seed"] for m in result.summary["members"]] == list(range(SMALL_CLASSIFIER_MEMBERS))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    helps = " ".join(capsys.readouterr().out.split())
+    rule = (
+        f"{SMALL_CLASSIFIER_MEMBERS} for a step classifier of at most {SMALL_CLASSIFIER_EVENTS:,}"
+    )
+    assert rule in helps
+
+
 def test_windows_close_after_n_events_or_at_the_end_marker() -> None:
     df = labelled_panel(n=2, t=12)
     cfg = TrainConfig(**TINY, num_layers=1, epochs=2, window=4)

@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from streamer.model.artifact import save_artifact
     from streamer.serve.predictor import resolve_device
     from streamer.train.data import read_frame, read_long, rename_long
-    from streamer.train.training import TrainConfig, resolve, train
+    from streamer.train.training import SMALL_CLASSIFIER_EVENTS, TrainConfig, resolve, train
 
     device = resolve_device(args.device)
     torch.set_num_threads(2)
@@ -143,9 +143,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         result = train(df, cfg, on_epoch, on_member)
     version = save_artifact(result.model, args.out, result.summary, result.span)
+    by_default = ""
+    if args.members is None and (cfg.members or 1) > 1:
+        by_default = (
+            f"; an ensemble by default for a step classifier of at most "
+            f"{SMALL_CLASSIFIER_EVENTS:,} training events (--members 1 trains one model)"
+        )
     print(
         f"model {version} ({cfg.cell}) written to {args.out}: {_how_trained(result.summary)}"
-        + f"; {time.monotonic() - started:.1f}s"
+        + f"{by_default}; {time.monotonic() - started:.1f}s"
     )
     return 0
 

@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--members",
         type=positive(int),
-        default=1,
+        default=None,
         help="an ensemble of N models trained alike with seeds seed..seed+N-1, served as one "
-        "(the median forecast, the mean class probabilities)",
+        "(the median forecast, the mean class probabilities); default: 5 for a step classifier "
+        "of at most 20,000 training events, else 1",
     )
     t.add_argument(
         "--season",
