@@ -1,9 +1,11 @@
 """Classical forecasts beside the model's in ``streamer evaluate --baselines``: AutoETS and Theta
-fitted per entity with statsforecast (the ``baselines`` extra), with their own prediction
-intervals (statsforecast's, from each model's error distribution)."""
+fitted per entity with statsforecast (the ``baselines`` extra; the entities in parallel, one process
+per core), with their own prediction intervals (statsforecast's, from each model's error
+distribution)."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -37,10 +39,12 @@ def classical_forecasts(
     season: int,
     console: Console | None = None,
     levels: tuple[int, ...] = (),
+    jobs: int | None = None,
 ) -> dict[str, dict[str, Forecast]]:
     """AutoETS and (standard) Theta forecasts of every entity's next ``horizon`` points, fitted on
     its ``history`` alone with season length ``season`` (statsforecast; a series too short for a
-    model gets the naive forecast), with intervals at ``levels``: ``{method: {entity: forecast}}``."""
+    model gets the naive forecast), with intervals at ``levels``: ``{method: {entity: forecast}}``.
+    ``jobs`` processes fit the entities (None: one per core this process may run on)."""
     try:
         from statsforecast import StatsForecast
         from statsforecast.models import AutoETS, Naive, Theta
@@ -55,6 +59,7 @@ def classical_forecasts(
         models=[AutoETS(season_length=season), Theta(season_length=season)],
         freq=1,
         fallback_model=Naive(),
+        n_jobs=min(jobs or _cores(), frame["unique_id"].nunique()),
     )
     with np.errstate(all="ignore"):
         sf.fit(df=frame)
@@ -84,3 +89,10 @@ def classical_forecasts(
             f"{time.monotonic() - started:.1f}s"
         )
     return out
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity: a container's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

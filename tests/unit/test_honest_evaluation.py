@@ -163,6 +163,13 @@ def test_classical_baselines_forecast_every_entity_from_its_own_history() -> Non
             assert np.all(hi80 <= hi95)
         assert forecast_scores(hist, actual, got["auto_ets"][uid].mean, 12).smape < 1  # the season
     assert classical_forecasts(history, horizon=4, season=12)["theta"]["s0"].bounds == {}
+    # the entities fitted in two processes or in this one: the same forecasts, bit for bit
+    alone = classical_forecasts(history, horizon=4, season=12, levels=(80,), jobs=1)
+    apart = classical_forecasts(history, horizon=4, season=12, levels=(80,), jobs=2)
+    for method in alone:
+        for uid, f in alone[method].items():
+            np.testing.assert_array_equal(f.mean, apart[method][uid].mean)
+            np.testing.assert_array_equal(f.bounds[80][0], apart[method][uid].bounds[80][0])
 
 
 @pytest.mark.parametrize(
