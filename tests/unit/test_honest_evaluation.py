@@ -36,6 +36,34 @@ def test_early_stopping_is_followed_by_a_refit_on_every_point() -> None:
     assert any(not np.allclose(a[k].numpy(), b[k].numpy()) for k in a)
 
 
+def test_a_refit_that_learnt_nothing_leaves_the_chosen_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamer.ops.cli.modelling import _how_trained
+    from streamer.train import training
+
+    learnt = training.check_learnt
+
+    def refit_fails(model, series, cfg):  # type: ignore[no-untyped-def]
+        if not cfg.refit:  # (the refit: no held-out sequences, its epochs chosen)
+            raise TrainingFailed("the classifier learnt nothing: (made to fail)")
+        learnt(model, series, cfg)
+
+    monkeypatch.setattr(training, "check_learnt", refit_fails)
+    df = labelled_panel(n=20, t=8)
+    cfg = TrainConfig(task="classify", label="label", hidden_size=8, num_layers=1, epochs=3)
+    one = train(df, TrainConfig(**{**cfg.__dict__, "members": 1}))
+    assert one.model is one.chosen and "refit" not in one.summary
+    assert "made to fail" in one.summary["refit_failed"]
+    assert "the model early stopping chose is served" in _how_trained(one.summary)
+    ens = train(df, TrainConfig(**{**cfg.__dict__, "members": 2}))  # (every member's refit fails)
+    assert ens.model.spec.members == 2
+    assert all("made to fail" in m["refit_failed"] for m in ens.summary["members"])
+    assert "learnt nothing for 2 of them" in _how_trained(ens.summary)
+    monkeypatch.setattr(training, "check_learnt", learnt)
+    assert "refit_failed" not in train(df, TrainConfig(**{**cfg.__dict__, "members": 1})).summary
+
+
 def test_no_validation_no_refit() -> None:
     df = labelled_panel(n=8, t=6)
     cfg = TrainConfig(

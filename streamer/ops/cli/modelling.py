@@ -171,6 +171,16 @@ def _how_trained(summary: dict[str, Any]) -> str:
         how = f"{summary['epochs_run']} epochs, " + (
             f"best validation loss {best:.4f}" if best is not None else "no validation split"
         )
+    failed = sum(bool(m.get("refit_failed")) for m in members or [summary])
+    if failed and members:
+        how += (
+            f"; the refit on every point learnt nothing for {failed} of them, which are the "
+            "models early stopping chose"
+        )
+    elif failed:
+        how += (
+            "; the refit on every point learnt nothing, so the model early stopping chose is served"
+        )
     if "vocabulary" in summary:
         how += "; vocabularies " + ", ".join(f"{c} {n:,}" for c, n in summary["vocabulary"].items())
         if summary.get("validation"):
