@@ -327,7 +327,7 @@ def train(
             full = train(data, again, on_epoch)
         except TrainingFailed as failed:
             # From scratch on long sequences a run may stay at chance where the choosing run did
-            # not (OSULeaf's 427 steps, one seed in ten): the chosen model, which learnt and was
+            # not (a member of an ensemble on OSULeaf, 427 steps): the chosen model, which learnt and was
             # validated, is served instead of no model at all.
             summary["refit_failed"] = str(failed)
             return TrainResult(model, summary, training_span(series), model)
