@@ -327,8 +327,8 @@ def train(
             full = train(data, again, on_epoch)
         except TrainingFailed as failed:
             # From scratch on long sequences a run may stay at chance where the choosing run did
-            # not (a member of an ensemble on OSULeaf, 427 steps): the chosen model, which learnt and was
-            # validated, is served instead of no model at all.
+            # not (a member of an ensemble on OSULeaf, 427 steps): the chosen model, which learnt
+            # and was validated, is served instead of no model at all.
             summary["refit_failed"] = str(failed)
             return TrainResult(model, summary, training_span(series), model)
         if calibration:  # (the refit has no held-out targets left to calibrate on)
