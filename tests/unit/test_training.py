@@ -85,7 +85,7 @@ def test_a_small_classification_set_gets_an_ensemble_by_default(
 
     step = TrainConfig(task="classify", label="label")
     small = labelled_panel(n=10)
-    large = pd.DataFrame({"unique_id": np.repeat(np.arange(200), 101), "y": 0.0, "label": "a"})
+    large = pd.DataFrame({"unique_id": np.repeat(np.arange(1000), 101), "y": 0.0, "label": "a"})
     assert len(small) <= SMALL_CLASSIFIER_EVENTS < len(large)
     assert resolve(small, step).members == SMALL_CLASSIFIER_MEMBERS
     assert resolve(large, step).members == 1

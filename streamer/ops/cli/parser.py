@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="an ensemble of N models trained alike with seeds seed..seed+N-1, served as one "
         "(the median forecast, the mean class probabilities); default: 5 for a step classifier "
-        "of at most 20,000 training events, else 1",
+        "of at most 100,000 training events, else 1",
     )
     t.add_argument(
         "--season",
