@@ -154,7 +154,7 @@ CALIBRATION_TARGETS = 400
 #: default: on a few hundred sequences one model's accuracy moves with its seed by several
 #: points (JapaneseVowels, 270 sequences: 0.905 to 0.957 over ten seeds; OSULeaf, 200 sequences
 #: of 427 steps: 0.401 to 0.591 over five, against 0.574 and 0.612 for two ensembles), and five
-#: of them train in minutes (OSULeaf's 85,400 events: 6 to 8 on one core).
+#: of them train in minutes (OSULeaf's 85,400 events: 6 to 9 on one core, 9 on two).
 SMALL_CLASSIFIER_EVENTS = 100_000
 SMALL_CLASSIFIER_MEMBERS = 5
 
