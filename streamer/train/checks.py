@@ -26,7 +26,7 @@ from streamer.train.data import Series, split_series
 from streamer.train.offline import offline_predict, offline_windows
 
 if TYPE_CHECKING:
-    from streamer.train.training import TrainConfig
+    from streamer.train.config import TrainConfig
 
 __all__ = ["check_learnt", "check_seen", "seen_in_training", "training_span", "values_crc"]
 

@@ -280,7 +280,7 @@ def train_next(
     on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> TrainResult:
     """Train a next-event model (``cfg.next`` names the predicted column) on a long frame
-    (``cfg`` resolved: :func:`streamer.train.training.resolve`)."""
+    (``cfg`` resolved: :func:`streamer.train.config.resolve`)."""
     if (cfg.members or 1) > 1 or cfg.window or cfg.season:
         raise ConfigError(
             "a next-event model is a single step model (no --members, --window, --season)"

@@ -23,7 +23,7 @@ from streamer.train.data import Series
 from streamer.train.offline import series_inputs, window_bounds, window_inputs
 
 if TYPE_CHECKING:
-    from streamer.train.training import TrainConfig
+    from streamer.train.config import TrainConfig
 
 __all__ = ["Problem", "classify_problem", "forecast_problem", "window_problem"]
 

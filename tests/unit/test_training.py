@@ -81,7 +81,7 @@ def test_a_small_classification_set_gets_an_ensemble_by_default(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from streamer.ops.cli.parser import build_parser
-    from streamer.train.training import SMALL_CLASSIFIER_EVENTS, SMALL_CLASSIFIER_MEMBERS, resolve
+    from streamer.train.config import SMALL_CLASSIFIER_EVENTS, SMALL_CLASSIFIER_MEMBERS, resolve
 
     step = TrainConfig(task="classify", label="label")
     small = labelled_panel(n=10)

@@ -58,8 +58,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from streamer.model.artifact import save_artifact
     from streamer.serve.predictor import resolve_device
+    from streamer.train.config import SMALL_CLASSIFIER_EVENTS, TrainConfig, resolve
     from streamer.train.data import read_frame, read_long, rename_long
-    from streamer.train.training import SMALL_CLASSIFIER_EVENTS, TrainConfig, resolve, train
+    from streamer.train.training import train
 
     device = resolve_device(args.device)
     torch.set_num_threads(2)
