@@ -37,7 +37,7 @@ demo: install services-up
 test: install
 	deploy/local/browser.sh
 	deploy/local/promtool.sh
-	$(TEST_ENV) $(SERVICES) up
+	$(TEST_ENV) KAFKA_FRESH=1 $(SERVICES) up
 	$(PY) -m pytest; rc=$$?; $(TEST_ENV) $(SERVICES) down; exit $$rc
 
 unit: install

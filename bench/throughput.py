@@ -76,6 +76,8 @@ SERVICE_ENV = {
     "REDIS_PORT": "26379",
     "REDIS_CLUSTER_PORT": "27000",
     "STREAMER_SERVICES_DIR": str(SERVICES_DIR),
+    # Every run's topics are new: a broker that is not running starts without the old ones.
+    "KAFKA_FRESH": "1",
 }
 #: streamer-cluster is streamer's worker with its states in a Redis Cluster of three masters
 KINDS = (

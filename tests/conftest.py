@@ -50,9 +50,15 @@ def services_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def services() -> dict[str, str]:
-    """Start (or find running) the real Kafka and Redis; fail loudly if they cannot be started."""
+    """Start (or find running) the real Kafka and Redis; fail loudly if they cannot be started.
+    A Kafka started here starts without the topics of earlier runs (KAFKA_FRESH); one that a test
+    stops and starts again keeps this run's."""
     proc = subprocess.run(
-        [str(SERVICES), "up"], env=services_env(), capture_output=True, text=True, timeout=600
+        [str(SERVICES), "up"],
+        env={**services_env(), "KAFKA_FRESH": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         pytest.fail(

@@ -20,6 +20,9 @@
 #   KAFKA_PORT              broker listener                    (9092)
 #   KAFKA_CONTROLLER_PORT   KRaft controller listener          (9093)
 #   KAFKA_HEAP              JVM heap                           (-Xmx1g -Xms256m)
+#   KAFKA_FRESH             1: a Kafka that is not running starts with an empty log dir (the
+#                           tests' and benchmarks' topics are throwaway: a broker that reloads
+#                           thousands of old partitions takes minutes to start)   (unset: keep)
 #   KAFKA_SASL_PORT         also listen with SASL/PLAIN here    (unset: no SASL listener)
 #   KAFKA_SASL_USERS        user:password list for SASL/PLAIN   (streamer:streamer-secret)
 #   KAFKA_SSL_PORT          also listen with TLS here           (unset: no SSL listener)
@@ -38,6 +41,7 @@ KAFKA_HEAP="${KAFKA_HEAP:--Xmx1g -Xms256m}"
 KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"
 KAFKA_SASL_USERS="${KAFKA_SASL_USERS:-streamer:streamer-secret}"
 KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-}"
+KAFKA_FRESH="${KAFKA_FRESH:-}"
 REDIS_TLS_PORT="${REDIS_TLS_PORT:-}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/kafka-pom.xml")"
@@ -125,6 +129,10 @@ kafka_up() {
     fi
     port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set KAFKA_PORT)"
     kafka_install
+    if [[ "$KAFKA_FRESH" == 1 && -d "$KAFKA_DIR/data" ]]; then
+        log "kafka starts with an empty log dir (KAFKA_FRESH=1)"
+        rm -rf "$KAFKA_DIR/data"
+    fi
     mkdir -p "$KAFKA_DIR/data"
     local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" protocols="PLAINTEXT:PLAINTEXT" sasl=""
     if [[ -n "$KAFKA_SASL_PORT" ]]; then
