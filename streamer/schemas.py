@@ -50,6 +50,7 @@ Reason = Literal[
     "out_of_range",
     "wrong_feature_count",
     "duplicate_field",
+    "not_a_time",
     "partition_conflict",
     "contended",
 ]

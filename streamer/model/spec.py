@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from streamer import seasonal
+from streamer.calendar import CYCLES as CALENDAR_CYCLES
 from streamer.errors import ConfigError
 from streamer.model import nextevent
 from streamer.model.vocab import MAX_VOCABULARY, Vocabulary
@@ -87,6 +88,9 @@ class ModelSpec:
     groups: int = 0
     groups_searched: int = 4
     groups_exact: bool = False
+    #: Step models: calendar inputs read from each event's ``ds`` (``hour``, ``weekday``,
+    #: ``month``; two inputs each, after the features, see :mod:`streamer.calendar`); (): none.
+    calendar: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cell not in CELL_NAMES:
@@ -144,6 +148,15 @@ class ModelSpec:
             raise ConfigError("a two-level softmax (groups) is for next-event models")
         elif self.categorical:
             raise ConfigError("categorical inputs are for next-event models (task next)")
+        if self.calendar:
+            unknown = [c for c in self.calendar if c not in CALENDAR_CYCLES]
+            if unknown or len(set(self.calendar)) != len(self.calendar):
+                raise ConfigError(
+                    f"calendar inputs are distinct ones of {', '.join(CALENDAR_CYCLES)}: "
+                    f"{', '.join(self.calendar)}"
+                )
+            if self.window or self.task == "next":
+                raise ConfigError("calendar inputs are for step forecasters and classifiers")
         if self.season:
             if self.season < 2 or self.season > 10_000:
                 raise ConfigError(f"a season has 2 to 10,000 steps, not {self.season}")
@@ -162,9 +175,14 @@ class ModelSpec:
     @property
     def input_size(self) -> int:
         """The recurrent core's inputs: the (scaled) target (a next-event model has none), the
-        input features and the embeddings of the categorical columns."""
+        input features, the calendar inputs and the embeddings of the categorical columns."""
         target = 0 if self.task == "next" else 1
-        return target + len(self.input_features) + self.embedding * len(self.categorical)
+        return (
+            target
+            + len(self.input_features)
+            + 2 * len(self.calendar)
+            + self.embedding * len(self.categorical)
+        )
 
     @property
     def raw_input_size(self) -> int:
@@ -270,6 +288,10 @@ class ModelSpec:
             del d["groups"], d["groups_searched"], d["groups_exact"]
         elif not self.groups_exact:
             del d["groups_exact"]  # (artifacts from before it read the same)
+        if self.calendar:
+            d["calendar"] = list(self.calendar)
+        else:
+            del d["calendar"]
         return d
 
     @classmethod
@@ -305,4 +327,5 @@ class ModelSpec:
             groups=int(d.get("groups", 0)),
             groups_searched=int(d.get("groups_searched", 4)),
             groups_exact=bool(d.get("groups_exact", False)),
+            calendar=tuple(str(c) for c in d.get("calendar", ())),
         )

@@ -19,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from streamer import calendar
 from streamer.errors import StoreUnavailable
 from streamer.model import SequenceModel
 from streamer.schemas import DeadLetter, Message, Prediction
@@ -112,7 +113,27 @@ class BatchHandler:
 
     def decode(self, messages: Sequence[Message]) -> tuple[EventColumns, list[DeadLetter]]:
         p = self.predictor
-        return decode_columns(messages, p.features, self.max_event_bytes, p.categorical)
+        good, bad = decode_columns(messages, p.features, self.max_event_bytes, p.categorical)
+        if p.served.spec.calendar and len(good):
+            ok = calendar.times_ok(good.ds)
+            if not ok.all():  # (the model reads its calendar inputs from ds)
+                rows = np.flatnonzero(~ok)
+                for r in rows.tolist():
+                    m = messages[int(good.source[r])]
+                    bad.append(
+                        DeadLetter(
+                            m.key,
+                            m.value,
+                            "not_a_time",
+                            f"ds {good.ds[r][:100]!r} is not an ISO 8601 time: the model's "
+                            "calendar inputs are read from it",
+                            m.partition,
+                            m.offset,
+                        )
+                    )
+                bad.sort(key=lambda d: (d.partition, d.offset))
+                good = good.take(np.flatnonzero(ok))
+        return good, bad
 
     async def handle(
         self, messages: Sequence[Message], committed: Mapping[int, int] | None = None

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from streamer import scaling, seasonal
+from streamer import calendar, scaling, seasonal
 from streamer.errors import ConfigError
 from streamer.model import ModelSpec, SequenceModel, intervals, nextevent
 from streamer.model.vocab import OOV, Vocabulary
@@ -110,12 +110,16 @@ class Stepper:
     @staticmethod
     def _inputs(sv: Served, ev: EventColumns, y: F64) -> tuple[F32, F64 | None]:
         """Model inputs ``(N, I)`` with y unscaled in column 0, and the raw features ``(N, F)``."""
-        x = np.empty((len(ev), sv.spec.input_size), np.float32)
+        spec = sv.spec
+        x = np.empty((len(ev), spec.input_size), np.float32)
         x[:, 0] = y
-        if not sv.spec.features:
+        nf = len(sv.inputs)
+        if spec.calendar:
+            x[:, 1 + nf :] = calendar.inputs(ev.ds, spec.calendar)
+        if not spec.features:
             return x, None
         feats = ev.features
-        x[:, 1:] = (feats[:, sv.inputs] - sv.fmean) / sv.fstd
+        x[:, 1 : 1 + nf] = (feats[:, sv.inputs] - sv.fmean) / sv.fstd
         return x, feats
 
     @staticmethod

@@ -16,7 +16,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
 
-__all__ = ["forecast_times", "infer_freq"]
+__all__ = ["forecast_times", "infer_freq", "parse_times"]
 
 
 def infer_freq(ds: pd.Series, ids: pd.Series, most: int = 200) -> str | None:
@@ -75,7 +75,7 @@ def forecast_times(ds: Sequence[str], freq: str, horizon: int) -> list[bytes]:
     """
     if not len(ds):
         return []
-    times = _parse(ds)
+    times = parse_times(ds)
     ok = times.notna().to_numpy()
     if not ok.any():
         return [b"[]"] * len(ds)
@@ -108,7 +108,7 @@ def forecast_times(ds: Sequence[str], freq: str, horizon: int) -> list[bytes]:
     return out
 
 
-def _parse(ds: Sequence[str]) -> pd.Series:
+def parse_times(ds: Sequence[str]) -> pd.Series:
     """The times as naive datetimes (ones with an offset in UTC), NaT where one does not parse."""
     text = pd.Series(list(ds), dtype=object)
     try:

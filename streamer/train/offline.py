@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from streamer import scaling, seasonal
+from streamer import calendar, scaling, seasonal
 from streamer.model import ModelSpec, SequenceModel, intervals
 from streamer.train.data import Series
 
@@ -54,7 +54,9 @@ def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
         nf = len(spec.features)
         fm = np.asarray(spec.feature_mean or [0.0] * nf, np.float64)[cols]
         fs = np.asarray(spec.feature_std or [1.0] * nf, np.float64)[cols]
-        x[:, 1:] = (s.features[:, cols] - fm) / fs
+        x[:, 1 : 1 + len(cols)] = (s.features[:, cols] - fm) / fs
+    if spec.calendar:
+        x[:, 1 + len(spec.input_features) :] = calendar.inputs(s.ds, spec.calendar)
     return x, start, scale
 
 

@@ -72,6 +72,18 @@ KINDS = {
         **made_up_intervals((50, 90), 3),
     },
     "lstm-classify": {"task": "classify", "classes": ("down", "up")},
+    # calendar inputs read from each event's ds (hourly here: the hour moves at every step)
+    "lstm-forecast-calendar": {
+        "horizon": 3,
+        "calendar": ("hour", "weekday", "month"),
+        **made_up_intervals((80,), 3),
+    },
+    "gru-classify-calendar": {
+        "cell": "gru",
+        "task": "classify",
+        "classes": ("down", "up"),
+        "calendar": ("hour",),
+    },
     "gru-classify-unscaled": {
         "cell": "gru",
         "task": "classify",
@@ -322,10 +334,12 @@ def test_evaluate_scores_what_the_worker_published(
     if kind in ("forecast", "origins"):
         df = make_panel(12, 30, 40, seed=9)
         # (with weekly components: the daily panel's season; evaluate scores them alone too)
+        # (and for the rolling origins calendar inputs, read from each event's ds by the worker)
         model = random_model(
             horizon=4,
             season=7,
             smoothing=(0.3, 0.2),
+            calendar=("weekday", "month") if kind == "origins" else (),
             **made_up_intervals((80, 95), 4),  # type: ignore[arg-type]
         )
         extra: list[str] = ["--baselines"]

@@ -302,6 +302,35 @@ async def test_events_of_an_entity_on_another_partition_are_dead_lettered() -> N
     assert raw_state is not None and decode(raw_state).step == 4
 
 
+async def test_a_calendar_model_dead_letters_an_event_whose_ds_is_not_a_time() -> None:
+    """The model reads inputs from ds: an event whose ds is no time goes to the dead letters
+    (``not_a_time``) and changes no state; the entity's other events step as if it never came."""
+    torch.manual_seed(5)
+    model = SequenceModel(
+        ModelSpec(hidden_size=8, num_layers=2, horizon=2, calendar=("hour", "weekday"))
+    ).eval()
+    df = make_panel(3, 8, 8, seed=12)
+    df["ds"] = df["ds"] + pd.to_timedelta(np.arange(len(df)) % 24, unit="h")
+    events = synthetic_events(df)
+    bad_at = [i for i, e in enumerate(events) if e.unique_id == "e0001"][4]  # its 5th event
+    bad = events[bad_at]
+    sent = list(events)
+    sent[bad_at] = Event(bad.unique_id, "last tuesday", bad.y, (), bad.partition, bad.offset)
+    handler = BatchHandler(predictor(model, MemoryStateStore()))
+    got = await handler.handle(raw_messages(sent))
+    (dead,) = got.dead_letters
+    assert dead.reason == "not_a_time" and "'last tuesday'" in dead.detail
+    assert dead.offset == bad.offset and b"last tuesday" in (dead.value or b"")
+    assert len(got.outputs) == len(events) - 1
+    # e0001 stepped over its other events only: as the offline pass over the series without it
+    kept = df.drop(index=df.index[df.unique_id == "e0001"][4])
+    expected = {s.unique_id: offline_predict(model, s)[0] for s in split_series(kept)}
+    for p in got.predictions:
+        np.testing.assert_allclose(p.served, expected[p.unique_id][p.step - 1], atol=1e-5)
+    (raw_state,) = await handler.predictor.store.get_many(["e0001"])
+    assert raw_state is not None and decode(raw_state).step == 7
+
+
 async def test_a_takeover_moves_the_entity_to_the_new_partition() -> None:
     model = make("lstm")
     df = make_panel(2, 6, 6, seed=11)

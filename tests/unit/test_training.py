@@ -104,6 +104,32 @@ def test_a_small_classification_set_gets_an_ensemble_by_default(
     assert rule in helps
 
 
+def test_hourly_forecasters_get_calendar_inputs_and_four_weeks_of_validation() -> None:
+    from streamer.errors import ConfigError
+    from streamer.train.config import CALIBRATION_DAYS, resolve
+
+    hourly = make_panel(2, 200 * 24, 200 * 24, seed=4)
+    hours = hourly.groupby("unique_id").cumcount()
+    hourly["ds"] = pd.Timestamp("2021-01-01") + pd.to_timedelta(hours, unit="h")
+    daily = make_panel(2, 400, 400, seed=4)
+    cfg = resolve(hourly, TrainConfig(horizon=24))
+    assert cfg.calendar == ("hour", "weekday")
+    assert cfg.val_points == CALIBRATION_DAYS * 24  # (not 400 / 2 series = 200 hours)
+    assert resolve(daily, TrainConfig(horizon=7)).calendar == ()
+    assert resolve(daily, TrainConfig(horizon=7)).val_points == 80  # a fifth of 400
+    assert resolve(hourly, TrainConfig(horizon=24, calendar=())).calendar == ()
+    assert resolve(daily, TrainConfig(calendar=("month",))).calendar == ("month",)
+    assert resolve(labelled_panel(n=4), TrainConfig(**TINY)).calendar == ()  # (classifiers)
+    with pytest.raises(ConfigError, match="calendar inputs are for"):
+        resolve(labelled_panel(n=4), TrainConfig(next="label", calendar=("hour",)))
+    short = hourly[hourly.groupby("unique_id").cumcount() < 30 * 24]
+    model = train(short, TrainConfig(horizon=6, hidden_size=8, epochs=2)).model
+    assert model.spec.calendar == ("hour", "weekday") and model.spec.input_size == 5
+    (s,) = split_series(short[short.unique_id == "e0000"])
+    served, h, _ = offline_predict(model, s)
+    assert np.isfinite(served).all() and np.isfinite(h).all()
+
+
 def test_windows_close_after_n_events_or_at_the_end_marker() -> None:
     df = labelled_panel(n=2, t=12)
     cfg = TrainConfig(**TINY, num_layers=1, epochs=2, window=4)

@@ -111,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         groups_searched=args.groups_searched,
         groups_exact=args.groups_exact,
         holdout_fraction=args.holdout_fraction,
+        calendar=args.calendar,
     )
     if args.window and not classify:
         raise ConfigError("a window model classifies: pass --label")

@@ -154,6 +154,26 @@ def season(text: str) -> int | None:
     return v
 
 
+def calendar_inputs(text: str) -> tuple[str, ...] | None:
+    """``auto`` -> None (by the data); ``none`` -> (); ``hour,weekday`` -> those.
+
+    >>> calendar_inputs("auto"), calendar_inputs("none"), calendar_inputs("hour, weekday")
+    (None, (), ('hour', 'weekday'))
+    """
+    from streamer.calendar import check
+    from streamer.errors import DataError
+
+    text = text.strip().lower()
+    if text == "auto":
+        return None
+    if text in ("none", ""):
+        return ()
+    try:
+        return check(names(text))
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def levels(text: str) -> tuple[int, ...]:
     """``80,95`` -> (80, 95); ``none`` -> () (no intervals).
 

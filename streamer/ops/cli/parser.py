@@ -8,6 +8,7 @@ from pathlib import Path
 
 from streamer.ops.cli.options import (
     Parser,
+    calendar_inputs,
     columns,
     levels,
     names,
@@ -158,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         "kept in the state and taken out of what the network sees; auto: the usual season of "
         "the data's frequency (monthly 12, quarterly 4, hourly 24) if the series are long "
         "enough; 0: none",
+    )
+    t.add_argument(
+        "--calendar",
+        type=calendar_inputs,
+        default="auto",
+        help="calendar inputs read from ds: hour, weekday, month (comma-separated); auto: the "
+        "hour and the weekday for a forecaster of data sampled more often than daily, none "
+        "otherwise; none: no calendar inputs",
     )
     t.add_argument(
         "--next",
