@@ -1,15 +1,18 @@
 """Calendar inputs: where an event's time falls in the day, the week and the year, as model inputs.
 
-A count of people, trips or sales per hour depends on the hour and on the day of the week, and the
-week is longer than any season the per-entity components (:mod:`streamer.seasonal`) keep for
-hourly data: a model told neither forecasts a Saturday from a Friday. Each named position is two
-inputs, the sine and cosine of its angle on its cycle (so 23:00 is next to 00:00 and Sunday to
-Monday), read from the event's ``ds`` by the same function in training, in the offline pass and
-in the stream, so streamed forecasts stay equal to offline ones:
+Each named position is two inputs, the sine and cosine of its angle on its cycle (so 23:00 is
+next to 00:00 and Sunday to Monday), read from the event's ``ds`` by the same function in
+training, in the offline pass and in the stream, so streamed predictions stay equal to offline
+ones:
 
 - ``hour``: the time of day, hours and minutes (cycle 24 hours);
 - ``weekday``: the day of the week, Monday first (cycle 7 days);
 - ``month``: the month of the year (cycle 12 months).
+
+They are asked for (``streamer train --calendar hour,weekday``), not on by default: on the hourly
+pedestrian panel, whose daily cycle the seasonal components (:mod:`streamer.seasonal`) already
+keep, the hour and the weekday left the forecasts' MASE where it was (over 28 held-out days and
+two seeds, 0.998 against 1.003).
 
 Times are parsed as ISO 8601 (:func:`streamer.serve.times.parse_times`); one with an offset is
 taken in UTC. A model with calendar inputs cannot step an event whose ``ds`` is not a time: the
@@ -28,7 +31,7 @@ from pandas.tseries.offsets import Tick
 
 from streamer.errors import DataError
 
-__all__ = ["CYCLES", "check", "default_for", "inputs", "per_day", "times_ok"]
+__all__ = ["CYCLES", "check", "inputs", "per_day", "times_ok"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -53,17 +56,6 @@ def check(names: Sequence[str]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise DataError(f"calendar inputs given twice: {', '.join(names)}")
     return tuple(names)
-
-
-def default_for(freq: str | None) -> tuple[str, ...]:
-    """The calendar inputs a forecaster of data at ``freq`` gets by default: the hour and the
-    day of the week for data sampled more often than daily, none otherwise (daily and slower data
-    have their week, or their year, in the seasonal components).
-
-    >>> default_for("h"), default_for("15min"), default_for("D"), default_for("MS"), default_for(None)
-    (('hour', 'weekday'), ('hour', 'weekday'), (), (), ())
-    """
-    return ("hour", "weekday") if per_day(freq) else ()
 
 
 def per_day(freq: str | None) -> int:

@@ -105,7 +105,7 @@ def train(
         window=cfg.window,
         window_end=cfg.window_end,
         freq=None if classify else infer_freq(pd.to_datetime(df["ds"]), df["unique_id"]),
-        calendar=cfg.calendar or (),
+        calendar=cfg.calendar,
     )
     season = _season(series, spec.freq, cfg) if not classify else 0
     if season:

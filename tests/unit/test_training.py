@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from streamer.errors import DataError
 from streamer.train.data import split_series
 from streamer.train.offline import offline_predict, offline_windows, window_bounds
 from streamer.train.training import TrainConfig, train
@@ -104,7 +105,7 @@ def test_a_small_classification_set_gets_an_ensemble_by_default(
     assert rule in helps
 
 
-def test_hourly_forecasters_get_calendar_inputs_and_four_weeks_of_validation() -> None:
+def test_hourly_forecasters_validate_on_four_weeks_and_calendar_inputs_are_asked_for() -> None:
     from streamer.errors import ConfigError
     from streamer.train.config import CALIBRATION_DAYS, resolve
 
@@ -113,21 +114,22 @@ def test_hourly_forecasters_get_calendar_inputs_and_four_weeks_of_validation() -
     hourly["ds"] = pd.Timestamp("2021-01-01") + pd.to_timedelta(hours, unit="h")
     daily = make_panel(2, 400, 400, seed=4)
     cfg = resolve(hourly, TrainConfig(horizon=24))
-    assert cfg.calendar == ("hour", "weekday")
     assert cfg.val_points == CALIBRATION_DAYS * 24  # (not 400 / 2 series = 200 hours)
-    assert resolve(daily, TrainConfig(horizon=7)).calendar == ()
-    assert resolve(daily, TrainConfig(horizon=7)).val_points == 80  # a fifth of 400
-    assert resolve(hourly, TrainConfig(horizon=24, calendar=())).calendar == ()
-    assert resolve(daily, TrainConfig(calendar=("month",))).calendar == ("month",)
-    assert resolve(labelled_panel(n=4), TrainConfig(**TINY)).calendar == ()  # (classifiers)
+    assert resolve(daily, TrainConfig(horizon=7)).val_points == 80  # 200 each, at most a fifth
+    assert cfg.calendar == ()  # (asked for, not by default)
+    with pytest.raises(DataError, match="unknown calendar input 'week'"):
+        resolve(daily, TrainConfig(calendar=("week",)))
     with pytest.raises(ConfigError, match="calendar inputs are for"):
         resolve(labelled_panel(n=4), TrainConfig(next="label", calendar=("hour",)))
-    short = hourly[hourly.groupby("unique_id").cumcount() < 30 * 24]
-    model = train(short, TrainConfig(horizon=6, hidden_size=8, epochs=2)).model
+    short = hourly[hours < 30 * 24]
+    cal = TrainConfig(horizon=6, hidden_size=8, epochs=2, calendar=("hour", "weekday"))
+    model = train(short, cal).model
     assert model.spec.calendar == ("hour", "weekday") and model.spec.input_size == 5
     (s,) = split_series(short[short.unique_id == "e0000"])
     served, h, _ = offline_predict(model, s)
     assert np.isfinite(served).all() and np.isfinite(h).all()
+    with pytest.raises(ConfigError, match="calendar inputs are for step forecasters"):
+        train(labelled_panel(n=4), TrainConfig(**TINY, window=4, calendar=("hour",)))
 
 
 def test_windows_close_after_n_events_or_at_the_end_marker() -> None:

@@ -154,18 +154,16 @@ def season(text: str) -> int | None:
     return v
 
 
-def calendar_inputs(text: str) -> tuple[str, ...] | None:
-    """``auto`` -> None (by the data); ``none`` -> (); ``hour,weekday`` -> those.
+def calendar_inputs(text: str) -> tuple[str, ...]:
+    """``none`` -> (); ``hour,weekday`` -> those.
 
-    >>> calendar_inputs("auto"), calendar_inputs("none"), calendar_inputs("hour, weekday")
-    (None, (), ('hour', 'weekday'))
+    >>> calendar_inputs("none"), calendar_inputs("hour, weekday")
+    ((), ('hour', 'weekday'))
     """
     from streamer.calendar import check
     from streamer.errors import DataError
 
     text = text.strip().lower()
-    if text == "auto":
-        return None
     if text in ("none", ""):
         return ()
     try:

@@ -163,10 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--calendar",
         type=calendar_inputs,
-        default="auto",
-        help="calendar inputs read from ds: hour, weekday, month (comma-separated); auto: the "
-        "hour and the weekday for a forecaster of data sampled more often than daily, none "
-        "otherwise; none: no calendar inputs",
+        default=(),
+        help="step models: calendar inputs read from ds, comma-separated: hour (of the day), "
+        "weekday, month (of the year); none (the default): no calendar inputs",
     )
     t.add_argument(
         "--next",
