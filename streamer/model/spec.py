@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from streamer import seasonal
-from streamer.calendar import CYCLES as CALENDAR_CYCLES
-from streamer.errors import ConfigError
+from streamer import calendar, seasonal
+from streamer.errors import ConfigError, DataError
 from streamer.model import nextevent
 from streamer.model.vocab import MAX_VOCABULARY, Vocabulary
 
@@ -149,12 +148,10 @@ class ModelSpec:
         elif self.categorical:
             raise ConfigError("categorical inputs are for next-event models (task next)")
         if self.calendar:
-            unknown = [c for c in self.calendar if c not in CALENDAR_CYCLES]
-            if unknown or len(set(self.calendar)) != len(self.calendar):
-                raise ConfigError(
-                    f"calendar inputs are distinct ones of {', '.join(CALENDAR_CYCLES)}: "
-                    f"{', '.join(self.calendar)}"
-                )
+            try:
+                calendar.check(self.calendar)
+            except DataError as e:
+                raise ConfigError(str(e)) from None
             if self.window or self.task == "next":
                 raise ConfigError("calendar inputs are for step forecasters and classifiers")
         if self.season:

@@ -7,6 +7,7 @@ per step ahead), and written as ISO 8601 text by numpy: no per-event Python but 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -109,11 +110,33 @@ def forecast_times(ds: Sequence[str], freq: str, horizon: int) -> list[bytes]:
 
 
 def parse_times(ds: Sequence[str]) -> pd.Series:
-    """The times as naive datetimes (ones with an offset in UTC), NaT where one does not parse."""
+    """The times as naive datetimes, NaT where one does not parse: a time with an offset in UTC,
+    one without as it is, each on its own, whatever else is in the batch (times with several
+    offsets, a clock change's, side by side in one batch once stopped a worker).
+
+    >>> parse_times(["2024-03-31T01:30+01:00", "2024-03-31T03:30+02:00", "2024-03-31T05:00", "x"])
+    0   2024-03-31 00:30:00
+    1   2024-03-31 01:30:00
+    2   2024-03-31 05:00:00
+    3                   NaT
+    dtype: datetime64[ns]
+    """
     text = pd.Series(list(ds), dtype=object)
-    try:
-        return pd.to_datetime(text, errors="coerce", format="ISO8601")
-    except (ValueError, TypeError):  # offsets mixed with naive times, or several offsets
-        return pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True).dt.tz_localize(
-            None
-        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # (pandas on mixed offsets)
+        try:
+            fast = pd.to_datetime(text, errors="coerce", format="ISO8601")
+        except (ValueError, TypeError):
+            fast = None
+    if fast is not None and fast.dtype == "datetime64[ns]":
+        return fast  # no offsets: the usual batch
+    # Offsets: each parsed on its own (pandas parses naive times among offsets at the last offset)
+    after = text.str.extract(r"[Tt ](.*)$", expand=False)
+    aware = after.str.contains(r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$", regex=True, na=False)
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
+    if (~aware).any():
+        out[~aware] = pd.to_datetime(text[~aware], errors="coerce", format="ISO8601")
+    if aware.any():
+        utc = pd.to_datetime(text[aware], errors="coerce", format="ISO8601", utc=True)
+        out[aware] = utc.dt.tz_localize(None)
+    return out

@@ -178,6 +178,38 @@ def test_forecasts_carry_their_times_when_the_frequency_is_known() -> None:
     assert all("forecast_ds" not in orjson.loads(v) for v in plain)
 
 
+def test_times_with_offsets_are_each_read_on_their_own() -> None:
+    """Local times across a clock change (two offsets) beside times without one, in one batch:
+    each is read by itself (an offset in UTC), whatever the others are; this batch once raised."""
+    evs = [
+        Event("a", "2024-03-31T01:30:00+01:00", 1.0, (), 0, 1),
+        Event("b", "2024-03-31T03:30:00+02:00", 2.0, (), 0, 2),
+        Event("c", "2024-03-31T05:00:00", 3.0, (), 1, 3),
+        Event("d", "2024-03-31T05:00:00Z", 4.0, (), 1, 4),
+    ]
+
+    def outputs(n: int) -> Outputs:
+        return Outputs(
+            row=np.arange(n, dtype=np.int64),
+            step=np.ones(n, np.int64),
+            values=np.full((n, 1), 1.5),
+            version=["v1"] * n,
+            window=np.zeros(n, np.int64),
+        )
+
+    _, values = encode_outputs(EventColumns.of(evs), outputs(4), OutputShape(freq="h"))
+    got = [orjson.loads(v)["forecast_ds"] for v in values]
+    assert got == [
+        ["2024-03-31T01:30:00"],
+        ["2024-03-31T02:30:00"],
+        ["2024-03-31T06:00:00"],
+        ["2024-03-31T06:00:00"],
+    ]
+    for e, want in zip(evs, got, strict=True):  # the same alone as in the batch
+        _, (alone,) = encode_outputs(EventColumns.of([e]), outputs(1), OutputShape(freq="h"))
+        assert orjson.loads(alone)["forecast_ds"] == want
+
+
 _category = st.one_of(
     st.none(),
     st.sampled_from(["k1", "k2", "", "\u00e9t\u00e9", 'q"uote', "back\\slash"]),
