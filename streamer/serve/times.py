@@ -130,13 +130,33 @@ def parse_times(ds: Sequence[str]) -> pd.Series:
             fast = None
     if fast is not None and fast.dtype == "datetime64[ns]":
         return fast  # no offsets: the usual batch
-    # Offsets: each parsed on its own (pandas parses naive times among offsets at the last offset)
-    after = text.str.extract(r"[Tt ](.*)$", expand=False)
-    aware = after.str.contains(r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$", regex=True, na=False)
+    # Offsets: the times of each ending (offset, or none) together, so pandas never reads one
+    # time at another's offset (it reads naive times among offsets at the last one it saw)
+    ending = text.str.extract(r"([Zz]|[+-]\d{2}(?::?\d{2})?)$", expand=False).fillna("")
     out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
-    if (~aware).any():
-        out[~aware] = pd.to_datetime(text[~aware], errors="coerce", format="ISO8601")
-    if aware.any():
-        utc = pd.to_datetime(text[aware], errors="coerce", format="ISO8601", utc=True)
-        out[aware] = utc.dt.tz_localize(None)
+    for _, sub in text.groupby(ending, sort=False):
+        got = _naive(sub)
+        if got is None:  # times unlike their ending (an offset the pattern missed): one by one
+            got = pd.Series([_one(v) for v in sub], index=sub.index, dtype="datetime64[ns]")
+        out[sub.index] = got
     return out
+
+
+def _naive(text: pd.Series) -> pd.Series | None:
+    """Times of one offset (or none) as naive datetimes, an offset's in UTC; None when pandas
+    found several offsets among them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            got = pd.to_datetime(text, errors="coerce", format="ISO8601")
+    except (ValueError, TypeError):
+        return None
+    if isinstance(got.dtype, pd.DatetimeTZDtype):
+        return got.dt.tz_convert(None)
+    return got if got.dtype == "datetime64[ns]" else None
+
+
+def _one(text: str) -> pd.Timestamp:
+    """One time on its own (an offset in UTC), NaT if it does not parse."""
+    got = _naive(pd.Series([text], dtype=object))
+    return pd.NaT if got is None else got.iloc[0]  # type: ignore[return-value]
