@@ -16,13 +16,21 @@ For each observation ``y`` at position ``j = n mod m``, with ``s = s_j`` once a 
 * the seasonal index stores the raw observation during the first season, and when that season is
   complete the indices become deviations from its mean; after it ``s_j <- s + gamma · (y - l - s)``.
 
+A second, longer season (Taylor's double seasonal Holt-Winters: a week of hours over a day of
+hours, ``M`` a multiple of ``m``) adds ``M`` indices ``w_0 .. w_{M-1}`` after the first season's
+(``2 + m + M`` values; position ``n mod M``), zero until the first season is known, then
+``d = y - s - w`` and, after the first season's index, ``w_k <- w + delta · (y - l - s_j - w)``
+with the new ``s_j``: the first season's indices carry the daily pattern, the second's what each
+day of the week adds to it. The forecasts add both indices.
+
 The network sees ``(d - l) / scale`` (the scale from the running statistics of ``d``, see
 :mod:`streamer.scaling`), which carries the level's moves too (``l`` moves by ``alpha / (1 - alpha)``
 of it), and its output ``o_k`` for step ``k`` becomes the forecast ``l + s_{(n + k - 1) mod m} +
 o_k · scale``: the network forecasts the normalised, deseasonalised series. ``alpha`` and ``gamma``
-are one pair per model, fitted in training (:func:`fit`) to the components' own forecasts.
+(and ``delta``) are one set per model, fitted in training (:func:`fit`) to the components' own
+forecasts.
 
-Vectorised numpy in float64 over a batch of entities, ``comp`` of shape ``(B, 2 + m)``; training
+Vectorised numpy in float64 over a batch of entities, ``comp`` of shape ``(B, 2 + m [+ M])``; training
 runs the same functions step by step over whole series (:func:`expanding`), so train and serve see
 identical values.
 """
@@ -35,7 +43,17 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SEASONS", "ahead", "expanding", "fit", "season_of", "update", "width"]
+__all__ = [
+    "SEASONS",
+    "ahead",
+    "check",
+    "expanding",
+    "fit",
+    "params",
+    "season_of",
+    "update",
+    "width",
+]
 
 F64 = npt.NDArray[np.float64]
 
@@ -56,11 +74,42 @@ SEASONS = {
 #: The smoothing parameters :func:`fit` chooses from.
 ALPHAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 GAMMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+#: The second season's smoothing parameters :func:`fit` chooses from (with a second season).
+DELTAS = (0.02, 0.05, 0.1, 0.2, 0.3)
+#: The longest season.
+MAX_SEASON = 10_000
 
 
-def width(season: int) -> int:
-    """Values of an entity's components for a season of ``season`` steps (0: none)."""
-    return 2 + season if season else 0
+def width(season: int, season2: int = 0) -> int:
+    """Values of an entity's components for a season of ``season`` steps and a second one of
+    ``season2`` (0: none)."""
+    return 2 + season + season2 if season else 0
+
+
+def params(smoothing: Sequence[float]) -> tuple[float, float, float]:
+    """``(alpha, gamma, delta)`` of a model's smoothing (``delta`` 0 without a second season)."""
+    alpha, gamma, *delta = smoothing
+    return alpha, gamma, delta[0] if delta else 0.0
+
+
+def check(season: int, season2: int = 0) -> str | None:
+    """What is wrong with these seasons, or None.
+
+    >>> check(24, 168), check(1), check(0, 7)
+    (None, 'a season has 2 to 10,000 steps, not 1', 'a second season needs a first')
+    >>> check(24, 100)
+    'a second season is a longer multiple of the first: 100 is not one of 24'
+    """
+    if not season:
+        return "a second season needs a first" if season2 else None
+    for v in (season, season2) if season2 else (season,):
+        if v < 2 or v > MAX_SEASON:
+            return f"a season has 2 to {MAX_SEASON:,} steps, not {v}"
+    if season2 and (season2 <= season or season2 % season):
+        return (
+            f"a second season is a longer multiple of the first: {season2} is not one of {season}"
+        )
+    return None
 
 
 def season_of(freq: str | None) -> int:
@@ -75,10 +124,20 @@ def season_of(freq: str | None) -> int:
     return SEASONS.get(base, SEASONS.get(base[:1], 0))
 
 
-def update(comp: F64, y: F64, alpha: float | F64, gamma: float | F64) -> tuple[F64, F64]:
-    """Add one observation ``y`` ``(B,)`` per entity to the components ``comp`` ``(B, 2 + m)``;
-    return the new components and the deseasonalised observations ``d`` ``(B,)``. (``alpha`` and
-    ``gamma``: one pair for all, or one per entity, ``(B,)`` each.)
+def update(
+    comp: F64,
+    y: F64,
+    alpha: float | F64,
+    gamma: float | F64,
+    delta: float | F64 = 0.0,
+    *,
+    season: int = 0,
+) -> tuple[F64, F64]:
+    """Add one observation ``y`` ``(B,)`` per entity to the components ``comp`` ``(B, 2 + m)``,
+    or ``(B, 2 + m + M)`` with a second season (``season``: ``m``; 0: a single season, all of
+    ``comp``'s indices); return the new components and the deseasonalised observations ``d``
+    ``(B,)``. (``alpha``, ``gamma`` and ``delta``: one set for all, or one per entity, ``(B,)``
+    each.)
 
     >>> c = np.zeros((1, 4))  # a season of 2
     >>> for v in (10.0, 14.0, 11.0):
@@ -86,50 +145,68 @@ def update(comp: F64, y: F64, alpha: float | F64, gamma: float | F64) -> tuple[F
     >>> c.tolist(), d.tolist()  # the level 12, then 12 + 0.5 (13 - 12); s = (-2, 2)
     ([[3.0, 12.5, -2.0, 2.0]], [13.0])
     """
-    m = comp.shape[1] - 2
+    m = season or comp.shape[1] - 2
+    m2 = comp.shape[1] - 2 - m
     n, level = comp[:, 0], comp[:, 1]
     rows = np.arange(len(comp))
     j = np.fmod(n, m).astype(np.int64)
     warm = n >= m
     s = np.where(warm, comp[rows, 2 + j], 0.0)
-    d = y - s
+    if m2:
+        k = 2 + m + np.fmod(n, m2).astype(np.int64)
+        w = comp[rows, k]  # (0 until the first season is known)
+        d = y - s - w
+    else:
+        d = y - s
     level = level + np.where(warm, alpha, 1.0 / (n + 1.0)) * (d - level)
     out = comp.copy()
     out[:, 0] = n + 1.0
     out[:, 1] = level
-    out[rows, 2 + j] = np.where(warm, s + gamma * (y - level - s), y)
+    if m2:
+        s_new = np.where(warm, s + gamma * (y - level - w - s), y)
+        out[rows, 2 + j] = s_new
+        out[rows, k] = np.where(warm, w + delta * (y - level - s_new - w), 0.0)
+    else:
+        out[rows, 2 + j] = np.where(warm, s + gamma * (y - level - s), y)
     done = n + 1.0 == m  # the first season is complete: its raw values become deviations
     if done.any():
-        out[done, 2:] -= level[done, None]
+        out[done, 2 : 2 + m] -= level[done, None]
     return out, d
 
 
-def ahead(comp: F64, k: int) -> F64:
+def ahead(comp: F64, k: int, season: int = 0) -> F64:
     """The components' forecasts of the next ``k`` observations, ``(B, k)``: the level plus each
-    step's seasonal index (the level alone until a season is known).
+    step's seasonal index, or indices (the level alone until the first season is known).
+    ``season`` as in :func:`update`.
 
     >>> ahead(np.array([[3.0, 12.5, -2.0, 2.0]]), 3).tolist()
     [[14.5, 10.5, 14.5]]
     """
-    m = comp.shape[1] - 2
+    m = season or comp.shape[1] - 2
+    m2 = comp.shape[1] - 2 - m
     n = comp[:, 0]
-    pos = np.fmod(n[:, None] - 1.0 + np.arange(1, k + 1), m).astype(np.int64)  # (B, k)
-    s = np.take_along_axis(comp[:, 2:], pos, axis=1)
+    steps = n[:, None] - 1.0 + np.arange(1, k + 1)  # (B, k)
+    s = np.take_along_axis(comp[:, 2 : 2 + m], np.fmod(steps, m).astype(np.int64), axis=1)
+    if m2:
+        s += np.take_along_axis(comp[:, 2 + m :], np.fmod(steps, m2).astype(np.int64), axis=1)
     out: F64 = comp[:, 1:2] + np.where((n >= m)[:, None], s, 0.0)
     return out
 
 
-def expanding(y: F64, season: int, alpha: float, gamma: float, k: int) -> tuple[F64, F64, F64]:
+def expanding(
+    y: F64, season: int, smoothing: Sequence[float], k: int, season2: int = 0
+) -> tuple[F64, F64, F64]:
     """One series' deseasonalised values ``d`` and levels ``(T,)``, and the components' forecasts
     of the ``k`` next observations ``(T, k)``, after each observation: :func:`update` then
-    :func:`ahead` once per step, as serving runs them."""
+    :func:`ahead` once per step, as serving runs them (``smoothing``: ``(alpha, gamma)``, or
+    ``(alpha, gamma, delta)`` with a second season)."""
     t = len(y)
     d, levels, fut = np.empty(t), np.empty(t), np.empty((t, k))
-    comp = np.zeros((1, width(season)))
+    comp = np.zeros((1, width(season, season2)))
     for i in range(t):
-        comp, di = update(comp, y[i : i + 1], alpha, gamma)
+        comp, di = update(comp, y[i : i + 1], *params(smoothing), season=season)
         d[i], levels[i] = di[0], comp[0, 1]
-        fut[i] = ahead(comp, k)[0]
+        fut[i] = ahead(comp, k, season)[0]
     return d, levels, fut
 
 
@@ -139,36 +216,38 @@ def fit(
     horizon: int,
     scales: Sequence[F64],
     skip: int = 0,
-) -> tuple[float, float]:
-    """The ``(alpha, gamma)`` of :data:`ALPHAS` x :data:`GAMMAS` whose components forecast the
-    series best: the mean over series of the absolute error of the forecasts ``1..horizon`` steps
-    ahead, in each forecast origin's ``scales`` units, from the origin ``season + skip`` on.
+    season2: int = 0,
+) -> tuple[float, ...]:
+    """The ``(alpha, gamma)`` of :data:`ALPHAS` x :data:`GAMMAS` (with a second season: the
+    ``(alpha, gamma, delta)`` of those x :data:`DELTAS`) whose components forecast the series
+    best: the mean over series of the absolute error of the forecasts ``1..horizon`` steps ahead,
+    in each forecast origin's ``scales`` units, from the origin ``season + skip`` on (``season2
+    + skip`` with a second season).
 
-    Every pair and series runs at once: a batch of series x pairs, one step at a time."""
-    pairs = list(itertools.product(ALPHAS, GAMMAS))
+    Every set and series runs at once: a batch of series x sets, one step at a time."""
+    sets = list(itertools.product(ALPHAS, GAMMAS, DELTAS if season2 else (0.0,)))
     t_max = max(len(y) for y in series)
-    ns, npair = len(series), len(pairs)
+    ns, nset = len(series), len(sets)
     ys = np.full((t_max + horizon, ns), np.nan)
     sc = np.full((t_max, ns), np.nan)
     for i, (y, s) in enumerate(zip(series, scales, strict=True)):
         ys[: len(y), i], sc[: len(y), i] = y, s
-    alpha = np.repeat([a for a, _ in pairs], ns)
-    gamma = np.repeat([g for _, g in pairs], ns)
-    b = ns * npair
-    comp = np.zeros((b, width(season)))
+    alpha, gamma, delta = (np.repeat([p[i] for p in sets], ns) for i in range(3))
+    b = ns * nset
+    comp = np.zeros((b, width(season, season2)))
     err, cnt = np.zeros(b), np.zeros(b)
     for t in range(t_max):
-        y = np.tile(ys[t], npair)
+        y = np.tile(ys[t], nset)
         live = ~np.isnan(y)[:, None]  # (rows past their series' end are left as they are)
-        comp = np.where(live, update(comp, y, alpha, gamma)[0], comp)
-        if t < season + skip:
+        comp = np.where(live, update(comp, y, alpha, gamma, delta, season=season)[0], comp)
+        if t < max(season, season2) + skip:
             continue
-        target = np.tile(ys[t + 1 : t + 1 + horizon].T, (npair, 1))  # (b, horizon)
-        e = np.abs(target - ahead(comp, horizon)) / np.tile(sc[t], npair)[:, None]
+        target = np.tile(ys[t + 1 : t + 1 + horizon].T, (nset, 1))  # (b, horizon)
+        e = np.abs(target - ahead(comp, horizon, season)) / np.tile(sc[t], nset)[:, None]
         ok = ~np.isnan(e)
         err += np.where(ok, e, 0.0).sum(1)
         cnt += ok.sum(1)
-    per = (err / np.maximum(cnt, 1)).reshape(npair, ns)
-    score = np.where(cnt.reshape(npair, ns) > 0, per, np.nan)
+    per = (err / np.maximum(cnt, 1)).reshape(nset, ns)
+    score = np.where(cnt.reshape(nset, ns) > 0, per, np.nan)
     best = int(np.nanargmin(np.nanmean(score, axis=1))) if np.isfinite(score).any() else 0
-    return pairs[best]
+    return sets[best] if season2 else sets[best][:2]

@@ -44,7 +44,9 @@ def components_after(spec: ModelSpec, y: npt.NDArray[np.float64]) -> npt.NDArray
     comp = np.zeros((1, spec.components))
     if spec.season:
         for v in y:
-            comp = seasonal.update(comp, np.array([v]), *spec.smoothing)[0]
+            comp = seasonal.update(
+                comp, np.array([v]), *seasonal.params(spec.smoothing), season=spec.season
+            )[0]
     return comp[0]
 
 

@@ -48,6 +48,7 @@ def _same_shape(specs: Sequence[ModelSpec]) -> ModelSpec:
             "window",
             "freq",
             "season",
+            "season2",
             "smoothing",
         ):
             if getattr(s, name) != getattr(first, name):

@@ -60,9 +60,12 @@ class ModelSpec:
     members: int = 1
     #: Forecasters: per-entity level and seasonal components over a season of this many steps,
     #: kept in the state and taken out of what the network sees (:mod:`streamer.seasonal`), with
-    #: their smoothing parameters ``(alpha, gamma)``, fitted in training; 0: none.
+    #: their smoothing parameters ``(alpha, gamma)``, fitted in training; 0: none. ``season2``:
+    #: a second, longer season (a multiple of the first, as a week of hours is of a day) with
+    #: indices of its own, smoothed by a third parameter ``delta``; 0: none.
     season: int = 0
-    smoothing: tuple[float, float] = (0.0, 0.0)
+    smoothing: tuple[float, ...] = (0.0, 0.0)
+    season2: int = 0
     #: Categorical input columns (their values are strings), each with its vocabulary (learnt in
     #: training, :mod:`streamer.model.vocab`: id 0 is out-of-vocabulary, ids 1.. the values) and
     #: an embedding of ``embedding`` values per column.
@@ -154,15 +157,19 @@ class ModelSpec:
                 raise ConfigError(str(e)) from None
             if self.window or self.task == "next":
                 raise ConfigError("calendar inputs are for step forecasters and classifiers")
+        wrong = seasonal.check(self.season, self.season2)
+        if wrong:
+            raise ConfigError(wrong)
         if self.season:
-            if self.season < 2 or self.season > 10_000:
-                raise ConfigError(f"a season has 2 to 10,000 steps, not {self.season}")
             if self.task != "forecast" or self.window or self.scaling != "entity":
                 raise ConfigError(
                     "seasonal components are for step forecasters with entity scaling"
                 )
-            if len(self.smoothing) != 2 or not all(0 <= v <= 1 for v in self.smoothing):
-                raise ConfigError(f"smoothing is (alpha, gamma) in [0, 1]: {self.smoothing}")
+            want = "(alpha, gamma, delta)" if self.season2 else "(alpha, gamma)"
+            if len(self.smoothing) != 2 + bool(self.season2) or not all(
+                0 <= v <= 1 for v in self.smoothing
+            ):
+                raise ConfigError(f"smoothing is {want} in [0, 1]: {self.smoothing}")
 
     @property
     def input_features(self) -> tuple[str, ...]:
@@ -229,7 +236,7 @@ class ModelSpec:
         """float64 values of an entity's level and seasonal components in its state (0: none)."""
         if self.task == "next":
             return nextevent.components(self.served_top_k)
-        return seasonal.width(self.season)
+        return seasonal.width(self.season, self.season2)
 
     @property
     def group_size(self) -> int:
@@ -272,6 +279,8 @@ class ModelSpec:
             del d["season"], d["smoothing"]
         else:
             d["smoothing"] = list(self.smoothing)
+        if not self.season2:
+            del d["season2"]  # (artifacts from before it read the same)
         if not self.categorical:
             del d["categorical"], d["vocabularies"], d["embedding"]
         else:
@@ -314,7 +323,8 @@ class ModelSpec:
             interval_hi=tuple(tuple(float(v) for v in row) for row in d.get("interval_hi", ())),
             members=int(d.get("members", 1)),
             season=int(d.get("season", 0)),
-            smoothing=tuple(float(v) for v in d.get("smoothing", (0.0, 0.0))),  # type: ignore[arg-type]
+            smoothing=tuple(float(v) for v in d.get("smoothing", (0.0, 0.0))),
+            season2=int(d.get("season2", 0)),
             categorical=tuple(str(c) for c in d.get("categorical", ())),
             vocabularies=tuple(tuple(str(v) for v in vs) for vs in d.get("vocabularies", ())),
             embedding=int(d.get("embedding", 0)),

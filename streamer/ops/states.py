@@ -78,7 +78,8 @@ def record_to_dict(entity: str, key: str, rec: StateRecord) -> dict[str, Any]:
         "h": rec.h.tolist(),
         "c": rec.c.tolist(),
         "kept_outputs": len(rec.out_offsets),
-        # a seasonal forecaster's level and seasonal indices (streamer.seasonal), else None
+        # a seasonal forecaster's level and seasonal indices (streamer.seasonal; with a second
+        # season its indices follow the first's), else None
         "components": {
             "observations": float(rec.comp[0]),
             "level": float(rec.comp[1]),

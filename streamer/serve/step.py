@@ -242,14 +242,14 @@ class Stepper:
         ``x[:, 0]``; return where each event's forecasts start ``(N, K)`` and their unit ``(N,)``
         (:mod:`streamer.seasonal`)."""
         spec = sv.spec
-        alpha, gamma = spec.smoothing
+        m, sm = spec.season, seasonal.params(spec.smoothing)
         start = np.empty((len(y), spec.horizon))
         d_e, level_e = np.empty(len(y)), np.empty(len(y))
         for w in waves:  # in event order, per entity
             s = slot[w]
-            comp, d_e[w] = seasonal.update(st.comp[s], y[w], alpha, gamma)
+            comp, d_e[w] = seasonal.update(st.comp[s], y[w], *sm, season=m)
             st.comp[s] = comp
-            level_e[w], start[w] = comp[:, 1], seasonal.ahead(comp, spec.horizon)
+            level_e[w], start[w] = comp[:, 1], seasonal.ahead(comp, spec.horizon, m)
         _, scale_e = Stepper._statistics(d_e, slot, waves, st)
         x[:, 0] = (d_e - level_e) / scale_e
         return start, scale_e

@@ -89,9 +89,14 @@ class TrainConfig:
     #: (:mod:`streamer.seasonal`); 0: none; None: the usual season of the data's frequency
     #: (monthly 12, quarterly 4, hourly 24...) when the series are long enough for it.
     season: int | None = None
-    #: The components' ``(alpha, gamma)``; None: fitted to the training points (the refit takes
-    #: those of the model early stopping chose, on which the intervals were calibrated).
-    smoothing: tuple[float, float] | None = None
+    #: Forecasters: a second, longer season of the components (a multiple of the first, as 168
+    #: hours are of 24: Taylor's double seasonal Holt-Winters, as ES-RNN used on hourly data);
+    #: 0: none.
+    season2: int = 0
+    #: The components' ``(alpha, gamma)`` (``(alpha, gamma, delta)`` with a second season);
+    #: None: fitted to the training points (the refit takes those of the model early stopping
+    #: chose, on which the intervals were calibrated).
+    smoothing: tuple[float, ...] | None = None
     #: Next-event models (:mod:`streamer.train.nextevent`): the categorical column whose next
     #: value is predicted (sets ``task="next"``), other categorical input columns, the size of
     #: each column's embedding, how many values a prediction names, and each vocabulary's most

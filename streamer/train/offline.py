@@ -39,7 +39,9 @@ def series_inputs(s: Series, spec: ModelSpec) -> tuple[F32, F64, F64]:
     t = len(s.y)
     x = np.empty((t, spec.input_size), np.float32)
     if spec.season:
-        d, level, start = seasonal.expanding(s.y, spec.season, *spec.smoothing, spec.horizon)
+        d, level, start = seasonal.expanding(
+            s.y, spec.season, spec.smoothing, spec.horizon, spec.season2
+        )
         scale = scaling.expanding(d)[1]
         x[:, 0] = (d - level) / scale
     else:

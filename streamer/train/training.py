@@ -80,8 +80,14 @@ def train(
         from streamer.train.nextevent import train_next
 
         return train_next(df, cfg, on_epoch)
-    if cfg.season and (cfg.task == "classify" or cfg.window):
+    if (cfg.season or cfg.season2) and (cfg.task == "classify" or cfg.window):
         raise ConfigError("seasonal components (--season) are for forecasters, not classifiers")
+    if (
+        cfg.season2
+        and cfg.season is not None
+        and (wrong := seasonal.check(cfg.season, cfg.season2))
+    ):
+        raise ConfigError(f"--season: {wrong}")  # (an auto first season: checked below)
     if (cfg.members or 1) > 1:
         return _train_members(df, cfg, on_epoch, on_member)
     torch.manual_seed(cfg.seed)
@@ -108,9 +114,15 @@ def train(
         calendar=cfg.calendar,
     )
     season = _season(series, spec.freq, cfg) if not classify else 0
+    if cfg.season2 and (not season or seasonal.check(season, cfg.season2)):
+        raise DataError(
+            f"a second season of {cfg.season2} steps needs a first that divides it; the data's "
+            + (f"is {season}" if season else "frequency has none, or its series are too short")
+            + ": give both (--season 24,168)"
+        )
     if season:
-        smoothing = cfg.smoothing or _smoothing(series, cfg, season)
-        spec = replace(spec, season=season, smoothing=smoothing)
+        smoothing = cfg.smoothing or _smoothing(series, cfg, season, cfg.season2)
+        spec = replace(spec, season=season, smoothing=smoothing, season2=cfg.season2)
     dev = torch.device(cfg.device)
     model = SequenceModel(spec).to(dev)
     if cfg.window:
@@ -134,8 +146,11 @@ def train(
         "final_train_loss": history[-1][0] if history else None,
     }
     if season:
-        alpha, gamma = spec.smoothing
-        summary["components"] = {"season": season, "alpha": alpha, "gamma": gamma}
+        alpha, gamma, delta = seasonal.params(spec.smoothing)
+        components: dict[str, float] = {"season": season, "alpha": alpha, "gamma": gamma}
+        if spec.season2:
+            components.update(season2=spec.season2, delta=delta)
+        summary["components"] = components
     if classify:
         summary["classes"] = list(spec.classes)
         summary["training_items"] = len(problem.train_idx)
@@ -154,6 +169,7 @@ def train(
             val_fraction=0.0,
             refit=False,
             season=spec.season,  # (the components of the chosen model, calibrated on)
+            season2=spec.season2,
             smoothing=spec.smoothing if spec.season else None,
         )
         try:
@@ -217,14 +233,18 @@ def _season(series: Sequence[Series], freq: str | None, cfg: TrainConfig) -> int
     return season if season and cfg.scaling == "entity" and 2 * long_enough > len(series) else 0
 
 
-def _smoothing(series: Sequence[Series], cfg: TrainConfig, season: int) -> tuple[float, float]:
-    """The components' ``(alpha, gamma)``, fitted to the training points that do not validate."""
+def _smoothing(
+    series: Sequence[Series], cfg: TrainConfig, season: int, season2: int = 0
+) -> tuple[float, ...]:
+    """The components' ``(alpha, gamma)`` (and ``delta`` with a second season), fitted to the
+    training points that do not validate."""
     cut = cfg.val_points if cfg.val_points is not None else cfg.horizon
-    ys = [s.y[: len(s.y) - cut] for s in series if len(s.y) > cut + season]
+    longest = max(season, season2)
+    ys = [s.y[: len(s.y) - cut] for s in series if len(s.y) > cut + longest]
     if not ys:
-        raise DataError(f"no series is longer than a season ({season}) and the held-out points")
+        raise DataError(f"no series is longer than a season ({longest}) and the held-out points")
     scales = [scaling.expanding(y)[1] for y in ys]
-    return seasonal.fit(ys, season, cfg.horizon, scales, skip=cfg.warmup)
+    return seasonal.fit(ys, season, cfg.horizon, scales, skip=cfg.warmup, season2=season2)
 
 
 def _fit(

@@ -78,6 +78,14 @@ KINDS = {
         "calendar": ("hour", "weekday", "month"),
         **made_up_intervals((80,), 3),
     },
+    # level and seasonal components over two seasons (a 'day' of 3 steps, a 'week' of 6)
+    "lstm-forecast-two-seasons": {
+        "horizon": 3,
+        "season": 3,
+        "season2": 6,
+        "smoothing": (0.3, 0.2, 0.4),
+        **made_up_intervals((80,), 3),
+    },
     "gru-classify-calendar": {
         "cell": "gru",
         "task": "classify",

@@ -36,6 +36,7 @@ def run(
         (("train",), "required: file, --out"),
         (("train", "x.csv", "--out", "d", "--epochs", "zero"), "expected a number"),
         (("train", "x.csv", "--out", "d", "--horizon", "-3"), "must be positive"),
+        (("train", "x.csv", "--out", "d", "--season", "24,week"), "expected auto, N or N,M"),
         (("replay", "x.csv", "--rate", "fast"), "expected a number"),
         (("state",), "required: state_command"),
         (("state", "get"), "required: entity"),

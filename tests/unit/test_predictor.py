@@ -44,8 +44,12 @@ DTYPE_TOL = {"float32": TOL, "float16": 3e-3, "bfloat16": 2.5e-2}
 
 
 def make(
-    cell: str, task: str = "forecast", features: tuple[str, ...] = (), season: int = 0
+    cell: str,
+    task: str = "forecast",
+    features: tuple[str, ...] = (),
+    season: int | tuple[int, int] = 0,
 ) -> SequenceModel:
+    """(``season``: a season's length, or two: a second season too.)"""
     torch.manual_seed(3)
     spec = ModelSpec(
         cell=cell,
@@ -57,13 +61,19 @@ def make(
         feature_std=tuple(2.0 for _ in features),
         task=task,  # type: ignore[arg-type]
         classes=("down", "flat", "up") if task == "classify" else (),
-        **({"season": season, "smoothing": (0.3, 0.2)} if season else {}),  # type: ignore[arg-type]
+        **seasons(season),  # type: ignore[arg-type]
     )
     model = SequenceModel(spec)
     with torch.no_grad():  # larger than default weights: states move far from zero
         for p in model.parameters():
             p.mul_(2.0)
     return model.eval()
+
+
+def seasons(season: int | tuple[int, int]) -> dict[str, object]:
+    if isinstance(season, tuple):
+        return {"season": season[0], "season2": season[1], "smoothing": (0.3, 0.2, 0.4)}
+    return {"season": season, "smoothing": (0.3, 0.2)} if season else {}
 
 
 #: the cached variants: room for every state, and for ten (records evicted and read again)
@@ -170,9 +180,12 @@ class InlineStore(MemoryStateStore):
     ["plain", "cached", "small-cache", "fused", "per-layer", "staged", "inline", "inline-cached"],
 )
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("season", [0, 5])
-async def test_stepping_equals_the_module_per_entity(cell: str, variant: str, season: int) -> None:
-    """(``season``: a forecaster with level and seasonal components in its state.)"""
+@pytest.mark.parametrize("season", [0, 5, (3, 12)])
+async def test_stepping_equals_the_module_per_entity(
+    cell: str, variant: str, season: int | tuple[int, int]
+) -> None:
+    """(``season``: a forecaster with level and seasonal components in its state; two: with a
+    second season.)"""
     model = make(cell, features=("temp",), season=season)
     df = make_panel(60, 3, 30, seed=1, features=("temp",))
     events = synthetic_events(df)

@@ -28,7 +28,7 @@ def test_a_fixed_seasonal_pattern_is_forecast_exactly_after_one_season(
 ) -> None:
     pattern = np.array([3.0, -1.0, 0.5, -2.5, 0.0])  # sums to 0
     y = 100.0 + np.tile(pattern, 8)
-    d, level, ahead = seasonal.expanding(y, 5, alpha, gamma, 7)
+    d, level, ahead = seasonal.expanding(y, 5, (alpha, gamma), 7)
     np.testing.assert_allclose(level[4:], 100.0, rtol=1e-12)
     np.testing.assert_allclose(d[5:], 100.0, rtol=1e-12)
     for t in range(4, len(y) - 7):  # from the end of the first season on
@@ -57,7 +57,7 @@ def test_a_batch_of_entities_updates_as_each_alone() -> None:
 
 def test_expanding_is_the_online_updates_one_at_a_time() -> None:
     y = np.random.default_rng(1).gamma(2.0, 30.0, 50)
-    d, level, ahead = seasonal.expanding(y, 4, 0.2, 0.3, 9)
+    d, level, ahead = seasonal.expanding(y, 4, (0.2, 0.3), 9)
     comp = np.zeros((1, 6))
     for t, v in enumerate(y):
         comp, dt = seasonal.update(comp, np.array([v]), 0.2, 0.3)
@@ -190,3 +190,123 @@ def test_a_season_longer_than_every_series_is_a_data_error() -> None:
     df["label"] = "a"
     with pytest.raises(ConfigError, match="for forecasters"):
         train(df, TrainConfig(task="classify", label="label", season=4))
+
+
+def two_seasons(rng: np.random.Generator, weeks: int, noise: float = 0.0) -> np.ndarray:
+    """A 'day' of 4 steps and a 'week' of 3 days: a daily pattern, and days that differ."""
+    day = np.array([6.0, -2.0, 3.0, -7.0])
+    week = np.array([[4.0, 1.0, 2.0, 3.0], [-3.0, -1.0, -2.0, 0.0], [0.0, 0.5, -1.0, -3.5]])
+    t = 12 * weeks
+    y = 100.0 + np.tile(day, 3 * weeks) + np.tile(week.ravel(), weeks)
+    return y + rng.normal(0, noise, t)
+
+
+def test_a_second_season_learns_what_each_day_of_the_week_adds() -> None:
+    y = two_seasons(np.random.default_rng(0), 80)
+    _, _, one = seasonal.expanding(y, 4, (0.1, 0.2), 12)
+    _, _, two = seasonal.expanding(y, 4, (0.1, 0.2, 0.3), 12, season2=12)
+    err = {
+        k: np.abs(f[t] - y[t + 1 : t + 13]).mean()
+        for k, f in (("one", one), ("two", two))
+        for t in [len(y) - 13]
+    }
+    assert err["two"] < 1e-3 < 1.0 < err["one"], err  # (the week is in the forecast: exactly)
+    # Until the first season is known the level alone, as with one season.
+    np.testing.assert_array_equal(two[:3], one[:3])
+
+
+@pytest.mark.parametrize(("m", "m2"), [(6, 0), (3, 12)])
+def test_a_batch_of_entities_updates_as_each_alone_with_one_or_two_seasons(m: int, m2: int) -> None:
+    rng = np.random.default_rng(5)
+    sm = (0.3, 0.1, 0.2) if m2 else (0.3, 0.1)
+    series = [rng.normal(50, 10, int(rng.integers(1, 40))) for _ in range(40)]
+    comp = np.zeros((len(series), seasonal.width(m, m2)))
+    for i, y in enumerate(series):
+        for v in y[:-1]:
+            comp[i : i + 1] = seasonal.update(
+                comp[i : i + 1], np.array([v]), *seasonal.params(sm), season=m
+            )[0]
+    last = np.array([y[-1] for y in series])
+    out = seasonal.update(comp, last, *seasonal.params(sm), season=m)[0]
+    for i, y in enumerate(series):
+        _, level, fut = seasonal.expanding(y, m, sm, 5, season2=m2)
+        assert out[i, 1] == level[-1]
+        np.testing.assert_array_equal(seasonal.ahead(out[i : i + 1], 5, m)[0], fut[-1])
+
+
+def test_fit_chooses_a_second_seasons_delta_and_beats_one_season() -> None:
+    rng = np.random.default_rng(3)
+    series = [two_seasons(rng, 30, noise=1.0) * rng.uniform(0.5, 5) for _ in range(6)]
+    unit = [scaling.expanding(y)[1] for y in series]
+    one = seasonal.fit(series, 4, 4, unit)
+    two = seasonal.fit(series, 4, 4, unit, season2=12)
+    assert len(one) == 2 and len(two) == 3 and two[2] in seasonal.DELTAS
+
+    def error(sm: tuple[float, ...], m2: int) -> float:
+        out = []
+        for y in series:
+            fut = seasonal.expanding(y, 4, sm, 4, season2=m2)[2]
+            out.append(np.mean([np.abs(fut[t] - y[t + 1 : t + 5]).mean() for t in range(24, 356)]))
+        return float(np.mean(out))
+
+    assert error(two, 12) < 0.5 * error(one, 0)
+
+
+def test_the_spec_carries_a_second_season_and_refuses_a_wrong_one() -> None:
+    spec = ModelSpec(horizon=3, season=24, season2=168, smoothing=(0.3, 0.1, 0.2))
+    assert spec.components == 2 + 24 + 168
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert "season2" not in ModelSpec(horizon=3, season=12, smoothing=(0.3, 0.1)).to_dict()
+    for bad, why in (
+        ({"season": 24, "season2": 100, "smoothing": (0.3, 0.1, 0.2)}, "multiple"),
+        ({"season": 24, "season2": 24, "smoothing": (0.3, 0.1, 0.2)}, "multiple"),
+        ({"season": 24, "season2": 168, "smoothing": (0.3, 0.1)}, "delta"),
+        ({"season2": 168}, "needs a first"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            ModelSpec(**bad)  # type: ignore[arg-type]
+
+
+def hourly_panel(n: int, days: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    t = 24 * days
+    hour = np.arange(t) % 24
+    weekend = (np.arange(t) // 24) % 7 >= 5
+    frames = []
+    for i in range(n):
+        y = 50 + 30 * np.sin(2 * np.pi * hour / 24) * np.where(weekend, 0.2, 1.0)
+        y = (y + rng.normal(0, 2, t)) * rng.uniform(1, 10)
+        ds = pd.date_range("2021-01-04", periods=t, freq="h")
+        frames.append(pd.DataFrame({"unique_id": f"s{i}", "ds": ds, "y": y}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_forecaster_with_a_second_season_trains_and_serves_it_offline() -> None:
+    df = hourly_panel(4, 35, seed=2)
+    cfg = TrainConfig(horizon=4, hidden_size=8, epochs=2, holdout=4, season2=168, levels=())
+    result = train(df, cfg)  # (the first season: auto, hourly 24)
+    spec = result.model.spec
+    assert (spec.season, spec.season2, len(spec.smoothing)) == (24, 168, 3)
+    assert result.summary["components"]["season2"] == 168
+    assert result.summary["components"]["delta"] in seasonal.DELTAS
+    s = split_series(df)[0]
+    start = series_inputs(s, spec)[1]
+    want = seasonal.expanding(s.y, 24, spec.smoothing, 4, season2=168)[2]
+    np.testing.assert_array_equal(start, want)
+    assert offline_predict(result.model, s)[0].shape == (len(s.y), 4)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "error", "why"),
+    [
+        ({"season": 24, "season2": 100}, ConfigError, "multiple"),
+        ({"season": 0, "season2": 168}, ConfigError, "needs a first"),
+        ({"season": None, "season2": 50}, DataError, "divides it; the data's is 24"),
+    ],
+)
+def test_a_wrong_second_season_is_refused_before_training(
+    cfg: dict[str, object], error: type[Exception], why: str
+) -> None:
+    df = hourly_panel(2, 20, seed=1)
+    with pytest.raises(error, match=why):
+        train(df, TrainConfig(horizon=2, epochs=1, **cfg))  # type: ignore[arg-type]

@@ -99,7 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         refit=args.refit,
         levels=args.levels,
         members=args.members,
-        season=args.season if not args.next else 0,
+        season=args.season[0] if not args.next else 0,
+        season2=args.season[1] if not args.next else 0,
         next=args.next,
         categorical=tuple(args.categorical),
         embedding=args.embedding,
@@ -193,10 +194,16 @@ def _how_trained(summary: dict[str, Any]) -> str:
             )
     if "components" in summary:
         co = summary["components"]
-        how += (
-            f"; level and seasonal components over {co['season']} steps "
-            f"(alpha {co['alpha']}, gamma {co['gamma']})"
-        )
+        if "season2" in co:
+            how += (
+                f"; level and seasonal components over {co['season']} and {co['season2']} "
+                f"steps (alpha {co['alpha']}, gamma {co['gamma']}, delta {co['delta']})"
+            )
+        else:
+            how += (
+                f"; level and seasonal components over {co['season']} steps "
+                f"(alpha {co['alpha']}, gamma {co['gamma']})"
+            )
     if "intervals" in summary:
         iv = summary["intervals"]
         levels = ", ".join(f"{v}%" for v in iv["levels"])

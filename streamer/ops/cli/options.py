@@ -154,6 +154,24 @@ def season(text: str) -> int | None:
     return v
 
 
+def seasons(text: str) -> tuple[int | None, int]:
+    """``auto`` -> (None, 0); ``12`` -> (12, 0); ``24,168`` -> a second season too.
+
+    >>> seasons("auto"), seasons("0"), seasons("24,168"), seasons("auto,168")
+    ((None, 0), (0, 0), (24, 168), (None, 168))
+    """
+    first, _, second = text.partition(",")
+    try:
+        s2 = int(second) if second else 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, N or N,M (a second season), got {text!r}"
+        ) from None
+    if s2 < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return season(first.strip()), s2
+
+
 def calendar_inputs(text: str) -> tuple[str, ...]:
     """``none`` -> (); ``hour,weekday`` -> those.
 

@@ -15,6 +15,7 @@ from streamer.ops.cli.options import (
     options,
     positive,
     season,
+    seasons,
     setting_help,
     version,
 )
@@ -153,12 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--season",
-        type=season,
+        type=seasons,
         default="auto",
+        metavar="auto|N|N,M",
         help="forecasters: per-entity level and seasonal components over a season of N steps, "
         "kept in the state and taken out of what the network sees; auto: the usual season of "
         "the data's frequency (monthly 12, quarterly 4, hourly 24) if the series are long "
-        "enough; 0: none",
+        "enough; 0: none; N,M: a second season of M steps, a multiple of N (24,168: the day "
+        "and the week of hourly data)",
     )
     t.add_argument(
         "--calendar",

@@ -363,7 +363,13 @@ def _model(spec: ModelSpec, version: str, source: str) -> _Model:
     window = f", window {spec.window}" if spec.window else ""
     members = f", an ensemble of {spec.members}" if spec.members > 1 else ""
     levels = f", {'/'.join(map(str, spec.levels))}% intervals" if spec.levels else ""
-    season = f", seasonal components over {spec.season} steps" if spec.season else ""
+    season = (
+        f", seasonal components over {spec.season}"
+        + (f" and {spec.season2}" if spec.season2 else "")
+        + " steps"
+        if spec.season
+        else ""
+    )
     detail = (
         f"{version} from {source}: {spec.cell} {spec.task}, "
         f"{spec.num_layers}x{spec.hidden_size}, {what}{window}{members}{levels}{season}"
