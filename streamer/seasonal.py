@@ -38,6 +38,7 @@ identical values.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,6 +50,7 @@ __all__ = [
     "check",
     "expanding",
     "fit",
+    "fit_scores",
     "params",
     "season_of",
     "update",
@@ -220,34 +222,69 @@ def fit(
 ) -> tuple[float, ...]:
     """The ``(alpha, gamma)`` of :data:`ALPHAS` x :data:`GAMMAS` (with a second season: the
     ``(alpha, gamma, delta)`` of those x :data:`DELTAS`) whose components forecast the series
-    best: the mean over series of the absolute error of the forecasts ``1..horizon`` steps ahead,
-    in each forecast origin's ``scales`` units, from the origin ``season + skip`` on (``season2
-    + skip`` with a second season).
+    best (:func:`fit_scores`)."""
+    sets, score = fit_scores(series, season, horizon, scales, skip, season2)
+    best = int(np.nanargmin(score)) if np.isfinite(score).any() else 0
+    return sets[best] if season2 else sets[best][:2]
 
-    Every set and series runs at once: a batch of series x sets, one step at a time."""
+
+def fit_scores(
+    series: Sequence[F64],
+    season: int,
+    horizon: int,
+    scales: Sequence[F64],
+    skip: int = 0,
+    season2: int = 0,
+) -> tuple[list[tuple[float, float, float]], F64]:
+    """Every set of smoothing parameters :func:`fit` chooses from, ``(alpha, gamma, delta)``,
+    and its score: the mean over series of the absolute error of the components' forecasts
+    ``1..horizon`` steps ahead, in each forecast origin's ``scales`` units, from the origin
+    ``season + skip`` on (``season2 + skip`` with a second season); NaN where none was scored.
+
+    Every set and series runs at once, one step at a time: :func:`update` and :func:`ahead`'s
+    arithmetic for rows that all stand at the same position (every series starts at step 0), so
+    a step touches only the level, the two indices of its position and the ``horizon`` ahead."""
     sets = list(itertools.product(ALPHAS, GAMMAS, DELTAS if season2 else (0.0,)))
     t_max = max(len(y) for y in series)
     ns, nset = len(series), len(sets)
     ys = np.full((t_max + horizon, ns), np.nan)
     sc = np.full((t_max, ns), np.nan)
-    for i, (y, s) in enumerate(zip(series, scales, strict=True)):
-        ys[: len(y), i], sc[: len(y), i] = y, s
+    for i, (y, u) in enumerate(zip(series, scales, strict=True)):
+        ys[: len(y), i], sc[: len(y), i] = y, u
+    # (rows past their series' end turn NaN: their targets are NaN too, and are not scored)
     alpha, gamma, delta = (np.repeat([p[i] for p in sets], ns) for i in range(3))
     b = ns * nset
-    comp = np.zeros((b, width(season, season2)))
+    level = np.zeros(b)
+    idx = np.zeros((b, season))
+    idx2 = np.zeros((b, season2))
     err, cnt = np.zeros(b), np.zeros(b)
+    ahead_k = np.arange(1, horizon + 1)
     for t in range(t_max):
         y = np.tile(ys[t], nset)
-        live = ~np.isnan(y)[:, None]  # (rows past their series' end are left as they are)
-        comp = np.where(live, update(comp, y, alpha, gamma, delta, season=season)[0], comp)
+        j = t % season
+        warm = t >= season
+        s = idx[:, j] if warm else 0.0
+        w = idx2[:, t % season2] if season2 else 0.0
+        level += (alpha if warm else 1.0 / (t + 1.0)) * (y - s - w - level)
+        s_new = s + gamma * (y - level - w - s) if warm else y
+        idx[:, j] = s_new
+        if season2:
+            idx2[:, t % season2] = w + delta * (y - level - s_new - w) if warm else 0.0
+        if t + 1 == season:  # the first season is complete: its raw values become deviations
+            idx -= level[:, None]
         if t < max(season, season2) + skip:
             continue
+        fut = level[:, None] + idx[:, (t + ahead_k) % season]  # (t + 1 >= season here)
+        if season2:
+            fut += idx2[:, (t + ahead_k) % season2]
         target = np.tile(ys[t + 1 : t + 1 + horizon].T, (nset, 1))  # (b, horizon)
-        e = np.abs(target - ahead(comp, horizon, season)) / np.tile(sc[t], nset)[:, None]
+        e = np.abs(target - fut) / np.tile(sc[t], nset)[:, None]
         ok = ~np.isnan(e)
         err += np.where(ok, e, 0.0).sum(1)
         cnt += ok.sum(1)
     per = (err / np.maximum(cnt, 1)).reshape(nset, ns)
     score = np.where(cnt.reshape(nset, ns) > 0, per, np.nan)
-    best = int(np.nanargmin(np.nanmean(score, axis=1))) if np.isfinite(score).any() else 0
-    return sets[best] if season2 else sets[best][:2]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (a set without scores: NaN)
+        mean: F64 = np.nanmean(score, axis=1)
+    return sets, mean

@@ -310,3 +310,24 @@ def test_a_wrong_second_season_is_refused_before_training(
     df = hourly_panel(2, 20, seed=1)
     with pytest.raises(error, match=why):
         train(df, TrainConfig(horizon=2, epochs=1, **cfg))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("m", "m2", "skip"), [(4, 0, 0), (4, 0, 3), (3, 12, 2)])
+def test_fit_scores_every_set_as_the_online_updates_would(m: int, m2: int, skip: int) -> None:
+    """The fit's fast pass (one position for all rows, only the touched columns) scores every
+    set as :func:`seasonal.expanding` (the serving arithmetic) forecasts, ragged series too."""
+    rng = np.random.default_rng(7)
+    series = [two_seasons(rng, 5, noise=2.0)[: int(rng.integers(20, 60))] for _ in range(3)]
+    unit = [scaling.expanding(y)[1] for y in series]
+    h = 3
+    sets, score = seasonal.fit_scores(series, m, h, unit, skip=skip, season2=m2)
+    for sm, got in zip(sets, score, strict=True):
+        per = []
+        for y, u in zip(series, unit, strict=True):
+            fut = seasonal.expanding(y, m, sm if m2 else sm[:2], h, season2=m2)[2]
+            e = [
+                np.abs(fut[t, : len(y) - t - 1] - y[t + 1 : t + 1 + h]) / u[t]
+                for t in range(max(m, m2) + skip, len(y) - 1)
+            ]
+            per.append(np.concatenate(e).mean())
+        np.testing.assert_allclose(got, np.mean(per), rtol=1e-9, err_msg=str(sm))
