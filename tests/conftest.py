@@ -111,6 +111,15 @@ def ns() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+def components(season: int, season2: int = 0) -> dict[str, object]:
+    """A test model's season(s) and made-up smoothing."""
+    if not season:
+        return {}
+    if season2:
+        return {"season": season, "season2": season2, "smoothing": (0.3, 0.2, 0.4)}
+    return {"season": season, "smoothing": (0.3, 0.2)}
+
+
 def make_model(
     hidden: int = 16,
     layers: int = 2,
@@ -119,10 +128,11 @@ def make_model(
     seed: int = 7,
     levels: tuple[int, ...] = (80, 95),
     season: int = 0,
+    season2: int = 0,
 ) -> SequenceModel:
     """A model of random weights; a forecaster with prediction intervals at ``levels`` (their
     offsets made up), so every test of the served path carries them too; with ``season``, level
-    and seasonal components in its state."""
+    and seasonal components in its state (and ``season2``, a second season's)."""
     torch.manual_seed(seed)
     spec = ModelSpec(
         hidden_size=hidden,
@@ -132,7 +142,7 @@ def make_model(
         feature_mean=tuple(0.5 for _ in features),
         feature_std=tuple(2.0 for _ in features),
         **made_up_intervals(levels, horizon),
-        **({"season": season, "smoothing": (0.3, 0.2)} if season else {}),  # type: ignore[arg-type]
+        **components(season, season2),  # type: ignore[arg-type]
     )
     model = SequenceModel(spec)
     # Larger than default init weights, so states move far from zero and differences show.
@@ -175,6 +185,14 @@ def seasonal_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """:func:`make_model`'s shape with level and seasonal components over 4 steps in its state."""
     out = tmp_path_factory.mktemp("seasonal")
     save_artifact(make_model(season=4), out, {"note": "random weights for tests"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_season_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`make_model`'s shape with components over a season of 4 steps and one of 8."""
+    out = tmp_path_factory.mktemp("two-seasons")
+    save_artifact(make_model(season=4, season2=8), out, {"note": "random weights for tests"})
     return out
 
 

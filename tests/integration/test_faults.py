@@ -89,6 +89,7 @@ async def verify(
         ("faust", "single"),
         ("streamer", "ensemble"),
         ("streamer", "seasonal"),
+        ("streamer", "two-seasons"),
     ],
 )
 async def test_kill_9_at_random_points_then_restart(
@@ -97,15 +98,18 @@ async def test_kill_9_at_random_points_then_restart(
     model_dir: Path,
     ensemble_model_dir: Path,
     seasonal_model_dir: Path,
+    two_season_model_dir: Path,
     tmp_path: Path,
     engine: str,
     model: str,
 ) -> None:
     """(``ensemble``: three members served as one model, with intervals; ``seasonal``: level and
-    seasonal components in the states.)"""
-    model_dir = {"ensemble": ensemble_model_dir, "seasonal": seasonal_model_dir}.get(
-        model, model_dir
-    )
+    seasonal components in the states; ``two-seasons``: and a second season's.)"""
+    model_dir = {
+        "ensemble": ensemble_model_dir,
+        "seasonal": seasonal_model_dir,
+        "two-seasons": two_season_model_dir,
+    }.get(model, model_dir)
     df, settings = await stream_panel(services, ns, 200, seed=21)
     env = worker_env(services, ns, model_dir, **FAST, STREAMER_ENGINE=engine)
     rng = random.Random(5)

@@ -27,7 +27,7 @@ from streamer.state.store import OutboxPart
 from streamer.train.data import split_series
 from streamer.train.nextevent import TokenSeries, offline_served
 from streamer.train.offline import offline_predict, series_inputs
-from tests.conftest import make_panel
+from tests.conftest import components, make_panel
 from tests.reference import components_after, in_batches, raw_messages, synthetic_events
 
 DEVICE = resolve_device(os.environ.get("STREAMER_TEST_DEVICE", "cpu"))
@@ -61,19 +61,13 @@ def make(
         feature_std=tuple(2.0 for _ in features),
         task=task,  # type: ignore[arg-type]
         classes=("down", "flat", "up") if task == "classify" else (),
-        **seasons(season),  # type: ignore[arg-type]
+        **components(*season) if isinstance(season, tuple) else components(season),  # type: ignore[arg-type]
     )
     model = SequenceModel(spec)
     with torch.no_grad():  # larger than default weights: states move far from zero
         for p in model.parameters():
             p.mul_(2.0)
     return model.eval()
-
-
-def seasons(season: int | tuple[int, int]) -> dict[str, object]:
-    if isinstance(season, tuple):
-        return {"season": season[0], "season2": season[1], "smoothing": (0.3, 0.2, 0.4)}
-    return {"season": season, "smoothing": (0.3, 0.2)} if season else {}
 
 
 #: the cached variants: room for every state, and for ten (records evicted and read again)
