@@ -64,6 +64,9 @@ def kinds(
     components = single(0)
     components.spec = replace(_intervals(components.spec), season=season, smoothing=(0.3, 0.2))
     out[f"seasonal components ({season}), intervals"] = components
+    two = single(0)  # (hourly data's day and week, as `--season 24,168` keeps them)
+    two.spec = replace(_intervals(two.spec), season=24, season2=168, smoothing=(0.3, 0.2, 0.3))
+    out["seasonal components (24 and 168), intervals"] = two
     for m in members:
         ens = merge([single(s) for s in range(m)])
         ens.spec = _intervals(ens.spec)
