@@ -175,3 +175,13 @@ def test_render_and_redact() -> None:
     ]
     assert redact("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
     assert redact("rediss://h:6379/0") == "rediss://h:6379/0"
+
+
+def test_the_model_line_names_its_seasons() -> None:
+    from streamer.ops.doctor.probes import _model
+
+    one = replace(SPEC, horizon=3, season=12, smoothing=(0.3, 0.1))
+    two = replace(SPEC, horizon=24, season=24, season2=168, smoothing=(0.3, 0.1, 0.2))
+    assert ", seasonal components over 12 steps" in _model(one, "v1", "m").check.detail
+    assert ", seasonal components over 24 and 168 steps" in _model(two, "v1", "m").check.detail
+    assert "seasonal" not in _model(SPEC, "v1", "m").check.detail
