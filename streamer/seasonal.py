@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 __all__ = [
     "SEASONS",
+    "advance",
     "ahead",
     "check",
     "expanding",
@@ -147,51 +148,67 @@ def update(
     >>> c.tolist(), d.tolist()  # the level 12, then 12 + 0.5 (13 - 12); s = (-2, 2)
     ([[3.0, 12.5, -2.0, 2.0]], [13.0])
     """
+    out = comp.copy()
+    return out, advance(out, np.arange(len(comp)), y, alpha, gamma, delta, season=season)
+
+
+def advance(
+    comp: F64,
+    rows: npt.NDArray[np.int64],
+    y: F64,
+    alpha: float | F64,
+    gamma: float | F64,
+    delta: float | F64 = 0.0,
+    *,
+    season: int = 0,
+) -> F64:
+    """:func:`update` in place: add ``y`` ``(R,)`` to the components of ``comp``'s ``rows``
+    (distinct), touching only their count, level and the indices of their position; return
+    ``d`` ``(R,)``. (Serving's way: a batch's rows are not copied for each wave.)"""
     m = season or comp.shape[1] - 2
     m2 = comp.shape[1] - 2 - m
-    n, level = comp[:, 0], comp[:, 1]
-    rows = np.arange(len(comp))
-    j = np.fmod(n, m).astype(np.int64)
+    n, level = comp[rows, 0], comp[rows, 1]
+    j = 2 + np.fmod(n, m).astype(np.int64)
     warm = n >= m
-    s = np.where(warm, comp[rows, 2 + j], 0.0)
+    s = np.where(warm, comp[rows, j], 0.0)
     if m2:
         k = 2 + m + np.fmod(n, m2).astype(np.int64)
         w = comp[rows, k]  # (0 until the first season is known)
-        d = y - s - w
+        d: F64 = y - s - w
     else:
         d = y - s
     level = level + np.where(warm, alpha, 1.0 / (n + 1.0)) * (d - level)
-    out = comp.copy()
-    out[:, 0] = n + 1.0
-    out[:, 1] = level
+    comp[rows, 0] = n + 1.0
+    comp[rows, 1] = level
     if m2:
         s_new = np.where(warm, s + gamma * (y - level - w - s), y)
-        out[rows, 2 + j] = s_new
-        out[rows, k] = np.where(warm, w + delta * (y - level - s_new - w), 0.0)
+        comp[rows, j] = s_new
+        comp[rows, k] = np.where(warm, w + delta * (y - level - s_new - w), 0.0)
     else:
-        out[rows, 2 + j] = np.where(warm, s + gamma * (y - level - s), y)
+        comp[rows, j] = np.where(warm, s + gamma * (y - level - s), y)
     done = n + 1.0 == m  # the first season is complete: its raw values become deviations
     if done.any():
-        out[done, 2 : 2 + m] -= level[done, None]
-    return out, d
+        comp[rows[done], 2 : 2 + m] -= level[done, None]
+    return d
 
 
-def ahead(comp: F64, k: int, season: int = 0) -> F64:
+def ahead(comp: F64, k: int, season: int = 0, rows: npt.NDArray[np.int64] | None = None) -> F64:
     """The components' forecasts of the next ``k`` observations, ``(B, k)``: the level plus each
     step's seasonal index, or indices (the level alone until the first season is known).
-    ``season`` as in :func:`update`.
+    ``season`` as in :func:`update`; ``rows``: those of ``comp`` only (``(R, k)``).
 
     >>> ahead(np.array([[3.0, 12.5, -2.0, 2.0]]), 3).tolist()
     [[14.5, 10.5, 14.5]]
     """
     m = season or comp.shape[1] - 2
     m2 = comp.shape[1] - 2 - m
-    n = comp[:, 0]
-    steps = n[:, None] - 1.0 + np.arange(1, k + 1)  # (B, k)
-    s = np.take_along_axis(comp[:, 2 : 2 + m], np.fmod(steps, m).astype(np.int64), axis=1)
+    r = np.arange(len(comp)) if rows is None else rows
+    n = comp[r, 0]
+    steps = n[:, None] - 1.0 + np.arange(1, k + 1)  # (R, k)
+    s = comp[r[:, None], 2 + np.fmod(steps, m).astype(np.int64)]
     if m2:
-        s += np.take_along_axis(comp[:, 2 + m :], np.fmod(steps, m2).astype(np.int64), axis=1)
-    out: F64 = comp[:, 1:2] + np.where((n >= m)[:, None], s, 0.0)
+        s += comp[r[:, None], 2 + m + np.fmod(steps, m2).astype(np.int64)]
+    out: F64 = comp[r, 1][:, None] + np.where((n >= m)[:, None], s, 0.0)
     return out
 
 
@@ -274,9 +291,10 @@ def fit_scores(
             idx -= level[:, None]
         if t < max(season, season2) + skip:
             continue
-        fut = level[:, None] + idx[:, (t + ahead_k) % season]  # (t + 1 >= season here)
+        ind = idx[:, (t + ahead_k) % season]  # (t + 1 >= season here)
         if season2:
-            fut += idx2[:, (t + ahead_k) % season2]
+            ind += idx2[:, (t + ahead_k) % season2]
+        fut = level[:, None] + ind  # (as ahead adds them)
         target = np.tile(ys[t + 1 : t + 1 + horizon].T, (nset, 1))  # (b, horizon)
         e = np.abs(target - fut) / np.tile(sc[t], nset)[:, None]
         ok = ~np.isnan(e)

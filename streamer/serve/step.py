@@ -247,9 +247,8 @@ class Stepper:
         d_e, level_e = np.empty(len(y)), np.empty(len(y))
         for w in waves:  # in event order, per entity
             s = slot[w]
-            comp, d_e[w] = seasonal.update(st.comp[s], y[w], *sm, season=m)
-            st.comp[s] = comp
-            level_e[w], start[w] = comp[:, 1], seasonal.ahead(comp, spec.horizon, m)
+            d_e[w] = seasonal.advance(st.comp, s, y[w], *sm, season=m)  # (in place)
+            level_e[w], start[w] = st.comp[s, 1], seasonal.ahead(st.comp, spec.horizon, m, s)
         _, scale_e = Stepper._statistics(d_e, slot, waves, st)
         x[:, 0] = (d_e - level_e) / scale_e
         return start, scale_e
