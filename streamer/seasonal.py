@@ -101,17 +101,19 @@ def check(season: int, season2: int = 0) -> str | None:
     >>> check(24, 168), check(1), check(0, 7)
     (None, 'a season has 2 to 10,000 steps, not 1', 'a second season needs a first')
     >>> check(24, 100)
-    'a second season is a longer multiple of the first: 100 is not one of 24'
+    'a second season is a multiple of the first (24), not 100'
+    >>> check(24, 24)
+    'a second season is longer than the first (24), not 24'
     """
     if not season:
         return "a second season needs a first" if season2 else None
     for v in (season, season2) if season2 else (season,):
         if v < 2 or v > MAX_SEASON:
             return f"a season has 2 to {MAX_SEASON:,} steps, not {v}"
-    if season2 and (season2 <= season or season2 % season):
-        return (
-            f"a second season is a longer multiple of the first: {season2} is not one of {season}"
-        )
+    if season2 and season2 <= season:
+        return f"a second season is longer than the first ({season}), not {season2}"
+    if season2 % season:
+        return f"a second season is a multiple of the first ({season}), not {season2}"
     return None
 
 

@@ -281,7 +281,7 @@ def train_next(
 ) -> TrainResult:
     """Train a next-event model (``cfg.next`` names the predicted column) on a long frame
     (``cfg`` resolved: :func:`streamer.train.config.resolve`)."""
-    if (cfg.members or 1) > 1 or cfg.window or cfg.season:
+    if (cfg.members or 1) > 1 or cfg.window or cfg.season or cfg.season2:
         raise ConfigError(
             "a next-event model is a single step model (no --members, --window, --season)"
         )

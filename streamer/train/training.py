@@ -115,11 +115,7 @@ def train(
     )
     season = _season(series, spec.freq, cfg) if not classify else 0
     if cfg.season2 and (not season or seasonal.check(season, cfg.season2)):
-        raise DataError(
-            f"a second season of {cfg.season2} steps needs a first that divides it; the data's "
-            + (f"is {season}" if season else "frequency has none, or its series are too short")
-            + ": give both (--season 24,168)"
-        )
+        raise DataError(_no_first_season(season, cfg, spec.freq))
     if season:
         smoothing = cfg.smoothing or _smoothing(series, cfg, season, cfg.season2)
         spec = replace(spec, season=season, smoothing=smoothing, season2=cfg.season2)
@@ -233,6 +229,26 @@ def _season(series: Sequence[Series], freq: str | None, cfg: TrainConfig) -> int
     return season if season and cfg.scaling == "entity" and 2 * long_enough > len(series) else 0
 
 
+def _no_first_season(season: int, cfg: TrainConfig, freq: str | None) -> str:
+    """Why ``--season auto,M`` found no first season for ``M``."""
+    m2 = cfg.season2
+    if season:
+        return f"--season auto,{m2}: the data's season is {season}: {seasonal.check(season, m2)}"
+    usual = seasonal.season_of(freq)
+    if cfg.scaling != "entity":
+        why = "seasonal components need --scaling entity"
+    elif not usual:
+        why = f"the data's frequency ({freq or 'none found'}) has no usual season"
+    else:
+        why = f"most series are shorter than two seasons of {usual} and the validation points"
+    return f"--season auto,{m2}: no first season ({why}); give both: --season N,{m2}"
+
+
+#: The most series the components' smoothing is fitted on (drawn with the seed when there are more;
+#: the fit's memory is series x sets x the components' width, 430 kB a series for 24,168).
+FIT_SERIES = 256
+
+
 def _smoothing(
     series: Sequence[Series], cfg: TrainConfig, season: int, season2: int = 0
 ) -> tuple[float, ...]:
@@ -240,9 +256,16 @@ def _smoothing(
     training points that do not validate."""
     cut = cfg.val_points if cfg.val_points is not None else cfg.horizon
     longest = max(season, season2)
-    ys = [s.y[: len(s.y) - cut] for s in series if len(s.y) > cut + longest]
+    # (a fit scores the forecasts made after the longest season and the warm-up)
+    ys = [s.y[: len(s.y) - cut] for s in series if len(s.y) - cut > longest + cfg.warmup + 1]
     if not ys:
-        raise DataError(f"no series is longer than a season ({longest}) and the held-out points")
+        raise DataError(
+            f"no series is longer than a season ({longest}), the warm-up ({cfg.warmup}) and the "
+            "held-out points"
+        )
+    if len(ys) > FIT_SERIES:
+        pick = np.random.default_rng(cfg.seed).choice(len(ys), FIT_SERIES, replace=False)
+        ys = [ys[i] for i in sorted(pick)]
     scales = [scaling.expanding(y)[1] for y in ys]
     return seasonal.fit(ys, season, cfg.horizon, scales, skip=cfg.warmup, season2=season2)
 

@@ -259,7 +259,7 @@ def test_the_spec_carries_a_second_season_and_refuses_a_wrong_one() -> None:
     assert "season2" not in ModelSpec(horizon=3, season=12, smoothing=(0.3, 0.1)).to_dict()
     for bad, why in (
         ({"season": 24, "season2": 100, "smoothing": (0.3, 0.1, 0.2)}, "multiple"),
-        ({"season": 24, "season2": 24, "smoothing": (0.3, 0.1, 0.2)}, "multiple"),
+        ({"season": 24, "season2": 24, "smoothing": (0.3, 0.1, 0.2)}, "longer than the first"),
         ({"season": 24, "season2": 168, "smoothing": (0.3, 0.1)}, "delta"),
         ({"season2": 168}, "needs a first"),
     ):
@@ -301,7 +301,8 @@ def test_a_forecaster_with_a_second_season_trains_and_serves_it_offline() -> Non
     [
         ({"season": 24, "season2": 100}, ConfigError, "multiple"),
         ({"season": 0, "season2": 168}, ConfigError, "needs a first"),
-        ({"season": None, "season2": 50}, DataError, "divides it; the data's is 24"),
+        ({"season": None, "season2": 50}, DataError, "the data's season is 24: a second season"),
+        ({"season": None, "season2": 168, "scaling": "none"}, DataError, "need --scaling entity"),
     ],
 )
 def test_a_wrong_second_season_is_refused_before_training(
@@ -330,4 +331,24 @@ def test_fit_scores_every_set_as_the_online_updates_would(m: int, m2: int, skip:
                 for t in range(max(m, m2) + skip, len(y) - 1)
             ]
             per.append(np.concatenate(e).mean())
-        np.testing.assert_allclose(got, np.mean(per), rtol=1e-9, err_msg=str(sm))
+        # (the same arithmetic; the errors are summed in another order)
+        np.testing.assert_allclose(got, np.mean(per), rtol=1e-12, err_msg=str(sm))
+
+
+def test_the_smoothing_is_fitted_on_a_seeded_sample_of_a_large_panel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamer.train import training
+
+    seen: list[int] = []
+
+    def fit(ys: list[np.ndarray], *args: object, **kw: object) -> tuple[float, float]:
+        seen.append(len(ys))
+        return (0.3, 0.1)
+
+    monkeypatch.setattr(training, "FIT_SERIES", 5)
+    monkeypatch.setattr(seasonal, "fit", fit)
+    df = ar_panel(12, 40, seed=3)
+    cfg = TrainConfig(horizon=2, hidden_size=4, epochs=1, season=12, refit=False, levels=())
+    assert train(df, cfg).model.spec.smoothing == (0.3, 0.1)
+    assert seen == [5]

@@ -160,16 +160,21 @@ def seasons(text: str) -> tuple[int | None, int]:
     >>> seasons("auto"), seasons("0"), seasons("24,168"), seasons("auto,168")
     ((None, 0), (0, 0), (24, 168), (None, 168))
     """
-    first, _, second = text.partition(",")
+    from streamer import seasonal
+
+    first, comma, second = text.partition(",")
     try:
-        s2 = int(second) if second else 0
+        s2 = int(second) if comma else 0
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected auto, N or N,M (a second season), got {text!r}"
         ) from None
+    s1 = season(first.strip())
     if s2 < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return season(first.strip()), s2
+    if s2 and s1 is not None and (wrong := seasonal.check(s1, s2)):
+        raise argparse.ArgumentTypeError(wrong)
+    return s1, s2
 
 
 def calendar_inputs(text: str) -> tuple[str, ...]:
